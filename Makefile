@@ -1,0 +1,66 @@
+# Mall Circle — the index. `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := python3.11
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List every target
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.tools/bin/uv:
+	python3.11 -m venv .tools
+	.tools/bin/pip install --quiet 'uv==0.13.8'
+
+.PHONY: install
+install: $(if $(findstring .tools,$(UV)),.tools/bin/uv) ## Install the workspace (Python 3.11 venv from the lock, no downloads of interpreters)
+	$(UV) sync --frozen
+
+.PHONY: run
+run: install ## Start the whole suite locally: embedded PostgreSQL + NATS (unless DATABASE_URL/NATS_URL), every service, the gateway, a demo mall
+	$(VENV)/python deploy/local/run.py
+
+.PHONY: test
+test: install ## Run the whole test suite against real PostgreSQL and NATS (embedded unless URLs are given)
+	$(VENV)/pytest -q $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: install ## Fast tests that need no servers (domain and parsing)
+	$(VENV)/pytest -q -m "not integration" $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: install ## ruff lint and format check
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+
+.PHONY: fmt
+fmt: install ## Format and auto-fix
+	$(VENV)/ruff format .
+	$(VENV)/ruff check --fix .
+
+.PHONY: typecheck
+typecheck: install ## mypy --strict over libs, services, tests
+	$(VENV)/mypy libs services tests bench deploy
+
+.PHONY: protos
+protos: install ## Regenerate libs/contracts from protos/
+	scripts/protos.sh libs/contracts
+
+.PHONY: protos-check
+protos-check: install ## Fail if libs/contracts drifted from protos/
+	scripts/protos-check.sh
+
+.PHONY: protos-lint
+protos-lint: ## buf lint the protos (buf from the npm registry)
+	scripts/protos-lint.sh
+
+.PHONY: bench
+bench: install ## Benchmarks with same-run baselines; writes bench/results/*.json
+	$(VENV)/python bench/payments.py
+
+.PHONY: clean
+clean: ## Remove caches and local run state
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,62 @@
+"""Write events in the caller's transaction; the relay publishes them later."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+from kit import context
+from kit.db import Connection
+
+#: Postgres NOTIFY channel the relay listens on to publish without polling delay.
+NOTIFY_CHANNEL = "outbox"
+
+
+@dataclass(frozen=True)
+class OutgoingEvent:
+    subject: str
+    payload: bytes
+    mall_id: str
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: Correlation headers of the work that caused the event, forwarded to consumers.
+    headers: dict[str, str] = field(default_factory=context.current)
+
+
+def event(
+    subject: str,
+    message: Message,
+    *,
+    mall_id: str,
+    event_id: str,
+    headers: dict[str, str] | None = None,
+) -> OutgoingEvent:
+    """An outgoing event from a protobuf message. ``headers`` default to the bound context;
+    a batch handler passes each cause's own so correlation survives batching."""
+    return OutgoingEvent(
+        subject,
+        message.SerializeToString(),
+        mall_id,
+        event_id,
+        context.current() if headers is None else headers,
+    )
+
+
+async def add_events(conn: Connection, events: Sequence[OutgoingEvent]) -> None:
+    """Queue events inside the caller's open transaction (one round trip for many)."""
+    if not events:
+        return
+    await conn.execute(
+        """INSERT INTO outbox (event_id, mall_id, subject, payload, headers)
+           SELECT e, m, s, p, h::jsonb
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+                  AS t(e, m, s, p, h)""",
+        [e.event_id for e in events],
+        [e.mall_id for e in events],
+        [e.subject for e in events],
+        [e.payload for e in events],
+        [json.dumps(e.headers) for e in events],
+    )
+    await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")

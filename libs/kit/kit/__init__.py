@@ -1,0 +1,1 @@
+"""Shared plumbing: settings, logging, gRPC bootstrap, health, db pool, migrations."""

@@ -1,0 +1,37 @@
+"""asyncpg pool: opened by the composition root, never at import."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+#: What handlers receive: a plain connection or one borrowed from a pool.
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+
+@contextlib.asynccontextmanager
+async def open_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, application_name: str = "mall"
+) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={"application_name": application_name, "timezone": "UTC"},
+    )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def ping(pool: asyncpg.Pool) -> bool:
+    """True when the database answers; used by the health check."""
+    try:
+        async with pool.acquire(timeout=2) as conn:
+            return bool(await conn.fetchval("SELECT true", timeout=2))
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False

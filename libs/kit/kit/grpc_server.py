@@ -1,0 +1,177 @@
+"""grpc.aio server bootstrap shared by every service.
+
+Health follows the real dependencies (PostgreSQL, NATS) instead of always saying SERVING;
+reflection is on so that grpcurl and ops tools can discover the API; shutdown flips health
+to NOT_SERVING first so load balancers stop routing before in-flight calls are drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health as _health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from kit import context
+from kit.errors import AppError
+from kit.grpc_errors import to_status
+from kit.lifecycle import sleep_or_stop
+
+log = structlog.get_logger(__name__)
+health_aio: Any = _health.aio  # type: ignore[attr-defined]  # the asyncio servicer
+
+HealthCheck = Callable[[], Awaitable[bool]]
+Metadata = dict[str, str]
+#: Resolves a caller from its metadata (tenant POS, car park, ops) or raises Unauthenticated.
+Authenticator = Callable[[str, Metadata], Awaitable[dict[str, str]]]
+Registration = tuple[Callable[[Any, grpc.aio.Server], None], Any]
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Correlation context, auth hook, deadline, error mapping and one log line per call."""
+
+    def __init__(self, *, default_deadline_s: float, authenticate: Authenticator | None = None):
+        self._default_deadline_s = default_deadline_s
+        self._authenticate = authenticate
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method: str = handler_call_details.method
+        if method.startswith(("/grpc.health.", "/grpc.reflection.")):
+            return handler
+        inner = handler.unary_unary
+        deadline = self._default_deadline_s
+        authenticate = self._authenticate
+
+        async def behavior(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            metadata = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
+            fields = context.from_headers(metadata)
+            started = time.perf_counter()
+            outcome = "OK"
+            with context.bound(**fields, rpc=method):
+                try:
+                    if authenticate is not None:
+                        principal = await authenticate(method, metadata)
+                        structlog.contextvars.bind_contextvars(**principal)
+                    remaining = ctx.time_remaining()
+                    budget = min(remaining, deadline) if remaining else deadline
+                    async with asyncio.timeout(budget):
+                        return await inner(request, ctx)
+                except AppError as exc:
+                    outcome = exc.code
+                    status = to_status(exc)
+                    await ctx.abort(status.code, status.details, status.trailing_metadata)
+                except TimeoutError:
+                    outcome = "deadline_exceeded"
+                    await ctx.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                except grpc.aio.AbortError:
+                    outcome = "aborted"
+                    raise
+                except Exception:
+                    outcome = "internal"
+                    log.exception("rpc_failed")
+                    await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
+                finally:
+                    log.info(
+                        "rpc",
+                        outcome=outcome,
+                        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    )
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class GrpcServer:
+    """One grpc.aio server with health, reflection and the shared interceptor."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        registrations: Sequence[Registration],
+        service_names: Sequence[str],
+        health_checks: Sequence[HealthCheck] = (),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        default_deadline_s: float = 10.0,
+        authenticate: Authenticator | None = None,
+        grace_s: float = 10.0,
+        health_interval_s: float = 2.0,
+    ) -> None:
+        self.service = service
+        self._registrations = registrations
+        self._service_names = list(service_names)
+        self._checks = health_checks
+        self._address = f"{host}:{port}"
+        self._grace_s = grace_s
+        self._interval_s = health_interval_s
+        self.health = health_aio.HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[
+                ServerInterceptor(default_deadline_s=default_deadline_s, authenticate=authenticate)
+            ],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        self.port = 0
+
+    async def start(self) -> int:
+        for add, servicer in self._registrations:
+            add(servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [
+                *self._service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(self._address)
+        await self.server.start()
+        await self._refresh_health()
+        log.info("grpc_listening", port=self.port)
+        return self.port
+
+    async def _refresh_health(self) -> bool:
+        healthy = all([await check() for check in self._checks])
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if healthy
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", self.service, *self._service_names):
+            await self.health.set(name, status)
+        return healthy
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self._grace_s)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Component: serve until asked to stop, keeping health in step with dependencies."""
+        await self.start()
+        try:
+            was_healthy = True
+            while not await sleep_or_stop(stop, self._interval_s):
+                healthy = await self._refresh_health()
+                if healthy != was_healthy:
+                    log.warning("health_changed", serving=healthy)
+                    was_healthy = healthy
+        finally:
+            await self.stop()

@@ -1,0 +1,53 @@
+"""Run a process's components until SIGTERM/SIGINT, then stop them in order.
+
+A component is ``async def component(stop: asyncio.Event) -> None``: it works until ``stop``
+is set, then finishes in-flight work and returns. If one component crashes, the others are
+told to stop and the process exits non-zero so that its supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Component = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+async def run_components(
+    components: Sequence[Component], stop: asyncio.Event | None = None
+) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def guarded(component: Component) -> None:
+        try:
+            await component(stop)
+        except BaseException:
+            stop.set()
+            raise
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for component in components:
+                tg.create_task(guarded(component), name=getattr(component, "__name__", None))
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True if asked to stop meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""pytest plugin: real PostgreSQL and NATS JetStream fixtures."""

@@ -1,0 +1,1 @@
+"""Mall Circle gateway service."""

@@ -1,0 +1,3 @@
+from gateway.bootstrap import SERVICE
+
+SERVICE.main()

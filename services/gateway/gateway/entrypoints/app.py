@@ -1,0 +1,50 @@
+"""The aiohttp application factory and the component that serves it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import web
+
+from gateway.adapters.bus import PaymentsPublisher
+from gateway.adapters.services import Backends
+from gateway.entrypoints.keys import BACKENDS, PUBLISHER
+from gateway.entrypoints.middleware import request_context
+from gateway.entrypoints.routes import setup_routes
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(publisher: PaymentsPublisher, backends: Backends) -> web.Application:
+    app = web.Application(middlewares=[request_context], client_max_size=1024**2)
+    app[PUBLISHER] = publisher
+    app[BACKENDS] = backends
+    setup_routes(app)
+    return app
+
+
+class HttpServer:
+    def __init__(self, app: web.Application, *, host: str, port: int, grace_s: float) -> None:
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=grace_s)
+        self._host = host
+        self._port = port
+        self.port = 0
+
+    async def start(self) -> int:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, reuse_port=True)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        self.port = server.sockets[0].getsockname()[1]
+        log.info("http_listening", port=self.port)
+        return self.port
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Component: serve until asked to stop, then finish in-flight requests."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self._runner.cleanup()

@@ -1,0 +1,45 @@
+"""Per-request context, error mapping and the one canonical log line."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from kit import context
+from kit.errors import AppError
+
+from gateway.entrypoints.problems import from_error, problem
+
+log = structlog.get_logger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    fields = context.from_headers(request.headers)
+    started = time.perf_counter()
+    status = 500
+    with context.bound(**fields, method=request.method, path=request.path):
+        try:
+            response = await handler(request)
+            status = response.status
+        except AppError as exc:
+            response = from_error(exc)
+            status = response.status
+            structlog.contextvars.bind_contextvars(code=exc.code)
+        except web.HTTPException as exc:
+            response = problem(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "")
+            status = exc.status
+        except Exception:
+            log.exception("request_failed")
+            response = problem(500, "internal", "internal error")
+        finally:
+            log.info(
+                "http",
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+        response.headers[context.CORRELATION_HEADER] = fields["correlation_id"]
+        return response

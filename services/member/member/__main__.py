@@ -1,0 +1,3 @@
+from member.bootstrap import SERVICE
+
+SERVICE.main()

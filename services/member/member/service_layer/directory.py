@@ -1,0 +1,90 @@
+"""Ops changes to the directory: malls, tenants, stores."""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+
+from kit.db import Connection
+from kit.errors import Conflict, InvalidInput, NotFound
+
+from member.adapters import repository
+from member.adapters.repository import MallRow
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
+
+
+def _slug(field: str, value: str) -> str:
+    if not _SLUG.fullmatch(value):
+        raise InvalidInput(
+            f"invalid_{field}", f"{field} must be 2-40 of a-z, 0-9 and '-', got {value!r}"
+        )
+    return value
+
+
+async def create_mall(
+    conn: Connection,
+    *,
+    mall_id: str,
+    name: str,
+    appid: str,
+    brand_id: str,
+    mchid: str,
+    time_zone: str,
+) -> MallRow:
+    _slug("mall_id", mall_id)
+    if not name or not appid:
+        raise InvalidInput("missing_field", "name and appid are required")
+    time_zone = time_zone or "Asia/Shanghai"
+    if time_zone not in zoneinfo.available_timezones():
+        raise InvalidInput("invalid_time_zone", f"unknown time zone {time_zone!r}")
+    row = MallRow(mall_id, name, appid, brand_id, mchid, time_zone)
+    if not await repository.insert_mall(conn, row):
+        existing = await repository.get_mall(conn, mall_id)
+        if existing and (existing.name, existing.appid) == (name, appid):
+            return existing  # the same request again: idempotent
+        raise Conflict("mall_exists", f"mall {mall_id} or appid {appid} already exists")
+    created = await repository.get_mall(conn, mall_id)
+    assert created is not None
+    return created
+
+
+async def create_tenant(
+    conn: Connection, *, mall_id: str, tenant_id: str, name: str, category: str
+) -> None:
+    _slug("tenant_id", tenant_id)
+    if await repository.get_mall(conn, mall_id) is None:
+        raise NotFound("unknown_mall", f"no mall {mall_id}")
+    if not name:
+        raise InvalidInput("missing_field", "name is required")
+    await repository.upsert_tenant(conn, mall_id, tenant_id, name, category)
+
+
+async def create_store(
+    conn: Connection,
+    *,
+    mall_id: str,
+    tenant_id: str,
+    store_id: str,
+    name: str,
+    mchid: str,
+    sub_mchid: str,
+    shop_number: str,
+) -> None:
+    _slug("store_id", store_id)
+    if not shop_number or not name:
+        raise InvalidInput("missing_field", "name and shop_number are required")
+    if not await repository.tenant_exists(conn, mall_id, tenant_id):
+        raise NotFound("unknown_tenant", f"mall {mall_id} has no tenant {tenant_id}")
+    stored = await repository.upsert_store(
+        conn,
+        mall_id=mall_id,
+        store_id=store_id,
+        tenant_id=tenant_id,
+        name=name,
+        mchid=mchid,
+        sub_mchid=sub_mchid,
+        shop_number=shop_number,
+    )
+    if not stored:
+        raise Conflict("shop_number_taken", f"shop {shop_number} belongs to another store")

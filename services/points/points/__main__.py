@@ -1,0 +1,3 @@
+from points.bootstrap import SERVICE
+
+SERVICE.main()

@@ -1,0 +1,41 @@
+"""Translate points outcomes into contract events for the outbox."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from eventbus.outbox import OutgoingEvent, event
+from google.protobuf.timestamp_pb2 import Timestamp
+from mall.points.v1 import events_pb2
+
+from points.domain.model import Credit
+
+POINTS_CREDITED = "points.points.credited"
+
+
+def timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def points_credited(credit: Credit, headers: dict[str, str]) -> OutgoingEvent:
+    p = credit.payment
+    event_id = str(uuid.uuid4())
+    msg = events_pb2.PointsCredited(
+        event_id=event_id,
+        mall_id=p.mall_id,
+        occurred_at=timestamp(datetime.now(UTC)),
+        member_id=p.member_id,
+        transaction_id=p.transaction_id,
+        points=credit.points,
+        balance_after=credit.balance_after,
+        rule_version=credit.rule_version,
+        appid=p.appid,
+        openid=p.openid,
+        amount_fen=p.amount_fen,
+        paid_at=timestamp(p.paid_at),
+        tenant_id=p.tenant_id,
+    )
+    return event(POINTS_CREDITED, msg, mall_id=p.mall_id, event_id=event_id, headers=headers)

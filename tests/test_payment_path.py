@@ -11,7 +11,9 @@ from mall_testing.demo import DemoMall, payment_notification, seed
 from tests.conftest import Suite, fetchval
 
 
-async def wait_for_balance(suite: Suite, mall: DemoMall, openid: str, balance: int) -> dict[str, Any]:
+async def wait_for_balance(
+    suite: Suite, mall: DemoMall, openid: str, balance: int
+) -> dict[str, Any]:
     url = f"{suite.gateway_url}/v1/malls/{mall.mall_id}/shoppers/{openid}/points"
     body: dict[str, Any] = {}
     for _ in range(300):

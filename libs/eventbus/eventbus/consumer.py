@@ -253,6 +253,13 @@ class Consumer:
             )
 
 
+def describe(exc: BaseException) -> str:
+    """An error as ops should read it: the stable code first when there is one."""
+    if isinstance(exc, AppError):
+        return f"{exc.code}: {exc.message}"
+    return repr(exc)
+
+
 async def dead_letter(
     pool: asyncpg.Pool, consumer: str, delivery: Delivery, exc: BaseException
 ) -> None:
@@ -267,7 +274,7 @@ async def dead_letter(
             delivery.stream_seq,
             delivery.data,
             json.dumps(delivery.headers),
-            repr(exc)[:2000],
+            describe(exc)[:2000],
             delivery.num_delivered,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,76 +24,103 @@ class MallRow:
     created_at: datetime | None = None
 
 
-async def mall_id_for_appid(conn: Connection, appid: str) -> str | None:
-    value: str | None = await conn.fetchval("SELECT mall_id FROM malls WHERE appid = $1", appid)
-    return value
-
-
-async def find_store(conn: Connection, mall_id: str, shop_number: str) -> Store | None:
-    row = await conn.fetchrow(
-        "SELECT store_id, tenant_id FROM stores WHERE mall_id = $1 AND shop_number = $2",
-        mall_id,
-        shop_number,
+async def malls_for_appids(conn: Connection, appids: Sequence[str]) -> dict[str, str]:
+    """appid → mall_id for the appids that belong to a mall."""
+    rows = await conn.fetch(
+        "SELECT appid, mall_id FROM malls WHERE appid = ANY($1::text[])", list(set(appids))
     )
-    return Store(mall_id, row["store_id"], row["tenant_id"]) if row else None
+    return {r["appid"]: r["mall_id"] for r in rows}
 
 
-async def join_by_identity(
-    conn: Connection, mall_id: str, kind: str, value: str, channel: JoinChannel
-) -> Member:
-    """The member behind an identity, joining one if there is none.
+async def find_stores(
+    conn: Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Store]:
+    """(mall_id, shop_number) → Store, for the shops the directory knows."""
+    rows = await conn.fetch(
+        """SELECT s.mall_id, s.shop_number, s.store_id, s.tenant_id
+             FROM unnest($1::text[], $2::text[]) AS t(m, n)
+             JOIN stores s ON s.mall_id = t.m AND s.shop_number = t.n""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {
+        (r["mall_id"], r["shop_number"]): Store(r["mall_id"], r["store_id"], r["tenant_id"])
+        for r in rows
+    }
+
+
+async def join_by_identities(
+    conn: Connection, kind: str, keys: Sequence[tuple[str, str]], channel: JoinChannel
+) -> dict[tuple[str, str], Member]:
+    """(mall_id, identity value) → the member behind it, joining those with none.
 
     Claiming the identity row is the contested step: concurrent joins of the same shopper
     (two payments, or a payment and the mini-program) race on its primary key, and the loser
-    reads the winner's member instead of creating a second one.
+    reads the winner's member instead of creating a second one. Claims are made in key order
+    so that two batches cannot deadlock.
     """
-    member_id = uuid.uuid4()
-    claimed = await conn.fetchval(
-        """INSERT INTO identities (mall_id, kind, value, member_id) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (mall_id, kind, value) DO NOTHING RETURNING member_id""",
-        mall_id,
+    ordered = sorted(set(keys))
+    claimed = await conn.fetch(
+        """INSERT INTO identities (mall_id, kind, value, member_id)
+           SELECT m, $1, v, gen_random_uuid()
+             FROM unnest($2::text[], $3::text[]) AS t(m, v) ORDER BY m, v
+           ON CONFLICT (mall_id, kind, value) DO NOTHING
+           RETURNING mall_id, value, member_id""",
         kind,
-        value,
-        member_id,
+        [k[0] for k in ordered],
+        [k[1] for k in ordered],
     )
-    if claimed is not None:
+    found = {
+        (r["mall_id"], r["value"]): Member(r["mall_id"], str(r["member_id"]), "basic", True)
+        for r in claimed
+    }
+    if claimed:
         await conn.execute(
-            "INSERT INTO members (mall_id, member_id, join_channel) VALUES ($1, $2, $3)",
-            mall_id,
-            member_id,
+            """INSERT INTO members (mall_id, member_id, join_channel)
+               SELECT m, u, $3 FROM unnest($1::text[], $2::uuid[]) AS t(m, u)""",
+            [r["mall_id"] for r in claimed],
+            [r["member_id"] for r in claimed],
             channel.value,
         )
-        return Member(mall_id, str(member_id), "basic", joined_now=True)
-    row = await conn.fetchrow(
-        """SELECT m.member_id, m.tier_code FROM identities i
-             JOIN members m USING (mall_id, member_id)
-            WHERE i.mall_id = $1 AND i.kind = $2 AND i.value = $3""",
-        mall_id,
-        kind,
-        value,
-    )
-    assert row is not None, "identity claimed by a transaction that is not visible yet"
-    return Member(mall_id, str(row["member_id"]), row["tier_code"])
+    rest = [k for k in ordered if k not in found]
+    if rest:
+        rows = await conn.fetch(
+            """SELECT i.mall_id, i.value, m.member_id, m.tier_code
+                 FROM unnest($2::text[], $3::text[]) AS t(mall, v)
+                 JOIN identities i ON i.mall_id = t.mall AND i.kind = $1 AND i.value = t.v
+                 JOIN members m ON m.mall_id = i.mall_id AND m.member_id = i.member_id""",
+            kind,
+            [k[0] for k in rest],
+            [k[1] for k in rest],
+        )
+        for r in rows:
+            found[(r["mall_id"], r["value"])] = Member(
+                r["mall_id"], str(r["member_id"]), r["tier_code"]
+            )
+    return found
 
 
-async def record_payment(conn: Connection, attribution: Attribution) -> bool:
-    """Keep the mall's record of a payment; False if it was recorded already."""
-    p = attribution.payment
-    inserted = await conn.fetchval(
+async def record_payments(
+    conn: Connection, attributions: Sequence[Attribution]
+) -> set[tuple[str, str]]:
+    """Keep the mall's record of payments; return the (mall_id, transaction_id) new here."""
+    rows = await conn.fetch(
         """INSERT INTO payments (mall_id, transaction_id, member_id, tenant_id, store_id,
                                  amount_fen, source, paid_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-           ON CONFLICT (mall_id, transaction_id) DO NOTHING RETURNING true""",
-        attribution.store.mall_id,
-        p.transaction_id,
-        uuid.UUID(attribution.member.member_id),
-        attribution.store.tenant_id,
-        attribution.store.store_id,
-        p.amount_fen,
-        attribution.source.value,
-        p.paid_at,
+           SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[],
+                                $6::bigint[], $7::text[], $8::timestamptz[])
+           ON CONFLICT (mall_id, transaction_id) DO NOTHING
+           RETURNING mall_id, transaction_id""",
+        [a.store.mall_id for a in attributions],
+        [a.payment.transaction_id for a in attributions],
+        [uuid.UUID(a.member.member_id) for a in attributions],
+        [a.store.tenant_id for a in attributions],
+        [a.store.store_id for a in attributions],
+        [a.payment.amount_fen for a in attributions],
+        [a.source.value for a in attributions],
+        [a.payment.paid_at for a in attributions],
     )
-    return bool(inserted)
+    return {(r["mall_id"], r["transaction_id"]) for r in rows}
 
 
 async def get_member(conn: Connection, mall_id: str, member_id: str) -> Member | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import structlog
 from eventbus.outbox import OutgoingEvent, add_events
 from kit.db import Connection
 from kit.errors import NotFound
@@ -12,36 +11,50 @@ from kit.errors import NotFound
 from member.adapters import events, repository
 from member.domain.model import Attribution, CapturedPayment, JoinChannel
 
-log = structlog.get_logger(__name__)
-
 
 async def attribute_payments(
     conn: Connection, payments: Sequence[tuple[CapturedPayment, dict[str, str]]]
 ) -> list[Attribution]:
     """Inside the caller's transaction: join payers, record payments, queue events.
 
-    An unknown mall or shop raises NotFound, a permanent refusal: the message is
-    dead-lettered and can be replayed once ops have onboarded the store.
+    Set-based: a batch costs a fixed handful of statements. An unknown mall or shop raises
+    NotFound, a permanent refusal: the consumer isolates that message, dead-letters it, and
+    ops replay it once the store is onboarded.
     """
+    batch = [p for p, _ in payments]
+    malls = await repository.malls_for_appids(conn, [p.appid for p in batch])
+    for p in batch:
+        if p.appid not in malls:
+            raise NotFound("unknown_mall", f"no mall has appid {p.appid}")
+    stores = await repository.find_stores(conn, [(malls[p.appid], p.shop_number) for p in batch])
+    for p in batch:
+        if (malls[p.appid], p.shop_number) not in stores:
+            raise NotFound(
+                "unknown_shop", f"mall {malls[p.appid]} has no store with shop {p.shop_number}"
+            )
+    members = await repository.join_by_identities(
+        conn, "openid", [(malls[p.appid], p.openid) for p in batch], JoinChannel.PAYMENT
+    )
+    attributions = [
+        Attribution(
+            payment=p,
+            store=stores[(malls[p.appid], p.shop_number)],
+            member=members[(malls[p.appid], p.openid)],
+        )
+        for p in batch
+    ]
+    new = await repository.record_payments(conn, attributions)
     outgoing: list[OutgoingEvent] = []
     done: list[Attribution] = []
-    for payment, headers in payments:
-        mall_id = await repository.mall_id_for_appid(conn, payment.appid)
-        if mall_id is None:
-            raise NotFound("unknown_mall", f"no mall has appid {payment.appid}")
-        store = await repository.find_store(conn, mall_id, payment.shop_number)
-        if store is None:
-            raise NotFound(
-                "unknown_shop", f"mall {mall_id} has no store with shop {payment.shop_number}"
-            )
-        member = await repository.join_by_identity(
-            conn, mall_id, "openid", payment.openid, JoinChannel.PAYMENT
-        )
-        attribution = Attribution(payment=payment, store=store, member=member)
-        if not await repository.record_payment(conn, attribution):
-            log.info("payment_already_attributed", transaction_id=payment.transaction_id)
-            continue
-        if member.joined_now:
+    announced_joins: set[str] = set()
+    for attribution, (_, headers) in zip(attributions, payments, strict=True):
+        key = (attribution.store.mall_id, attribution.payment.transaction_id)
+        if key not in new:
+            continue  # attributed before, or earlier in this batch
+        new.discard(key)
+        member = attribution.member
+        if member.joined_now and member.member_id not in announced_joins:
+            announced_joins.add(member.member_id)
             outgoing.append(events.member_joined(attribution, JoinChannel.PAYMENT, headers))
         outgoing.append(events.payment_attributed(attribution, headers))
         done.append(attribution)

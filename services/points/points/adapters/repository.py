@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from kit.db import Connection
+
+from points.domain.model import Credit
 
 
 @dataclass(frozen=True)
@@ -30,48 +33,72 @@ class LedgerEntry:
     created_at: datetime
 
 
-async def lock_account(conn: Connection, mall_id: str, member_id: str) -> int:
-    """Open the account if needed and lock it for this transaction; return its balance."""
-    balance: int = await conn.fetchval(
-        """INSERT INTO accounts (mall_id, member_id) VALUES ($1, $2)
+async def lock_accounts(
+    conn: Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """Open missing accounts and lock all of them for this transaction; return balances.
+
+    Rows are locked in key order so two batches touching the same members cannot deadlock.
+    """
+    ordered = sorted(set(keys))
+    rows = await conn.fetch(
+        """INSERT INTO accounts (mall_id, member_id)
+           SELECT m, u FROM unnest($1::text[], $2::uuid[]) AS t(m, u) ORDER BY m, u
            ON CONFLICT (mall_id, member_id) DO UPDATE SET mall_id = EXCLUDED.mall_id
-           RETURNING balance""",
-        mall_id,
-        uuid.UUID(member_id),
+           RETURNING mall_id, member_id, balance""",
+        [k[0] for k in ordered],
+        [uuid.UUID(k[1]) for k in ordered],
     )
-    return balance
+    return {(r["mall_id"], str(r["member_id"])): r["balance"] for r in rows}
 
 
-async def append_credit(
-    conn: Connection,
-    *,
-    mall_id: str,
-    member_id: str,
-    points: int,
-    balance_after: int,
-    transaction_id: str,
-    description: str,
-) -> bool:
-    """Append a credit entry and move the balance; False if this payment was credited already."""
-    entry_id = await conn.fetchval(
-        """WITH entry AS (
-               INSERT INTO ledger (mall_id, member_id, kind, points, balance_after,
-                                   transaction_id, description)
-               VALUES ($1, $2, 'credit', $3, $4, $5, $6)
-               ON CONFLICT (mall_id, transaction_id) WHERE kind = 'credit' DO NOTHING
-               RETURNING entry_id)
-           UPDATE accounts SET balance = $4, lifetime_earned = lifetime_earned + $3,
-                               updated_at = now()
-             FROM entry WHERE mall_id = $1 AND member_id = $2
-           RETURNING entry.entry_id""",
-        mall_id,
-        uuid.UUID(member_id),
-        points,
-        balance_after,
-        transaction_id,
-        description,
+async def credited_transactions(
+    conn: Connection, keys: Sequence[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Which (mall_id, transaction_id) already have their credit entry."""
+    rows = await conn.fetch(
+        """SELECT l.mall_id, l.transaction_id
+             FROM unnest($1::text[], $2::text[]) AS t(m, x)
+             JOIN ledger l ON l.mall_id = t.m AND l.transaction_id = t.x AND l.kind = 'credit'""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
     )
-    return entry_id is not None
+    return {(r["mall_id"], r["transaction_id"]) for r in rows}
+
+
+async def append_credits(conn: Connection, credits: Sequence[Credit]) -> None:
+    """Append credit entries and set the accounts' balances, in two statements."""
+    entries = [c for c in credits if c.applied and c.points > 0]
+    if not entries:
+        return
+    await conn.execute(
+        """INSERT INTO ledger (mall_id, member_id, kind, points, balance_after, transaction_id,
+                               description)
+           SELECT m, u, 'credit', p, b, x, d
+             FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[], $5::text[],
+                         $6::text[]) AS t(m, u, p, b, x, d)""",
+        [c.payment.mall_id for c in entries],
+        [uuid.UUID(c.payment.member_id) for c in entries],
+        [c.points for c in entries],
+        [c.balance_after for c in entries],
+        [c.payment.transaction_id for c in entries],
+        [f"payment {c.payment.transaction_id} at {c.payment.tenant_id}" for c in entries],
+    )
+    closing: dict[tuple[str, str], tuple[int, int]] = {}
+    for c in entries:
+        key = (c.payment.mall_id, c.payment.member_id)
+        earned = closing.get(key, (0, 0))[1] + c.points
+        closing[key] = (c.balance_after, earned)
+    await conn.execute(
+        """UPDATE accounts a SET balance = t.b, lifetime_earned = a.lifetime_earned + t.e,
+                                 updated_at = now()
+             FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[]) AS t(m, u, b, e)
+            WHERE a.mall_id = t.m AND a.member_id = t.u""",
+        [k[0] for k in closing],
+        [uuid.UUID(k[1]) for k in closing],
+        [v[0] for v in closing.values()],
+        [v[1] for v in closing.values()],
+    )
 
 
 async def get_account(conn: Connection, mall_id: str, member_id: str) -> Account:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -56,3 +57,34 @@ class Credit:
     balance_after: int
     rule_version: str
     applied: bool  # False when this payment had been credited already
+
+
+AccountKey = tuple[str, str]  # (mall_id, member_id)
+
+
+def plan_credits(
+    payments: Sequence[AttributedPayment],
+    balances: Mapping[AccountKey, int],
+    credited_before: Set[tuple[str, str]],
+    rule: BaseRate,
+) -> list[Credit]:
+    """Credit a batch in order against the opening balances.
+
+    A payment credited before (``credited_before`` holds (mall_id, transaction_id)) or earlier
+    in the same batch is not applied again; balances run per account through the batch so
+    every entry's ``balance_after`` is exact.
+    """
+    running = dict(balances)
+    seen = set(credited_before)
+    credits = []
+    for p in payments:
+        key = (p.mall_id, p.transaction_id)
+        account = (p.mall_id, p.member_id)
+        if key in seen:
+            credits.append(Credit(p, 0, running[account], rule.version, applied=False))
+            continue
+        seen.add(key)
+        points = rule.points_for(p)
+        running[account] += points
+        credits.append(Credit(p, points, running[account], rule.version, applied=True))
+    return credits

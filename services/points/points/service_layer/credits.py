@@ -8,7 +8,7 @@ from eventbus.outbox import add_events
 from kit.db import Connection
 
 from points.adapters import events, repository
-from points.domain.model import AttributedPayment, BaseRate, Credit
+from points.domain.model import AttributedPayment, BaseRate, Credit, plan_credits
 
 
 async def credit_payments(
@@ -16,36 +16,27 @@ async def credit_payments(
     payments: Sequence[tuple[AttributedPayment, dict[str, str]]],
     rule: BaseRate | None = None,
 ) -> list[Credit]:
-    """Inside the caller's transaction: ledger entry, balance and event, or nothing at all.
+    """Inside the caller's transaction: ledger entries, balances and events, or nothing.
 
-    A payment credited before (through any event) is skipped by the ledger's unique index;
-    a payment that earns 0 points still yields a ``credited`` event with 0, because the
-    platform wants a "no points" report for it too.
+    The whole batch costs a fixed handful of statements (set-based), not a few per payment:
+    group commit is what lets one consumer keep up with a mall's peak. A payment credited
+    before (through any event) is skipped; one that earns 0 points writes no ledger entry but
+    still yields a ``credited`` event with 0, because the platform wants a "no points" report.
     """
     rule = rule or BaseRate()
-    credits: list[Credit] = []
-    for payment, headers in payments:
-        points = rule.points_for(payment)
-        balance = await repository.lock_account(conn, payment.mall_id, payment.member_id)
-        applied = True
-        if points > 0:
-            applied = await repository.append_credit(
-                conn,
-                mall_id=payment.mall_id,
-                member_id=payment.member_id,
-                points=points,
-                balance_after=balance + points,
-                transaction_id=payment.transaction_id,
-                description=f"payment {payment.transaction_id} at {payment.tenant_id}",
-            )
-        credit = Credit(
-            payment=payment,
-            points=points if applied else 0,
-            balance_after=balance + points if applied else balance,
-            rule_version=rule.version,
-            applied=applied,
-        )
-        credits.append(credit)
-        if applied:
-            await add_events(conn, [events.points_credited(credit, headers)])
+    batch = [p for p, _ in payments]
+    balances = await repository.lock_accounts(conn, [(p.mall_id, p.member_id) for p in batch])
+    before = await repository.credited_transactions(
+        conn, [(p.mall_id, p.transaction_id) for p in batch]
+    )
+    credits = plan_credits(batch, balances, before, rule)
+    await repository.append_credits(conn, credits)
+    await add_events(
+        conn,
+        [
+            events.points_credited(credit, headers)
+            for credit, (_, headers) in zip(credits, payments, strict=True)
+            if credit.applied
+        ],
+    )
     return credits

@@ -38,11 +38,12 @@ def to_status(error: AppError) -> grpc.Status:
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> AppError | None:
-    """Rebuild the AppError a server raised, for callers such as the gateway."""
+    """Rebuild the AppError a server raised, for callers such as the gateway; None when the
+    status carries no stable code."""
     kind = _KINDS.get(exc.code())
     if kind is None:
         return None
-    code = "unknown"
+    code: str | None = None
     details: dict[str, str] = {}
     metadata: Any = exc.trailing_metadata() or ()
     for key, value in metadata:
@@ -52,6 +53,8 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> AppError | None:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info):
                     code, details = info.reason, dict(info.metadata)
+    if code is None:
+        return None  # not one of ours (e.g. the channel could not connect)
     error = AppError(code, exc.details() or "", **details)
     error.kind = kind
     return error

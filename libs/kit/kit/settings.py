@@ -6,10 +6,13 @@ process with a message naming the variable, instead of failing later on first us
 
 from __future__ import annotations
 
+import re
 import sys
-from typing import Literal, TypeVar
+import typing
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretBytes, SecretStr, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound=BaseSettings)
@@ -34,6 +37,30 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     grpc_default_deadline_s: float = Field(default=10.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    #: Messages a consumer fetches and commits in one transaction.
+    consumer_batch_size: int = Field(default=200, ge=1, le=1000)
+    #: How long JetStream waits for an ack before redelivering to another replica.
+    consumer_ack_wait_s: float = Field(default=30.0, gt=0)
+
+
+_DSN_PASSWORD = re.compile(r"(://[^/:@\s]*):[^/@\s]*@")
+
+
+def _is_secret(annotation: Any) -> bool:
+    return annotation in (SecretStr, SecretBytes) or any(
+        _is_secret(arg) for arg in typing.get_args(annotation)
+    )
+
+
+def _shown_input(cls: type[BaseSettings], err: ErrorDetails) -> str:
+    """What the variable held, without leaking secrets: a missing field's ``input`` is the
+    whole environment-derived dict, and secrets and DSN passwords never reach the log."""
+    if err["type"] == "missing":
+        return "not set"
+    field = cls.model_fields.get(str(err["loc"][0])) if err["loc"] else None
+    if field is not None and _is_secret(field.annotation):
+        return "value hidden"
+    return "got " + _DSN_PASSWORD.sub(r"\1:***@", repr(err.get("input")))
 
 
 def load_settings(cls: type[S]) -> S:
@@ -44,6 +71,6 @@ def load_settings(cls: type[S]) -> S:
         lines = [f"invalid configuration for {cls.__name__}:"]
         for err in exc.errors():
             var = "_".join(str(p) for p in err["loc"]).upper()
-            lines.append(f"  {var}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"  {var}: {err['msg']} ({_shown_input(cls, err)})")
         sys.stderr.write("\n".join(lines) + "\n")
         raise SystemExit(2) from None

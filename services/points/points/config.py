@@ -8,5 +8,3 @@ from pydantic import Field
 
 class Settings(ServiceSettings):
     grpc_port: int = Field(default=50062, ge=0, le=65535)
-    consumer_batch_size: int = Field(default=200, ge=1, le=1000)
-    consumer_ack_wait_s: float = Field(default=30.0, gt=0)

@@ -18,7 +18,12 @@ _KIND_NAMES = {
 
 
 def _reraise(exc: grpc.aio.AioRpcError) -> AppError:
-    return from_rpc_error(exc) or Unavailable("upstream_unavailable", "please retry shortly")
+    error = from_rpc_error(exc)
+    if error is None or error.code == "unknown":
+        # No stable code: the backend was not reached (a transport UNAVAILABLE) or failed
+        # outside the error model. Either way the shopper should retry, not read "unknown".
+        return Unavailable("upstream_unavailable", "please retry shortly")
+    return error
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zoneinfo
 
@@ -41,7 +42,7 @@ async def create_mall(
     row = MallRow(mall_id, name, appid, brand_id, mchid, time_zone)
     if not await repository.insert_mall(conn, row):
         existing = await repository.get_mall(conn, mall_id)
-        if existing and (existing.name, existing.appid) == (name, appid):
+        if existing and existing == dataclasses.replace(row, created_at=existing.created_at):
             return existing  # the same request again: idempotent
         raise Conflict("mall_exists", f"mall {mall_id} or appid {appid} already exists")
     created = await repository.get_mall(conn, mall_id)

@@ -68,7 +68,9 @@ async def credited_transactions(
 
 async def append_credits(conn: Connection, credits: Sequence[Credit]) -> None:
     """Append credit entries and set the accounts' balances, in two statements."""
-    entries = [c for c in credits if c.applied and c.points > 0]
+    # 0-point credits are entries too: the ledger records every payment's credit decision,
+    # which is what makes a redelivered sub-yuan payment recognisable.
+    entries = [c for c in credits if c.applied]
     if not entries:
         return
     await conn.execute(

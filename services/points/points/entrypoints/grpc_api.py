@@ -23,6 +23,7 @@ _KINDS = {
     "adjustment": points_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
 }
 MAX_PAGE = 100
+_MAX_CURSOR = 2**63 - 1  # entry ids are bigint
 
 
 def _member_key(mall_id: str, member_id: str) -> None:
@@ -37,7 +38,8 @@ def _member_key(mall_id: str, member_id: str) -> None:
 def _cursor(token: str) -> int | None:
     if not token:
         return None
-    if not token.isdigit():
+    # isdigit() alone lets through "²" (int() refuses it) and non-ASCII digits.
+    if not (token.isascii() and token.isdigit()) or int(token) > _MAX_CURSOR:
         raise InvalidInput("invalid_page_token", "page_token is not one this API issued")
     return int(token)
 

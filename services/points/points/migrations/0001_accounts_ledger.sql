@@ -34,5 +34,5 @@ CREATE FUNCTION ledger_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'ledger is append-only: % refused', TG_OP;
 END $$;
-CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON ledger
+CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_is_append_only();

@@ -20,8 +20,8 @@ async def credit_payments(
 
     The whole batch costs a fixed handful of statements (set-based), not a few per payment:
     group commit is what lets one consumer keep up with a mall's peak. A payment credited
-    before (through any event) is skipped; one that earns 0 points writes no ledger entry but
-    still yields a ``credited`` event with 0, because the platform wants a "no points" report.
+    before (through any event) is skipped; one that earns 0 points gets a 0-point entry and a
+    ``credited`` event with 0, because the platform wants a "no points" report for it too.
     """
     rule = rule or BaseRate()
     batch = [p for p, _ in payments]

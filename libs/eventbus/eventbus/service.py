@@ -1,0 +1,97 @@
+"""Assemble a service's roles from its declarations: the plumbing every service shares.
+
+A service's composition root names its streams, consumers and servicers; this opens the pool
+and the NATS connection, ensures streams and durable consumers, and builds the gRPC server
+(health following PostgreSQL and NATS), the outbox relay and the consumer loops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from google.protobuf.descriptor import FileDescriptor
+from kit.cli import Roles
+from kit.db import open_pool, ping
+from kit.grpc_server import GrpcServer, Registration
+from kit.jetstream import connect
+from kit.settings import ServiceSettings
+
+from eventbus.consumer import Consumer, Handler
+from eventbus.ops import dead_letter_commands
+from eventbus.relay import OutboxRelay
+from eventbus.streams import ensure_streams
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One durable consumer: ``<service>-<handler>`` on one subject of one stream."""
+
+    handler_name: str
+    stream: str
+    subject: str
+    handler: Handler
+
+
+@contextlib.asynccontextmanager
+async def assemble(
+    name: str,
+    settings: ServiceSettings,
+    *,
+    streams: Sequence[str],
+    subscriptions: Sequence[Subscription] = (),
+    servicers: Callable[[asyncpg.Pool], Sequence[Registration]] = lambda pool: (),
+    descriptor: FileDescriptor,
+) -> AsyncIterator[Roles]:
+    async with (
+        open_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            application_name=name,
+        ) as pool,
+        connect(settings.nats_url, name=name) as nc,
+    ):
+        js = nc.jetstream()
+        await ensure_streams(js, *streams)
+        consumers = [
+            Consumer(
+                pool,
+                js,
+                name=f"{name}-{s.handler_name}",
+                stream=s.stream,
+                subject=s.subject,
+                handler=s.handler,
+                batch_size=settings.consumer_batch_size,
+                ack_wait_s=settings.consumer_ack_wait_s,
+            )
+            for s in subscriptions
+        ]
+
+        async def db_ok() -> bool:
+            return await ping(pool)
+
+        async def nats_ok() -> bool:
+            return bool(nc.is_connected)
+
+        grpc = GrpcServer(
+            service=name,
+            registrations=servicers(pool),
+            service_names=[s.full_name for s in descriptor.services_by_name.values()],
+            health_checks=[db_ok, nats_ok],
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            default_deadline_s=settings.grpc_default_deadline_s,
+            grace_s=settings.shutdown_grace_s,
+        )
+        yield Roles(
+            components={
+                "serve": [grpc.run],
+                "relay": [OutboxRelay(pool, js).run],
+                "consume": [c.run for c in consumers],
+            },
+            commands=dead_letter_commands(pool, consumers),
+            grpc=grpc,
+        )

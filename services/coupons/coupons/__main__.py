@@ -1,0 +1,3 @@
+from coupons.bootstrap import SERVICE
+
+SERVICE.main()

@@ -1,0 +1,3 @@
+from parking.bootstrap import SERVICE
+
+SERVICE.main()

@@ -2,9 +2,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 export UV_PYTHON_DOWNLOADS := never
-export UV_PYTHON := python3.11
+export UV_PYTHON := 3.11
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv/bin
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PYTEST_ARGS ?=
 
 .PHONY: help
@@ -12,7 +13,7 @@ help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .tools/bin/uv:
-	python3.11 -m venv .tools
+	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet 'uv==0.13.8'
 
 .PHONY: install

@@ -12,8 +12,8 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-class EmptyHealth(health_pb2_grpc.HealthServicer):
-    async def Check(  # type: ignore[override]
+class EmptyHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    async def Check(
         self, request: health_pb2.HealthCheckRequest, context: object
     ) -> health_pb2.HealthCheckResponse:
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)

@@ -36,11 +36,10 @@ import grpc
 import nats
 import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mall_testing.demo import DemoMall, payment_notification, seed
-from mall_testing.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-
 from kit.migrations import migrate
 from mall.points.v1 import events_pb2 as points_events
+from mall_testing.demo import DemoMall, payment_notification, seed
+from mall_testing.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from member.bootstrap import MIGRATIONS as MEMBER_MIGRATIONS
 from points.bootstrap import MIGRATIONS as POINTS_MIGRATIONS
 
@@ -50,7 +49,7 @@ RESULTS = ROOT / "bench" / "results"
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def rate(n: int, concurrency: int, one: Callable[[int], Awaitable[Any]]) -> float:
@@ -109,7 +108,7 @@ async def baselines(
     pg_url: str, nats_url: str, session: aiohttp.ClientSession, n: int, concurrency: int
 ) -> dict[str, float]:
     http_port, grpc_port = free_port(), free_port()
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
         [sys.executable, str(ROOT / "bench" / "empty_servers.py"), str(http_port), str(grpc_port)],
         stdout=subprocess.PIPE,
     )
@@ -183,16 +182,23 @@ async def payments(
     member_port, points_port, http_port = free_port(), free_port(), free_port()
     common = {"NATS_URL": nats_url}
     procs = [
-        spawn(["-m", "member", "all"], {**common, "DATABASE_URL": member_db,
-                                        "GRPC_PORT": str(member_port)}),
-        spawn(["-m", "points", "all"], {**common, "DATABASE_URL": points_db,
-                                        "GRPC_PORT": str(points_port)}),
-        spawn(["-m", "gateway", "serve"], {
-            **common,
-            "HTTP_PORT": str(http_port),
-            "MEMBER_GRPC_TARGET": f"127.0.0.1:{member_port}",
-            "POINTS_GRPC_TARGET": f"127.0.0.1:{points_port}",
-        }),
+        spawn(
+            ["-m", "member", "all"],
+            {**common, "DATABASE_URL": member_db, "GRPC_PORT": str(member_port)},
+        ),
+        spawn(
+            ["-m", "points", "all"],
+            {**common, "DATABASE_URL": points_db, "GRPC_PORT": str(points_port)},
+        ),
+        spawn(
+            ["-m", "gateway", "serve"],
+            {
+                **common,
+                "HTTP_PORT": str(http_port),
+                "MEMBER_GRPC_TARGET": f"127.0.0.1:{member_port}",
+                "POINTS_GRPC_TARGET": f"127.0.0.1:{points_port}",
+            },
+        ),
     ]
     try:
         base = f"http://127.0.0.1:{http_port}"
@@ -260,13 +266,19 @@ async def payments(
 
 
 async def main(n: int, concurrency: int) -> dict[str, Any]:
-    async with servers() as (pg_url, nats_url), aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency)
-    ) as session:
+    async with (
+        servers() as (pg_url, nats_url),
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session,
+    ):
         base = await baselines(pg_url, nats_url, session, n, concurrency)
         result = await payments(pg_url, nats_url, session, n, concurrency)
-    return {"when": datetime.now(UTC).isoformat(), "cores": os.cpu_count(),
-            "concurrency": concurrency, "baselines": base, "payment_path": result}
+    return {
+        "when": datetime.now(UTC).isoformat(),
+        "cores": os.cpu_count(),
+        "concurrency": concurrency,
+        "baselines": base,
+        "payment_path": result,
+    }
 
 
 def report(result: dict[str, Any]) -> str:
@@ -276,8 +288,10 @@ def report(result: dict[str, Any]) -> str:
         "|---|---|---|",
         f"| empty aiohttp POST (baseline) | {b['aiohttp_empty_post_per_s']:,.0f}/s | 1 |",
         f"| empty grpc.aio unary (baseline) | {b['grpc_empty_unary_per_s']:,.0f}/s | |",
-        f"| one-row PostgreSQL commit, pool 4 (baseline) | {b['pg_one_row_commit_per_s']:,.0f}/s | |",
-        f"| awaited JetStream publish (baseline) | {b['jetstream_awaited_publish_per_s']:,.0f}/s | |",
+        f"| one-row PostgreSQL commit, pool 4 (baseline) | "
+        f"{b['pg_one_row_commit_per_s']:,.0f}/s | |",
+        f"| awaited JetStream publish (baseline) | "
+        f"{b['jetstream_awaited_publish_per_s']:,.0f}/s | |",
         f"| payments accepted by the gateway | {p['accepted_per_s']:,.0f}/s | "
         f"{p['accepted_per_s'] / b['aiohttp_empty_post_per_s']:.2f} of empty POST |",
         f"| payments credited end to end | {p['credited_end_to_end_per_s']:,.0f}/s | "

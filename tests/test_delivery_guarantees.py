@@ -37,7 +37,7 @@ async def wait_for(dsn: str, query: str, expected: object, *args: object) -> Non
     raise AssertionError(f"{query!r} stayed at {value!r}, expected {expected!r}")
 
 
-def start_points_consumer(suite: Suite) -> asyncio.subprocess.Process:
+async def start_points_consumer(suite: Suite) -> asyncio.subprocess.Process:
     env = {
         **os.environ,
         "DATABASE_URL": suite.points_db,
@@ -46,7 +46,7 @@ def start_points_consumer(suite: Suite) -> asyncio.subprocess.Process:
         "CONSUMER_BATCH_SIZE": "50",
         "LOG_LEVEL": "warning",
     }
-    return asyncio.create_subprocess_exec(  # type: ignore[return-value]
+    return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "points", "consume", env=env
     )
 

@@ -46,9 +46,7 @@ async def start_points_consumer(suite: Suite) -> asyncio.subprocess.Process:
         "CONSUMER_BATCH_SIZE": "50",
         "LOG_LEVEL": "warning",
     }
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "points", "consume", env=env
-    )
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "points", "consume", env=env)
 
 
 async def test_thousand_payments_with_points_consumer_killed_midway(

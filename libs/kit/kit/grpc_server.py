@@ -60,6 +60,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             fields = context.from_headers(metadata)
             started = time.perf_counter()
             outcome = "OK"
+            scope: asyncio.Timeout | None = None
             with context.bound(**fields, rpc=method):
                 try:
                     if authenticate is not None:
@@ -67,13 +68,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                         structlog.contextvars.bind_contextvars(**principal)
                     remaining = ctx.time_remaining()
                     budget = min(remaining, deadline) if remaining else deadline
-                    async with asyncio.timeout(budget):
+                    async with asyncio.timeout(budget) as scope:
                         return await inner(request, ctx)
                 except AppError as exc:
                     outcome = exc.code
                     status = to_status(exc)
                     await ctx.abort(status.code, status.details, status.trailing_metadata)
                 except TimeoutError:
+                    if scope is None or not scope.expired():  # inside the handler: pool, upstream
+                        outcome = "unavailable"
+                        log.warning("rpc_timed_out_inside")
+                        await ctx.abort(grpc.StatusCode.UNAVAILABLE, "timed out; retry")
                     outcome = "deadline_exceeded"
                     await ctx.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
                 except grpc.aio.AbortError:
@@ -95,6 +100,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+async def _safely(check: HealthCheck) -> bool:
+    """A check that fails to answer counts as unhealthy; it never takes the server down."""
+    try:
+        return await check()
+    except Exception as exc:
+        log.warning("health_check_failed", error=repr(exc))
+        return False
 
 
 class GrpcServer:
@@ -149,7 +163,7 @@ class GrpcServer:
         return self.port
 
     async def _refresh_health(self) -> bool:
-        healthy = all([await check() for check in self._checks])
+        healthy = all([await _safely(check) for check in self._checks])
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if healthy

@@ -152,3 +152,20 @@ async def jetstream(nats_url: str) -> AsyncIterator[Nats]:
 def unique_id() -> str:
     """A short unique string (12 hex digits) for test data."""
     return uuid.uuid4().hex[:12]
+
+
+#: Fixtures that start or reach real servers: a test that uses one is an integration test.
+_SERVER_FIXTURES = frozenset({"postgres_url", "nats_url", "fresh_database", "jetstream"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "integration: needs real PostgreSQL / NATS (applied automatically)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests that use a server fixture, so ``-m "not integration"`` runs the fast ones."""
+    for item in items:
+        if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

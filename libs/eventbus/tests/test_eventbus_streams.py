@@ -1,0 +1,34 @@
+"""eventbus.streams / kit.jetstream: one stream per producer, set up idempotently."""
+
+from __future__ import annotations
+
+from eventbus.streams import STREAMS, ensure_streams
+from mall_testing.plugin import Nats
+from nats.js.api import StreamConfig
+
+
+async def test_every_stream_is_created_for_its_producer(jetstream: Nats) -> None:
+    await ensure_streams(jetstream.js)
+
+    infos = {str(info.config.name): info.config for info in await jetstream.js.streams_info()}
+    assert sorted(infos) == sorted(STREAMS)
+    for name, prefix in STREAMS.items():
+        assert infos[name].subjects == [f"{prefix}.>"]
+        assert infos[name].duplicate_window == 3600.0
+
+
+async def test_ensuring_again_is_harmless_and_repairs_a_drifted_configuration(
+    jetstream: Nats, unique_id: str
+) -> None:
+    await jetstream.js.add_stream(
+        StreamConfig(name="POINTS", subjects=["points.>"], duplicate_window=60.0)
+    )
+    ack = await jetstream.js.publish(f"points.t{unique_id}.credited", b"kept")
+
+    await ensure_streams(jetstream.js, "POINTS")
+    await ensure_streams(jetstream.js, "POINTS")
+
+    info = await jetstream.js.stream_info("POINTS")
+    assert info.config.duplicate_window == 3600.0
+    assert info.state.messages == 1  # updated in place, not recreated
+    assert (await jetstream.js.get_msg("POINTS", ack.seq)).data == b"kept"

@@ -141,8 +141,8 @@ class Consumer:
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(self._batch_size, timeout=1.0)
-                except nats.errors.TimeoutError:
-                    continue
+                except (nats.errors.TimeoutError, TimeoutError):
+                    continue  # nothing to do within the fetch window
                 except Exception as exc:  # NATS away: keep trying, slower each time
                     log.warning("consumer_fetch_failed", consumer=self.name, error=repr(exc))
                     await asyncio.sleep(backoff)

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import nats
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
@@ -33,7 +34,11 @@ async def connect(url: str, *, name: str) -> AsyncIterator[Client]:
         yield nc
     finally:
         if not nc.is_closed:
-            await nc.drain()
+            try:
+                await nc.drain()
+            except (nats.errors.Error, TimeoutError) as exc:  # server already gone
+                log.warning("nats_drain_failed", error=repr(exc))
+                await nc.close()
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

@@ -1,0 +1,1 @@
+"""The embedded stack behind ``make run``; ``deploy/local/run.py`` is the entry point."""

@@ -1,0 +1,96 @@
+"""The lines ``make run`` prints once the stack is ready: where things are, what to paste."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from mall_testing.demo import DemoMall, payment_notification
+
+from deploy.local.settings import BACKENDS, RunSettings
+
+DEMO_OPENID = "demo-shopper"
+DEMO_AMOUNT_FEN = 8800
+RULE = "─" * 72
+
+
+def _short(path: Path) -> str:
+    """Relative to the working directory when below it: shorter to read and to paste."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def payment_curl(settings: RunSettings, mall: DemoMall) -> str:
+    body = payment_notification(mall, openid=DEMO_OPENID, amount_fen=DEMO_AMOUNT_FEN)
+    return shlex.join(
+        [
+            "curl", "-sS", "-o", "/dev/null", "-w", r"%{http_code}\n",
+            "-X", "POST", f"{settings.gateway_url}/wechatpay/notifications",
+            "-H", "Content-Type: application/json",
+            "--data", json.dumps(body, separators=(",", ":")),
+        ]
+    )  # fmt: skip
+
+
+def points_curl(settings: RunSettings, mall: DemoMall) -> str:
+    url = f"{settings.gateway_url}/v1/malls/{mall.mall_id}/shoppers/{DEMO_OPENID}/points"
+    return shlex.join(["curl", "-sS", url])
+
+
+def render(
+    settings: RunSettings,
+    mall: DemoMall,
+    *,
+    phases: Sequence[tuple[str, float]],
+    postgres_url: str,
+    nats_url: str,
+    conf: Path,
+) -> str:
+    run_dir = settings.run_dir
+    postgres = "embedded, data in " + _short(run_dir / "postgres")
+    nats = "embedded, data in " + _short(run_dir / "nats")
+    steps, previous = [], 0.0
+    for label, at in phases:  # seconds since start, at the end of each phase
+        steps.append(f"{label} {at - previous:.2f}")
+        previous = at
+    lines = [
+        RULE,
+        f"Mall Circle is ready in {previous:.2f} s  ({', '.join(steps)})",
+        f"  gateway     {settings.gateway_url}  (/healthz, /readyz)",
+        *(
+            f"  {b.name:<10}  gRPC {settings.grpc_target(b.name)}  "
+            f"(database {b.name}, {b.port_variable})"
+            for b in BACKENDS
+        ),
+        f"  PostgreSQL  {_without_password(postgres_url)}"
+        + ("" if settings.database_url else f"  ({postgres})"),
+        f"  NATS        {nats_url}" + ("" if settings.nats_url else f"  ({nats})"),
+        f"  demo mall   {mall.mall_id}  ({mall.name}, appid {mall.appid})",
+        f"  services    {_short(Path(sys.executable).with_name('supervisorctl'))}"
+        f" -c {_short(conf)} status",
+        f"  logs        {_short(run_dir)}/supervisord.log, postgres/postgres.log, nats/nats.log",
+        "",
+        f"A shopper pays {DEMO_AMOUNT_FEN / 100:.2f} yuan at {mall.stores[0].tenant_name}"
+        " (prints 204; the same body again is de-duplicated):",
+        f"  {payment_curl(settings, mall)}",
+        f"Their points (+{DEMO_AMOUNT_FEN // 100} once member and points have handled it):",
+        f"  {points_curl(settings, mall)}",
+        "",
+        "Ctrl-C stops everything.",
+        RULE,
+    ]
+    return "\n".join(lines)

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import nats.errors
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 from kit import context
 from kit.errors import Unavailable
+from kit.proto import timestamp
 from mall.payments.v1 import events_pb2
 from nats.aio.client import Client
 
@@ -17,12 +17,6 @@ from gateway.domain.notifications import PaymentNotice
 log = structlog.get_logger(__name__)
 
 PAYMENT_CAPTURED = "payments.payment.captured"
-
-
-def _ts(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 class PaymentsPublisher:
@@ -51,9 +45,9 @@ class PaymentsPublisher:
             shop_number=notice.shop_number,
             openid=notice.openid,
             amount_fen=notice.amount_fen,
-            paid_at=_ts(notice.paid_at),
+            paid_at=timestamp(notice.paid_at),
             commit_tag=notice.commit_tag,
-            received_at=_ts(datetime.now(UTC)),
+            received_at=timestamp(datetime.now(UTC)),
             notification_id=notice.notification_id,
         )
         try:

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 from eventbus.outbox import OutgoingEvent, event
-from google.protobuf.timestamp_pb2 import Timestamp
+from kit.proto import timestamp
 from mall.common.v1 import common_pb2
 from mall.member.v1 import events_pb2, member_pb2
 
@@ -26,12 +26,6 @@ CHANNELS = {
     JoinChannel.MINI_PROGRAM: member_pb2.JOIN_CHANNEL_MINI_PROGRAM,
     JoinChannel.POS: member_pb2.JOIN_CHANNEL_POS,
 }
-
-
-def timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def payment_attributed(a: Attribution, headers: dict[str, str]) -> OutgoingEvent:

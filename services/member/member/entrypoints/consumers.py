@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC
 
 from eventbus.consumer import Delivery
 from kit.db import Connection
+from kit.proto import to_datetime
 from mall.payments.v1 import events_pb2 as payments
 
 from member.domain.model import CapturedPayment
@@ -25,7 +25,7 @@ def _captured(d: Delivery) -> CapturedPayment:
         shop_number=msg.shop_number,
         openid=msg.openid,
         amount_fen=msg.amount_fen,
-        paid_at=msg.paid_at.ToDatetime(tzinfo=UTC),
+        paid_at=to_datetime(msg.paid_at),
     )
 
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import asyncpg
 from kit.errors import InvalidInput, NotFound
+from kit.proto import timestamp
 from mall.member.v1 import directory_pb2, member_pb2, member_service_pb2, member_service_pb2_grpc
 
 from member.adapters import repository
-from member.adapters.events import timestamp
 from member.adapters.repository import MallRow
 from member.domain.model import Member
 from member.service_layer import directory

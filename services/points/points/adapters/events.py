@@ -6,18 +6,12 @@ import uuid
 from datetime import UTC, datetime
 
 from eventbus.outbox import OutgoingEvent, event
-from google.protobuf.timestamp_pb2 import Timestamp
+from kit.proto import timestamp
 from mall.points.v1 import events_pb2
 
 from points.domain.model import Credit
 
 POINTS_CREDITED = "points.points.credited"
-
-
-def timestamp(value: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def points_credited(credit: Credit, headers: dict[str, str]) -> OutgoingEvent:

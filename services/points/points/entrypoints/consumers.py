@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC
 
 from eventbus.consumer import Delivery
 from kit.db import Connection
+from kit.proto import to_datetime
 from mall.member.v1 import events_pb2 as member_events
 
 from points.domain.model import AttributedPayment
@@ -24,7 +24,7 @@ def _attributed(d: Delivery) -> AttributedPayment:
         transaction_id=msg.transaction_id,
         tenant_id=msg.tenant_id,
         amount_fen=msg.amount_fen,
-        paid_at=msg.paid_at.ToDatetime(tzinfo=UTC),
+        paid_at=to_datetime(msg.paid_at),
         appid=msg.appid,
         openid=msg.openid,
     )

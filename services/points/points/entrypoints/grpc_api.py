@@ -7,11 +7,11 @@ from typing import Any
 
 import asyncpg
 from kit.errors import InvalidInput
+from kit.proto import timestamp
 from mall.common.v1 import common_pb2
 from mall.points.v1 import points_pb2, points_service_pb2, points_service_pb2_grpc
 
 from points.adapters import repository
-from points.adapters.events import timestamp
 
 _KINDS = {
     "credit": points_pb2.LEDGER_ENTRY_KIND_CREDIT,

@@ -173,7 +173,12 @@ async def baselines(
 
 
 async def payments(
-    pg_url: str, nats_url: str, session: aiohttp.ClientSession, n: int, concurrency: int
+    pg_url: str,
+    nats_url: str,
+    session: aiohttp.ClientSession,
+    n: int,
+    concurrency: int,
+    paced_rate: float,
 ) -> dict[str, float]:
     member_db = await create_database(pg_url, "bench_member")
     points_db = await create_database(pg_url, "bench_points")
@@ -207,9 +212,10 @@ async def payments(
         shoppers = [f"bench-{uuid.uuid4().hex}" for _ in range(500)]
         notifications = [
             payment_notification(mall, openid=shoppers[i % len(shoppers)], amount_fen=100 + i)
-            for i in range(n + 200)
+            for i in range(n + 200 + n // 2)
         ]
-        warmup, measured = notifications[:200], notifications[200:]
+        warmup, measured = notifications[:200], notifications[200 : 200 + n]
+        paced = notifications[200 + n :]
         sent: dict[str, float] = {}
         credited: dict[str, float] = {}
         done = asyncio.Event()
@@ -238,12 +244,25 @@ async def payments(
             await asyncio.sleep(0.05)
         started = time.perf_counter()
         accepted_rate = await rate(len(measured), concurrency, lambda i: post(measured, i))
+        ids = [n["resource"]["transaction_id"] for n in measured]
+        for _ in range(12000):
+            if all(t in credited for t in ids):
+                break
+            await asyncio.sleep(0.05)
+        finished = max(credited[t] for t in ids)
+        latencies = [(credited[t] - sent[t]) * 1000 for t in ids]
+
+        # Steady load below saturation: how long a shopper waits for "+N points".
+        async def paced_post(i: int) -> None:
+            await asyncio.sleep(max(0.0, paced_start + i / paced_rate - time.perf_counter()))
+            await post(paced, i)
+
+        paced_start = time.perf_counter()
+        await asyncio.gather(*(paced_post(i) for i in range(len(paced))))
         await asyncio.wait_for(done.wait(), timeout=600)
-        finished = max(credited[n["resource"]["transaction_id"]] for n in measured)
         await nc.close()
-        latencies = [
-            (credited[t] - sent[t]) * 1000
-            for t in (n["resource"]["transaction_id"] for n in measured)
+        steady = [
+            (credited[t] - sent[t]) * 1000 for t in (n["resource"]["transaction_id"] for n in paced)
         ]
         ledger_rows = await (await asyncpg.connect(points_db)).fetchval(
             "SELECT count(*) FROM ledger WHERE mall_id = $1", mall.mall_id
@@ -257,6 +276,11 @@ async def payments(
             "latency_p50_ms": percentile(latencies, 50),
             "latency_p99_ms": percentile(latencies, 99),
             "latency_mean_ms": statistics.fmean(latencies),
+            "paced_rate_per_s": paced_rate,
+            "paced_payments": len(paced),
+            "paced_latency_p50_ms": percentile(steady, 50),
+            "paced_latency_p99_ms": percentile(steady, 99),
+            "paced_latency_max_ms": max(steady),
         }
     finally:
         for p in procs:
@@ -265,13 +289,13 @@ async def payments(
             p.wait(timeout=30)
 
 
-async def main(n: int, concurrency: int) -> dict[str, Any]:
+async def main(n: int, concurrency: int, paced_rate: float) -> dict[str, Any]:
     async with (
         servers() as (pg_url, nats_url),
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session,
     ):
         base = await baselines(pg_url, nats_url, session, n, concurrency)
-        result = await payments(pg_url, nats_url, session, n, concurrency)
+        result = await payments(pg_url, nats_url, session, n, concurrency, paced_rate)
     return {
         "when": datetime.now(UTC).isoformat(),
         "cores": os.cpu_count(),
@@ -296,8 +320,11 @@ def report(result: dict[str, Any]) -> str:
         f"{p['accepted_per_s'] / b['aiohttp_empty_post_per_s']:.2f} of empty POST |",
         f"| payments credited end to end | {p['credited_end_to_end_per_s']:,.0f}/s | "
         f"{p['credited_end_to_end_per_s'] / b['pg_one_row_commit_per_s']:.2f} of one-row commit |",
-        f"| POST → points.credited p50 / p99 | {p['latency_p50_ms']:.0f} / "
+        f"| POST → points.credited p50 / p99, saturated | {p['latency_p50_ms']:.0f} / "
         f"{p['latency_p99_ms']:.0f} ms | |",
+        f"| POST → points.credited p50 / p99 / max, steady {p['paced_rate_per_s']:.0f}/s | "
+        f"{p['paced_latency_p50_ms']:.0f} / {p['paced_latency_p99_ms']:.0f} / "
+        f"{p['paced_latency_max_ms']:.0f} ms | |",
     ]
     return "\n".join(lines)
 
@@ -306,8 +333,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=5000, help="payments to measure")
     parser.add_argument("-c", "--concurrency", type=int, default=64)
+    parser.add_argument("--paced-rate", type=float, default=500, help="steady payments/s")
     args = parser.parse_args()
-    outcome = uvloop.run(main(args.n, args.concurrency))
+    outcome = uvloop.run(main(args.n, args.concurrency, args.paced_rate))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (RESULTS / f"payments-{stamp}.json").write_text(json.dumps(outcome, indent=2))

@@ -44,7 +44,7 @@ fmt: install ## Format and auto-fix
 
 .PHONY: typecheck
 typecheck: install ## mypy --strict over libs, services, tests
-	$(VENV)/mypy libs services tests bench deploy
+	$(VENV)/mypy libs services simulators tests bench deploy
 
 .PHONY: protos
 protos: install ## Regenerate libs/contracts from protos/

@@ -1,0 +1,1 @@
+"""WeChat Pay smart-mall simulator."""

@@ -8,7 +8,7 @@ and the NATS connection, ensures streams and durable consumers, and builds the g
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -18,6 +18,7 @@ from kit.db import open_pool, ping
 from kit.grpc_server import GrpcServer, Registration
 from kit.jetstream import connect
 from kit.settings import ServiceSettings
+from nats.js.client import JetStreamContext
 
 from eventbus.consumer import Consumer, Handler
 from eventbus.ops import dead_letter_commands
@@ -41,7 +42,8 @@ async def assemble(
     settings: ServiceSettings,
     *,
     streams: Sequence[str],
-    subscriptions: Sequence[Subscription] = (),
+    subscriptions: Sequence[Subscription]
+    | Callable[[JetStreamContext], Awaitable[Sequence[Subscription]]] = (),
     servicers: Callable[[asyncpg.Pool], Sequence[Registration]] = lambda pool: (),
     descriptor: FileDescriptor,
 ) -> AsyncIterator[Roles]:
@@ -56,6 +58,8 @@ async def assemble(
     ):
         js = nc.jetstream()
         await ensure_streams(js, *streams)
+        if callable(subscriptions):  # handlers that need JetStream themselves (a KV bucket)
+            subscriptions = await subscriptions(js)
         consumers = [
             Consumer(
                 pool,

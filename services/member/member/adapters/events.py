@@ -8,12 +8,16 @@ from datetime import UTC, datetime
 from eventbus.outbox import OutgoingEvent, event
 from kit.proto import timestamp
 from mall.common.v1 import common_pb2
-from mall.member.v1 import events_pb2, member_pb2
+from mall.member.v1 import directory_pb2, events_pb2, member_pb2
 
+from member.adapters.repository import MallRow
 from member.domain.model import Attribution, JoinChannel, PaymentSource
 
 PAYMENT_ATTRIBUTED = "member.payment.attributed"
 MEMBER_JOINED = "member.member.joined"
+MALL_UPSERTED = "member.directory.mall_upserted"
+TENANT_UPSERTED = "member.directory.tenant_upserted"
+STORE_UPSERTED = "member.directory.store_upserted"
 
 _SOURCES = {
     PaymentSource.WECHAT_PAY: common_pb2.PAYMENT_SOURCE_WECHAT_PAY,
@@ -62,3 +66,72 @@ def member_joined(a: Attribution, channel: JoinChannel, headers: dict[str, str])
         transaction_id=a.payment.transaction_id,
     )
     return event(MEMBER_JOINED, msg, mall_id=a.store.mall_id, event_id=event_id, headers=headers)
+
+
+def mall_message(m: MallRow) -> directory_pb2.Mall:
+    mall = directory_pb2.Mall(
+        mall_id=m.mall_id,
+        name=m.name,
+        appid=m.appid,
+        brand_id=m.brand_id,
+        mchid=m.mchid,
+        time_zone=m.time_zone,
+    )
+    if m.created_at:
+        mall.created_at.CopyFrom(timestamp(m.created_at))
+    return mall
+
+
+def mall_upserted(row: MallRow) -> OutgoingEvent:
+    mall = mall_message(row)
+    event_id = str(uuid.uuid4())
+    msg = events_pb2.MallUpserted(
+        event_id=event_id,
+        mall_id=mall.mall_id,
+        occurred_at=timestamp(datetime.now(UTC)),
+        mall=mall,
+    )
+    return event(MALL_UPSERTED, msg, mall_id=mall.mall_id, event_id=event_id)
+
+
+def tenant_upserted(*, mall_id: str, tenant_id: str, name: str, category: str) -> OutgoingEvent:
+    tenant = directory_pb2.Tenant(
+        mall_id=mall_id, tenant_id=tenant_id, name=name, category=category
+    )
+    event_id = str(uuid.uuid4())
+    msg = events_pb2.TenantUpserted(
+        event_id=event_id,
+        mall_id=tenant.mall_id,
+        occurred_at=timestamp(datetime.now(UTC)),
+        tenant=tenant,
+    )
+    return event(TENANT_UPSERTED, msg, mall_id=tenant.mall_id, event_id=event_id)
+
+
+def store_upserted(
+    *,
+    mall_id: str,
+    tenant_id: str,
+    store_id: str,
+    name: str,
+    mchid: str,
+    sub_mchid: str,
+    shop_number: str,
+) -> OutgoingEvent:
+    store = directory_pb2.Store(
+        mall_id=mall_id,
+        tenant_id=tenant_id,
+        store_id=store_id,
+        name=name,
+        mchid=mchid,
+        sub_mchid=sub_mchid,
+        shop_number=shop_number,
+    )
+    event_id = str(uuid.uuid4())
+    msg = events_pb2.StoreUpserted(
+        event_id=event_id,
+        mall_id=store.mall_id,
+        occurred_at=timestamp(datetime.now(UTC)),
+        store=store,
+    )
+    return event(STORE_UPSERTED, msg, mall_id=store.mall_id, event_id=event_id)

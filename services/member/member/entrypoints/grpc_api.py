@@ -6,11 +6,10 @@ from typing import Any
 
 import asyncpg
 from kit.errors import InvalidInput, NotFound
-from kit.proto import timestamp
 from mall.member.v1 import directory_pb2, member_pb2, member_service_pb2, member_service_pb2_grpc
 
 from member.adapters import repository
-from member.adapters.repository import MallRow
+from member.adapters.events import mall_message
 from member.domain.model import Member
 from member.service_layer import directory
 
@@ -30,20 +29,6 @@ def _member(m: Member) -> member_pb2.Member:
         tier_code=m.tier_code,
         status=member_pb2.MEMBER_STATUS_ACTIVE,
     )
-
-
-def _mall(m: MallRow) -> directory_pb2.Mall:
-    mall = directory_pb2.Mall(
-        mall_id=m.mall_id,
-        name=m.name,
-        appid=m.appid,
-        brand_id=m.brand_id,
-        mchid=m.mchid,
-        time_zone=m.time_zone,
-    )
-    if m.created_at:
-        mall.created_at.CopyFrom(timestamp(m.created_at))
-    return mall
 
 
 def _required(**fields: str) -> None:
@@ -99,7 +84,7 @@ class DirectoryServicer(member_service_pb2_grpc.DirectoryServiceServicer):
                 mchid=request.mchid,
                 time_zone=request.time_zone,
             )
-        return member_service_pb2.CreateMallResponse(mall=_mall(mall))
+        return member_service_pb2.CreateMallResponse(mall=mall_message(mall))
 
     async def GetMall(
         self, request: member_service_pb2.GetMallRequest, context: Any
@@ -108,14 +93,14 @@ class DirectoryServicer(member_service_pb2_grpc.DirectoryServiceServicer):
             mall = await repository.get_mall(conn, request.mall_id)
         if mall is None:
             raise NotFound("unknown_mall", f"no mall {request.mall_id}")
-        return member_service_pb2.GetMallResponse(mall=_mall(mall))
+        return member_service_pb2.GetMallResponse(mall=mall_message(mall))
 
     async def ListMalls(
         self, request: member_service_pb2.ListMallsRequest, context: Any
     ) -> member_service_pb2.ListMallsResponse:
         async with self._pool.acquire() as conn:
             malls = await repository.list_malls(conn)
-        return member_service_pb2.ListMallsResponse(malls=[_mall(m) for m in malls])
+        return member_service_pb2.ListMallsResponse(malls=[mall_message(m) for m in malls])
 
     async def CreateTenant(
         self, request: member_service_pb2.CreateTenantRequest, context: Any

@@ -6,10 +6,11 @@ import dataclasses
 import re
 import zoneinfo
 
+from eventbus.outbox import add_events
 from kit.db import Connection
 from kit.errors import Conflict, InvalidInput, NotFound
 
-from member.adapters import repository
+from member.adapters import events, repository
 from member.adapters.repository import MallRow
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
@@ -47,6 +48,7 @@ async def create_mall(
         raise Conflict("mall_exists", f"mall {mall_id} or appid {appid} already exists")
     created = await repository.get_mall(conn, mall_id)
     assert created is not None
+    await add_events(conn, [events.mall_upserted(created)])
     return created
 
 
@@ -59,6 +61,14 @@ async def create_tenant(
     if not name:
         raise InvalidInput("missing_field", "name is required")
     await repository.upsert_tenant(conn, mall_id, tenant_id, name, category)
+    await add_events(
+        conn,
+        [
+            events.tenant_upserted(
+                mall_id=mall_id, tenant_id=tenant_id, name=name, category=category
+            )
+        ],
+    )
 
 
 async def create_store(
@@ -89,3 +99,17 @@ async def create_store(
     )
     if not stored:
         raise Conflict("shop_number_taken", f"shop {shop_number} belongs to another store")
+    await add_events(
+        conn,
+        [
+            events.store_upserted(
+                mall_id=mall_id,
+                tenant_id=tenant_id,
+                store_id=store_id,
+                name=name,
+                mchid=mchid,
+                sub_mchid=sub_mchid,
+                shop_number=shop_number,
+            )
+        ],
+    )

@@ -1,0 +1,64 @@
+"""A local, always-current copy of a JetStream key-value bucket.
+
+This is how services keep their slice of the directory without calling ``member``: member
+writes the ``DIRECTORY`` bucket, the others mirror it. A restarted process gets the whole
+current content at once (the watcher replays it), then every change as it happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js.api import KeyValueConfig
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+log = structlog.get_logger(__name__)
+
+DIRECTORY_BUCKET = "DIRECTORY"
+
+
+async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
+    """The bucket, created if it does not exist yet (idempotent)."""
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
+
+
+#: Receives each change: the key and its new value, or None when the key was deleted.
+Apply = Callable[[str, bytes | None], None]
+
+
+class KvMirror:
+    """Feeds every entry of a bucket to ``apply``; ``ready`` is set once the initial content
+    is in, so a process can refuse work until its copy is complete."""
+
+    def __init__(self, js: JetStreamContext, bucket: str, apply: Apply) -> None:
+        self._js = js
+        self._bucket = bucket
+        self._apply = apply
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Component: keep the copy current until asked to stop."""
+        kv = await open_bucket(self._js, self._bucket)
+        watcher = await kv.watchall()
+        try:
+            while not stop.is_set():
+                try:
+                    entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:  # the initial content has been replayed
+                    self.ready.set()
+                    log.info("kv_mirror_ready", bucket=self._bucket)
+                    continue
+                deleted = entry.operation in ("DEL", "PURGE") or entry.value is None
+                self._apply(entry.key, None if deleted else entry.value)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]

@@ -14,7 +14,12 @@ from mall.member.v1 import member_service_pb2, member_service_pb2_grpc
 from nats.js.client import JetStreamContext
 
 from member.config import Settings
-from member.entrypoints.consumers import PAYMENT_CAPTURED, on_payment_captured
+from member.entrypoints.consumers import (
+    PAYMENT_CAPTURED,
+    PAYMENT_REFUNDED,
+    on_payment_captured,
+    on_payment_refunded,
+)
 from member.entrypoints.directory_kv import DIRECTORY_CHANGED, directory_projection
 from member.entrypoints.grpc_api import DirectoryServicer, MemberServicer
 
@@ -26,6 +31,7 @@ async def subscriptions(js: JetStreamContext) -> list[Subscription]:
     directory = await open_bucket(js, DIRECTORY_BUCKET)
     return [
         Subscription("payment-captured", "PAYMENTS", PAYMENT_CAPTURED, on_payment_captured),
+        Subscription("payment-refunded", "PAYMENTS", PAYMENT_REFUNDED, on_payment_refunded),
         Subscription("directory-kv", "MEMBER", DIRECTORY_CHANGED, directory_projection(directory)),
     ]
 

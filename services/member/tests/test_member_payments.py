@@ -11,14 +11,15 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from kit.errors import ErrorKind, NotFound
+from kit.errors import ErrorKind, InvalidInput, NotFound
 from kit.migrations import migrate
 from mall.member.v1 import events_pb2, member_pb2
 from mall_testing.plugin import FreshDatabase
 from member.bootstrap import MIGRATIONS
-from member.domain.model import Attribution, CapturedPayment
+from member.domain.model import Attribution, CapturedPayment, CapturedRefund
 from member.service_layer import directory
 from member.service_layer.payments import attribute_payments
+from member.service_layer.refunds import attribute_refunds
 
 JOINED = "member.member.joined"
 ATTRIBUTED = "member.payment.attributed"
@@ -422,3 +423,129 @@ async def test_a_join_racing_a_rolled_back_join_creates_the_member(
     rows = await conn.fetch("SELECT member_id FROM members WHERE mall_id = $1", shop.mall_id)
     assert [str(r["member_id"]) for r in rows] == [kept.member.member_id]
     assert [e.subject for e in await outbox(conn, shop.mall_id)] == [JOINED, ATTRIBUTED]
+
+
+# -- refunds: attributed to their payment, refused beyond it, parked when they come first --
+
+REFUNDED = "member.refund.attributed"
+
+
+def refund(shop: Shop, transaction_id: str, amount_fen: int, refund_id: str = "") -> CapturedRefund:
+    return CapturedRefund(
+        event_id=str(uuid.uuid4()),
+        refund_id=refund_id or f"5030{uuid.uuid4().hex[:20]}",
+        transaction_id=transaction_id,
+        appid=shop.appid,
+        openid="o-refund",
+        refund_amount_fen=amount_fen,
+        refunded_at=datetime(2025, 11, 27, 2, 0, tzinfo=UTC),
+    )
+
+
+async def refund_all(conn: asyncpg.Connection, *refunds: CapturedRefund) -> None:
+    async with conn.transaction():
+        await attribute_refunds(conn, [(r, {}) for r in refunds])
+
+
+async def events(conn: asyncpg.Connection, mall_id: str) -> list[tuple[str, bytes]]:
+    rows = await conn.fetch(
+        """SELECT subject, payload FROM outbox WHERE mall_id = $1
+            AND subject IN ('member.refund.attributed', 'member.payment.attributed')
+            ORDER BY seq""",
+        mall_id,
+    )
+    return [(r["subject"], r["payload"]) for r in rows]
+
+
+async def test_a_refund_is_attributed_to_the_payment_and_its_member(
+    conn: asyncpg.Connection, shop: Shop
+) -> None:
+    [paid] = await attribute(conn, captured(shop, "o-refund", amount_fen=10_000))
+    r = refund(shop, paid.payment.transaction_id, 2_500)
+
+    await refund_all(conn, r)
+
+    subject, payload = (await events(conn, shop.mall_id))[-1]
+    assert subject == REFUNDED
+    msg = events_pb2.RefundAttributed.FromString(payload)
+    assert (msg.member_id, msg.transaction_id, msg.refund_id) == (
+        paid.member.member_id,
+        paid.payment.transaction_id,
+        r.refund_id,
+    )
+    assert (msg.refund_amount_fen, msg.pay_amount_fen) == (2_500, 10_000)
+    assert (msg.tenant_id, msg.store_id) == (shop.tenant_id, shop.store_id)
+
+
+async def test_the_same_refund_twice_is_one_refund(conn: asyncpg.Connection, shop: Shop) -> None:
+    [paid] = await attribute(conn, captured(shop, "o-refund", amount_fen=10_000))
+    r = refund(shop, paid.payment.transaction_id, 1_000)
+
+    await refund_all(conn, r)
+    await refund_all(conn, r)
+
+    subjects = [s for s, _ in await events(conn, shop.mall_id)]
+    assert subjects == [ATTRIBUTED, REFUNDED]
+
+
+async def test_partial_refunds_add_up_to_the_payment_and_no_further(
+    conn: asyncpg.Connection, shop: Shop
+) -> None:
+    [paid] = await attribute(conn, captured(shop, "o-refund", amount_fen=10_000))
+    tx = paid.payment.transaction_id
+
+    await refund_all(conn, refund(shop, tx, 4_000), refund(shop, tx, 6_000))
+    with pytest.raises(InvalidInput) as caught:
+        await refund_all(conn, refund(shop, tx, 1))
+
+    assert caught.value.code == "refund_exceeds_payment"
+    subjects = [s for s, _ in await events(conn, shop.mall_id)]
+    assert subjects == [ATTRIBUTED, REFUNDED, REFUNDED]
+
+
+async def test_a_refund_before_its_payment_is_parked_then_follows_the_payment(
+    conn: asyncpg.Connection, shop: Shop
+) -> None:
+    tx = f"4200{uuid.uuid4().hex[:20]}"
+    early = refund(shop, tx, 3_000)
+
+    await refund_all(conn, early)
+    assert await events(conn, shop.mall_id) == []  # nothing to reverse yet
+    state = await conn.fetchval(
+        "SELECT state FROM refunds WHERE mall_id = $1 AND refund_id = $2",
+        shop.mall_id,
+        early.refund_id,
+    )
+    assert state == "parked"
+
+    await attribute(conn, captured(shop, "o-refund", amount_fen=9_000, transaction_id=tx))
+
+    published = await events(conn, shop.mall_id)
+    assert [s for s, _ in published] == [ATTRIBUTED, REFUNDED]  # the reversal follows the credit
+    msg = events_pb2.RefundAttributed.FromString(published[1][1])
+    assert (msg.refund_id, msg.refund_amount_fen, msg.pay_amount_fen) == (
+        early.refund_id,
+        3_000,
+        9_000,
+    )
+    # Delivered again, the early refund changes nothing more.
+    await refund_all(conn, early)
+    assert len(await events(conn, shop.mall_id)) == 2
+
+
+async def test_a_refund_for_an_unknown_mall_is_refused(
+    conn: asyncpg.Connection, shop: Shop
+) -> None:
+    stranger = Shop("nowhere", "wx-nowhere", "t", "s", "SHOP-0")
+
+    with pytest.raises(NotFound) as caught:
+        await refund_all(conn, refund(stranger, "4200x", 100))
+
+    assert caught.value.code == "unknown_mall"
+
+
+def test_a_refund_must_take_back_something() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        refund(Shop("m", "wx", "t", "s", "n"), "4200x", 0)
+
+    assert caught.value.code == "amount_not_positive"

@@ -11,9 +11,16 @@ from mall.common.v1 import common_pb2
 from mall.member.v1 import directory_pb2, events_pb2, member_pb2
 
 from member.adapters.repository import MallRow
-from member.domain.model import Attribution, JoinChannel, PaymentSource
+from member.domain.model import (
+    Attribution,
+    CapturedRefund,
+    JoinChannel,
+    PaymentSource,
+    RecordedPayment,
+)
 
 PAYMENT_ATTRIBUTED = "member.payment.attributed"
+REFUND_ATTRIBUTED = "member.refund.attributed"
 MEMBER_JOINED = "member.member.joined"
 MALL_UPSERTED = "member.directory.mall_upserted"
 TENANT_UPSERTED = "member.directory.tenant_upserted"
@@ -135,3 +142,28 @@ def store_upserted(
         store=store,
     )
     return event(STORE_UPSERTED, msg, mall_id=store.mall_id, event_id=event_id)
+
+
+def refund_attributed(
+    payment: RecordedPayment, refund: CapturedRefund, headers: dict[str, str]
+) -> OutgoingEvent:
+    event_id = str(uuid.uuid4())
+    msg = events_pb2.RefundAttributed(
+        event_id=event_id,
+        mall_id=payment.mall_id,
+        occurred_at=timestamp(datetime.now(UTC)),
+        member_id=payment.member_id,
+        tenant_id=payment.tenant_id,
+        store_id=payment.store_id,
+        transaction_id=payment.transaction_id,
+        refund_id=refund.refund_id,
+        refund_amount_fen=refund.refund_amount_fen,
+        pay_amount_fen=payment.amount_fen,
+        refunded_at=timestamp(refund.refunded_at),
+        appid=refund.appid,
+        openid=refund.openid,
+        source=_SOURCES[payment.source],
+    )
+    return event(
+        REFUND_ATTRIBUTED, msg, mall_id=payment.mall_id, event_id=event_id, headers=headers
+    )

@@ -10,7 +10,15 @@ from datetime import datetime
 import asyncpg
 from kit.db import Connection
 
-from member.domain.model import Attribution, JoinChannel, Member, Store
+from member.domain.model import (
+    Attribution,
+    CapturedRefund,
+    JoinChannel,
+    Member,
+    PaymentSource,
+    RecordedPayment,
+    Store,
+)
 
 
 @dataclass(frozen=True)
@@ -229,4 +237,92 @@ async def tenant_exists(conn: Connection, mall_id: str, tenant_id: str) -> bool:
         await conn.fetchval(
             "SELECT true FROM tenants WHERE mall_id = $1 AND tenant_id = $2", mall_id, tenant_id
         )
+    )
+
+
+async def recorded_payment(
+    conn: Connection, mall_id: str, transaction_id: str
+) -> RecordedPayment | None:
+    """The payment with what its attributed refunds took back so far; locked for this tx
+    so two refunds of one payment are checked one after the other."""
+    row = await conn.fetchrow(
+        """SELECT p.member_id, p.tenant_id, p.store_id, p.amount_fen, p.source,
+                  (SELECT coalesce(sum(r.refund_amount_fen), 0) FROM refunds r
+                    WHERE r.mall_id = p.mall_id AND r.transaction_id = p.transaction_id
+                      AND r.state = 'attributed') AS refunded
+             FROM payments p WHERE p.mall_id = $1 AND p.transaction_id = $2
+              FOR UPDATE OF p""",
+        mall_id,
+        transaction_id,
+    )
+    if row is None:
+        return None
+    return RecordedPayment(
+        mall_id,
+        transaction_id,
+        str(row["member_id"]),
+        row["tenant_id"],
+        row["store_id"],
+        row["amount_fen"],
+        PaymentSource(row["source"]),
+        row["refunded"],
+    )
+
+
+async def insert_refund(conn: Connection, mall_id: str, refund: CapturedRefund, state: str) -> bool:
+    """Record a refund; False if this refund id was recorded already."""
+    inserted = await conn.fetchval(
+        """INSERT INTO refunds (mall_id, refund_id, transaction_id, refund_amount_fen,
+                                refunded_at, appid, openid, state)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (mall_id, refund_id) DO NOTHING RETURNING true""",
+        mall_id,
+        refund.refund_id,
+        refund.transaction_id,
+        refund.refund_amount_fen,
+        refund.refunded_at,
+        refund.appid,
+        refund.openid,
+        state,
+    )
+    return bool(inserted)
+
+
+async def parked_refunds(
+    conn: Connection, keys: Sequence[tuple[str, str]]
+) -> list[tuple[str, CapturedRefund]]:
+    """Parked refunds of these (mall_id, transaction_id), locked, oldest first."""
+    rows = await conn.fetch(
+        """SELECT r.mall_id, r.refund_id, r.transaction_id, r.refund_amount_fen,
+                  r.refunded_at, r.appid, r.openid
+             FROM unnest($1::text[], $2::text[]) AS t(m, x)
+             JOIN refunds r ON r.mall_id = t.m AND r.transaction_id = t.x
+            WHERE r.state = 'parked'
+            ORDER BY r.recorded_at, r.refund_id
+              FOR UPDATE OF r""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return [
+        (
+            r["mall_id"],
+            CapturedRefund(
+                event_id="",
+                refund_id=r["refund_id"],
+                transaction_id=r["transaction_id"],
+                appid=r["appid"],
+                openid=r["openid"],
+                refund_amount_fen=r["refund_amount_fen"],
+                refunded_at=r["refunded_at"],
+            ),
+        )
+        for r in rows
+    ]
+
+
+async def mark_refund_attributed(conn: Connection, mall_id: str, refund_id: str) -> None:
+    await conn.execute(
+        "UPDATE refunds SET state = 'attributed' WHERE mall_id = $1 AND refund_id = $2",
+        mall_id,
+        refund_id,
     )

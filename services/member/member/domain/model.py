@@ -71,3 +71,50 @@ class Attribution:
     member: Member
     source: PaymentSource = PaymentSource.WECHAT_PAY
     new: bool = True  # False if this transaction had been attributed already
+
+
+@dataclass(frozen=True)
+class CapturedRefund:
+    """A refund as the platform reported it (场内退款通知)."""
+
+    event_id: str
+    refund_id: str
+    transaction_id: str
+    appid: str
+    openid: str
+    refund_amount_fen: int
+    refunded_at: datetime
+
+    def __post_init__(self) -> None:
+        missing = [f for f in ("refund_id", "transaction_id", "appid") if not getattr(self, f)]
+        if missing:
+            raise InvalidInput("refund_incomplete", f"missing {', '.join(missing)}")
+        if self.refund_amount_fen <= 0:
+            raise InvalidInput(
+                "amount_not_positive",
+                f"refund_amount_fen must be > 0, got {self.refund_amount_fen}",
+            )
+
+
+@dataclass(frozen=True)
+class RecordedPayment:
+    """What member knows of a payment a refund refers to."""
+
+    mall_id: str
+    transaction_id: str
+    member_id: str
+    tenant_id: str
+    store_id: str
+    amount_fen: int
+    source: PaymentSource
+    refunded_fen: int  # by refunds attributed before this one
+
+
+def check_refund(payment: RecordedPayment, refund_amount_fen: int) -> None:
+    """Refunds of one payment never add up to more than was paid."""
+    if payment.refunded_fen + refund_amount_fen > payment.amount_fen:
+        raise InvalidInput(
+            "refund_exceeds_payment",
+            f"refunds of {payment.transaction_id} would reach "
+            f"{payment.refunded_fen + refund_amount_fen} fen of {payment.amount_fen} paid",
+        )

@@ -9,10 +9,12 @@ from kit.db import Connection
 from kit.proto import to_datetime
 from mall.payments.v1 import events_pb2 as payments
 
-from member.domain.model import CapturedPayment
+from member.domain.model import CapturedPayment, CapturedRefund
 from member.service_layer.payments import attribute_payments
+from member.service_layer.refunds import attribute_refunds
 
 PAYMENT_CAPTURED = "payments.payment.captured"
+PAYMENT_REFUNDED = "payments.payment.refunded"
 
 
 def _captured(d: Delivery) -> CapturedPayment:
@@ -31,3 +33,20 @@ def _captured(d: Delivery) -> CapturedPayment:
 
 async def on_payment_captured(conn: Connection, deliveries: Sequence[Delivery]) -> None:
     await attribute_payments(conn, [(_captured(d), d.context) for d in deliveries])
+
+
+def _refunded(d: Delivery) -> CapturedRefund:
+    msg = d.decode(payments.PaymentRefunded)
+    return CapturedRefund(
+        event_id=d.event_id,
+        refund_id=msg.refund_id,
+        transaction_id=msg.transaction_id,
+        appid=msg.appid,
+        openid=msg.openid,
+        refund_amount_fen=msg.refund_amount_fen,
+        refunded_at=to_datetime(msg.refunded_at),
+    )
+
+
+async def on_payment_refunded(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    await attribute_refunds(conn, [(_refunded(d), d.context) for d in deliveries])

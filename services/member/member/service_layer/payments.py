@@ -10,6 +10,7 @@ from kit.errors import NotFound
 
 from member.adapters import events, repository
 from member.domain.model import Attribution, CapturedPayment, JoinChannel
+from member.service_layer.refunds import release_parked_refunds
 
 
 async def attribute_payments(
@@ -45,7 +46,7 @@ async def attribute_payments(
     ]
     new = await repository.record_payments(conn, attributions)
     outgoing: list[OutgoingEvent] = []
-    done: list[Attribution] = []
+    done: list[tuple[Attribution, dict[str, str]]] = []
     announced_joins: set[str] = set()
     for attribution, (_, headers) in zip(attributions, payments, strict=True):
         key = (attribution.store.mall_id, attribution.payment.transaction_id)
@@ -57,6 +58,7 @@ async def attribute_payments(
             announced_joins.add(member.member_id)
             outgoing.append(events.member_joined(attribution, JoinChannel.PAYMENT, headers))
         outgoing.append(events.payment_attributed(attribution, headers))
-        done.append(attribution)
+        done.append((attribution, headers))
+    outgoing += await release_parked_refunds(conn, done)
     await add_events(conn, outgoing)
-    return done
+    return [a for a, _ in done]

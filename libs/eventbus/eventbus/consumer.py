@@ -21,6 +21,12 @@ from google.protobuf.message import DecodeError, Message
 from kit import context
 from kit.db import Connection
 from kit.errors import AppError, Unavailable
+from kit.metrics import (
+    CONSUMER_BATCH,
+    CONSUMER_MESSAGES,
+    CONSUMER_REDELIVERIES,
+    DEAD_LETTERS,
+)
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
@@ -155,8 +161,12 @@ class Consumer:
 
     async def process(self, msgs: Sequence[Msg]) -> None:
         deliveries = [_delivery(m) for m in msgs]
+        redelivered = sum(1 for d in deliveries if d.num_delivered > 1)
+        if redelivered:
+            CONSUMER_REDELIVERIES.labels(self.name).inc(redelivered)
         try:
-            await self._handle(deliveries)
+            with CONSUMER_BATCH.labels(self.name).time():
+                await self._handle(deliveries)
         except Exception as exc:
             if len(msgs) == 1:
                 await self._settle_failure(msgs[0], deliveries[0], exc)
@@ -189,11 +199,14 @@ class Consumer:
             for d in deliveries:
                 if d.event_id in fresh:
                     todo.setdefault(d.event_id, d)
+            if len(todo) < len(deliveries):
+                CONSUMER_MESSAGES.labels(self.name, "duplicate").inc(len(deliveries) - len(todo))
             if todo:
                 first = next(iter(todo.values()))
                 with context.bound(**context.from_headers(first.headers), consumer=self.name):
                     await self._handler(conn, list(todo.values()))
         self.handled += len(deliveries)
+        CONSUMER_MESSAGES.labels(self.name, "handled").inc(len(todo))
 
     async def _settle_failure(self, msg: Msg, delivery: Delivery, exc: Exception) -> None:
         poison = isinstance(exc, PoisonMessage) or (
@@ -214,6 +227,7 @@ class Consumer:
                 error=repr(exc),
             )
             await msg.nak(delay=delay)
+            CONSUMER_MESSAGES.labels(self.name, "retried").inc()
             return
         try:
             await dead_letter(self._pool, self.name, delivery, exc)
@@ -221,6 +235,8 @@ class Consumer:
             log.error("dead_letter_failed", consumer=self.name, error=repr(dl_exc))
             await msg.nak(delay=self._retry_delays_s[-1])
             return
+        DEAD_LETTERS.labels(self.name).inc()
+        CONSUMER_MESSAGES.labels(self.name, "dead_lettered").inc()
         log.error(
             "message_dead_lettered", consumer=self.name, event_id=delivery.event_id, error=repr(exc)
         )

@@ -15,6 +15,7 @@ import json
 import asyncpg
 import structlog
 from kit.lifecycle import sleep_or_stop
+from kit.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from nats.js.client import JetStreamContext
 
 from eventbus.outbox import NOTIFY_CHANNEL
@@ -57,9 +58,17 @@ class OutboxRelay:
             if done:
                 await conn.execute("DELETE FROM outbox WHERE seq = ANY($1::bigint[])", done)
         self.published += len(done)
+        OUTBOX_PUBLISHED.inc(len(done))
         if failures:
             raise failures[0]
         return len(done)
+
+    async def _sample_backlog(self) -> None:
+        """What is still waiting, for the outbox-backlog alert (cheap: the outbox is drained)."""
+        try:
+            OUTBOX_BACKLOG.set(await self._pool.fetchval("SELECT count(*) FROM outbox"))
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("outbox_backlog_sample_failed", error=repr(exc))
 
     async def _publish(self, row: asyncpg.Record) -> None:
         headers = {
@@ -93,6 +102,7 @@ class OutboxRelay:
                     continue
                 if count == self._batch_size:
                     continue  # more waiting: keep going without sleeping
+                await self._sample_backlog()
                 waiter = asyncio.ensure_future(self._wake.wait())
                 stopper = asyncio.ensure_future(stop.wait())
                 await asyncio.wait(

@@ -23,6 +23,7 @@ from mall_testing.plugin import FreshDatabase, Nats
 from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
+from prometheus_client import REGISTRY
 
 STREAM = "POINTS"
 
@@ -257,6 +258,12 @@ async def test_a_poison_message_is_dead_lettered_and_the_stream_keeps_flowing(
     info = await jetstream.js.consumer_info(STREAM, consumer.name)
     assert info.num_redelivered == 0  # terminated, not retried
     assert set(handler.attempts[poison_id]) == {1}
+    # What ops see: the dead letter alert's counter and the settled-message counters.
+    assert REGISTRY.get_sample_value("mall_dead_letters_total", {"consumer": consumer.name}) == 1
+    handled = REGISTRY.get_sample_value(
+        "mall_consumer_messages_total", {"consumer": consumer.name, "outcome": "handled"}
+    )
+    assert handled == len(before + after + later)
 
 
 async def test_a_transient_failure_is_retried_and_handled_once(

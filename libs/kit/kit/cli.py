@@ -21,6 +21,7 @@ import uvloop
 from kit.grpc_server import GrpcServer
 from kit.lifecycle import Component, run_components
 from kit.logs import configure_logging, get_logger
+from kit.metrics import serve_metrics
 from kit.migrations import migrate
 from kit.settings import ServiceSettings, load_settings
 
@@ -73,6 +74,8 @@ class Service(Generic[S]):
         async with self.bootstrap(settings) as roles:
             if command in (*ROLES, "all"):
                 selected = ROLES if command == "all" else (command,)
+                if settings.metrics_port:
+                    serve_metrics(settings.metrics_port)
                 log.info("starting", roles=list(selected))
                 await run_components(roles.select(selected))
                 return 0

@@ -22,6 +22,7 @@ from kit import context
 from kit.errors import AppError
 from kit.grpc_errors import to_status
 from kit.lifecycle import sleep_or_stop
+from kit.metrics import GRPC_LATENCY, GRPC_REQUESTS
 
 log = structlog.get_logger(__name__)
 health_aio: Any = _health.aio  # type: ignore[attr-defined]  # the asyncio servicer
@@ -89,11 +90,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     log.exception("rpc_failed")
                     await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
                 finally:
-                    log.info(
-                        "rpc",
-                        outcome=outcome,
-                        duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                    )
+                    elapsed = time.perf_counter() - started
+                    GRPC_REQUESTS.labels(method, outcome).inc()
+                    GRPC_LATENCY.labels(method).observe(elapsed)
+                    log.info("rpc", outcome=outcome, duration_ms=round(elapsed * 1000, 2))
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,

@@ -37,6 +37,8 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     grpc_default_deadline_s: float = Field(default=10.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    #: Port of the Prometheus /metrics endpoint; 0 leaves it off (tests, several local copies).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
     #: Messages a consumer fetches and commits in one transaction.
     consumer_batch_size: int = Field(default=200, ge=1, le=1000)
     #: How long JetStream waits for an ack before redelivering to another replica.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -29,8 +30,10 @@ from kit.errors import (
 )
 from kit.grpc_errors import from_rpc_error
 from kit.grpc_server import GrpcServer, Metadata
+from kit.metrics import serve_metrics
 from mall.points.v1 import points_pb2, points_service_pb2, points_service_pb2_grpc
 from mall_testing.embedded import free_port
+from prometheus_client import REGISTRY
 
 POINTS = "mall.points.v1.PointsService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -424,3 +427,46 @@ async def test_stop_turns_health_off_first_and_drains_calls_in_flight() -> None:
         release.set()
         if not stopped:
             await server.stop()
+
+
+async def test_calls_are_counted_and_timed_by_method_and_outcome(unique_id: str) -> None:
+    method = f"/{POINTS}/GetAccount"
+
+    def count(code: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "mall_grpc_requests_total", {"method": method, "code": code}
+        )
+        return value or 0.0
+
+    async def refuse(request: Request) -> Response:
+        if request.mall_id == "bad":
+            raise InvalidInput("invalid_mall_id", "no")
+        return Response()
+
+    ok_before, bad_before = count("OK"), count("invalid_mall_id")
+    async with _serving(_server(_Points(refuse))) as channel:
+        await _points(channel).GetAccount(Request(mall_id="m"))
+        await _rpc_error(_points(channel).GetAccount(Request(mall_id="bad")))
+
+    assert (count("OK"), count("invalid_mall_id")) == (ok_before + 1, bad_before + 1)
+    timed = REGISTRY.get_sample_value(
+        "mall_grpc_request_duration_seconds_count", {"method": method}
+    )
+    assert timed is not None
+    assert timed >= 2
+
+
+def test_metrics_are_served_in_the_prometheus_text_format() -> None:
+    port = free_port()
+    serve_metrics(port, host="127.0.0.1")
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+
+    for name in (
+        "mall_grpc_requests_total",
+        "mall_consumer_messages_total",
+        "mall_dead_letters_total",
+        "mall_outbox_backlog",
+    ):
+        assert f"# TYPE {name.removesuffix('_total')}" in text

@@ -120,3 +120,24 @@ def parse_authorization(header: str) -> Authorization | None:
         )
     except KeyError:
         return None
+
+
+def generate_private_key() -> PrivateKey:
+    """A fresh RSA-2048 key, the size the platform uses (simulator keys, test keys)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def private_key_pem(private_key: PrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted: what ``load_private_key`` reads (apiclient_key.pem style)."""
+    return private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def public_key_pem(public_key: PublicKey) -> bytes:
+    """SubjectPublicKeyInfo PEM: what ``load_public_key`` reads (pub_key.pem style)."""
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

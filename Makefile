@@ -44,7 +44,7 @@ fmt: install ## Format and auto-fix
 
 .PHONY: typecheck
 typecheck: install ## mypy --strict over libs, services, tests
-	$(VENV)/mypy libs services simulators tests bench deploy
+	$(VENV)/mypy libs services simulators tests bench deploy scripts/k8s_lint.py
 
 .PHONY: protos
 protos: install ## Regenerate libs/contracts from protos/
@@ -58,9 +58,14 @@ protos-check: install ## Fail if libs/contracts drifted from protos/
 protos-lint: ## buf lint the protos (buf from the npm registry)
 	scripts/protos-lint.sh
 
+.PHONY: k8s-check
+k8s-check: ## Deploy checks: hadolint, yamllint, render overlays, kubernetes-validate --strict (1.33), structural checks, checkov
+	scripts/k8s-check.sh
+
 .PHONY: bench
 bench: install ## Benchmarks with same-run baselines; writes bench/results/*.json
 	$(VENV)/python bench/payments.py
+	$(VENV)/python bench/webhook.py
 
 .PHONY: clean
 clean: ## Remove caches and local run state

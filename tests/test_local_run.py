@@ -39,6 +39,9 @@ class Banner:
     ready_line: str  # "Mall Circle is ready in N s (phases)"
     payment_curl: list[str]
     points_curl: list[str]
+    simulator_payment_curl: list[str]  # through the WeChat Pay simulator, signed + encrypted
+    simulator_points_curl: list[str]
+    simulator_syncs_curl: list[str]
 
 
 class LocalRun:
@@ -98,8 +101,7 @@ class LocalRun:
         while (line := self._next_line(deadline)) != BANNER_END:
             if line.startswith("  curl "):
                 curls.append(shlex.split(line))
-        payment, points = curls
-        return Banner(ready_line, payment, points)
+        return Banner(ready_line, *curls)
 
     def drain(self) -> None:
         """Move what the reader thread has collected so far into ``output``."""
@@ -181,6 +183,17 @@ def wait_balance(points_url: str, balance: int, timeout_s: float = 30.0) -> dict
             last = (status, raw[:200])
         time.sleep(0.1)
     raise AssertionError(f"balance never reached {balance}; last answer {last!r}")
+
+
+def wait_points_sync(url: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - our own banner URL
+            syncs: list[dict[str, Any]] = json.loads(resp.read())["points_syncs"]
+        if syncs:
+            return syncs
+        time.sleep(0.1)
+    raise AssertionError("the simulator never received a points sync")
 
 
 def wait_restarted(run: LocalRun, service: str, old_pid: int, timeout_s: float = 30.0) -> int:
@@ -286,6 +299,14 @@ def test_make_run_serves_restarts_and_stops_cleanly(run_dir: Path) -> None:
         assert len(body["ledger"]) == 2
         run.drain()
         assert any("exited: points (terminated by SIGKILL" in line for line in run.output)
+
+        # The platform's own way in: the simulator signs and encrypts, the gateway verifies
+        # and decrypts, and points reports the credit back to the simulator, signed.
+        subprocess.run(banner.simulator_payment_curl, check=True, capture_output=True)
+        wait_balance(curl_url(banner.simulator_points_curl), 88)
+        syncs = wait_points_sync(curl_url(banner.simulator_syncs_curl))
+        assert syncs[0]["verified"] is True
+        assert syncs[0]["body"]["increased_points"] == 88
 
         assert_stopped_cleanly(run, signal.SIGINT)
     finally:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Mapping
@@ -20,7 +22,15 @@ from mall_testing.demo import DemoMall, seed
 
 from deploy.local import banner
 from deploy.local.ready import wait_ready
-from deploy.local.settings import BACKENDS, GATEWAY, HOST, RunSettings, SettingsError
+from deploy.local.settings import (
+    BACKENDS,
+    DEMO_MCHID,
+    GATEWAY,
+    HOST,
+    SIMULATOR,
+    RunSettings,
+    SettingsError,
+)
 from deploy.local.stack import (
     StackError,
     check_ports_free,
@@ -67,6 +77,42 @@ async def until_stopped(stop: asyncio.Event, aw: Awaitable[T]) -> T:
     return work.result()
 
 
+def simulator_argv(settings: RunSettings, *, serve: bool) -> list[str]:
+    """The simulator's command: it keeps its keys in the run dir, so restarts reuse them."""
+    argv = [
+        sys.executable,
+        "-m",
+        "wechatpay_simulator",
+        "--write-keys",
+        str(settings.wechatpay_dir),
+        "--mchid",
+        DEMO_MCHID,
+        "--notify-url",
+        f"{settings.gateway_url}/wechatpay/notifications/{DEMO_MCHID}",
+    ]
+    if not serve:
+        return [*argv, "--no-serve"]
+    return [*argv, "--host", HOST, "--port", str(settings.simulator_port)]
+
+
+def write_wechatpay_keys(settings: RunSettings) -> dict[str, str]:
+    """Have the simulator write (or keep) its keys; return the points service's settings
+    (the WECHATPAY_* names no other service reads)."""
+    subprocess.run(  # noqa: S603 - our own interpreter and module
+        simulator_argv(settings, serve=False), check=True, capture_output=True
+    )
+    [merchant] = json.loads((settings.wechatpay_dir / "merchant_credentials.json").read_text())
+    return {
+        "WECHATPAY_API_BASE": settings.simulator_url,
+        "WECHATPAY_MCHID": merchant["mchid"],
+        "WECHATPAY_MERCHANT_SERIAL": merchant["serial_no"],
+        "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE": merchant["private_key"],
+        "WECHATPAY_PLATFORM_PUBLIC_KEYS": json.dumps(
+            {merchant["platform_serial"]: merchant["platform_public_key"]}
+        ),
+    }
+
+
 def programs(settings: RunSettings, urls: Mapping[str, str], nats_url: str) -> list[Program]:
     common = {
         "NATS_URL": nats_url,
@@ -95,8 +141,12 @@ def programs(settings: RunSettings, urls: Mapping[str, str], nats_url: str) -> l
         "HTTP_HOST": HOST,
         "HTTP_PORT": str(settings.gateway_port),
         **{f"{b.name.upper()}_GRPC_TARGET": settings.grpc_target(b.name) for b in BACKENDS},
+        "WECHATPAY_MERCHANTS_FILE": str(settings.wechatpay_dir / "merchants.json"),
+        # The demo curl posts a decrypted resource; the simulator uses the signed route.
+        "WECHATPAY_ACCEPT_UNSIGNED": "true",
     }
     found.append(Program(GATEWAY, [sys.executable, "-m", GATEWAY, "serve"], gateway_env, 20))
+    found.append(Program(SIMULATOR, simulator_argv(settings, serve=True), common, 5))
     return found
 
 
@@ -115,8 +165,12 @@ async def serve(settings: RunSettings, postgres_url: str, nats_url: str) -> int:
         names = [b.name for b in BACKENDS]
         urls = await until_stopped(stop, prepare_databases(postgres_url, names, migrate_env))
         phases.append(("databases", process_age_s()))
+        points_wechatpay = await until_stopped(
+            stop, asyncio.to_thread(write_wechatpay_keys, settings)
+        )
         conf = write_conf(settings.run_dir, programs(settings, urls, nats_url), REPO)
-        supervisord = await Supervisord.start(conf, len(BACKENDS) + 1, env)
+        # Through supervisord's own environment: a JSON value cannot pass a program stanza.
+        supervisord = await Supervisord.start(conf, len(BACKENDS) + 2, {**env, **points_wechatpay})
         await until_stopped(
             stop,
             wait_ready(

@@ -46,8 +46,27 @@ def payment_curl(settings: RunSettings, mall: DemoMall) -> str:
     )  # fmt: skip
 
 
-def points_curl(settings: RunSettings, mall: DemoMall) -> str:
-    url = f"{settings.gateway_url}/v1/malls/{mall.mall_id}/shoppers/{DEMO_OPENID}/points"
+def simulator_curl(settings: RunSettings, mall: DemoMall, openid: str) -> str:
+    """Ask the WeChat Pay simulator to send a real, signed and encrypted payment notification."""
+    store = mall.stores[1]
+    body = {
+        "appid": mall.appid,
+        "mchid": mall.mchid,
+        "shop_number": store.shop_number,
+        "shop_name": store.tenant_name,
+        "openid": openid,
+        "amount": DEMO_AMOUNT_FEN,
+    }
+    return shlex.join(
+        [
+            "curl", "-sS", "-X", "POST", f"{settings.simulator_url}/control/payments",
+            "-H", "Content-Type: application/json", "--data", json.dumps(body),
+        ]
+    )  # fmt: skip
+
+
+def points_curl(settings: RunSettings, mall: DemoMall, openid: str = DEMO_OPENID) -> str:
+    url = f"{settings.gateway_url}/v1/malls/{mall.mall_id}/shoppers/{openid}/points"
     return shlex.join(["curl", "-sS", url])
 
 
@@ -89,6 +108,12 @@ def render(
         f"  {payment_curl(settings, mall)}",
         f"Their points (+{DEMO_AMOUNT_FEN // 100} once member and points have handled it):",
         f"  {points_curl(settings, mall)}",
+        "",
+        f"Through WeChat Pay itself (the simulator at {settings.simulator_url} signs, encrypts"
+        " and retries like the platform; points are synced back to it):",
+        f"  {simulator_curl(settings, mall, 'sim-shopper')}",
+        f"  {points_curl(settings, mall, 'sim-shopper')}",
+        f"  curl -sS {settings.simulator_url}/control/points-syncs",
         "",
         "Ctrl-C stops everything.",
         RULE,

@@ -34,6 +34,11 @@ BACKENDS: tuple[Backend, ...] = (
 )
 GATEWAY = "gateway"
 GATEWAY_PORT = 8080
+#: The WeChat Pay simulator stands in for the platform: it sends signed notifications to the
+#: gateway and receives the points service's signed points sync.
+SIMULATOR = "wechatpay-simulator"
+SIMULATOR_PORT = 8090
+DEMO_MCHID = "1900000109"
 
 
 class SettingsError(ValueError):
@@ -69,6 +74,7 @@ class RunSettings:
     postgres_port: int | None
     nats_port: int | None
     gateway_port: int
+    simulator_port: int
     grpc_ports: Mapping[str, int]
     log_level: str
     ready_timeout_s: float
@@ -83,6 +89,7 @@ class RunSettings:
 
         grpc_ports = {b.name: port(b.port_variable, b.grpc_port) for b in BACKENDS}
         gateway_port = port("GATEWAY_PORT", GATEWAY_PORT)
+        simulator_port = port("SIMULATOR_PORT", SIMULATOR_PORT)
         try:
             ready_timeout_s = float(env.get("MALL_READY_TIMEOUT_S") or 60)
         except ValueError:
@@ -97,6 +104,7 @@ class RunSettings:
             postgres_port=_port(env, "EMBEDDED_POSTGRES_PORT", None),
             nats_port=_port(env, "EMBEDDED_NATS_PORT", None),
             gateway_port=gateway_port,
+            simulator_port=simulator_port,
             grpc_ports=grpc_ports,
             log_level=log_level,
             ready_timeout_s=ready_timeout_s,
@@ -106,6 +114,15 @@ class RunSettings:
     def gateway_url(self) -> str:
         return f"http://{HOST}:{self.gateway_port}"
 
+    @property
+    def simulator_url(self) -> str:
+        return f"http://{HOST}:{self.simulator_port}"
+
+    @property
+    def wechatpay_dir(self) -> Path:
+        """Keys the simulator generated once and the services are configured from."""
+        return self.run_dir / "wechatpay"
+
     def grpc_target(self, service: str) -> str:
         return f"{HOST}:{self.grpc_ports[service]}"
 
@@ -113,4 +130,5 @@ class RunSettings:
         """Port by the variable that sets it: the ones our children must be able to bind."""
         ports = {b.port_variable: self.grpc_ports[b.name] for b in BACKENDS}
         ports["GATEWAY_PORT"] = self.gateway_port
+        ports["SIMULATOR_PORT"] = self.simulator_port
         return ports

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from google.protobuf.descriptor import FileDescriptor
-from kit.cli import Roles
+from kit.cli import Command, Roles
 from kit.db import open_pool, ping
 from kit.grpc_server import GrpcServer, Registration
 from kit.jetstream import connect
+from kit.lifecycle import Component
 from kit.settings import ServiceSettings
 from nats.js.client import JetStreamContext
 
@@ -24,6 +25,15 @@ from eventbus.consumer import Consumer, Handler
 from eventbus.ops import dead_letter_commands
 from eventbus.relay import OutboxRelay
 from eventbus.streams import ensure_streams
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What a service adds beyond the shared roles: more components per role (e.g. an
+    outbound delivery worker in ``relay``) and ops commands, built on the service's pool."""
+
+    components: dict[str, list[Component]] = field(default_factory=dict)
+    commands: dict[str, Command] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ async def assemble(
     | Callable[[JetStreamContext], Awaitable[Sequence[Subscription]]] = (),
     servicers: Callable[[asyncpg.Pool], Sequence[Registration]] = lambda pool: (),
     descriptor: FileDescriptor,
+    extras: Callable[[asyncpg.Pool], Extras] | None = None,
 ) -> AsyncIterator[Roles]:
     async with (
         open_pool(
@@ -57,7 +68,7 @@ async def assemble(
         connect(settings.nats_url, name=name) as nc,
     ):
         js = nc.jetstream()
-        await ensure_streams(js, *streams)
+        await ensure_streams(js, *streams, replicas=settings.jetstream_replicas)
         if callable(subscriptions):  # handlers that need JetStream themselves (a KV bucket)
             subscriptions = await subscriptions(js)
         consumers = [
@@ -90,12 +101,16 @@ async def assemble(
             default_deadline_s=settings.grpc_default_deadline_s,
             grace_s=settings.shutdown_grace_s,
         )
+        more = extras(pool) if extras is not None else Extras()
+        components: dict[str, list[Component]] = {
+            "serve": [grpc.run],
+            "relay": [OutboxRelay(pool, js).run],
+            "consume": [c.run for c in consumers],
+        }
+        for role, added in more.components.items():
+            components[role] = [*components.get(role, []), *added]
         yield Roles(
-            components={
-                "serve": [grpc.run],
-                "relay": [OutboxRelay(pool, js).run],
-                "consume": [c.run for c in consumers],
-            },
-            commands=dead_letter_commands(pool, consumers),
+            components=components,
+            commands={**dead_letter_commands(pool, consumers), **more.commands},
             grpc=grpc,
         )

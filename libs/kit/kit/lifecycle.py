@@ -34,6 +34,9 @@ async def run_components(
             stop.set()
             raise
 
+    if not components:  # a role with nothing to do yet still lives until told to stop,
+        components = [_idle]  # so an orchestrator does not see a crash loop
+
     try:
         async with asyncio.TaskGroup() as tg:
             for component in components:
@@ -42,6 +45,10 @@ async def run_components(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped")
+
+
+async def _idle(stop: asyncio.Event) -> None:
+    await stop.wait()
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:

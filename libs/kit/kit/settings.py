@@ -37,6 +37,8 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     grpc_default_deadline_s: float = Field(default=10.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    #: Replicas of the streams this process creates (3 on a production NATS cluster).
+    jetstream_replicas: int = Field(default=1, ge=1, le=5)
     #: Port of the Prometheus /metrics endpoint; 0 leaves it off (tests, several local copies).
     metrics_port: int = Field(default=0, ge=0, le=65535)
     #: Messages a consumer fetches and commits in one transaction.

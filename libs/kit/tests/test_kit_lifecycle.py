@@ -72,3 +72,13 @@ async def test_sleep_or_stop_tells_whether_it_was_asked_to_stop() -> None:
     assert await sleep_or_stop(stop, 0.01) is False
     stop.set()
     assert await sleep_or_stop(stop, 10) is True
+
+
+async def test_a_role_with_nothing_to_run_lives_until_stopped() -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_components([], stop))
+    await asyncio.sleep(0.05)
+    assert not task.done()  # an orchestrator must not see an empty role as a crash loop
+
+    stop.set()
+    await asyncio.wait_for(task, 5)

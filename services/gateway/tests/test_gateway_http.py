@@ -1,4 +1,8 @@
-"""The gateway over HTTP, publishing to a real NATS JetStream: accept, refuse, or ask to retry."""
+"""The gateway over HTTP, publishing to a real NATS JetStream: accept, refuse, or ask to retry.
+
+Through the unsigned demo route (``WECHATPAY_ACCEPT_UNSIGNED=true``); the signed webhook is
+covered by test_gateway_webhooks.py.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +19,11 @@ import grpc
 import pytest
 from eventbus.streams import ensure_streams
 from gateway.adapters.bus import PAYMENT_CAPTURED, PaymentsPublisher
+from gateway.adapters.directory import Directory
+from gateway.adapters.replays import ReplayGuard
 from gateway.adapters.services import Backends
 from gateway.entrypoints.app import HttpServer, create_app
+from gateway.entrypoints.keys import Webhooks
 from mall.member.v1 import member_service_pb2_grpc
 from mall.payments.v1 import events_pb2
 from mall.points.v1 import points_service_pb2_grpc
@@ -76,8 +83,10 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(jetstream: Nats) -> AsyncIterator[Gateway]:
-    """The gateway's app served on a free port; member and points are not running."""
+    """The gateway's app served on a free port, with the unsigned demo route (local demos
+    only; the signed webhook has its own tests); member and points are not running."""
     await ensure_streams(jetstream.js, "PAYMENTS")
+    webhooks = Webhooks(merchants={}, shops=Directory(), guard=await ReplayGuard.open(jetstream.js))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as nowhere:
         app = create_app(
             PaymentsPublisher(jetstream.nc, timeout_s=2),
@@ -86,6 +95,8 @@ async def gateway(jetstream: Nats) -> AsyncIterator[Gateway]:
                 points=points_service_pb2_grpc.PointsServiceStub(nowhere),
                 timeout_s=2,
             ),
+            webhooks,
+            accept_unsigned=True,
         )
         server = HttpServer(app, host="127.0.0.1", port=0, grace_s=1)
         stop = asyncio.Event()

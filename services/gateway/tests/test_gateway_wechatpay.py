@@ -1,16 +1,23 @@
-"""Units for parsing WeChat Pay mall payment notifications into a PaymentNotice."""
+"""Units for parsing WeChat Pay mall notifications into domain notices."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from gateway.adapters.wechatpay import parse_payment
-from gateway.domain.notifications import PaymentNotice
+from gateway.adapters.wechatpay import parse_notice, parse_payment
+from gateway.domain.notifications import (
+    AuthorizationNotice,
+    AuthType,
+    PaymentNotice,
+    RefundNotice,
+)
 from kit.errors import ErrorKind, InvalidInput
 from mall_testing.demo import DemoMall, payment_notification
+from wechatpay.notifications import OpenedNotification
 
 REQUIRED_RESOURCE_FIELDS = [
     "mchid",
@@ -185,3 +192,139 @@ def test_the_event_type_is_checked_before_the_resource() -> None:
     body["resource"] = {"refund_id": "503000000000"}
 
     assert refusal(body).code == "unsupported_event_type"
+
+
+# -- decrypted resources of signed notifications (parse_notice) -----------------------------
+
+
+def opened(event_type: str, resource: dict[str, Any], create_time: str = "") -> OpenedNotification:
+    return OpenedNotification("EV-1", create_time, event_type, "", resource)
+
+
+def refund_resource(**fields: Any) -> dict[str, Any]:
+    return {
+        "mchid": "1230000109",
+        "merchant_name": "Coffee Corner",
+        "shop_name": "Coffee Corner L1",
+        "shop_number": "SHOP-001",
+        "appid": "wx1",
+        "openid": "o-1",
+        "refund_time": "2026-11-27T09:30:00+08:00",
+        "pay_amount": 8800,
+        "refund_amount": 8800,
+        "transaction_id": "4200000001202611260001",
+        "refund_id": "50300000012026112700001",
+        **fields,
+    }
+
+
+def parse_refusal(notification: OpenedNotification) -> InvalidInput:
+    with pytest.raises(InvalidInput) as caught:
+        parse_notice(notification)
+    return caught.value
+
+
+def test_a_payment_notice_is_the_same_through_either_route() -> None:
+    body = valid(sub_mchid="1900000300")
+
+    notice = parse_notice(opened("MALL_TRANSACTION.SUCCESS", body["resource"]))
+
+    assert notice == replace(parse_payment(body), notification_id="EV-1")
+    assert isinstance(notice, PaymentNotice)
+    assert notice.sub_mchid == "1900000300"
+
+
+def test_a_refund_parses() -> None:
+    notice = parse_notice(opened("MALL_REFUND.SUCCESS", refund_resource()))
+
+    assert notice == RefundNotice(
+        notification_id="EV-1",
+        refund_id="50300000012026112700001",
+        transaction_id="4200000001202611260001",
+        mchid="1230000109",
+        merchant_name="Coffee Corner",
+        shop_name="Coffee Corner L1",
+        shop_number="SHOP-001",
+        appid="wx1",
+        openid="o-1",
+        pay_amount_fen=8800,
+        refund_amount_fen=8800,
+        refunded_at=datetime(2026, 11, 27, 1, 30, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["refund_id", "transaction_id", "refund_amount", "pay_amount", "refund_time", "shop_number"],
+)
+def test_each_missing_refund_field_is_named(field: str) -> None:
+    resource = refund_resource()
+    del resource[field]
+
+    error = parse_refusal(opened("MALL_REFUND.SUCCESS", resource))
+
+    assert (error.code, f"resource.{field}" in error.message) == ("missing_field", True)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"refund_amount": 0}, "refund_amount"),
+        ({"refund_amount": 8801}, "refund_amount"),
+        ({"pay_amount": "8800"}, "pay_amount"),
+        ({"refund_time": "2026-11-27T09:30:00"}, "refund_time"),
+        ({"refund_id": "503 000"}, "refund_id"),
+    ],
+)
+def test_a_refund_field_of_the_wrong_shape_is_invalid(fields: dict[str, Any], named: str) -> None:
+    error = parse_refusal(opened("MALL_REFUND.SUCCESS", refund_resource(**fields)))
+
+    assert (error.code, f"resource.{named}" in error.message) == ("invalid_field", True)
+
+
+def test_an_authorization_parses_with_the_notifications_time() -> None:
+    resource = {"openid": "o-1", "appid": "wx1", "mchid": "1900000109", "code": "C-1"}
+    resource["auth_type"] = "REGISTERED_MODE"
+
+    notice = parse_notice(
+        opened("MALL_AUTH.ACTIVATE_CARD", resource, create_time="2026-11-26T10:00:00+08:00")
+    )
+
+    assert notice == AuthorizationNotice(
+        notification_id="EV-1",
+        appid="wx1",
+        mchid="1900000109",
+        openid="o-1",
+        card_code="C-1",
+        auth_type=AuthType.REGISTERED,
+        changed_at=datetime(2026, 11, 26, 2, 0, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize("create_time", ["", "yesterday", "2026-11-26T10:00:00"])
+def test_an_authorization_without_a_usable_time_has_none(create_time: str) -> None:
+    resource = {"openid": "o-1", "appid": "wx1", "mchid": "1900000109"}
+
+    notice = parse_notice(opened("MALL_AUTH.ACTIVATE_CARD", resource, create_time=create_time))
+
+    assert isinstance(notice, AuthorizationNotice)
+    assert (notice.changed_at, notice.card_code, notice.auth_type) == (
+        None,
+        "",
+        AuthType.UNSPECIFIED,
+    )
+
+
+@pytest.mark.parametrize("field", ["openid", "appid", "mchid"])
+def test_each_missing_authorization_field_is_named(field: str) -> None:
+    resource = {"openid": "o-1", "appid": "wx1", "mchid": "1900000109"}
+    del resource[field]
+
+    error = parse_refusal(opened("MALL_AUTH.ACTIVATE_CARD", resource))
+
+    assert (error.code, f"resource.{field}" in error.message) == ("missing_field", True)
+
+
+@pytest.mark.parametrize("event_type", ["TRANSACTION.SUCCESS", "REFUND.SUCCESS", ""])
+def test_another_event_type_is_unsupported(event_type: str) -> None:
+    assert parse_refusal(opened(event_type, {})).code == "unsupported_event_type"

@@ -2,21 +2,64 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import eventbus
-from eventbus.service import Subscription, assemble
+import structlog
+from eventbus.service import Extras, Subscription, assemble
 from kit.cli import Roles, Service
+from kit.lifecycle import Component
 from mall.points.v1 import points_service_pb2, points_service_pb2_grpc
 
+from points.adapters.wechatpay import client_from_settings
 from points.config import Settings
 from points.entrypoints.consumers import PAYMENT_ATTRIBUTED, on_payment_attributed
 from points.entrypoints.grpc_api import PointsServicer
+from points.entrypoints.ops import wechat_sync_commands
+from points.service_layer.wechat_sync import SyncPolicy, WeChatPointsSync, default_time_zone
 
 NAME = "points"
 MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]
+
+log = structlog.get_logger(__name__)
+
+
+def wechat_sync(settings: Settings, pool: asyncpg.Pool) -> Component:
+    """The points-sync worker (relay role: outbound delivery), or a warning if unconfigured.
+
+    Keys are loaded now, so a bad key file stops the process at start. The worker's pool and
+    HTTP session open when the component runs, so other roles pay nothing for it.
+    """
+    client = client_from_settings(settings)
+    default_time_zone(NAME)  # an image without time zone data fails here, not per report
+    if client is None:
+
+        async def disabled(stop: asyncio.Event) -> None:
+            log.warning(
+                "wechat_points_sync_disabled",
+                reason="WECHATPAY_API_BASE is not set: points reports are queued, not sent",
+            )
+
+        return disabled
+    send_timeout_s = settings.wechatpay_timeout_s + 5  # the client's own timeout fires first
+    policy = SyncPolicy(
+        batch_size=settings.wechatpay_sync_batch_size,
+        lease_s=max(60.0, 2 * send_timeout_s),
+        send_timeout_s=send_timeout_s,
+        retry_base_s=settings.wechatpay_sync_retry_base_s,
+        retry_max_s=settings.wechatpay_sync_retry_max_s,
+        poll_interval_s=settings.wechatpay_sync_poll_interval_s,
+    )
+
+    async def run(stop: asyncio.Event) -> None:
+        async with client:
+            await WeChatPointsSync(pool, client, policy=policy).run(stop)
+
+    return run
 
 
 @contextlib.asynccontextmanager
@@ -32,6 +75,10 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             (points_service_pb2_grpc.add_PointsServiceServicer_to_server, PointsServicer(pool)),
         ],
         descriptor=points_service_pb2.DESCRIPTOR,
+        extras=lambda pool: Extras(
+            components={"relay": [wechat_sync(settings, pool)]},
+            commands=wechat_sync_commands(pool.acquire),
+        ),
     ) as roles:
         yield roles
 

@@ -2,9 +2,50 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 from kit.settings import ServiceSettings
-from pydantic import Field
+from pydantic import Field, FilePath, model_validator
 
 
 class Settings(ServiceSettings):
     grpc_port: int = Field(default=50062, ge=0, le=65535)
+
+    # -- WeChat Pay points sync (积分同步). Unset API base: reports queue up, none is sent. ---
+    wechatpay_api_base: str = Field(
+        default="",
+        pattern=r"^(https?://[^?#]+)?$",
+        description="platform API origin, e.g. https://api.mch.weixin.qq.com",
+    )
+    wechatpay_mchid: str = ""
+    #: Serial of the merchant API certificate whose private key signs requests.
+    wechatpay_merchant_serial: str = ""
+    wechatpay_merchant_private_key_file: FilePath | None = None
+    #: JSON object: platform certificate serial or public key id (PUB_KEY_ID_…) → PEM file.
+    #: Several at once while the platform rotates its keys.
+    wechatpay_platform_public_keys: dict[str, FilePath] = Field(default_factory=dict)
+    wechatpay_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    wechatpay_sync_batch_size: int = Field(default=20, ge=1, le=200)
+    wechatpay_sync_retry_base_s: float = Field(default=1.0, gt=0)
+    wechatpay_sync_retry_max_s: float = Field(default=600.0, gt=0)
+    wechatpay_sync_poll_interval_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _wechatpay_complete(self) -> Self:
+        if not self.wechatpay_api_base:
+            return self
+        missing = [
+            name.upper()
+            for name in (
+                "wechatpay_mchid",
+                "wechatpay_merchant_serial",
+                "wechatpay_merchant_private_key_file",
+                "wechatpay_platform_public_keys",
+            )
+            if not getattr(self, name)
+        ]
+        if missing:
+            raise ValueError(f"WECHATPAY_API_BASE is set, so {', '.join(missing)} must be too")
+        if self.wechatpay_sync_retry_max_s < self.wechatpay_sync_retry_base_s:
+            raise ValueError("WECHATPAY_SYNC_RETRY_MAX_S must be >= WECHATPAY_SYNC_RETRY_BASE_S")
+        return self

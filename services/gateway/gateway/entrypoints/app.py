@@ -9,18 +9,27 @@ from aiohttp import web
 
 from gateway.adapters.bus import PaymentsPublisher
 from gateway.adapters.services import Backends
-from gateway.entrypoints.keys import BACKENDS, PUBLISHER
+from gateway.entrypoints.keys import BACKENDS, PUBLISHER, WEBHOOKS, Webhooks
 from gateway.entrypoints.middleware import request_context
 from gateway.entrypoints.routes import setup_routes
 
 log = structlog.get_logger(__name__)
 
 
-def create_app(publisher: PaymentsPublisher, backends: Backends) -> web.Application:
+def create_app(
+    publisher: PaymentsPublisher,
+    backends: Backends,
+    webhooks: Webhooks,
+    *,
+    accept_unsigned: bool = False,
+) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=1024**2)
     app[PUBLISHER] = publisher
     app[BACKENDS] = backends
-    setup_routes(app)
+    app[WEBHOOKS] = webhooks
+    setup_routes(app, accept_unsigned=accept_unsigned)
+    if accept_unsigned:
+        log.warning("unsigned_notifications_accepted", route="/wechatpay/notifications")
     return app
 
 

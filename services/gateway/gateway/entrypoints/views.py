@@ -1,34 +1,11 @@
-"""HTTP views: translate between JSON and the service layer, nothing more."""
+"""HTTP views for the mini-program and probes: translate between JSON and the services."""
 
 from __future__ import annotations
-
-import json
 
 from aiohttp import web
 from kit.errors import InvalidInput
 
-from gateway.adapters import wechatpay
-from gateway.entrypoints.keys import BACKENDS, PUBLISHER
-
-MAX_NOTIFICATION_BYTES = 64 * 1024
-
-
-async def wechatpay_notification(request: web.Request) -> web.Response:
-    """WeChat Pay → mall: answer 204 only once the event is durably in JetStream.
-
-    Any other answer makes the platform retry on its schedule, so a failure here loses
-    nothing; a retry of an accepted notification is de-duplicated downstream.
-    """
-    raw = await request.read()
-    if len(raw) > MAX_NOTIFICATION_BYTES:
-        raise InvalidInput("body_too_large", f"notification over {MAX_NOTIFICATION_BYTES} bytes")
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput("invalid_json", f"body is not JSON: {exc}") from None
-    notice = wechatpay.parse_payment(body)
-    await request.app[PUBLISHER].payment_captured(notice)
-    return web.Response(status=204)
+from gateway.entrypoints.keys import BACKENDS, PUBLISHER, WEBHOOKS
 
 
 async def member_points(request: web.Request) -> web.Response:
@@ -53,7 +30,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the gateway can accept a payment (NATS connected)."""
+    """Readiness: the gateway can accept a payment (NATS connected, directory copy loaded)."""
+    waiting = []
     if not request.app[PUBLISHER].ready():
-        return web.json_response({"status": "not ready"}, status=503)
+        waiting.append("nats")
+    if not request.app[WEBHOOKS].directory_ready():
+        waiting.append("directory")
+    if waiting:
+        return web.json_response({"status": "not ready", "waiting_for": waiting}, status=503)
     return web.json_response({"status": "ready"})

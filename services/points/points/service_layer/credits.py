@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from eventbus.outbox import add_events
 from kit.db import Connection
 
-from points.adapters import events, repository
+from points.adapters import events, repository, wechat_sync
 from points.domain.model import AttributedPayment, BaseRate, Credit, plan_credits
+from points.domain.wechat_sync import report_for
 
 
 async def credit_payments(
@@ -16,7 +17,8 @@ async def credit_payments(
     payments: Sequence[tuple[AttributedPayment, dict[str, str]]],
     rule: BaseRate | None = None,
 ) -> list[Credit]:
-    """Inside the caller's transaction: ledger entries, balances and events, or nothing.
+    """Inside the caller's transaction: ledger entries, balances, events and the reports
+    owed to WeChat Pay (积分同步, for payments made with it), or nothing.
 
     The whole batch costs a fixed handful of statements (set-based), not a few per payment:
     group commit is what lets one consumer keep up with a mall's peak. A payment credited
@@ -38,5 +40,8 @@ async def credit_payments(
             for credit, (_, headers) in zip(credits, payments, strict=True)
             if credit.applied
         ],
+    )
+    await wechat_sync.queue_reports(
+        conn, [r for r in (report_for(c) for c in credits) if r is not None]
     )
     return credits

@@ -185,15 +185,22 @@ def wait_balance(points_url: str, balance: int, timeout_s: float = 30.0) -> dict
     raise AssertionError(f"balance never reached {balance}; last answer {last!r}")
 
 
-def wait_points_sync(url: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+def wait_points_sync(
+    url: str, transaction_id: str, *, count: int, timeout_s: float = 30.0
+) -> list[dict[str, Any]]:
+    """The points syncs the simulator received for one payment, once there are ``count``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - our own banner URL
-            syncs: list[dict[str, Any]] = json.loads(resp.read())["points_syncs"]
-        if syncs:
+            syncs: list[dict[str, Any]] = [
+                s
+                for s in json.loads(resp.read())["points_syncs"]
+                if s["body"].get("transaction_id") == transaction_id
+            ]
+        if len(syncs) >= count:
             return syncs
         time.sleep(0.1)
-    raise AssertionError("the simulator never received a points sync")
+    raise AssertionError(f"the simulator never received {count} points syncs")
 
 
 def wait_restarted(run: LocalRun, service: str, old_pid: int, timeout_s: float = 30.0) -> int:
@@ -302,11 +309,29 @@ def test_make_run_serves_restarts_and_stops_cleanly(run_dir: Path) -> None:
 
         # The platform's own way in: the simulator signs and encrypts, the gateway verifies
         # and decrypts, and points reports the credit back to the simulator, signed.
-        subprocess.run(banner.simulator_payment_curl, check=True, capture_output=True)
+        sent = subprocess.run(banner.simulator_payment_curl, check=True, capture_output=True)
+        transaction_id = json.loads(sent.stdout)["transaction_id"]
         wait_balance(curl_url(banner.simulator_points_curl), 88)
-        syncs = wait_points_sync(curl_url(banner.simulator_syncs_curl))
+        syncs = wait_points_sync(curl_url(banner.simulator_syncs_curl), transaction_id, count=1)
         assert syncs[0]["verified"] is True
+        assert syncs[0]["body"]["transaction_id"] == transaction_id
         assert syncs[0]["body"]["increased_points"] == 88
+        # A refund of half goes the same way back: notified, attributed, reversed, synced.
+        simulator = curl_url(banner.simulator_syncs_curl).removesuffix("/control/points-syncs")
+        status, answer = http(
+            "POST",
+            f"{simulator}/control/refunds",
+            json.dumps({"transaction_id": transaction_id, "refund_amount": 4400}).encode(),
+        )
+        assert status == 202, answer
+        wait_balance(curl_url(banner.simulator_points_curl), 44)
+        reversal = wait_points_sync(curl_url(banner.simulator_syncs_curl), transaction_id, count=2)[
+            1
+        ]
+        assert reversal["verified"] is True
+        assert reversal["body"]["transaction_id"] == transaction_id
+        assert reversal["body"]["earn_points"] is False
+        assert reversal["body"]["total_points"] == 44
 
         assert_stopped_cleanly(run, signal.SIGINT)
     finally:

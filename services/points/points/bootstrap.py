@@ -17,7 +17,12 @@ from mall.points.v1 import points_service_pb2, points_service_pb2_grpc
 
 from points.adapters.wechatpay import client_from_settings
 from points.config import Settings
-from points.entrypoints.consumers import PAYMENT_ATTRIBUTED, on_payment_attributed
+from points.entrypoints.consumers import (
+    PAYMENT_ATTRIBUTED,
+    REFUND_ATTRIBUTED,
+    on_payment_attributed,
+    on_refund_attributed,
+)
 from points.entrypoints.grpc_api import PointsServicer
 from points.entrypoints.ops import wechat_sync_commands
 from points.service_layer.wechat_sync import SyncPolicy, WeChatPointsSync, default_time_zone
@@ -69,7 +74,8 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
         settings,
         streams=["MEMBER", "POINTS"],
         subscriptions=[
-            Subscription("payment-attributed", "MEMBER", PAYMENT_ATTRIBUTED, on_payment_attributed)
+            Subscription("payment-attributed", "MEMBER", PAYMENT_ATTRIBUTED, on_payment_attributed),
+            Subscription("refund-attributed", "MEMBER", REFUND_ATTRIBUTED, on_refund_attributed),
         ],
         servicers=lambda pool: [
             (points_service_pb2_grpc.add_PointsServiceServicer_to_server, PointsServicer(pool)),

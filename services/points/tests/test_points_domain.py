@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kit.errors import ErrorKind, InvalidInput
-from points.domain.model import AttributedPayment, BaseRate, plan_credits
+from points.domain.model import (
+    AttributedPayment,
+    AttributedRefund,
+    BaseRate,
+    plan_credits,
+    points_to_reverse,
+)
 
 MAX_FEN = 10_000_000_000  # the largest amount the gateway accepts (¥100 million)
 
@@ -151,3 +157,44 @@ def test_a_batch_ends_on_the_opening_balance_plus_what_it_earns(amounts: list[in
     closing = credits[-1].balance_after if credits else 5
     assert closing == 5 + sum(a // 100 for a in amounts)
     assert all(c.applied for c in credits)
+
+
+# -- reversals ------------------------------------------------------------------------------
+
+
+@given(
+    credited=st.integers(min_value=0, max_value=1_000_000),
+    parts=st.lists(st.integers(min_value=1, max_value=10_000), min_size=1, max_size=8),
+)
+def test_partial_refunds_adding_up_to_the_payment_reverse_exactly_the_credit(
+    credited: int, parts: list[int]
+) -> None:
+    pay = sum(parts)
+    refunded = reversed_total = 0
+    for part in parts:
+        step = points_to_reverse(
+            credited=credited,
+            pay_amount_fen=pay,
+            refunded_before_fen=refunded,
+            reversed_before=reversed_total,
+            refund_amount_fen=part,
+        )
+        assert step >= 0
+        refunded += part
+        reversed_total += step
+        assert reversed_total <= credited * refunded // pay  # never more than the share
+    assert reversed_total == credited
+
+
+def test_a_refund_of_more_than_was_paid_is_refused() -> None:
+    with pytest.raises(InvalidInput) as caught:
+        AttributedRefund(
+            event_id="e",
+            mall_id="m",
+            member_id="u",
+            transaction_id="t",
+            refund_id="r",
+            refund_amount_fen=101,
+            pay_amount_fen=100,
+        )
+    assert caught.value.code == "invalid_refund_amount"

@@ -9,7 +9,7 @@ from eventbus.outbox import OutgoingEvent, event
 from kit.proto import timestamp
 from mall.points.v1 import events_pb2
 
-from points.domain.model import Credit
+from points.domain.model import AttributedRefund, Credit
 
 POINTS_CREDITED = "points.points.credited"
 
@@ -33,3 +33,25 @@ def points_credited(credit: Credit, headers: dict[str, str]) -> OutgoingEvent:
         tenant_id=p.tenant_id,
     )
     return event(POINTS_CREDITED, msg, mall_id=p.mall_id, event_id=event_id, headers=headers)
+
+
+POINTS_REVERSED = "points.points.reversed"
+
+
+def points_reversed(
+    refund: AttributedRefund, points: int, balance_after: int, headers: dict[str, str]
+) -> OutgoingEvent:
+    event_id = str(uuid.uuid4())
+    msg = events_pb2.PointsReversed(
+        event_id=event_id,
+        mall_id=refund.mall_id,
+        occurred_at=timestamp(datetime.now(UTC)),
+        member_id=refund.member_id,
+        transaction_id=refund.transaction_id,
+        refund_id=refund.refund_id,
+        points=points,
+        balance_after=balance_after,
+        appid=refund.appid,
+        openid=refund.openid,
+    )
+    return event(POINTS_REVERSED, msg, mall_id=refund.mall_id, event_id=event_id, headers=headers)

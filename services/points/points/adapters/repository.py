@@ -9,7 +9,7 @@ from datetime import datetime
 
 from kit.db import Connection
 
-from points.domain.model import Credit
+from points.domain.model import AttributedRefund, Credit
 
 
 @dataclass(frozen=True)
@@ -131,3 +131,66 @@ async def list_ledger(
         limit,
     )
     return [LedgerEntry(**dict(r)) for r in rows]
+
+
+async def credited_points(conn: Connection, mall_id: str, transaction_id: str) -> int | None:
+    """Points the payment's credit entry gave, or None if it has none (yet)."""
+    value: int | None = await conn.fetchval(
+        """SELECT points FROM ledger
+            WHERE mall_id = $1 AND transaction_id = $2 AND kind = 'credit'""",
+        mall_id,
+        transaction_id,
+    )
+    return value
+
+
+async def reversal_totals(conn: Connection, mall_id: str, transaction_id: str) -> tuple[int, int]:
+    """(fen refunded, points reversed) by the payment's earlier refunds."""
+    row = await conn.fetchrow(
+        """SELECT coalesce(sum(refund_amount_fen), 0) AS fen, coalesce(sum(points), 0) AS points
+             FROM refund_reversals WHERE mall_id = $1 AND transaction_id = $2""",
+        mall_id,
+        transaction_id,
+    )
+    assert row is not None
+    return int(row["fen"]), int(row["points"])
+
+
+async def record_reversal(conn: Connection, refund: AttributedRefund, points: int) -> bool:
+    """Record what a refund reversed; False if this refund was handled already."""
+    inserted = await conn.fetchval(
+        """INSERT INTO refund_reversals (mall_id, refund_id, transaction_id, member_id,
+                                         refund_amount_fen, pay_amount_fen, points)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (mall_id, refund_id) DO NOTHING RETURNING true""",
+        refund.mall_id,
+        refund.refund_id,
+        refund.transaction_id,
+        uuid.UUID(refund.member_id),
+        refund.refund_amount_fen,
+        refund.pay_amount_fen,
+        points,
+    )
+    return bool(inserted)
+
+
+async def append_reversal(
+    conn: Connection, refund: AttributedRefund, points: int, balance_after: int
+) -> None:
+    """A reversal entry (negative points) and the account's new balance."""
+    await conn.execute(
+        """WITH entry AS (
+               INSERT INTO ledger (mall_id, member_id, kind, points, balance_after,
+                                   transaction_id, reference, description)
+               VALUES ($1, $2, 'reversal', $3, $4, $5, $6, $7)
+               RETURNING entry_id)
+           UPDATE accounts SET balance = $4, updated_at = now()
+             FROM entry WHERE mall_id = $1 AND member_id = $2""",
+        refund.mall_id,
+        uuid.UUID(refund.member_id),
+        -points,
+        balance_after,
+        refund.transaction_id,
+        refund.refund_id,
+        f"refund {refund.refund_id} of payment {refund.transaction_id}",
+    )

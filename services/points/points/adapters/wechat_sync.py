@@ -76,6 +76,38 @@ async def queue_reports(conn: Connection, reports: Sequence[PointsReport]) -> No
     await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
 
 
+async def queue_reversal_report(conn: Connection, report: PointsReport) -> None:
+    """Queue (or bring up to date) the payment's reversal report in the caller's transaction.
+
+    One report per payment says where its points stand after all its refunds: a later
+    refund rewrites it and sends it again. Bumping ``attempts`` fences a worker that holds
+    the older content, so its outcome cannot mark the newer one sent.
+    """
+    await conn.execute(
+        """INSERT INTO wechat_points_sync
+               (mall_id, transaction_id, kind, openid, appid, sub_mchid, earn_points,
+                increased_points, total_points, points_update_time, no_points_remarks)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), $10)
+           ON CONFLICT (mall_id, transaction_id, kind) DO UPDATE
+              SET total_points = EXCLUDED.total_points,
+                  no_points_remarks = EXCLUDED.no_points_remarks,
+                  points_update_time = now(), state = 'PENDING', sent_at = NULL,
+                  attempts = wechat_points_sync.attempts + 1, next_attempt_at = now(),
+                  error_code = NULL, last_error = NULL""",
+        report.mall_id,
+        report.transaction_id,
+        report.kind.value,
+        report.openid,
+        report.appid,
+        report.sub_mchid,
+        report.earn_points,
+        report.increased_points,
+        report.total_points,
+        report.no_points_remarks,
+    )
+    await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+
+
 def _report(row: Any) -> PointsReport:
     return PointsReport(
         mall_id=row["mall_id"],

@@ -88,3 +88,42 @@ def plan_credits(
         running[account] += points
         credits.append(Credit(p, points, running[account], rule.version, applied=True))
     return credits
+
+
+@dataclass(frozen=True)
+class AttributedRefund:
+    """A refund member tied to a payment and its member (the input of every reversal)."""
+
+    event_id: str
+    mall_id: str
+    member_id: str
+    transaction_id: str
+    refund_id: str
+    refund_amount_fen: int
+    pay_amount_fen: int
+    appid: str = ""
+    openid: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.mall_id or not self.member_id or not self.refund_id:
+            raise InvalidInput("refund_incomplete", "mall, member and refund are required")
+        if not 0 < self.refund_amount_fen <= self.pay_amount_fen:
+            raise InvalidInput(
+                "invalid_refund_amount",
+                f"refund {self.refund_amount_fen} fen of a {self.pay_amount_fen} fen payment",
+            )
+
+
+def points_to_reverse(
+    *,
+    credited: int,
+    pay_amount_fen: int,
+    refunded_before_fen: int,
+    reversed_before: int,
+    refund_amount_fen: int,
+) -> int:
+    """Points a refund takes back: in proportion to the money, rounded down, computed on the
+    running totals so that partial refunds adding up to the payment reverse every point."""
+    refunded = min(pay_amount_fen, refunded_before_fen + refund_amount_fen)
+    target = credited * refunded // pay_amount_fen
+    return max(0, target - reversed_before)

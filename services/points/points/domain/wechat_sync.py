@@ -11,11 +11,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from points.domain.model import FEN_PER_YUAN, Credit
+from points.domain.model import FEN_PER_YUAN, AttributedRefund, Credit
 
 #: Shown to the shopper in WeChat when a payment earned nothing.
 REMARK_UNDER_ONE_YUAN = "金额不足1元"
 REMARK_NOT_ELIGIBLE = "本次消费不参与积分"
+#: After a refund: followed by the points taken back for this payment so far.
+REMARK_REFUNDED = "退款扣减积分"
 #: Until points keeps its own copy of the directory (member owns each mall's time zone,
 #: published as ``member.directory.*``), every mall reports in the default zone.
 DEFAULT_TIME_ZONE = "Asia/Shanghai"
@@ -83,3 +85,23 @@ def retry_delay(attempts: int, *, base_s: float, cap_s: float, jitter: float) ->
         raise ValueError("a retry follows at least one attempt")
     step = min(cap_s, base_s * 2.0 ** min(attempts - 1, 62))
     return step / 2 + step / 2 * jitter
+
+
+def reversal_report(
+    refund: AttributedRefund, reversed_total: int, balance_after: int
+) -> PointsReport | None:
+    """What the platform is told after a refund: no points earned by the payment any more
+    (beyond what is left), the points taken back so far, and the member's balance now."""
+    if not refund.openid:
+        return None
+    return PointsReport(
+        mall_id=refund.mall_id,
+        transaction_id=refund.transaction_id,
+        kind=SyncKind.REVERSAL,
+        openid=refund.openid,
+        appid=refund.appid,
+        earn_points=False,
+        increased_points=0,
+        total_points=balance_after,
+        no_points_remarks=f"{REMARK_REFUNDED}{reversed_total}",
+    )

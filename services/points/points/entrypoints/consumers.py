@@ -9,10 +9,12 @@ from kit.db import Connection
 from kit.proto import to_datetime
 from mall.member.v1 import events_pb2 as member_events
 
-from points.domain.model import AttributedPayment
+from points.domain.model import AttributedPayment, AttributedRefund
 from points.service_layer.credits import credit_payments
+from points.service_layer.reversals import reverse_refunds
 
 PAYMENT_ATTRIBUTED = "member.payment.attributed"
+REFUND_ATTRIBUTED = "member.refund.attributed"
 
 
 def _attributed(d: Delivery) -> AttributedPayment:
@@ -32,3 +34,22 @@ def _attributed(d: Delivery) -> AttributedPayment:
 
 async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
     await credit_payments(conn, [(_attributed(d), d.context) for d in deliveries])
+
+
+def _refund(d: Delivery) -> AttributedRefund:
+    msg = d.decode(member_events.RefundAttributed)
+    return AttributedRefund(
+        event_id=d.event_id,
+        mall_id=msg.mall_id,
+        member_id=msg.member_id,
+        transaction_id=msg.transaction_id,
+        refund_id=msg.refund_id,
+        refund_amount_fen=msg.refund_amount_fen,
+        pay_amount_fen=msg.pay_amount_fen,
+        appid=msg.appid,
+        openid=msg.openid,
+    )
+
+
+async def on_refund_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    await reverse_refunds(conn, [(_refund(d), d.context) for d in deliveries])

@@ -200,6 +200,8 @@ async def payments(
             {
                 **common,
                 "HTTP_PORT": str(http_port),
+                # The pipeline behind the webhook; bench/webhook.py measures the signed door.
+                "WECHATPAY_ACCEPT_UNSIGNED": "true",
                 "MEMBER_GRPC_TARGET": f"127.0.0.1:{member_port}",
                 "POINTS_GRPC_TARGET": f"127.0.0.1:{points_port}",
             },

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -23,6 +24,7 @@ from kit.db import Connection
 from kit.errors import AppError, Unavailable
 from kit.metrics import (
     CONSUMER_BATCH,
+    CONSUMER_LAG,
     CONSUMER_MESSAGES,
     CONSUMER_REDELIVERIES,
     DEAD_LETTERS,
@@ -34,6 +36,9 @@ from nats.js.client import JetStreamContext
 log = structlog.get_logger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+
+LAG_SAMPLE_INTERVAL_S = 5.0
 
 
 class PoisonMessage(Exception):
@@ -143,8 +148,12 @@ class Consumer:
         await self.ensure()
         sub = await self._js.pull_subscribe_bind(self.name, stream=self.stream)
         backoff = 0.1
+        sampled = 0.0
         try:
             while not stop.is_set():
+                if time.monotonic() - sampled > LAG_SAMPLE_INTERVAL_S:
+                    sampled = time.monotonic()
+                    await self._sample_lag()
                 try:
                     msgs = await sub.fetch(self._batch_size, timeout=1.0)
                 except (nats.errors.TimeoutError, TimeoutError):
@@ -158,6 +167,15 @@ class Consumer:
                 await self.process(msgs)
         finally:
             await sub.unsubscribe()
+
+    async def _sample_lag(self) -> None:
+        """How far behind the stream this consumer is, for the consumer-lag alert."""
+        try:
+            info = await self._js.consumer_info(self.stream, self.name)
+        except Exception as exc:  # NATS away: the fetch loop reports it
+            log.debug("consumer_lag_sample_failed", consumer=self.name, error=repr(exc))
+            return
+        CONSUMER_LAG.labels(self.name).set(info.num_pending or 0)
 
     async def process(self, msgs: Sequence[Msg]) -> None:
         deliveries = [_delivery(m) for m in msgs]

@@ -37,6 +37,11 @@ CONSUMER_MESSAGES = Counter(
     "Messages settled by a consumer: handled, duplicate, retried, dead_lettered",
     ["consumer", "outcome"],
 )
+CONSUMER_LAG = Gauge(
+    "mall_consumer_lag",
+    "Messages on the stream this consumer has not been given yet (sampled)",
+    ["consumer"],
+)
 CONSUMER_REDELIVERIES = Counter(
     "mall_consumer_redeliveries_total", "Messages that arrived more than once", ["consumer"]
 )

@@ -30,6 +30,7 @@ from mall.points.v1 import points_service_pb2_grpc
 from mall_testing.demo import DemoMall, payment_notification
 from mall_testing.embedded import free_port
 from mall_testing.plugin import Nats
+from prometheus_client import REGISTRY
 
 WEBHOOK = "/wechatpay/notifications"
 PROBLEM = "application/problem+json"
@@ -336,3 +337,29 @@ async def test_points_with_a_bad_page_size_is_refused(gateway: Gateway, unique_i
 
     assert resp.status == 400
     assert problem_of(resp)["code"] == "invalid_page_size"
+
+
+async def test_requests_are_counted_by_route_pattern_and_status(
+    gateway: Gateway, unique_id: str
+) -> None:
+    route = "/wechatpay/notifications"
+
+    def count(status: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "mall_http_requests_total", {"route": route, "status": status}
+        )
+        return value or 0.0
+
+    accepted, refused = count("204"), count("400")
+    await gateway.post(notification(unique_id))
+    await gateway.post(b"{")
+
+    assert (count("204"), count("400")) == (accepted + 1, refused + 1)
+    # Paths carrying ids (openids, mall ids) never become label values.
+    routes = {
+        s.labels["route"]
+        for m in REGISTRY.collect()
+        if m.name == "mall_http_requests"
+        for s in m.samples
+    }
+    assert all("{" in r or "o-" not in r for r in routes)

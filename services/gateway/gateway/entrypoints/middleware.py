@@ -9,6 +9,7 @@ import structlog
 from aiohttp import web
 from kit import context
 from kit.errors import AppError
+from kit.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 from gateway.entrypoints.problems import from_error, problem
 
@@ -36,10 +37,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             log.exception("request_failed")
             response = problem(500, "internal", "internal error")
         finally:
-            log.info(
-                "http",
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
+            elapsed = time.perf_counter() - started
+            # The route's pattern, not the path: openids and mall ids stay out of label values.
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            HTTP_REQUESTS.labels(route, str(status)).inc()
+            HTTP_LATENCY.labels(route).observe(elapsed)
+            log.info("http", status=status, duration_ms=round(elapsed * 1000, 2))
         response.headers[context.CORRELATION_HEADER] = fields["correlation_id"]
         return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -78,7 +79,10 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             Subscription("refund-attributed", "MEMBER", REFUND_ATTRIBUTED, on_refund_attributed),
         ],
         servicers=lambda pool: [
-            (points_service_pb2_grpc.add_PointsServiceServicer_to_server, PointsServicer(pool)),
+            (
+                points_service_pb2_grpc.add_PointsServiceServicer_to_server,
+                PointsServicer(pool, hold_ttl=timedelta(seconds=settings.hold_ttl_s)),
+            ),
         ],
         descriptor=points_service_pb2.DESCRIPTOR,
         extras=lambda pool: Extras(

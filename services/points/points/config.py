@@ -10,6 +10,8 @@ from pydantic import Field, FilePath, model_validator
 
 class Settings(ServiceSettings):
     grpc_port: int = Field(default=50062, ge=0, le=65535)
+    #: How long a redemption hold reserves points unless confirmed or released.
+    hold_ttl_s: float = Field(default=900.0, gt=0, le=86_400)
 
     # -- WeChat Pay points sync (积分同步). Unset API base: reports queue up, none is sent. ---
     wechatpay_api_base: str = Field(

@@ -7,9 +7,21 @@ from datetime import UTC, datetime
 
 from eventbus.outbox import OutgoingEvent, event
 from kit.proto import timestamp
-from mall.points.v1 import events_pb2
+from mall.points.v1 import events_pb2, points_pb2
 
 from points.domain.model import AttributedRefund, Credit
+from points.domain.redemption import Hold, ReleaseReason
+
+#: Reward kinds of the domain (text in the database) and of the contracts.
+REWARD_KINDS: dict[str, points_pb2.RewardKind.ValueType] = {
+    "coupon": points_pb2.REWARD_KIND_COUPON,
+    "parking": points_pb2.REWARD_KIND_PARKING,
+    "gift": points_pb2.REWARD_KIND_GIFT,
+}
+_RELEASE_REASONS = {
+    ReleaseReason.CANCELLED: events_pb2.HOLD_RELEASE_REASON_CANCELLED,
+    ReleaseReason.EXPIRED: events_pb2.HOLD_RELEASE_REASON_EXPIRED,
+}
 
 POINTS_CREDITED = "points.points.credited"
 
@@ -55,3 +67,42 @@ def points_reversed(
         openid=refund.openid,
     )
     return event(POINTS_REVERSED, msg, mall_id=refund.mall_id, event_id=event_id, headers=headers)
+
+
+POINTS_REDEEMED = "points.points.redeemed"
+
+
+def points_redeemed(hold: Hold, redemption_id: str, balance_after: int) -> OutgoingEvent:
+    event_id = str(uuid.uuid4())
+    msg = events_pb2.PointsRedeemed(
+        event_id=event_id,
+        mall_id=hold.mall_id,
+        occurred_at=timestamp(datetime.now(UTC)),
+        member_id=hold.member_id,
+        redemption_id=redemption_id,
+        hold_id=hold.hold_id,
+        points=hold.points,
+        reward_kind=REWARD_KINDS[hold.reward_kind],
+        reward_ref=hold.reward_ref,
+        balance_after=balance_after,
+    )
+    return event(POINTS_REDEEMED, msg, mall_id=hold.mall_id, event_id=event_id)
+
+
+POINTS_HOLD_RELEASED = "points.hold.released"
+
+
+def points_hold_released(hold: Hold, reason: ReleaseReason) -> OutgoingEvent:
+    event_id = str(uuid.uuid4())
+    msg = events_pb2.PointsHoldReleased(
+        event_id=event_id,
+        mall_id=hold.mall_id,
+        occurred_at=timestamp(datetime.now(UTC)),
+        member_id=hold.member_id,
+        hold_id=hold.hold_id,
+        points=hold.points,
+        reason=_RELEASE_REASONS[reason],
+        reward_kind=REWARD_KINDS[hold.reward_kind],
+        reward_ref=hold.reward_ref,
+    )
+    return event(POINTS_HOLD_RELEASED, msg, mall_id=hold.mall_id, event_id=event_id)

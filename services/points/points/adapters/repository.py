@@ -19,6 +19,12 @@ class Account:
     balance: int
     lifetime_earned: int
     updated_at: datetime | None
+    #: Points reserved by open (HELD, unexpired) holds; not spendable.
+    held: int = 0
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
 
 
 @dataclass(frozen=True)
@@ -104,15 +110,27 @@ async def append_credits(conn: Connection, credits: Sequence[Credit]) -> None:
 
 
 async def get_account(conn: Connection, mall_id: str, member_id: str) -> Account:
+    """The account with its open holds (an expired hold is not held, touched or not)."""
     row = await conn.fetchrow(
-        """SELECT balance, lifetime_earned, updated_at FROM accounts
+        """SELECT balance, lifetime_earned, updated_at,
+                  (SELECT coalesce(sum(points), 0) FROM holds h
+                    WHERE h.mall_id = a.mall_id AND h.member_id = a.member_id
+                      AND h.state = 'HELD' AND h.expires_at > now()) AS held
+             FROM accounts a
             WHERE mall_id = $1 AND member_id = $2""",
         mall_id,
         uuid.UUID(member_id),
     )
     if row is None:
         return Account(mall_id, member_id, 0, 0, None)
-    return Account(mall_id, member_id, row["balance"], row["lifetime_earned"], row["updated_at"])
+    return Account(
+        mall_id,
+        member_id,
+        row["balance"],
+        row["lifetime_earned"],
+        row["updated_at"],
+        held=int(row["held"]),
+    )
 
 
 async def list_ledger(

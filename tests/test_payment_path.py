@@ -16,7 +16,7 @@ async def wait_for_balance(
 ) -> dict[str, Any]:
     url = f"{suite.gateway_url}/v1/malls/{mall.mall_id}/shoppers/{openid}/points"
     body: dict[str, Any] = {}
-    for _ in range(300):
+    for _ in range(1200):  # up to 60 s on a loaded machine
         async with suite.http.get(url) as resp:
             if resp.status == 200:
                 body = await resp.json()

@@ -15,7 +15,7 @@ import asyncpg
 from google.protobuf.descriptor import FileDescriptor
 from kit.cli import Command, Roles
 from kit.db import open_pool, ping
-from kit.grpc_server import GrpcServer, Registration
+from kit.grpc_server import Authenticator, GrpcServer, Registration
 from kit.jetstream import connect
 from kit.lifecycle import Component
 from kit.settings import ServiceSettings
@@ -57,7 +57,9 @@ async def assemble(
     servicers: Callable[[asyncpg.Pool], Sequence[Registration]] = lambda pool: (),
     descriptor: FileDescriptor,
     extras: Callable[[asyncpg.Pool], Extras] | None = None,
+    authenticate: Callable[[asyncpg.Pool], Authenticator] | None = None,
 ) -> AsyncIterator[Roles]:
+    """``authenticate`` builds the gRPC server's auth hook on the pool (see GrpcServer)."""
     async with (
         open_pool(
             settings.database_url,
@@ -100,6 +102,7 @@ async def assemble(
             port=settings.grpc_port,
             default_deadline_s=settings.grpc_default_deadline_s,
             grace_s=settings.shutdown_grace_s,
+            authenticate=authenticate(pool) if authenticate is not None else None,
         )
         more = extras(pool) if extras is not None else Extras()
         components: dict[str, list[Component]] = {

@@ -14,14 +14,19 @@ from mall.member.v1 import member_service_pb2, member_service_pb2_grpc
 from nats.js.client import JetStreamContext
 
 from member.config import Settings
+from member.domain.checkout import CheckoutPolicy
+from member.entrypoints.auth import CredentialAuthenticator
 from member.entrypoints.consumers import (
+    AUTHORIZATION_CHANGED,
     PAYMENT_CAPTURED,
     PAYMENT_REFUNDED,
+    on_authorization_changed,
     on_payment_captured,
     on_payment_refunded,
 )
 from member.entrypoints.directory_kv import DIRECTORY_CHANGED, directory_projection
 from member.entrypoints.grpc_api import DirectoryServicer, MemberServicer
+from member.entrypoints.ops import ops_extras
 
 NAME = "member"
 MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]
@@ -32,25 +37,38 @@ async def subscriptions(js: JetStreamContext) -> list[Subscription]:
     return [
         Subscription("payment-captured", "PAYMENTS", PAYMENT_CAPTURED, on_payment_captured),
         Subscription("payment-refunded", "PAYMENTS", PAYMENT_REFUNDED, on_payment_refunded),
+        Subscription(
+            "authorization-changed", "PAYMENTS", AUTHORIZATION_CHANGED, on_authorization_changed
+        ),
         Subscription("directory-kv", "MEMBER", DIRECTORY_CHANGED, directory_projection(directory)),
     ]
 
 
 @contextlib.asynccontextmanager
 async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
+    checkout_policy = CheckoutPolicy(
+        code_ttl_s=settings.checkout_code_ttl_s, clock_skew_s=settings.pos_clock_skew_s
+    )
     async with assemble(
         NAME,
         settings,
         streams=["PAYMENTS", "MEMBER"],
         subscriptions=subscriptions,
         servicers=lambda pool: [
-            (member_service_pb2_grpc.add_MemberServiceServicer_to_server, MemberServicer(pool)),
+            (
+                member_service_pb2_grpc.add_MemberServiceServicer_to_server,
+                MemberServicer(pool, checkout_policy),
+            ),
             (
                 member_service_pb2_grpc.add_DirectoryServiceServicer_to_server,
                 DirectoryServicer(pool),
             ),
         ],
         descriptor=member_service_pb2.DESCRIPTOR,
+        extras=ops_extras,
+        authenticate=lambda pool: CredentialAuthenticator(
+            pool, cache_s=settings.credential_cache_s
+        ),
     ) as roles:
         yield roles
 

@@ -18,6 +18,7 @@ from member.domain.model import (
     PaymentSource,
     RecordedPayment,
 )
+from member.domain.pos import ReportedPayment
 
 PAYMENT_ATTRIBUTED = "member.payment.attributed"
 REFUND_ATTRIBUTED = "member.refund.attributed"
@@ -30,6 +31,7 @@ _SOURCES = {
     PaymentSource.WECHAT_PAY: common_pb2.PAYMENT_SOURCE_WECHAT_PAY,
     PaymentSource.POS_CASH: common_pb2.PAYMENT_SOURCE_POS_CASH,
     PaymentSource.POS_CARD: common_pb2.PAYMENT_SOURCE_POS_CARD,
+    PaymentSource.POS_OTHER: common_pb2.PAYMENT_SOURCE_POS_OTHER,
     PaymentSource.RECEIPT: common_pb2.PAYMENT_SOURCE_RECEIPT,
 }
 CHANNELS = {
@@ -55,6 +57,7 @@ def payment_attributed(a: Attribution, headers: dict[str, str]) -> OutgoingEvent
         paid_at=timestamp(a.payment.paid_at),
         appid=a.payment.appid,
         openid=a.payment.openid,
+        receipt_no=a.payment.receipt_no if isinstance(a.payment, ReportedPayment) else "",
     )
     return event(
         PAYMENT_ATTRIBUTED, msg, mall_id=a.store.mall_id, event_id=event_id, headers=headers

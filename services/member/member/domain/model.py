@@ -19,6 +19,7 @@ class PaymentSource(enum.StrEnum):
     WECHAT_PAY = "wechat_pay"
     POS_CASH = "pos_cash"
     POS_CARD = "pos_card"
+    POS_OTHER = "pos_other"
     RECEIPT = "receipt"
 
 

@@ -9,12 +9,15 @@ from kit.db import Connection
 from kit.proto import to_datetime
 from mall.payments.v1 import events_pb2 as payments
 
+from member.domain.joining import AuthorizationChange
 from member.domain.model import CapturedPayment, CapturedRefund
+from member.service_layer.joining import authorizations_changed
 from member.service_layer.payments import attribute_payments
 from member.service_layer.refunds import attribute_refunds
 
 PAYMENT_CAPTURED = "payments.payment.captured"
 PAYMENT_REFUNDED = "payments.payment.refunded"
+AUTHORIZATION_CHANGED = "payments.authorization.changed"
 
 
 def _captured(d: Delivery) -> CapturedPayment:
@@ -50,3 +53,18 @@ def _refunded(d: Delivery) -> CapturedRefund:
 
 async def on_payment_refunded(conn: Connection, deliveries: Sequence[Delivery]) -> None:
     await attribute_refunds(conn, [(_refunded(d), d.context) for d in deliveries])
+
+
+def _authorization(d: Delivery) -> AuthorizationChange:
+    msg = d.decode(payments.AuthorizationChanged)
+    return AuthorizationChange(
+        event_id=d.event_id,
+        appid=msg.appid,
+        openid=msg.openid,
+        auth_type=payments.AuthType.Name(msg.auth_type),
+        changed_at=to_datetime(msg.changed_at),
+    )
+
+
+async def on_authorization_changed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    await authorizations_changed(conn, [(_authorization(d), d.context) for d in deliveries])

@@ -6,12 +6,18 @@ from typing import Any
 
 import asyncpg
 from kit.errors import InvalidInput, NotFound
+from kit.proto import timestamp, to_datetime
+from mall.common.v1 import common_pb2
 from mall.member.v1 import directory_pb2, member_pb2, member_service_pb2, member_service_pb2_grpc
 
 from member.adapters import repository
+from member.adapters.credentials import credential_message
 from member.adapters.events import mall_message
-from member.domain.model import Member
-from member.service_layer import directory
+from member.domain.checkout import CheckoutPolicy
+from member.domain.model import JoinChannel, Member, PaymentSource
+from member.entrypoints.auth import tenant_caller
+from member.entrypoints.member_messages import profile_message
+from member.service_layer import checkout, credentials, directory, joining, pos, tags
 
 _IDENTITY_KINDS = {
     member_pb2.IDENTITY_TYPE_OPENID: "openid",
@@ -20,6 +26,13 @@ _IDENTITY_KINDS = {
     member_pb2.IDENTITY_TYPE_CARD: "card",
     member_pb2.IDENTITY_TYPE_APP_ACCOUNT: "app_account",
 }
+_POS_SOURCES = {
+    common_pb2.PAYMENT_SOURCE_POS_CASH: PaymentSource.POS_CASH,
+    common_pb2.PAYMENT_SOURCE_POS_CARD: PaymentSource.POS_CARD,
+    common_pb2.PAYMENT_SOURCE_POS_OTHER: PaymentSource.POS_OTHER,
+    common_pb2.PAYMENT_SOURCE_RECEIPT: PaymentSource.RECEIPT,
+}
+_JOIN_CHANNELS = {member_pb2.JOIN_CHANNEL_MINI_PROGRAM: JoinChannel.MINI_PROGRAM}
 
 
 def _member(m: Member) -> member_pb2.Member:
@@ -38,8 +51,93 @@ def _required(**fields: str) -> None:
 
 
 class MemberServicer(member_service_pb2_grpc.MemberServiceServicer):
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, checkout_policy: CheckoutPolicy | None = None) -> None:
         self._pool = pool
+        self._checkout = checkout_policy or CheckoutPolicy()
+
+    # -- identification at checkout and POS payments (tenant-facing: see entrypoints/auth) --
+
+    async def IssueCheckoutCode(
+        self, request: member_service_pb2.IssueCheckoutCodeRequest, context: Any
+    ) -> member_service_pb2.IssueCheckoutCodeResponse:
+        _required(mall_id=request.mall_id, member_id=request.member_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            issued = await checkout.issue_checkout_code(
+                conn, self._checkout, request.mall_id, request.member_id
+            )
+        return member_service_pb2.IssueCheckoutCodeResponse(
+            code=issued.code, expires_at=timestamp(issued.expires_at)
+        )
+
+    async def IdentifyMember(
+        self, request: member_service_pb2.IdentifyMemberRequest, context: Any
+    ) -> member_service_pb2.IdentifyMemberResponse:
+        caller = tenant_caller()
+        _required(mall_id=request.mall_id, store_id=request.store_id)
+        key = request.WhichOneof("key")
+        if key == "checkout_code":
+            async with self._pool.acquire() as conn, conn.transaction():
+                found = await checkout.identify_by_code(
+                    conn,
+                    caller,
+                    mall_id=request.mall_id,
+                    store_id=request.store_id,
+                    code=request.checkout_code,
+                )
+        elif key == "identity":
+            kind = _IDENTITY_KINDS.get(request.identity.identity_type)
+            if kind is None or not request.identity.value:
+                raise InvalidInput("invalid_identity", "identity needs a type and a value")
+            async with self._pool.acquire() as conn:
+                found = await checkout.identify_by_identity(
+                    conn,
+                    caller,
+                    mall_id=request.mall_id,
+                    store_id=request.store_id,
+                    kind=kind,
+                    value=request.identity.value,
+                )
+        else:
+            raise InvalidInput("missing_field", "required: checkout_code or identity")
+        return member_service_pb2.IdentifyMemberResponse(
+            member=_member(found), tier=member_pb2.Tier(tier_code=found.tier_code)
+        )
+
+    async def ReportPayment(
+        self, request: member_service_pb2.ReportPaymentRequest, context: Any
+    ) -> member_service_pb2.ReportPaymentResponse:
+        caller = tenant_caller()
+        _required(
+            mall_id=request.mall_id,
+            store_id=request.store_id,
+            member_id=request.member_id,
+            receipt_no=request.receipt_no,
+        )
+        if not request.HasField("paid_at"):
+            raise InvalidInput("missing_field", "required: paid_at")
+        source = _POS_SOURCES.get(request.source)
+        if source is None:
+            raise InvalidInput(
+                "invalid_source", "source must be POS_CASH, POS_CARD, POS_OTHER or RECEIPT"
+            )
+        async with self._pool.acquire() as conn, conn.transaction():
+            transaction_id, duplicate = await pos.report_payment(
+                conn,
+                caller,
+                self._checkout,
+                mall_id=request.mall_id,
+                store_id=request.store_id,
+                member_id=request.member_id,
+                receipt_no=request.receipt_no,
+                amount_fen=request.amount_fen,
+                source=source,
+                paid_at=to_datetime(request.paid_at),
+            )
+        return member_service_pb2.ReportPaymentResponse(
+            transaction_id=transaction_id, duplicate=duplicate
+        )
+
+    # -- lookups for the gateway and ops --
 
     async def GetMember(
         self, request: member_service_pb2.GetMemberRequest, context: Any
@@ -66,10 +164,85 @@ class MemberServicer(member_service_pb2_grpc.MemberServiceServicer):
             raise NotFound("member_not_found", "no member with that identity in this mall")
         return member_service_pb2.GetMemberByIdentityResponse(member=_member(found))
 
+    # -- joining, tags and the member export (gateway, ops) --
+
+    async def JoinMember(
+        self, request: member_service_pb2.JoinMemberRequest, context: Any
+    ) -> member_service_pb2.JoinMemberResponse:
+        if request.identity.identity_type != member_pb2.IDENTITY_TYPE_OPENID:
+            raise InvalidInput("invalid_identity_type", "join with the shopper's OPENID")
+        channel = _JOIN_CHANNELS.get(request.channel)
+        if channel is None:
+            raise InvalidInput("unsupported_channel", "JoinMember joins from the mini-program")
+        async with self._pool.acquire() as conn, conn.transaction():
+            joined = await joining.join_member(
+                conn,
+                mall_id=request.mall_id,
+                openid=request.identity.value,
+                channel=channel,
+                phone=request.phone,
+            )
+        return member_service_pb2.JoinMemberResponse(
+            member=profile_message(joined.member), created=joined.created
+        )
+
+    async def SetMemberTags(
+        self, request: member_service_pb2.SetMemberTagsRequest, context: Any
+    ) -> member_service_pb2.SetMemberTagsResponse:
+        _required(mall_id=request.mall_id, member_id=request.member_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            found = await tags.set_member_tags(
+                conn, request.mall_id, request.member_id, list(request.tags)
+            )
+        return member_service_pb2.SetMemberTagsResponse(member=profile_message(found))
+
+    async def ListMembers(
+        self, request: member_service_pb2.ListMembersRequest, context: Any
+    ) -> member_service_pb2.ListMembersResponse:
+        async with self._pool.acquire() as conn:
+            page, next_token = await tags.list_members(
+                conn,
+                request.mall_id,
+                page_size=request.page.page_size,
+                page_token=request.page.page_token,
+                tier_code=request.tier_code,
+                tag=request.tag,
+            )
+        return member_service_pb2.ListMembersResponse(
+            members=[profile_message(m) for m in page],
+            page=common_pb2.PageResponse(next_page_token=next_token),
+        )
+
 
 class DirectoryServicer(member_service_pb2_grpc.DirectoryServiceServicer):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    async def IssueCredential(
+        self, request: member_service_pb2.IssueCredentialRequest, context: Any
+    ) -> member_service_pb2.IssueCredentialResponse:
+        _required(mall_id=request.mall_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row, secret = await credentials.issue_credential(
+                conn,
+                mall_id=request.mall_id,
+                tenant_id=request.tenant_id,
+                car_park_id=request.car_park_id,
+                label=request.label,
+            )
+        return member_service_pb2.IssueCredentialResponse(
+            credential=credential_message(row, with_hash=False), secret=secret
+        )
+
+    async def RevokeCredential(
+        self, request: member_service_pb2.RevokeCredentialRequest, context: Any
+    ) -> member_service_pb2.RevokeCredentialResponse:
+        _required(mall_id=request.mall_id, credential_id=request.credential_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await credentials.revoke_credential(conn, request.mall_id, request.credential_id)
+        return member_service_pb2.RevokeCredentialResponse(
+            credential=credential_message(row, with_hash=False)
+        )
 
     async def CreateMall(
         self, request: member_service_pb2.CreateMallRequest, context: Any

@@ -150,7 +150,7 @@ class PaymentAttributed(_message.Message):
     member_id: _builtins.str
     """Member who paid."""
     tier_code: _builtins.str
-    """Member's tier at the time of payment (before any change this payment causes)."""
+    """Member's tier including any upgrade this payment causes (member.tier.changed precedes it)."""
     tenant_id: _builtins.str
     """Tenant paid."""
     store_id: _builtins.str

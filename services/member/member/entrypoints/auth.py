@@ -1,0 +1,93 @@
+"""Who is calling member's gRPC API: the server's ``authenticate`` hook.
+
+Tenant-facing RPCs (IdentifyMember, ReportPayment) require ``x-mall-credential:
+<credential_id>.<secret>`` of a valid, unrevoked tenant credential; the servicer then checks
+that the request's mall and store are the tenant's own. A caller presenting a tenant or
+car-park credential on any other RPC is refused, so a POS cannot browse members.
+
+The other RPCs (DirectoryService, GetMember, GetMemberByIdentity, IssueCheckoutCode, …) are
+called by the gateway and ops tools inside the cluster and stay open for now, guarded by the
+network policy; ops/gateway authentication is a later step.
+
+Verified credentials are cached in-process for ``credential_cache_s`` so the scrypt cost is
+paid once per credential and replica, not per call: a revoked credential keeps working on a
+replica for at most that long.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import time
+
+import asyncpg
+from kit.errors import Forbidden, Unauthenticated
+from kit.grpc_server import Metadata
+
+from member.domain.credentials import Principal
+from member.service_layer.credentials import verify_credential
+
+CREDENTIAL_HEADER = "x-mall-credential"
+TENANT_METHODS = frozenset(
+    {
+        "/mall.member.v1.MemberService/IdentifyMember",
+        "/mall.member.v1.MemberService/ReportPayment",
+    }
+)
+_MAX_CACHED = 10_000
+
+_caller: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "member_caller", default=None
+)
+
+
+def tenant_caller() -> Principal:
+    """The tenant behind the current call; refuses if none was authenticated (a servicer
+    served without the hook stays closed)."""
+    caller = _caller.get()
+    if caller is None or not caller.tenant_id:
+        raise Unauthenticated("invalid_credential", "a tenant credential is required")
+    return caller
+
+
+class CredentialAuthenticator:
+    """``authenticate(method, metadata)`` for the gRPC server; returns log-context fields."""
+
+    def __init__(self, pool: asyncpg.Pool, *, cache_s: float = 30.0) -> None:
+        self._pool = pool
+        self._cache_s = cache_s
+        self._verified: dict[bytes, tuple[float, Principal]] = {}
+
+    async def __call__(self, method: str, metadata: Metadata) -> dict[str, str]:
+        _caller.set(None)
+        presented = metadata.get(CREDENTIAL_HEADER, "")
+        if method not in TENANT_METHODS:
+            if presented:
+                raise Forbidden("rpc_not_for_tenants", f"{method} is not open to tenant callers")
+            return {}
+        if not presented:
+            raise Unauthenticated("invalid_credential", f"{CREDENTIAL_HEADER} is required")
+        principal = await self._verify(presented)
+        if not principal.tenant_id:
+            raise Forbidden("not_a_tenant_credential", f"{method} needs a tenant credential")
+        _caller.set(principal)
+        return {
+            "mall_id": principal.mall_id,
+            "tenant_id": principal.tenant_id,
+            "credential_id": principal.credential_id,
+        }
+
+    async def _verify(self, presented: str) -> Principal:
+        key = hashlib.sha256(presented.encode()).digest()
+        now = time.monotonic()
+        hit = self._verified.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self._pool.acquire() as conn:
+            principal = await verify_credential(conn, presented)
+        if len(self._verified) >= _MAX_CACHED:
+            self._verified = {k: v for k, v in self._verified.items() if v[0] > now}
+            if len(self._verified) >= _MAX_CACHED:
+                self._verified.clear()
+        self._verified[key] = (now + self._cache_s, principal)
+        return principal

@@ -1,0 +1,51 @@
+"""member's own ops commands: ``python -m member review-tiers [MALL_ID ...]`` and
+``python -m member set-join-policy MALL_ID always|authorized [WINDOW_DAYS]``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+from eventbus.service import Extras
+from kit.cli import Command
+
+from member.adapters import repository
+from member.domain.joining import JoinOnPayment, JoinPolicy
+from member.service_layer import joining, tiers
+
+
+def ops_extras(pool: asyncpg.Pool) -> Extras:
+    return Extras(commands=tier_commands(pool))
+
+
+def tier_commands(pool: asyncpg.Pool) -> dict[str, Command]:
+    async def review(args: Sequence[str]) -> int:
+        """Review every named mall (all malls when none is named), one transaction each."""
+        now = datetime.now(UTC)
+        async with pool.acquire() as conn:
+            mall_ids = list(args) or [m.mall_id for m in await repository.list_malls(conn)]
+            for mall_id in mall_ids:
+                async with conn.transaction():
+                    changed = await tiers.review_tiers(conn, mall_id, now)
+                sys.stdout.write(json.dumps({"mall_id": mall_id, "changed": len(changed)}) + "\n")
+        return 0
+
+    async def set_policy(args: Sequence[str]) -> int:
+        choices = [p.value for p in JoinOnPayment]
+        if (
+            len(args) not in (2, 3)
+            or args[1] not in choices
+            or not all(a.isdigit() for a in args[2:])
+        ):
+            sys.stderr.write(f"usage: set-join-policy MALL_ID {'|'.join(choices)} [DAYS]\n")
+            return 2
+        policy = JoinPolicy(JoinOnPayment(args[1]), int(args[2]) if len(args) == 3 else 7)
+        async with pool.acquire() as conn, conn.transaction():
+            await joining.set_join_policy(conn, args[0], policy)
+        sys.stdout.write(f"{args[0]}: {policy.join_on_payment} ({policy.window_days} days)\n")
+        return 0
+
+    return {"review-tiers": review, "set-join-policy": set_policy}

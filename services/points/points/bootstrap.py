@@ -24,6 +24,7 @@ from points.entrypoints.consumers import (
     on_payment_attributed,
     on_refund_attributed,
 )
+from points.entrypoints.grpc_admin import PointsAdminServicer
 from points.entrypoints.grpc_api import PointsServicer
 from points.entrypoints.ops import wechat_sync_commands
 from points.service_layer.wechat_sync import SyncPolicy, WeChatPointsSync, default_time_zone
@@ -82,6 +83,10 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             (
                 points_service_pb2_grpc.add_PointsServiceServicer_to_server,
                 PointsServicer(pool, hold_ttl=timedelta(seconds=settings.hold_ttl_s)),
+            ),
+            (
+                points_service_pb2_grpc.add_PointsAdminServiceServicer_to_server,
+                PointsAdminServicer(pool),
             ),
         ],
         descriptor=points_service_pb2.DESCRIPTOR,

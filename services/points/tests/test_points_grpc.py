@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import grpc
@@ -28,6 +29,7 @@ from points.service_layer.credits import credit_payments
 class PointsApi:
     database_url: str
     points: points_service_pb2_grpc.PointsServiceAsyncStub
+    target: str
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,11 @@ async def api(fresh_database: FreshDatabase, nats_url: str) -> AsyncIterator[Poi
             await asyncio.sleep(0.01)
         assert roles.grpc.port, "the gRPC server never bound a port"
         async with grpc.aio.insecure_channel(f"127.0.0.1:{roles.grpc.port}") as channel:
-            yield PointsApi(url, points_service_pb2_grpc.PointsServiceStub(channel))
+            yield PointsApi(
+                url,
+                points_service_pb2_grpc.PointsServiceStub(channel),
+                f"127.0.0.1:{roles.grpc.port}",
+            )
 
 
 async def refused(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
@@ -215,3 +221,53 @@ async def test_a_page_size_out_of_range_is_invalid(
     status = await refused(api.points.ListLedger(request, timeout=10))
 
     assert status == (grpc.StatusCode.INVALID_ARGUMENT, "invalid_page_size")
+
+
+# -- reconciliation ---------------------------------------------------------------------------
+
+
+def today_in_shanghai() -> str:
+    return datetime.now(ZoneInfo("Asia/Shanghai")).date().isoformat()
+
+
+async def test_reconciliation_sums_the_day_and_proves_every_balance(
+    api: PointsApi, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    await credit(api, mall_id, first, 10_000, 2_550)
+    await credit(api, mall_id, second, 50)  # a 0-point payment is still credited
+    async with grpc.aio.insecure_channel(api.target) as channel:
+        admin = points_service_pb2_grpc.PointsAdminServiceStub(channel)
+        request = points_service_pb2.GetReconciliationRequest(
+            mall_id=mall_id, business_date=today_in_shanghai()
+        )
+
+        sound = await admin.GetReconciliation(request)
+
+        assert (sound.payments_credited, sound.points_credited) == (3, 125)
+        assert (sound.accounts_checked, list(sound.unbalanced_member_ids)) == (2, [])
+
+        # A balance changed behind the ledger's back is named.
+        conn = await asyncpg.connect(api.database_url)
+        try:
+            await conn.execute(
+                "UPDATE accounts SET balance = balance + 1 WHERE mall_id = $1 AND member_id = $2",
+                mall_id,
+                uuid.UUID(second),
+            )
+        finally:
+            await conn.close()
+        broken = await admin.GetReconciliation(request)
+        assert list(broken.unbalanced_member_ids) == [second]
+
+        # Another day, another mall: nothing of this one.
+        other = await admin.GetReconciliation(
+            points_service_pb2.GetReconciliationRequest(mall_id=mall_id, business_date="2020-01-01")
+        )
+        assert other.payments_credited == 0
+        assert await refused(
+            admin.GetReconciliation(
+                points_service_pb2.GetReconciliationRequest(mall_id=mall_id, business_date="26/11")
+            )
+        ) == (grpc.StatusCode.INVALID_ARGUMENT, "invalid_business_date")

@@ -540,6 +540,8 @@ class GetReconciliationResponse(_message.Message):
     SYNC_SUCCEEDED_FIELD_NUMBER: _builtins.int
     SYNC_PENDING_FIELD_NUMBER: _builtins.int
     SYNC_FAILED_FIELD_NUMBER: _builtins.int
+    ACCOUNTS_CHECKED_FIELD_NUMBER: _builtins.int
+    UNBALANCED_MEMBER_IDS_FIELD_NUMBER: _builtins.int
     mall_id: _builtins.str
     """Mall reconciled."""
     business_date: _builtins.str
@@ -562,6 +564,12 @@ class GetReconciliationResponse(_message.Message):
     """Points syncs still pending or being retried."""
     sync_failed: _builtins.int
     """Points syncs that failed for good and need ops."""
+    accounts_checked: _builtins.int
+    """Accounts of the mall checked for sum(ledger) = balance (all time, not just the day)."""
+    @_builtins.property
+    def unbalanced_member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Members whose balance differs from the sum of their ledger entries; empty when sound."""
+
     def __init__(
         self,
         *,
@@ -576,10 +584,12 @@ class GetReconciliationResponse(_message.Message):
         sync_succeeded: _builtins.int = ...,
         sync_pending: _builtins.int = ...,
         sync_failed: _builtins.int = ...,
+        accounts_checked: _builtins.int = ...,
+        unbalanced_member_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_date", b"business_date", "mall_id", b"mall_id", "payments_credited", b"payments_credited", "points_adjusted", b"points_adjusted", "points_credited", b"points_credited", "points_expired", b"points_expired", "points_redeemed", b"points_redeemed", "points_reversed", b"points_reversed", "sync_failed", b"sync_failed", "sync_pending", b"sync_pending", "sync_succeeded", b"sync_succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_checked", b"accounts_checked", "business_date", b"business_date", "mall_id", b"mall_id", "payments_credited", b"payments_credited", "points_adjusted", b"points_adjusted", "points_credited", b"points_credited", "points_expired", b"points_expired", "points_redeemed", b"points_redeemed", "points_reversed", b"points_reversed", "sync_failed", b"sync_failed", "sync_pending", b"sync_pending", "sync_succeeded", b"sync_succeeded", "unbalanced_member_ids", b"unbalanced_member_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -38,10 +38,23 @@ STOP_TIMEOUT_S = 60.0
 class Banner:
     ready_line: str  # "Mall Circle is ready in N s (phases)"
     payment_curl: list[str]
-    points_curl: list[str]
     simulator_payment_curl: list[str]  # through the WeChat Pay simulator, signed + encrypted
-    simulator_points_curl: list[str]
     simulator_syncs_curl: list[str]
+    login_step: str  # the banner's wx.login step, naming the demo mall's appid
+
+    @property
+    def gateway_url(self) -> str:
+        return curl_url(self.payment_curl).removesuffix("/wechatpay/notifications")
+
+    @property
+    def simulator_url(self) -> str:
+        return curl_url(self.simulator_syncs_curl).removesuffix("/control/points-syncs")
+
+    @property
+    def appid(self) -> str:
+        found = re.search(r'"appid": "([^"]+)"', self.login_step)
+        assert found, self.login_step
+        return found[1]
 
 
 class LocalRun:
@@ -97,11 +110,23 @@ class LocalRun:
         ready_line = ""
         while not READY.search(ready_line):
             ready_line = self._next_line(deadline)
-        curls = []
+        curls, login = [], ""
         while (line := self._next_line(deadline)) != BANNER_END:
             if line.startswith("  curl "):
                 curls.append(shlex.split(line))
-        return Banner(ready_line, *curls)
+            elif line.startswith("  CODE=") and not login:
+                login = line
+
+        def find(path: str) -> list[str]:
+            return next(c for c in curls if curl_url(c).endswith(path))
+
+        return Banner(
+            ready_line,
+            find("/wechatpay/notifications"),
+            find("/control/payments"),
+            find("/control/points-syncs"),
+            login,
+        )
 
     def drain(self) -> None:
         """Move what the reader thread has collected so far into ``output``."""
@@ -170,18 +195,45 @@ def post_payment(url: str, body: str) -> None:
     assert status == 204, answer
 
 
-def wait_balance(points_url: str, balance: int, timeout_s: float = 30.0) -> dict[str, Any]:
+def shopper_points(banner: Banner, openid: str) -> tuple[int, Any]:
+    """What the shopper's mini-program sees: wx.login at the simulator, a session from the
+    gateway, then their own points (the banner's three steps, in Python)."""
+    status, raw = http(
+        "POST",
+        f"{banner.simulator_url}/control/login-codes",
+        json.dumps({"appid": banner.appid, "openid": openid}).encode(),
+    )
+    assert status == 200, raw
+    code = json.loads(raw)["code"]
+    status, raw = http(
+        "POST",
+        f"{banner.gateway_url}/v1/session",
+        json.dumps({"appid": banner.appid, "code": code}).encode(),
+    )
+    assert status == 200, raw
+    token = json.loads(raw)["access_token"]
+    request = urllib.request.Request(  # noqa: S310 - our own URL
+        f"{banner.gateway_url}/v1/me/points", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - our URL
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()[:200]
+
+
+def wait_balance(
+    banner: Banner, openid: str, balance: int, timeout_s: float = 30.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     last: object = None
     while time.monotonic() < deadline:
-        status, raw = http("GET", points_url)
-        if status == 200:
-            last = json.loads(raw)
-            if isinstance(last, dict) and last.get("balance") == balance:
-                return last
-        else:
-            last = (status, raw[:200])
-        time.sleep(0.1)
+        status, body = shopper_points(banner, openid)
+        last = (status, body)
+        if status == 200 and body.get("balance") == balance:
+            result: dict[str, Any] = body
+            return result
+        time.sleep(0.2)
     raise AssertionError(f"balance never reached {balance}; last answer {last!r}")
 
 
@@ -290,11 +342,10 @@ def test_make_run_serves_restarts_and_stops_cleanly(run_dir: Path) -> None:
         print(f"\nmake run, cold (initdb): {banner.ready_line}")
         payment_url = curl_url(banner.payment_curl)
         payment_body = banner.payment_curl[banner.payment_curl.index("--data") + 1]
-        points_url = curl_url(banner.points_curl)
 
         post_payment(payment_url, payment_body)
         post_payment(payment_url, payment_body)  # the same notification again: credited once
-        wait_balance(points_url, 88)
+        wait_balance(banner, "demo-shopper", 88)
 
         old_pid = int(run.supervisorctl("pid", "points"))
         os.kill(old_pid, signal.SIGKILL)
@@ -302,7 +353,7 @@ def test_make_run_serves_restarts_and_stops_cleanly(run_dir: Path) -> None:
         assert new_pid != old_pid
         again = payment_notification(DemoMall(), openid="demo-shopper", amount_fen=8800)
         post_payment(payment_url, json.dumps(again))
-        body = wait_balance(points_url, 176)
+        body = wait_balance(banner, "demo-shopper", 176)
         assert len(body["ledger"]) == 2
         run.drain()
         assert any("exited: points (terminated by SIGKILL" in line for line in run.output)
@@ -311,7 +362,7 @@ def test_make_run_serves_restarts_and_stops_cleanly(run_dir: Path) -> None:
         # and decrypts, and points reports the credit back to the simulator, signed.
         sent = subprocess.run(banner.simulator_payment_curl, check=True, capture_output=True)
         transaction_id = json.loads(sent.stdout)["transaction_id"]
-        wait_balance(curl_url(banner.simulator_points_curl), 88)
+        wait_balance(banner, "sim-shopper", 88)
         syncs = wait_points_sync(curl_url(banner.simulator_syncs_curl), transaction_id, count=1)
         assert syncs[0]["verified"] is True
         assert syncs[0]["body"]["transaction_id"] == transaction_id
@@ -324,7 +375,7 @@ def test_make_run_serves_restarts_and_stops_cleanly(run_dir: Path) -> None:
             json.dumps({"transaction_id": transaction_id, "refund_amount": 4400}).encode(),
         )
         assert status == 202, answer
-        wait_balance(curl_url(banner.simulator_points_curl), 44)
+        wait_balance(banner, "sim-shopper", 44)
         reversal = wait_points_sync(curl_url(banner.simulator_syncs_curl), transaction_id, count=2)[
             1
         ]
@@ -343,7 +394,7 @@ def test_make_run_serves_restarts_and_stops_cleanly(run_dir: Path) -> None:
         banner = run.wait_banner()
         print(f"make run, warm: {banner.ready_line}")
         assert any("migrated" in line and "applied=0" in line for line in run.output)
-        wait_balance(curl_url(banner.points_curl), 176)
+        wait_balance(banner, "demo-shopper", 176)
 
         assert_stopped_cleanly(run, signal.SIGTERM)
     finally:

@@ -6,6 +6,10 @@ import asyncio
 import uuid
 from typing import Any
 
+from gateway.adapters.services import Backends
+from kit.grpc_client import insecure_channel
+from mall.member.v1 import member_service_pb2_grpc
+from mall.points.v1 import points_service_pb2_grpc
 from mall_testing.demo import DemoMall, payment_notification, seed
 
 from tests.conftest import Suite, fetchval
@@ -14,15 +18,27 @@ from tests.conftest import Suite, fetchval
 async def wait_for_balance(
     suite: Suite, mall: DemoMall, openid: str, balance: int
 ) -> dict[str, Any]:
-    url = f"{suite.gateway_url}/v1/malls/{mall.mall_id}/shoppers/{openid}/points"
+    """The shopper's balance and ledger as the gateway reads them (member, then points),
+    once the balance is what the test expects. (Shoppers read their own through
+    /v1/me/points after logging in: services/gateway/tests/test_gateway_shoppers.py.)"""
     body: dict[str, Any] = {}
-    for _ in range(1200):  # up to 60 s on a loaded machine
-        async with suite.http.get(url) as resp:
-            if resp.status == 200:
-                body = await resp.json()
-                if body["balance"] == balance:
-                    return body
-        await asyncio.sleep(0.05)
+    async with (
+        insecure_channel(suite.member_grpc) as member,
+        insecure_channel(suite.points_grpc) as points,
+    ):
+        backends = Backends(
+            member=member_service_pb2_grpc.MemberServiceStub(member),
+            points=points_service_pb2_grpc.PointsServiceStub(points),
+        )
+        for _ in range(1200):  # up to 60 s on a loaded machine
+            card = await backends.member_by_openid(mall.mall_id, openid)
+            if card is not None:
+                body = await backends.points_summary(
+                    mall.mall_id, card.member_id, page_size=20, page_token=""
+                )
+            if body.get("balance") == balance:
+                return body
+            await asyncio.sleep(0.05)
     raise AssertionError(f"balance never reached {balance}; last answer {body}")
 
 

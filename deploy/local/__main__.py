@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import signal
 import stat
 import subprocess
@@ -95,6 +96,15 @@ def simulator_argv(settings: RunSettings, *, serve: bool) -> list[str]:
     return [*argv, "--host", HOST, "--port", str(settings.simulator_port)]
 
 
+def session_signing_key(settings: RunSettings) -> str:
+    """The gateway's token signing key: made once per run dir, so sessions survive a restart."""
+    path = settings.wechatpay_dir / "session_signing_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def write_wechatpay_keys(settings: RunSettings) -> dict[str, str]:
     """Have the simulator write (or keep) its keys; return the points service's settings
     (the WECHATPAY_* names no other service reads)."""
@@ -142,6 +152,10 @@ def programs(settings: RunSettings, urls: Mapping[str, str], nats_url: str) -> l
         "HTTP_PORT": str(settings.gateway_port),
         **{f"{b.name.upper()}_GRPC_TARGET": settings.grpc_target(b.name) for b in BACKENDS},
         "WECHATPAY_MERCHANTS_FILE": str(settings.wechatpay_dir / "merchants.json"),
+        # Mini-program login: wx.login codes are exchanged at the simulator.
+        "WECHAT_API_BASE": settings.simulator_url,
+        "MINIPROGRAM_SECRETS_FILE": str(settings.wechatpay_dir / "miniprograms.json"),
+        "SESSION_SIGNING_KEY": session_signing_key(settings),
         # The demo curl posts a decrypted resource; the simulator uses the signed route.
         "WECHATPAY_ACCEPT_UNSIGNED": "true",
     }

@@ -65,9 +65,20 @@ def simulator_curl(settings: RunSettings, mall: DemoMall, openid: str) -> str:
     )  # fmt: skip
 
 
-def points_curl(settings: RunSettings, mall: DemoMall, openid: str = DEMO_OPENID) -> str:
-    url = f"{settings.gateway_url}/v1/malls/{mall.mall_id}/shoppers/{openid}/points"
-    return shlex.join(["curl", "-sS", url])
+def points_steps(settings: RunSettings, mall: DemoMall, openid: str = DEMO_OPENID) -> list[str]:
+    """How the shopper reads their points: wx.login (a code from the simulator), a session
+    from the gateway, then their own points — nobody reads another shopper's."""
+    login = json.dumps({"appid": mall.appid, "openid": openid})
+    return [
+        f"CODE=$(curl -sS -X POST {settings.simulator_url}/control/login-codes "
+        f"-H 'Content-Type: application/json' --data '{login}' | python3 -c "
+        "'import json,sys; print(json.load(sys.stdin)[\"code\"])')",
+        f"TOKEN=$(curl -sS -X POST {settings.gateway_url}/v1/session "
+        "-H 'Content-Type: application/json' "
+        f'--data "{{\\"appid\\": \\"{mall.appid}\\", \\"code\\": \\"$CODE\\"}}" | python3 -c '
+        "'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')",
+        f'curl -sS {settings.gateway_url}/v1/me/points -H "Authorization: Bearer $TOKEN"',
+    ]
 
 
 def render(
@@ -106,13 +117,14 @@ def render(
         f"A shopper pays {DEMO_AMOUNT_FEN / 100:.2f} yuan at {mall.stores[0].tenant_name}"
         " (prints 204; the same body again is de-duplicated):",
         f"  {payment_curl(settings, mall)}",
-        f"Their points (+{DEMO_AMOUNT_FEN // 100} once member and points have handled it):",
-        f"  {points_curl(settings, mall)}",
+        f"Their points (+{DEMO_AMOUNT_FEN // 100} once member and points have handled it), as"
+        " the mini-program reads them: log in, then ask for their own:",
+        *(f"  {step}" for step in points_steps(settings, mall)),
         "",
         f"Through WeChat Pay itself (the simulator at {settings.simulator_url} signs, encrypts"
         " and retries like the platform; points are synced back to it):",
         f"  {simulator_curl(settings, mall, 'sim-shopper')}",
-        f"  {points_curl(settings, mall, 'sim-shopper')}",
+        *(f"  {step}" for step in points_steps(settings, mall, "sim-shopper")),
         f"  curl -sS {settings.simulator_url}/control/points-syncs",
         "",
         "Ctrl-C stops everything.",

@@ -5,23 +5,30 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+import aiohttp
 import structlog
 from eventbus.streams import ensure_streams
 from kit.cli import Roles, Service
 from kit.grpc_client import insecure_channel
 from kit.jetstream import connect
 from kit.kvmirror import DIRECTORY_BUCKET, KvMirror
+from kit.lifecycle import Component
 from mall.member.v1 import member_service_pb2_grpc
 from mall.points.v1 import points_service_pb2_grpc
 
 from gateway.adapters.bus import PaymentsPublisher
 from gateway.adapters.directory import Directory
+from gateway.adapters.live import PointsFeed
 from gateway.adapters.merchants import load_merchants
+from gateway.adapters.miniprogram import WechatLogin, load_miniprogram_secrets
 from gateway.adapters.replays import ReplayGuard
 from gateway.adapters.services import Backends
+from gateway.adapters.spent import SpentRefreshTokens
+from gateway.adapters.tokens import SessionTokens
 from gateway.config import Settings
 from gateway.entrypoints.app import HttpServer, create_app
-from gateway.entrypoints.keys import Webhooks
+from gateway.entrypoints.keys import Shoppers, Webhooks
+from gateway.service_layer.live import LiveHub
 
 NAME = "gateway"
 log = structlog.get_logger(NAME)
@@ -40,6 +47,9 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
         connect(settings.nats_url, name=NAME) as nc,
         insecure_channel(settings.member_grpc_target) as member_channel,
         insecure_channel(settings.points_grpc_target) as points_channel,
+        aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=settings.wechat_timeout_s)
+        ) as wechat_http,
     ):
         js = nc.jetstream()
         await ensure_streams(js, "PAYMENTS", replicas=settings.jetstream_replicas)
@@ -52,6 +62,33 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             directory_ready=mirror.ready.is_set,
             max_skew_s=settings.wechatpay_max_skew_s,
         )
+        components: list[Component] = [mirror.run]
+        shoppers = None
+        if settings.miniprogram_secrets_file is not None and settings.session_signing_key:
+            hub = LiveHub()
+            feed = PointsFeed(nc, hub)
+            components.append(feed.run)
+            shoppers = Shoppers(
+                malls=directory,
+                wechat=WechatLogin(
+                    wechat_http,
+                    base_url=settings.wechat_api_base,
+                    secrets=load_miniprogram_secrets(settings.miniprogram_secrets_file),
+                ),
+                tokens=SessionTokens(
+                    settings.session_signing_key.get_secret_value(),
+                    access_ttl_s=settings.session_ttl_s,
+                    refresh_ttl_s=settings.refresh_ttl_s,
+                ),
+                spent=await SpentRefreshTokens.open(
+                    js, ttl_s=settings.refresh_ttl_s, replicas=settings.wechatpay_replay_replicas
+                ),
+                hub=hub,
+                directory_ready=mirror.ready.is_set,
+                heartbeat_s=settings.sse_heartbeat_s,
+            )
+        else:
+            log.warning("no_miniprogram_login", hint="set MINIPROGRAM_SECRETS_FILE")
         app = create_app(
             PaymentsPublisher(nc, timeout_s=settings.publish_timeout_s),
             Backends(
@@ -60,11 +97,12 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             ),
             webhooks,
             accept_unsigned=settings.wechatpay_accept_unsigned,
+            shoppers=shoppers,
         )
         http = HttpServer(
             app, host=settings.http_host, port=settings.http_port, grace_s=settings.shutdown_grace_s
         )
-        yield Roles(components={"serve": [mirror.run, http.run]}, http=http)
+        yield Roles(components={"serve": [*components, http.run]}, http=http)
 
 
 SERVICE = Service(NAME, Settings, bootstrap, migrations=[])

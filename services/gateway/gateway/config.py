@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from kit.settings import ServiceSettings
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.adapters.merchants import load_merchants
+from gateway.adapters.miniprogram import load_miniprogram_secrets
 
 
 class Settings(ServiceSettings):
@@ -27,6 +28,36 @@ class Settings(ServiceSettings):
     wechatpay_max_skew_s: float = Field(default=300.0, gt=0, le=3600)
     #: Replicas of the GATEWAY_NOTIFICATIONS key-value bucket (3 on a production cluster).
     wechatpay_replay_replicas: int = Field(default=1, ge=1, le=5)
+
+    #: Where code-to-session goes: WeChat's API in production, the simulator locally.
+    wechat_api_base: str = "https://api.weixin.qq.com"
+    wechat_timeout_s: float = Field(default=5.0, gt=0, le=30)
+    #: JSON ``{appid: AppSecret}`` of the mini-programs shoppers log in with. Unset: no
+    #: mini-program API (no /v1/session, /v1/me).
+    miniprogram_secrets_file: Path | None = None
+    #: Signs the gateway's session tokens (HS256, at least 32 bytes); required with login.
+    session_signing_key: SecretStr | None = None
+    session_ttl_s: int = Field(default=7200, ge=60, le=86_400)
+    refresh_ttl_s: int = Field(default=30 * 86_400, ge=300, le=90 * 86_400)
+    #: Seconds between SSE heartbeats on /v1/me/events.
+    sse_heartbeat_s: float = Field(default=15.0, gt=0, le=300)
+
+    @field_validator("miniprogram_secrets_file")
+    @classmethod
+    def _secrets_load(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            load_miniprogram_secrets(path)
+        return path
+
+    @model_validator(mode="after")
+    def _login_needs_a_key(self) -> Settings:
+        if self.miniprogram_secrets_file is None:
+            return self
+        if self.session_signing_key is None:
+            raise ValueError("SESSION_SIGNING_KEY is required with MINIPROGRAM_SECRETS_FILE")
+        if len(self.session_signing_key.get_secret_value().encode()) < 32:
+            raise ValueError("SESSION_SIGNING_KEY must be at least 32 bytes")
+        return self
 
     @field_validator("wechatpay_merchants_file")
     @classmethod

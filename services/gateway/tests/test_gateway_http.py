@@ -321,24 +321,6 @@ async def test_an_unknown_route_is_a_problem(gateway: Gateway) -> None:
     assert problem_of(resp)["code"] == "not_found"
 
 
-async def test_points_while_the_backends_are_down_is_a_retryable_problem(
-    gateway: Gateway, unique_id: str
-) -> None:
-    resp = await gateway.get(f"/v1/malls/mall-{unique_id}/shoppers/o-{unique_id}/points")
-
-    assert resp.status == 503
-    assert problem_of(resp)["code"] == "upstream_unavailable"
-
-
-async def test_points_with_a_bad_page_size_is_refused(gateway: Gateway, unique_id: str) -> None:
-    resp = await gateway.get(
-        f"/v1/malls/mall-{unique_id}/shoppers/o-{unique_id}/points?page_size=ten"
-    )
-
-    assert resp.status == 400
-    assert problem_of(resp)["code"] == "invalid_page_size"
-
-
 async def test_requests_are_counted_by_route_pattern_and_status(
     gateway: Gateway, unique_id: str
 ) -> None:

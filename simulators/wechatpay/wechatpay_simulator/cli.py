@@ -9,7 +9,12 @@ The ``--config`` file (every key optional; paths relative to the file)::
      "retry_scale": 0.01, "delivery_timeout_s": 5, "require_synced_points_for_refund": true,
      "merchants": [{"mchid": "1900000109", "apiv3_key": "<32 chars>",
                     "public_key": "merchant_public.pem", "serial_no": "<certificate serial>",
-                    "notify_url": "http://…", "auth_notify_url": "http://…"}]}
+                    "notify_url": "http://…", "auth_notify_url": "http://…"}],
+     "miniprograms": {"wxd930ea5d5a258f4f": "<AppSecret>"}}
+
+Mini-programs (for ``/sns/jscode2session``): ``--miniprogram APPID:SECRET`` (repeatable), then
+the file's ``miniprograms``, then the key folder's ``miniprograms.json`` (the secrets of the
+last run); with none of them, the demo mall's appid with a fresh secret.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from wechatpay import signing
 
 from wechatpay_simulator.app import serve
 from wechatpay_simulator.config import (
+    DEFAULT_APPID,
     DEFAULT_MCHID,
     ConfigError,
     Merchant,
+    MiniProgram,
     Settings,
     new_apiv3_key,
     platform_key_id,
@@ -67,6 +74,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--merchant-serial", help="its certificate serial; default: from the key")
     m.add_argument("--notify-url", help="where payment and refund notifications go")
     m.add_argument("--auth-notify-url", help="where MALL_AUTH notifications go (--notify-url)")
+    p.add_argument(
+        "--miniprogram",
+        action="append",
+        default=[],
+        metavar="APPID:SECRET",
+        help=f"a mini-program whose login codes it exchanges (repeatable; default {DEFAULT_APPID})",
+    )
     p.add_argument("--retry-scale", type=float, help="multiplies the retry gaps (tests: 0.01)")
     p.add_argument("--delivery-timeout", type=float, help="seconds per delivery attempt (5)")
     p.add_argument(
@@ -139,6 +153,24 @@ def _merchant(spec: dict[str, Any], folder: KeyFolder | None, old_keys: dict[str
     )
 
 
+def _miniprograms(
+    args: argparse.Namespace, config: dict[str, Any], folder: KeyFolder | None
+) -> tuple[MiniProgram, ...]:
+    secrets: dict[str, str] = folder.miniprogram_secrets() if folder else {}
+    configured = config.get("miniprograms", {})
+    if not isinstance(configured, dict):
+        raise ConfigError("miniprograms must be an object {appid: secret}")
+    secrets.update({str(k): str(v) for k, v in configured.items()})
+    for flag in args.miniprogram:
+        appid, _, secret = flag.partition(":")
+        if not appid or not secret:
+            raise ConfigError(f"--miniprogram {flag!r}: write it APPID:SECRET")
+        secrets[appid] = secret
+    if not secrets:
+        return (MiniProgram(DEFAULT_APPID),)
+    return tuple(MiniProgram(appid, secret) for appid, secret in secrets.items())
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     config = _load_config(args.config)
     folder = KeyFolder(args.write_keys) if args.write_keys else None
@@ -167,6 +199,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         or config.get("platform_serial")
         or platform_key_id(platform_key.public_key()),
         merchants=tuple(_merchant(s, folder, old_keys) for s in _merchant_specs(args, config)),
+        miniprograms=_miniprograms(args, config, folder),
         **{k: v for k, v in options.items() if v is not None},
     )
 

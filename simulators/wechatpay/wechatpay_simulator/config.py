@@ -23,6 +23,8 @@ RETRY_SCHEDULE_S: tuple[float, ...] = (
 )  # fmt: skip
 #: The mall of ``mall_testing.demo.DemoMall``: the merchant a bare ``make run`` knows.
 DEFAULT_MCHID = "1900000109"
+#: ... and its mini-program, the one a bare ``make run`` lets shoppers log in to.
+DEFAULT_APPID = "wxd930ea5d5a258f4f"
 
 
 class ConfigError(ValueError):
@@ -82,6 +84,18 @@ class Merchant:
 
 
 @dataclass(frozen=True)
+class MiniProgram:
+    """A mini-program the platform knows: its appid and AppSecret (for code-to-session)."""
+
+    appid: str
+    secret: str = field(default_factory=lambda: secrets.token_hex(16), repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.appid or not self.secret:
+            raise ConfigError("a mini-program needs an appid and a secret")
+
+
+@dataclass(frozen=True)
 class Settings:
     platform_key: PrivateKey = field(repr=False)
     platform_serial: str
@@ -97,6 +111,10 @@ class Settings:
     delivery_timeout_s: float = 5.0
     #: Merchant requests whose timestamp is further off than this are refused.
     max_clock_skew_s: int = 300
+    #: Mini-programs whose ``wx.login`` codes ``/sns/jscode2session`` exchanges.
+    miniprograms: tuple[MiniProgram, ...] = ()
+    #: How long a login code can be exchanged (WeChat: 5 minutes).
+    login_code_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.retry_scale < 0:
@@ -106,6 +124,9 @@ class Settings:
         mchids = [m.mchid for m in self.merchants]
         if len(set(mchids)) != len(mchids):
             raise ConfigError("each mchid may be configured once")
+        appids = [m.appid for m in self.miniprograms]
+        if len(set(appids)) != len(appids):
+            raise ConfigError("each mini-program appid may be configured once")
 
     @classmethod
     def create(
@@ -127,3 +148,6 @@ class Settings:
 
     def merchant_map(self) -> Mapping[str, Merchant]:
         return {m.mchid: m for m in self.merchants}
+
+    def miniprogram_secrets(self) -> Mapping[str, str]:
+        return {m.appid: m.secret for m in self.miniprograms}

@@ -11,7 +11,7 @@ from wechatpay_simulator.fields import ApiError, Fields, param_error
 from wechatpay_simulator.state import AuthorizeState, Fault, PlatformState
 
 #: Operations a test can make fail with ``POST /control/faults``.
-FAULTABLE = frozenset({"points_notify", "user_authorization", "commit_status"})
+FAULTABLE = frozenset({"points_notify", "user_authorization", "commit_status", "jscode2session"})
 _FAULT_CODES = {
     400: "PARAM_ERROR",
     403: "NO_AUTH",

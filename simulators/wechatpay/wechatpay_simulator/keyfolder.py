@@ -9,7 +9,9 @@ Read or create, so a restarted simulator keeps its keys and the services keep tr
 - ``merchant_<mchid>_private_key.pem`` (0600): a merchant key made here when the merchant's
   public key was not given, for whoever calls the platform API as that merchant;
 - ``merchant_credentials.json`` (0600): the merchant side, a list of ``{"mchid", "serial_no",
-  "private_key", "apiv3_key", "platform_serial", "platform_public_key"}`` (paths absolute).
+  "private_key", "apiv3_key", "platform_serial", "platform_public_key"}`` (paths absolute);
+- ``miniprograms.json`` (0600): ``{appid: secret}``, the gateway's ``MINIPROGRAM_SECRETS_FILE``;
+  its secrets are reused.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ PLATFORM_PRIVATE_KEY = "platform_private_key.pem"
 PLATFORM_PUBLIC_KEY = "platform_public_key.pem"
 MERCHANTS = "merchants.json"
 MERCHANT_CREDENTIALS = "merchant_credentials.json"
+MINIPROGRAMS = "miniprograms.json"
 
 
 def merchant_private_key_name(mchid: str) -> str:
@@ -74,6 +77,16 @@ class KeyFolder:
             if isinstance(e, dict) and "mchid" in e and "apiv3_key" in e
         }
 
+    def miniprogram_secrets(self) -> dict[str, str]:
+        """The mini-program secrets of an earlier run, by appid."""
+        file = self.path / MINIPROGRAMS
+        if not file.exists():
+            return {}
+        entries: Any = json.loads(file.read_text())
+        if not isinstance(entries, dict):
+            return {}
+        return {str(appid): str(secret) for appid, secret in entries.items()}
+
     def _matching_private_key(self, merchant: Merchant) -> Path | None:
         """This folder's private key of the merchant, if it is the one the simulator trusts."""
         file = self.path / merchant_private_key_name(merchant.mchid)
@@ -114,4 +127,7 @@ class KeyFolder:
         _write(merchants, (json.dumps(gateway, indent=2) + "\n").encode(), secret=True)
         creds = self.path / MERCHANT_CREDENTIALS
         _write(creds, (json.dumps(credentials, indent=2) + "\n").encode(), secret=True)
-        return [public, merchants, creds]
+        apps = self.path / MINIPROGRAMS
+        secrets = dict(settings.miniprogram_secrets())
+        _write(apps, (json.dumps(secrets, indent=2) + "\n").encode(), secret=True)
+        return [public, merchants, creds, apps]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from wechatpay_simulator import views
+from wechatpay_simulator import miniprogram, views
 
 
 def setup_routes(app: web.Application) -> None:
@@ -14,6 +14,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(
         "/v3/businesscircle/users/{openid}/points/commit_status", views.commit_status
     )
+    # Mini-program login (api.weixin.qq.com): a wx.login code for the shopper's openid.
+    app.router.add_get("/sns/jscode2session", miniprogram.jscode2session)
     # Control: make the platform notify the mall.
     app.router.add_post("/control/payments", views.create_payment)
     app.router.add_post("/control/refunds", views.create_refund)
@@ -29,4 +31,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete("/control/faults", views.clear_faults)
     app.router.add_get("/control/platform", views.platform_info)
     app.router.add_put("/control/merchants/{mchid}", views.put_merchant)
+    app.router.add_post("/control/login-codes", miniprogram.create_login_code)
     app.router.add_get("/healthz", views.healthz)

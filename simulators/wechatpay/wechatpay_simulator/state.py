@@ -176,6 +176,16 @@ class Fault:
     status: int
 
 
+@dataclass(frozen=True)
+class LoginCode:
+    """A ``wx.login`` code: who logged in to which mini-program, until when (single use)."""
+
+    appid: str
+    openid: str
+    unionid: str | None
+    expires_at: float  # time.monotonic()
+
+
 @dataclass
 class PlatformState:
     merchants: dict[str, Merchant]
@@ -185,6 +195,8 @@ class PlatformState:
     points_syncs: list[PointsSync] = field(default_factory=list)
     deliveries: dict[str, Delivery] = field(default_factory=dict)
     faults: dict[str, Fault] = field(default_factory=dict)
+    login_codes: dict[str, LoginCode] = field(default_factory=dict)
+    used_login_codes: set[str] = field(default_factory=set)
     _synced: set[str] = field(default_factory=set)
     _by_shopper: dict[tuple[str, str, str], list[str]] = field(default_factory=dict)
 

@@ -3,18 +3,47 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import grpc
+from google.protobuf import timestamp_pb2
 from kit.errors import AppError, Unavailable
 from kit.grpc_errors import from_rpc_error
 from mall.common.v1 import common_pb2
 from mall.member.v1 import member_pb2, member_service_pb2, member_service_pb2_grpc
 from mall.points.v1 import points_pb2, points_service_pb2, points_service_pb2_grpc
 
+from gateway.domain.shoppers import MemberCard
+
+_STATUS_NAMES = {
+    v: k.removeprefix("MEMBER_STATUS_").lower() for k, v in member_pb2.MemberStatus.items()
+}
 _KIND_NAMES = {
     v: k.removeprefix("LEDGER_ENTRY_KIND_").lower() for k, v in points_pb2.LedgerEntryKind.items()
 }
+
+
+def _iso(ts: timestamp_pb2.Timestamp) -> str:
+    return ts.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def member_card(member: member_pb2.Member) -> MemberCard:
+    return MemberCard(
+        member_id=member.member_id,
+        mall_id=member.mall_id,
+        tier_code=member.tier_code,
+        status=_STATUS_NAMES.get(member.status, "unknown"),
+        joined_at=member.joined_at.ToDatetime(tzinfo=UTC) if member.HasField("joined_at") else None,
+        phone_masked=member.phone_masked,
+    )
+
+
+def _unless_not_found(exc: grpc.aio.AioRpcError) -> None:
+    """Raise the error, unless it says there is no such member (the caller answers None)."""
+    error = _reraise(exc)
+    if error.code != "member_not_found":
+        raise error from None
 
 
 def _reraise(exc: grpc.aio.AioRpcError) -> AppError:
@@ -32,20 +61,53 @@ class Backends:
     points: points_service_pb2_grpc.PointsServiceAsyncStub
     timeout_s: float = 3.0
 
-    async def member_id_by_openid(self, mall_id: str, openid: str) -> str:
+    async def member_by_openid(self, mall_id: str, openid: str) -> MemberCard | None:
+        """The member with this openid in this mall; None when they are not one (yet)."""
+        request = member_service_pb2.GetMemberByIdentityRequest(
+            mall_id=mall_id,
+            identity=member_pb2.Identity(
+                identity_type=member_pb2.IDENTITY_TYPE_OPENID, value=openid
+            ),
+        )
         try:
-            reply = await self.member.GetMemberByIdentity(
-                member_service_pb2.GetMemberByIdentityRequest(
-                    mall_id=mall_id,
-                    identity=member_pb2.Identity(
-                        identity_type=member_pb2.IDENTITY_TYPE_OPENID, value=openid
-                    ),
-                ),
-                timeout=self.timeout_s,
-            )
+            reply = await self.member.GetMemberByIdentity(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            _unless_not_found(exc)
+            return None
+        return member_card(reply.member)
+
+    async def member_by_id(self, mall_id: str, member_id: str) -> MemberCard | None:
+        request = member_service_pb2.GetMemberRequest(mall_id=mall_id, member_id=member_id)
+        try:
+            reply = await self.member.GetMember(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            _unless_not_found(exc)
+            return None
+        return member_card(reply.member)
+
+    async def join_member(self, mall_id: str, openid: str, phone: str) -> tuple[MemberCard, bool]:
+        """Join from the mini-program with the shopper's openid; (member, created)."""
+        request = member_service_pb2.JoinMemberRequest(
+            mall_id=mall_id,
+            identity=member_pb2.Identity(
+                identity_type=member_pb2.IDENTITY_TYPE_OPENID, value=openid
+            ),
+            channel=member_pb2.JOIN_CHANNEL_MINI_PROGRAM,
+            phone=phone,
+        )
+        try:
+            reply = await self.member.JoinMember(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise _reraise(exc) from None
-        return reply.member.member_id
+        return member_card(reply.member), reply.created
+
+    async def issue_checkout_code(self, mall_id: str, member_id: str) -> dict[str, Any]:
+        request = member_service_pb2.IssueCheckoutCodeRequest(mall_id=mall_id, member_id=member_id)
+        try:
+            reply = await self.member.IssueCheckoutCode(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _reraise(exc) from None
+        return {"code": reply.code, "expires_at": _iso(reply.expires_at)}
 
     async def points_summary(
         self, mall_id: str, member_id: str, *, page_size: int, page_token: str

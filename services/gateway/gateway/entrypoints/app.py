@@ -9,7 +9,8 @@ from aiohttp import web
 
 from gateway.adapters.bus import PaymentsPublisher
 from gateway.adapters.services import Backends
-from gateway.entrypoints.keys import BACKENDS, PUBLISHER, WEBHOOKS, Webhooks
+from gateway.entrypoints.auth import shopper_session
+from gateway.entrypoints.keys import BACKENDS, PUBLISHER, SHOPPERS, WEBHOOKS, Shoppers, Webhooks
 from gateway.entrypoints.middleware import request_context
 from gateway.entrypoints.routes import setup_routes
 
@@ -22,19 +23,30 @@ def create_app(
     webhooks: Webhooks,
     *,
     accept_unsigned: bool = False,
+    shoppers: Shoppers | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[request_context], client_max_size=1024**2)
+    """The gateway; with ``shoppers``, also the mini-program's API (login, /v1/me, SSE)."""
+    app = web.Application(middlewares=[request_context, shopper_session], client_max_size=1024**2)
     app[PUBLISHER] = publisher
     app[BACKENDS] = backends
     app[WEBHOOKS] = webhooks
-    setup_routes(app, accept_unsigned=accept_unsigned)
+    if shoppers is not None:
+        app[SHOPPERS] = shoppers
+        app.on_shutdown.append(_end_streams)
+    setup_routes(app, accept_unsigned=accept_unsigned, shopper_api=shoppers is not None)
     if accept_unsigned:
         log.warning("unsigned_notifications_accepted", route="/wechatpay/notifications")
     return app
 
 
+async def _end_streams(app: web.Application) -> None:
+    """Open SSE streams end at shutdown, so in-flight requests can finish within the grace."""
+    app[SHOPPERS].hub.close_all()
+
+
 class HttpServer:
     def __init__(self, app: web.Application, *, host: str, port: int, grace_s: float) -> None:
+        self.app = app
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=grace_s)
         self._host = host
         self._port = port

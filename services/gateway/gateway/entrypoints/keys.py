@@ -12,7 +12,12 @@ from gateway.adapters.bus import PaymentsPublisher
 from gateway.adapters.merchants import Merchants
 from gateway.adapters.replays import ReplayGuard
 from gateway.adapters.services import Backends
+from gateway.adapters.spent import SpentRefreshTokens
+from gateway.adapters.tokens import SessionTokens
+from gateway.domain.shoppers import Session
+from gateway.service_layer.live import LiveHub
 from gateway.service_layer.notifications import ShopDirectory
+from gateway.service_layer.sessions import CodeExchange, Malls
 
 
 def _always() -> bool:
@@ -32,6 +37,23 @@ class Webhooks:
     clock: Callable[[], float] = time.time
 
 
+@dataclass(frozen=True)
+class Shoppers:
+    """What the mini-program's API needs: login, sessions and live push."""
+
+    malls: Malls
+    wechat: CodeExchange
+    tokens: SessionTokens
+    spent: SpentRefreshTokens
+    hub: LiveHub
+    directory_ready: Callable[[], bool] = _always
+    #: Seconds between SSE heartbeats (comments), which also find disconnected clients.
+    heartbeat_s: float = 15.0
+
+
 PUBLISHER = web.AppKey("publisher", PaymentsPublisher)
 BACKENDS = web.AppKey("backends", Backends)
 WEBHOOKS = web.AppKey("webhooks", Webhooks)
+SHOPPERS = web.AppKey("shoppers", Shoppers)
+#: The session a valid ``Authorization: Bearer`` token speaks for (``/v1/me`` routes).
+SESSION = web.RequestKey("session", Session)

@@ -14,6 +14,9 @@ STATUS = {
     ErrorKind.UNAVAILABLE: 503,
 }
 
+#: Codes whose status is not their error kind's: WeChat failing us is a bad gateway.
+STATUS_BY_CODE = {"wechat_unavailable": 502}
+
 
 def problem(status: int, code: str, detail: str, **extra: str) -> web.Response:
     body = {
@@ -30,4 +33,8 @@ def problem(status: int, code: str, detail: str, **extra: str) -> web.Response:
 
 
 def from_error(error: AppError) -> web.Response:
-    return problem(STATUS[error.kind], error.code, error.message, **error.details)
+    status = STATUS_BY_CODE.get(error.code, STATUS[error.kind])
+    response = problem(status, error.code, error.message, **error.details)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = f'Bearer error="{error.code}"'
+    return response

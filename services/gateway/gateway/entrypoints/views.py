@@ -1,27 +1,10 @@
-"""HTTP views for the mini-program and probes: translate between JSON and the services."""
+"""HTTP views for the probes (the mini-program's are in ``shoppers`` and ``live``)."""
 
 from __future__ import annotations
 
 from aiohttp import web
-from kit.errors import InvalidInput
 
-from gateway.entrypoints.keys import BACKENDS, PUBLISHER, WEBHOOKS
-
-
-async def member_points(request: web.Request) -> web.Response:
-    """The shopper's balance and latest ledger entries."""
-    mall_id = request.match_info["mall_id"]
-    openid = request.match_info["openid"]
-    try:
-        page_size = int(request.query.get("page_size", "20"))
-    except ValueError:
-        raise InvalidInput("invalid_page_size", "page_size must be a number") from None
-    backends = request.app[BACKENDS]
-    member_id = await backends.member_id_by_openid(mall_id, openid)
-    summary = await backends.points_summary(
-        mall_id, member_id, page_size=page_size, page_token=request.query.get("page_token", "")
-    )
-    return web.json_response(summary)
+from gateway.entrypoints.keys import PUBLISHER, WEBHOOKS
 
 
 async def healthz(request: web.Request) -> web.Response:

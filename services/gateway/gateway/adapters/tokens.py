@@ -1,0 +1,108 @@
+"""The gateway's own session tokens: short-lived access tokens and rotating refresh tokens.
+
+Signed JWTs (HS256, ``SESSION_SIGNING_KEY``), so any gateway replica verifies them without a
+lookup. Claims: ``mall`` (the mall the mini-program belongs to), ``sub`` (openid there), ``mid``
+(member id, once a member), ``uid`` (unionid, when WeChat gave one), ``typ`` (access or
+refresh), ``jti``, ``iat``, ``exp``. An access token is refused where a refresh token is
+expected and the other way round; issuer and audience are checked too.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+from kit.errors import Unauthenticated
+
+from gateway.domain.shoppers import Session, TokenPair
+
+ISSUER = "mall-circle-gateway"
+AUDIENCE = "mall-circle-miniprogram"
+ALGORITHM = "HS256"
+ACCESS = "access"
+REFRESH = "refresh"
+
+
+def invalid_session(detail: str = "log in again") -> Unauthenticated:
+    return Unauthenticated("invalid_session", detail)
+
+
+class SessionTokens:
+    def __init__(
+        self,
+        key: str,
+        *,
+        access_ttl_s: int,
+        refresh_ttl_s: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if len(key.encode()) < 32:
+            raise ValueError("the session signing key must be at least 32 bytes")
+        self._key = key
+        self.access_ttl_s = access_ttl_s
+        self.refresh_ttl_s = refresh_ttl_s
+        self._clock = clock
+
+    def _encode(self, session: Session, kind: str, ttl_s: int) -> str:
+        now = int(self._clock())
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "typ": kind,
+            "jti": uuid.uuid4().hex,
+            "iat": now,
+            "exp": now + ttl_s,
+            "mall": session.mall_id,
+            "sub": session.openid,
+        }
+        if session.member_id:
+            claims["mid"] = session.member_id
+        if session.unionid:
+            claims["uid"] = session.unionid
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM)
+
+    def issue(self, session: Session) -> TokenPair:
+        return TokenPair(
+            access_token=self._encode(session, ACCESS, self.access_ttl_s),
+            refresh_token=self._encode(session, REFRESH, self.refresh_ttl_s),
+            expires_in=self.access_ttl_s,
+            refresh_expires_in=self.refresh_ttl_s,
+        )
+
+    def _decode(self, token: str, kind: str) -> tuple[Session, str]:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "jti", "sub", "aud", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise invalid_session("the session has expired") from None
+        except jwt.InvalidTokenError:
+            raise invalid_session("the session token is not valid") from None
+        mall_id, openid, token_id = claims.get("mall"), claims.get("sub"), claims.get("jti")
+        if claims.get("typ") != kind or not all(
+            isinstance(v, str) and v for v in (mall_id, openid, token_id)
+        ):
+            raise invalid_session("the session token is not valid")
+        member_id, unionid = claims.get("mid"), claims.get("uid")
+        session = Session(
+            str(mall_id),
+            str(openid),
+            member_id if isinstance(member_id, str) and member_id else None,
+            unionid if isinstance(unionid, str) and unionid else None,
+        )
+        return session, str(token_id)
+
+    def read_access(self, token: str) -> Session:
+        return self._decode(token, ACCESS)[0]
+
+    def read_refresh(self, token: str) -> tuple[Session, str]:
+        """The session and the refresh token's id (for rotation)."""
+        return self._decode(token, REFRESH)

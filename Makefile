@@ -64,7 +64,7 @@ k8s-check: ## Deploy checks: hadolint, yamllint, render overlays, kubernetes-val
 
 .PHONY: bench
 bench: install ## Benchmarks with same-run baselines; writes bench/results/*.json
-	$(VENV)/python bench/payments.py
+	$(VENV)/python bench/payments.py --compare-replicas
 	$(VENV)/python bench/webhook.py
 
 .PHONY: clean

@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -54,12 +55,34 @@ DEFAULT_POSTGRES_SETTINGS: Mapping[str, str] = {
 }
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = HOST) -> int:
-    """A TCP port that was free a moment ago (bind to port 0, read it back, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port free a moment ago, for a server, from below the kernel's ephemeral range.
+
+    A port the kernel hands out for port 0 comes from the ephemeral range, which outgoing
+    connections draw from too: with many processes starting while hundreds of connections
+    open, it can be taken before its server binds it ("Address already in use"). Ports under
+    the range are never given to outgoing connections; this process never hands one out twice.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def _accepts_tcp(host: str, port: int) -> bool:

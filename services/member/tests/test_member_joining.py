@@ -405,6 +405,24 @@ async def test_join_member_twice_creates_then_returns_the_member(
     assert first.member.tier_code == "basic"
     assert first.member.join_channel == member_pb2.JOIN_CHANNEL_MINI_PROGRAM
     assert first.member.status == member_pb2.MEMBER_STATUS_ACTIVE
+    # The gateway's member card reads the same profile back, by id and by openid.
+    by_id = await api.members.GetMember(
+        member_service_pb2.GetMemberRequest(mall_id=shop.mall_id, member_id=first.member.member_id),
+        timeout=10,
+    )
+    by_openid = await api.members.GetMemberByIdentity(
+        member_service_pb2.GetMemberByIdentityRequest(
+            mall_id=shop.mall_id,
+            identity=member_pb2.Identity(
+                identity_type=member_pb2.IDENTITY_TYPE_OPENID, value="o-grpc"
+            ),
+        ),
+        timeout=10,
+    )
+    for read in (by_id.member, by_openid.member):
+        assert read.phone_masked == "138****8000"
+        assert read.joined_at.seconds == first.member.joined_at.seconds > 0
+        assert read.join_channel == member_pb2.JOIN_CHANNEL_MINI_PROGRAM
 
 
 @pytest.mark.parametrize(

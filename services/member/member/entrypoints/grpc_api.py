@@ -10,7 +10,7 @@ from kit.proto import timestamp, to_datetime
 from mall.common.v1 import common_pb2
 from mall.member.v1 import directory_pb2, member_pb2, member_service_pb2, member_service_pb2_grpc
 
-from member.adapters import repository
+from member.adapters import profiles, repository
 from member.adapters.credentials import credential_message
 from member.adapters.events import mall_message
 from member.domain.checkout import CheckoutPolicy
@@ -145,9 +145,10 @@ class MemberServicer(member_service_pb2_grpc.MemberServiceServicer):
         _required(mall_id=request.mall_id, member_id=request.member_id)
         async with self._pool.acquire() as conn:
             found = await repository.get_member(conn, request.mall_id, request.member_id)
-        if found is None:
+            card = found and await profiles.profile(conn, request.mall_id, found.member_id)
+        if not card:
             raise NotFound("member_not_found", "no such member in this mall")
-        return member_service_pb2.GetMemberResponse(member=_member(found))
+        return member_service_pb2.GetMemberResponse(member=profile_message(card))
 
     async def GetMemberByIdentity(
         self, request: member_service_pb2.GetMemberByIdentityRequest, context: Any
@@ -160,9 +161,10 @@ class MemberServicer(member_service_pb2_grpc.MemberServiceServicer):
             found = await repository.member_by_identity(
                 conn, request.mall_id, kind, request.identity.value
             )
-        if found is None:
+            card = found and await profiles.profile(conn, request.mall_id, found.member_id)
+        if not card:
             raise NotFound("member_not_found", "no member with that identity in this mall")
-        return member_service_pb2.GetMemberByIdentityResponse(member=_member(found))
+        return member_service_pb2.GetMemberByIdentityResponse(member=profile_message(card))
 
     # -- joining, tags and the member export (gateway, ops) --
 

@@ -81,16 +81,17 @@ async def append_credits(conn: Connection, credits: Sequence[Credit]) -> None:
         return
     await conn.execute(
         """INSERT INTO ledger (mall_id, member_id, kind, points, balance_after, transaction_id,
-                               description)
-           SELECT m, u, 'credit', p, b, x, d
+                               description, rule_version)
+           SELECT m, u, 'credit', p, b, x, d, r
              FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[], $5::text[],
-                         $6::text[]) AS t(m, u, p, b, x, d)""",
+                         $6::text[], $7::text[]) AS t(m, u, p, b, x, d, r)""",
         [c.payment.mall_id for c in entries],
         [uuid.UUID(c.payment.member_id) for c in entries],
         [c.points for c in entries],
         [c.balance_after for c in entries],
         [c.payment.transaction_id for c in entries],
         [f"payment {c.payment.transaction_id} at {c.payment.tenant_id}" for c in entries],
+        [c.rule_version for c in entries],
     )
     closing: dict[tuple[str, str], tuple[int, int]] = {}
     for c in entries:

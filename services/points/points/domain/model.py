@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from kit.errors import InvalidInput
 
@@ -24,6 +25,10 @@ class AttributedPayment:
     paid_at: datetime
     appid: str = ""
     openid: str = ""
+    #: Member's tier when paying; earning rules may be per tier.
+    tier_code: str = ""
+    #: How the shopper paid (the contract's PaymentSource name, e.g. "PAYMENT_SOURCE_WECHAT_PAY").
+    source: str = ""
 
     def __post_init__(self) -> None:
         if not self.mall_id or not self.member_id or not self.transaction_id:
@@ -38,7 +43,7 @@ class AttributedPayment:
 class BaseRate:
     """The foundation rule: 1 point per whole yuan, fractions dropped.
 
-    Effective-dated, per-tenant rules and campaigns replace this in the points rules work.
+    A mall's earning rules (``points.domain.rules``) replace it for the payments they match.
     """
 
     points_per_yuan: int = 1
@@ -46,6 +51,15 @@ class BaseRate:
 
     def points_for(self, payment: AttributedPayment) -> int:
         return (payment.amount_fen // FEN_PER_YUAN) * self.points_per_yuan
+
+    def earn(self, payment: AttributedPayment) -> tuple[int, str]:
+        return self.points_for(payment), self.version
+
+
+class EarningPolicy(Protocol):
+    """What decides a payment's points: (points, the rule version that produced them)."""
+
+    def earn(self, payment: AttributedPayment) -> tuple[int, str]: ...
 
 
 @dataclass(frozen=True)
@@ -66,7 +80,7 @@ def plan_credits(
     payments: Sequence[AttributedPayment],
     balances: Mapping[AccountKey, int],
     credited_before: Set[tuple[str, str]],
-    rule: BaseRate,
+    rule: EarningPolicy,
 ) -> list[Credit]:
     """Credit a batch in order against the opening balances.
 
@@ -81,12 +95,12 @@ def plan_credits(
         key = (p.mall_id, p.transaction_id)
         account = (p.mall_id, p.member_id)
         if key in seen:
-            credits.append(Credit(p, 0, running[account], rule.version, applied=False))
+            credits.append(Credit(p, 0, running[account], "", applied=False))
             continue
         seen.add(key)
-        points = rule.points_for(p)
+        points, version = rule.earn(p)
         running[account] += points
-        credits.append(Credit(p, points, running[account], rule.version, applied=True))
+        credits.append(Credit(p, points, running[account], version, applied=True))
     return credits
 
 

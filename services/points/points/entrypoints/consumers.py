@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from eventbus.consumer import Delivery
 from kit.db import Connection
 from kit.proto import to_datetime
+from mall.common.v1 import common_pb2
 from mall.member.v1 import events_pb2 as member_events
 
 from points.domain.model import AttributedPayment, AttributedRefund
@@ -29,7 +30,17 @@ def _attributed(d: Delivery) -> AttributedPayment:
         paid_at=to_datetime(msg.paid_at),
         appid=msg.appid,
         openid=msg.openid,
+        tier_code=msg.tier_code,
+        source=_source_name(msg.source),
     )
+
+
+def _source_name(value: int) -> str:
+    """The PaymentSource name, or "" when unset or unknown to this build."""
+    try:
+        return common_pb2.PaymentSource.Name(value) if value else ""  # type: ignore[arg-type]
+    except ValueError:
+        return ""
 
 
 async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:

@@ -1,4 +1,4 @@
-"""Ops gRPC for points: reconciliation (earning-rule RPCs come with the rules work)."""
+"""Ops gRPC for points: earning rules and reconciliation."""
 
 from __future__ import annotations
 
@@ -8,10 +8,64 @@ from typing import Any
 
 import asyncpg
 from kit.errors import InvalidInput
-from mall.points.v1 import points_service_pb2, points_service_pb2_grpc
+from kit.proto import timestamp, to_datetime
+from mall.common.v1 import common_pb2
+from mall.points.v1 import points_pb2, points_service_pb2, points_service_pb2_grpc
 
-from points.adapters import reconciliation
+from points.adapters import reconciliation, rules
+from points.domain.rules import EarningRule
 from points.domain.wechat_sync import DEFAULT_TIME_ZONE
+
+MAX_PAGE = 100
+
+
+def _rule_from(msg: points_pb2.EarningRule) -> EarningRule:
+    """The wire rule as a domain rule (version and updated_at are the server's)."""
+    if any(s == common_pb2.PAYMENT_SOURCE_UNSPECIFIED for s in msg.sources):
+        raise InvalidInput("invalid_source", "sources may not hold PAYMENT_SOURCE_UNSPECIFIED")
+    try:
+        sources = frozenset(common_pb2.PaymentSource.Name(s) for s in msg.sources)
+    except ValueError:
+        raise InvalidInput("invalid_source", "sources holds an unknown PaymentSource") from None
+    rule = EarningRule(
+        mall_id=msg.mall_id,
+        rule_id=msg.rule_id,
+        name=msg.name,
+        tier_code=msg.tier_code,
+        tenant_id=msg.tenant_id,
+        sources=sources,
+        spend_unit_fen=msg.spend_unit_fen,
+        points_per_unit=msg.points_per_unit,
+        min_amount_fen=msg.min_amount_fen,
+        priority=msg.priority,
+        starts_at=to_datetime(msg.starts_at) if msg.HasField("starts_at") else None,
+        ends_at=to_datetime(msg.ends_at) if msg.HasField("ends_at") else None,
+    )
+    rule.validate()
+    return rule
+
+
+def _rule_to(rule: EarningRule) -> points_pb2.EarningRule:
+    msg = points_pb2.EarningRule(
+        mall_id=rule.mall_id,
+        rule_id=rule.rule_id,
+        name=rule.name,
+        tier_code=rule.tier_code,
+        tenant_id=rule.tenant_id,
+        sources=[common_pb2.PaymentSource.Value(s) for s in sorted(rule.sources)],
+        spend_unit_fen=rule.spend_unit_fen,
+        points_per_unit=rule.points_per_unit,
+        min_amount_fen=rule.min_amount_fen,
+        priority=rule.priority,
+        version=rule.version,
+    )
+    if rule.starts_at is not None:
+        msg.starts_at.CopyFrom(timestamp(rule.starts_at))
+    if rule.ends_at is not None:
+        msg.ends_at.CopyFrom(timestamp(rule.ends_at))
+    if rule.recorded_at is not None:
+        msg.updated_at.CopyFrom(timestamp(rule.recorded_at))
+    return msg
 
 
 def business_day(value: str, time_zone: str = DEFAULT_TIME_ZONE) -> tuple[datetime, datetime]:
@@ -28,6 +82,34 @@ def business_day(value: str, time_zone: str = DEFAULT_TIME_ZONE) -> tuple[dateti
 class PointsAdminServicer(points_service_pb2_grpc.PointsAdminServiceServicer):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+
+    async def PutEarningRule(
+        self, request: points_service_pb2.PutEarningRuleRequest, context: Any
+    ) -> points_service_pb2.PutEarningRuleResponse:
+        if not request.HasField("rule"):
+            raise InvalidInput("missing_field", "rule is required")
+        rule = _rule_from(request.rule)
+        async with self._pool.acquire() as conn, conn.transaction():
+            stored = await rules.put_rule(conn, rule)
+        return points_service_pb2.PutEarningRuleResponse(rule=_rule_to(stored))
+
+    async def ListEarningRules(
+        self, request: points_service_pb2.ListEarningRulesRequest, context: Any
+    ) -> points_service_pb2.ListEarningRulesResponse:
+        if not request.mall_id:
+            raise InvalidInput("missing_field", "mall_id is required")
+        size = request.page.page_size or 20
+        if not 0 < size <= MAX_PAGE:
+            raise InvalidInput("invalid_page_size", f"page_size must be 1..{MAX_PAGE}")
+        async with self._pool.acquire() as conn:
+            found = await rules.current_rules(
+                conn, request.mall_id, after=request.page.page_token, limit=size + 1
+            )
+        page, more = found[:size], len(found) > size
+        return points_service_pb2.ListEarningRulesResponse(
+            rules=[_rule_to(r) for r in page],
+            page=common_pb2.PageResponse(next_page_token=page[-1].rule_id if more else ""),
+        )
 
     async def GetReconciliation(
         self, request: points_service_pb2.GetReconciliationRequest, context: Any

@@ -7,15 +7,16 @@ from collections.abc import Sequence
 from eventbus.outbox import add_events
 from kit.db import Connection
 
-from points.adapters import events, repository, wechat_sync
-from points.domain.model import AttributedPayment, BaseRate, Credit, plan_credits
+from points.adapters import events, repository, rules, wechat_sync
+from points.domain.model import AttributedPayment, Credit, EarningPolicy, plan_credits
+from points.domain.rules import RuleBook
 from points.domain.wechat_sync import report_for
 
 
 async def credit_payments(
     conn: Connection,
     payments: Sequence[tuple[AttributedPayment, dict[str, str]]],
-    rule: BaseRate | None = None,
+    rule: EarningPolicy | None = None,
 ) -> list[Credit]:
     """Inside the caller's transaction: ledger entries, balances, events and the reports
     owed to WeChat Pay (积分同步, for payments made with it), or nothing.
@@ -24,9 +25,13 @@ async def credit_payments(
     group commit is what lets one consumer keep up with a mall's peak. A payment credited
     before (through any event) is skipped; one that earns 0 points gets a 0-point entry and a
     ``credited`` event with 0, because the platform wants a "no points" report for it too.
+
+    The malls' earning rules are read once per batch (``rule`` overrides them, for tests);
+    each credit records the rule version that produced it.
     """
-    rule = rule or BaseRate()
     batch = [p for p, _ in payments]
+    if rule is None:
+        rule = RuleBook(await rules.rule_versions(conn, [p.mall_id for p in batch]))
     balances = await repository.lock_accounts(conn, [(p.mall_id, p.member_id) for p in batch])
     before = await repository.credited_transactions(
         conn, [(p.mall_id, p.transaction_id) for p in batch]

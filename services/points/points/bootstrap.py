@@ -18,12 +18,14 @@ from mall.points.v1 import points_service_pb2, points_service_pb2_grpc
 
 from points.adapters.wechatpay import client_from_settings
 from points.config import Settings
+from points.domain.expiry import ExpiryPolicy
 from points.entrypoints.consumers import (
     PAYMENT_ATTRIBUTED,
     REFUND_ATTRIBUTED,
-    on_payment_attributed,
     on_refund_attributed,
+    payment_attributed,
 )
+from points.entrypoints.expiry import expiry_commands, expiry_job
 from points.entrypoints.grpc_admin import PointsAdminServicer
 from points.entrypoints.grpc_api import PointsServicer
 from points.entrypoints.ops import wechat_sync_commands
@@ -71,12 +73,15 @@ def wechat_sync(settings: Settings, pool: asyncpg.Pool) -> Component:
 
 @contextlib.asynccontextmanager
 async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
+    expiry = ExpiryPolicy.parse(settings.points_expiry_policy)
     async with assemble(
         NAME,
         settings,
         streams=["MEMBER", "POINTS"],
         subscriptions=[
-            Subscription("payment-attributed", "MEMBER", PAYMENT_ATTRIBUTED, on_payment_attributed),
+            Subscription(
+                "payment-attributed", "MEMBER", PAYMENT_ATTRIBUTED, payment_attributed(expiry)
+            ),
             Subscription("refund-attributed", "MEMBER", REFUND_ATTRIBUTED, on_refund_attributed),
         ],
         servicers=lambda pool: [
@@ -91,8 +96,10 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
         ],
         descriptor=points_service_pb2.DESCRIPTOR,
         extras=lambda pool: Extras(
-            components={"relay": [wechat_sync(settings, pool)]},
-            commands=wechat_sync_commands(pool.acquire),
+            components={
+                "relay": [wechat_sync(settings, pool), expiry_job(pool, settings.expiry_interval_s)]
+            },
+            commands=wechat_sync_commands(pool.acquire) | expiry_commands(pool.acquire),
         ),
     ) as roles:
         yield roles

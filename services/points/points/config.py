@@ -7,11 +7,18 @@ from typing import Self
 from kit.settings import ServiceSettings
 from pydantic import Field, FilePath, model_validator
 
+from points.domain.expiry import POLICY_PATTERN
+
 
 class Settings(ServiceSettings):
     grpc_port: int = Field(default=50062, ge=0, le=65535)
     #: How long a redemption hold reserves points unless confirmed or released.
     hold_ttl_s: float = Field(default=900.0, gt=0, le=86_400)
+    #: When a lot of points expires: 'end_of_next_year' (earned in 2025: gone when 2026 ends,
+    #: Asia/Shanghai) or 'days:N' (N days after the payment).
+    points_expiry_policy: str = Field(default="end_of_next_year", pattern=POLICY_PATTERN)
+    #: How often the relay role's expiry job looks for due lots.
+    expiry_interval_s: float = Field(default=3600.0, gt=0)
 
     # -- WeChat Pay points sync (积分同步). Unset API base: reports queue up, none is sent. ---
     wechatpay_api_base: str = Field(

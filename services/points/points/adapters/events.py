@@ -9,6 +9,7 @@ from eventbus.outbox import OutgoingEvent, event
 from kit.proto import timestamp
 from mall.points.v1 import events_pb2, points_pb2
 
+from points.adapters.lots import ExpiredLot
 from points.domain.model import AttributedRefund, Credit
 from points.domain.redemption import Hold, ReleaseReason
 
@@ -106,3 +107,22 @@ def points_hold_released(hold: Hold, reason: ReleaseReason) -> OutgoingEvent:
         reward_ref=hold.reward_ref,
     )
     return event(POINTS_HOLD_RELEASED, msg, mall_id=hold.mall_id, event_id=event_id)
+
+
+POINTS_EXPIRED = "points.points.expired"
+
+
+def points_expired(lot: ExpiredLot, balance_after: int) -> OutgoingEvent:
+    """One per lot; ``balance_after`` is the member's balance once the whole expiry run
+    (every lot of the member in it: one ledger entry) is applied."""
+    event_id = str(uuid.uuid4())
+    msg = events_pb2.PointsExpired(
+        event_id=event_id,
+        mall_id=lot.mall_id,
+        occurred_at=timestamp(datetime.now(UTC)),
+        member_id=lot.member_id,
+        lot_id=lot.lot_id,
+        points=lot.points,
+        balance_after=balance_after,
+    )
+    return event(POINTS_EXPIRED, msg, mall_id=lot.mall_id, event_id=event_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from eventbus.consumer import Delivery
 from kit.db import Connection
@@ -10,6 +10,7 @@ from kit.proto import to_datetime
 from mall.common.v1 import common_pb2
 from mall.member.v1 import events_pb2 as member_events
 
+from points.domain.expiry import DEFAULT_EXPIRY, ExpiryPolicy
 from points.domain.model import AttributedPayment, AttributedRefund
 from points.service_layer.credits import credit_payments
 from points.service_layer.reversals import reverse_refunds
@@ -43,8 +44,19 @@ def _source_name(value: int) -> str:
         return ""
 
 
-async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
-    await credit_payments(conn, [(_attributed(d), d.context) for d in deliveries])
+Handler = Callable[[Connection, Sequence[Delivery]], Awaitable[None]]
+
+
+def payment_attributed(expiry: ExpiryPolicy) -> Handler:
+    """The payment handler crediting lots that expire by the mall's ``expiry`` policy."""
+
+    async def handle(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+        await credit_payments(conn, [(_attributed(d), d.context) for d in deliveries], None, expiry)
+
+    return handle
+
+
+on_payment_attributed = payment_attributed(DEFAULT_EXPIRY)
 
 
 def _refund(d: Delivery) -> AttributedRefund:

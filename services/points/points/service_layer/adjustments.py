@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kit.db import Connection
 
-from points.adapters import adjustments, holds, repository
+from points.adapters import adjustments, holds, lots, repository
 from points.adapters.repository import Account, LedgerEntry
 from points.domain.redemption import Adjustment, request_id_reused
 from points.service_layer.redemptions import lock_account
@@ -29,6 +29,8 @@ async def adjust_points(conn: Connection, adjustment: Adjustment) -> tuple[Ledge
             entry = await adjustments.record(conn, adjustment, balance + adjustment.points)
             if entry is None:  # the same request_id, concurrently, for another member
                 before = await adjustments.find(conn, mall_id, adjustment.request_id)
+            else:  # a removal spends lots like a redemption; an addition fills none
+                await lots.consume(conn, mall_id, member_id, -adjustment.points)
         if before is not None:
             done, entry = before
             if done != adjustment:

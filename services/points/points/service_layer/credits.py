@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from eventbus.outbox import add_events
 from kit.db import Connection
 
-from points.adapters import events, repository, rules, wechat_sync
+from points.adapters import events, lots, repository, rules, wechat_sync
+from points.domain.expiry import DEFAULT_EXPIRY, ExpiryPolicy, lot_points
 from points.domain.model import AttributedPayment, Credit, EarningPolicy, plan_credits
 from points.domain.rules import RuleBook
 from points.domain.wechat_sync import report_for
@@ -17,6 +18,7 @@ async def credit_payments(
     conn: Connection,
     payments: Sequence[tuple[AttributedPayment, dict[str, str]]],
     rule: EarningPolicy | None = None,
+    expiry: ExpiryPolicy = DEFAULT_EXPIRY,
 ) -> list[Credit]:
     """Inside the caller's transaction: ledger entries, balances, events and the reports
     owed to WeChat Pay (积分同步, for payments made with it), or nothing.
@@ -28,6 +30,9 @@ async def credit_payments(
 
     The malls' earning rules are read once per batch (``rule`` overrides them, for tests);
     each credit records the rule version that produced it.
+
+    Each credit that gives points fills a lot expiring by ``expiry`` (counted from when the
+    payment was made); the part of a credit that settles a negative balance fills none.
     """
     batch = [p for p, _ in payments]
     if rule is None:
@@ -38,6 +43,20 @@ async def credit_payments(
     )
     credits = plan_credits(batch, balances, before, rule)
     await repository.append_credits(conn, credits)
+    await lots.add(
+        conn,
+        [
+            lots.NewLot(
+                c.payment.mall_id,
+                c.payment.member_id,
+                c.payment.transaction_id,
+                n,
+                expiry.expires_at(c.payment.paid_at),
+            )
+            for c in credits
+            if c.applied and (n := lot_points(c.points, c.balance_after)) > 0
+        ],
+    )
     await add_events(
         conn,
         [

@@ -15,7 +15,7 @@ from eventbus.outbox import add_events
 from kit.db import Connection
 from kit.errors import Conflict, NotFound
 
-from points.adapters import events, holds, repository
+from points.adapters import events, holds, lots, repository
 from points.adapters.repository import Account
 from points.domain.redemption import (
     Hold,
@@ -85,6 +85,7 @@ async def confirm_hold(conn: Connection, mall_id: str, hold_id: str) -> tuple[st
         if step is Step.APPLY:
             balance_after = balance - hold.points
             redemption_id = await holds.confirm(conn, hold, balance_after)
+            await lots.consume(conn, mall_id, hold.member_id, hold.points)
             await add_events(conn, [events.points_redeemed(hold, redemption_id, balance_after)])
         else:
             redemption_id = hold.redemption_id or ""

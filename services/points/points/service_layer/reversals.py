@@ -8,7 +8,7 @@ from eventbus.outbox import add_events
 from kit.db import Connection
 from kit.errors import Unavailable
 
-from points.adapters import events, repository, wechat_sync
+from points.adapters import events, lots, repository, wechat_sync
 from points.domain.model import AttributedRefund, points_to_reverse
 from points.domain.wechat_sync import reversal_report
 
@@ -46,6 +46,7 @@ async def reverse_refunds(
         balance_after = balance - points
         if points:
             await repository.append_reversal(conn, refund, points, balance_after)
+            await lots.consume(conn, refund.mall_id, refund.member_id, points)
         await add_events(conn, [events.points_reversed(refund, points, balance_after, headers)])
         report = reversal_report(refund, reversed_before + points, balance_after)
         if report is not None:

@@ -66,6 +66,7 @@ k8s-check: ## Deploy checks: hadolint, yamllint, render overlays, kubernetes-val
 bench: install ## Benchmarks with same-run baselines; writes bench/results/*.json
 	$(VENV)/python bench/payments.py --compare-replicas
 	$(VENV)/python bench/webhook.py
+	$(VENV)/python bench/consumers.py
 
 .PHONY: clean
 clean: ## Remove caches and local run state

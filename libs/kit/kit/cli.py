@@ -103,3 +103,21 @@ async def running(roles: Roles, selected: Sequence[str] = ROLES) -> AsyncIterato
     finally:
         stop.set()
         await task
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    roles: Roles, selected: Sequence[str] = ("serve",), *, timeout_s: float = 10.0
+) -> AsyncIterator[str]:
+    """Like ``running``, and yield the gRPC target once the server has bound its port
+    (tests and tools start services on port 0)."""
+    server = roles.grpc
+    if server is None:
+        raise ValueError("this service has no gRPC server")
+    async with running(roles, selected):
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not server.port:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError("the gRPC server never bound a port")
+            await asyncio.sleep(0.01)
+        yield f"127.0.0.1:{server.port}"

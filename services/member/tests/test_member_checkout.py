@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from kit.cli import running
+from kit.cli import serving
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
 from kit.proto import timestamp
@@ -41,19 +41,16 @@ class MemberApi:
 
 @contextlib.asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[MemberApi]:
-    async with bootstrap(settings) as roles, running(roles, ["serve"]):
-        assert roles.grpc is not None
-        for _ in range(500):
-            if roles.grpc.port:
-                break
-            await asyncio.sleep(0.01)
-        assert roles.grpc.port, "the gRPC server never bound a port"
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{roles.grpc.port}") as channel:
-            yield MemberApi(
-                settings.database_url,
-                member_service_pb2_grpc.DirectoryServiceStub(channel),
-                member_service_pb2_grpc.MemberServiceStub(channel),
-            )
+    async with (
+        bootstrap(settings) as roles,
+        serving(roles) as target,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        yield MemberApi(
+            settings.database_url,
+            member_service_pb2_grpc.DirectoryServiceStub(channel),
+            member_service_pb2_grpc.MemberServiceStub(channel),
+        )
 
 
 def settings_for(url: str, nats_url: str, **overrides: Any) -> Settings:

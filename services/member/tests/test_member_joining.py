@@ -15,7 +15,7 @@ import asyncpg
 import grpc
 import pytest
 from eventbus.consumer import Delivery
-from kit.cli import running
+from kit.cli import serving
 from kit.errors import Conflict, InvalidInput, NotFound
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
@@ -361,14 +361,12 @@ class Api:
 @pytest.fixture(scope="module")
 async def api(member_db: str, nats_url: str) -> AsyncIterator[Api]:
     settings = Settings(database_url=member_db, nats_url=nats_url, grpc_port=0, log_level="warning")
-    async with bootstrap(settings) as roles, running(roles, ["serve"]):
-        assert roles.grpc is not None
-        for _ in range(500):
-            if roles.grpc.port:
-                break
-            await asyncio.sleep(0.01)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{roles.grpc.port}") as channel:
-            yield Api(member_db, member_service_pb2_grpc.MemberServiceStub(channel))
+    async with (
+        bootstrap(settings) as roles,
+        serving(roles) as target,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        yield Api(member_db, member_service_pb2_grpc.MemberServiceStub(channel))
 
 
 async def refused(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:

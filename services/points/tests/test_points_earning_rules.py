@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
-from kit.cli import running
+from kit.cli import serving
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
 from kit.proto import timestamp
@@ -40,15 +39,12 @@ async def admin(fresh_database: FreshDatabase, nats_url: str) -> AsyncIterator[A
     url = await fresh_database("points")
     await migrate(url, MIGRATIONS)
     settings = Settings(database_url=url, nats_url=nats_url, grpc_port=0, log_level="warning")
-    async with bootstrap(settings) as roles, running(roles, ["serve"]):
-        assert roles.grpc is not None
-        for _ in range(500):
-            if roles.grpc.port:
-                break
-            await asyncio.sleep(0.01)
-        assert roles.grpc.port, "the gRPC server never bound a port"
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{roles.grpc.port}") as channel:
-            yield Admin(url, points_service_pb2_grpc.PointsAdminServiceStub(channel))
+    async with (
+        bootstrap(settings) as roles,
+        serving(roles) as target,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        yield Admin(url, points_service_pb2_grpc.PointsAdminServiceStub(channel))
 
 
 @pytest.fixture

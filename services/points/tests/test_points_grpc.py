@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import grpc
 import pytest
-from kit.cli import running
+from kit.cli import serving
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
 from mall.common.v1 import common_pb2
@@ -37,19 +36,16 @@ async def api(fresh_database: FreshDatabase, nats_url: str) -> AsyncIterator[Poi
     url = await fresh_database("points")
     await migrate(url, MIGRATIONS)
     settings = Settings(database_url=url, nats_url=nats_url, grpc_port=0, log_level="warning")
-    async with bootstrap(settings) as roles, running(roles, ["serve"]):
-        assert roles.grpc is not None
-        for _ in range(500):
-            if roles.grpc.port:
-                break
-            await asyncio.sleep(0.01)
-        assert roles.grpc.port, "the gRPC server never bound a port"
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{roles.grpc.port}") as channel:
-            yield PointsApi(
-                url,
-                points_service_pb2_grpc.PointsServiceStub(channel),
-                f"127.0.0.1:{roles.grpc.port}",
-            )
+    async with (
+        bootstrap(settings) as roles,
+        serving(roles) as target,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        yield PointsApi(
+            url,
+            points_service_pb2_grpc.PointsServiceStub(channel),
+            target,
+        )
 
 
 async def refused(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:

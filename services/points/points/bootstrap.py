@@ -29,6 +29,7 @@ from points.entrypoints.expiry import expiry_commands, expiry_job
 from points.entrypoints.grpc_admin import PointsAdminServicer
 from points.entrypoints.grpc_api import PointsServicer
 from points.entrypoints.ops import wechat_sync_commands
+from points.entrypoints.policy import policy_commands
 from points.service_layer.wechat_sync import SyncPolicy, WeChatPointsSync, default_time_zone
 
 NAME = "points"
@@ -97,9 +98,14 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
         descriptor=points_service_pb2.DESCRIPTOR,
         extras=lambda pool: Extras(
             components={
-                "relay": [wechat_sync(settings, pool), expiry_job(pool, settings.expiry_interval_s)]
+                "relay": [
+                    wechat_sync(settings, pool),
+                    expiry_job(pool, settings.expiry_interval_s, settings.expiry_reminder_days),
+                ]
             },
-            commands=wechat_sync_commands(pool.acquire) | expiry_commands(pool.acquire),
+            commands=wechat_sync_commands(pool.acquire)
+            | expiry_commands(pool.acquire, settings.expiry_reminder_days)
+            | policy_commands(pool.acquire),
         ),
     ) as roles:
         yield roles

@@ -19,6 +19,8 @@ class Settings(ServiceSettings):
     points_expiry_policy: str = Field(default="end_of_next_year", pattern=POLICY_PATTERN)
     #: How often the relay role's expiry job looks for due lots.
     expiry_interval_s: float = Field(default=3600.0, gt=0)
+    #: Days before a lot expires that the expiry job publishes points.points.expiring for it.
+    expiry_reminder_days: int = Field(default=30, ge=1, le=3650)
 
     # -- WeChat Pay points sync (积分同步). Unset API base: reports queue up, none is sent. ---
     wechatpay_api_base: str = Field(

@@ -9,7 +9,7 @@ from eventbus.outbox import OutgoingEvent, event
 from kit.proto import timestamp
 from mall.points.v1 import events_pb2, points_pb2
 
-from points.adapters.lots import ExpiredLot
+from points.adapters.lots import ExpiredLot, ExpiringLot
 from points.domain.model import AttributedRefund, Credit
 from points.domain.redemption import Hold, ReleaseReason
 
@@ -126,3 +126,21 @@ def points_expired(lot: ExpiredLot, balance_after: int) -> OutgoingEvent:
         balance_after=balance_after,
     )
     return event(POINTS_EXPIRED, msg, mall_id=lot.mall_id, event_id=event_id)
+
+
+POINTS_EXPIRING = "points.points.expiring"
+
+
+def points_expiring(lot: ExpiringLot) -> OutgoingEvent:
+    """One per lot, once: the reminder some days before the lot expires."""
+    event_id = str(uuid.uuid4())
+    msg = events_pb2.PointsExpiring(
+        event_id=event_id,
+        mall_id=lot.mall_id,
+        occurred_at=timestamp(datetime.now(UTC)),
+        member_id=lot.member_id,
+        lot_id=lot.lot_id,
+        points=lot.points,
+        expires_at=timestamp(lot.expires_at),
+    )
+    return event(POINTS_EXPIRING, msg, mall_id=lot.mall_id, event_id=event_id)

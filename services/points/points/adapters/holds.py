@@ -95,8 +95,11 @@ async def insert(conn: Connection, request: HoldRequest, ttl: timedelta) -> Hold
     return _hold(row) if row else None
 
 
-async def confirm(conn: Connection, hold: Hold, balance_after: int) -> str:
-    """HELD → CONFIRMED, the 'redemption' entry and the new balance; the redemption id."""
+async def confirm(
+    conn: Connection, hold: Hold, balance_after: int, taken: int | None = None
+) -> str:
+    """HELD → CONFIRMED, the 'redemption' entry (``taken`` points, all of the hold's by
+    default) and the new balance; the redemption id."""
     redemption_id = uuid.uuid4()
     await conn.execute(
         """WITH settled AS (
@@ -113,7 +116,7 @@ async def confirm(conn: Connection, hold: Hold, balance_after: int) -> str:
         hold.mall_id,
         uuid.UUID(hold.hold_id),
         redemption_id,
-        -hold.points,
+        -(hold.points if taken is None else taken),
         balance_after,
         hold.hold_id,
         f"redeemed for {hold.reward_kind} {hold.reward_ref}",

@@ -31,6 +31,50 @@ class ExpiredLot:
     points: int
 
 
+@dataclass(frozen=True)
+class ExpiringLot:
+    mall_id: str
+    member_id: str
+    lot_id: str
+    points: int
+    expires_at: datetime
+
+
+async def mark_reminders(
+    conn: Connection, now: datetime, until: datetime, limit: int
+) -> list[ExpiringLot]:
+    """Stamp up to ``limit`` open lots expiring in (now, until] that were not reminded yet,
+    skipping lots another transaction holds (a parallel run, or a debit: next time); return
+    them. No account lock: only ``reminded_at`` changes."""
+    rows = await conn.fetch(
+        """WITH due AS (
+               SELECT mall_id, lot_id FROM lots
+                WHERE reminded_at IS NULL AND points_remaining > 0
+                  AND expires_at > $1 AND expires_at <= $2
+                ORDER BY expires_at, mall_id, lot_id
+                LIMIT $3
+                  FOR UPDATE SKIP LOCKED)
+           UPDATE lots l SET reminded_at = now()
+             FROM due WHERE l.mall_id = due.mall_id AND l.lot_id = due.lot_id
+                        AND l.reminded_at IS NULL
+           RETURNING l.mall_id, l.member_id, l.lot_id, l.points_remaining, l.expires_at""",
+        now,
+        until,
+        limit,
+    )
+    found = [
+        ExpiringLot(
+            r["mall_id"],
+            str(r["member_id"]),
+            str(r["lot_id"]),
+            r["points_remaining"],
+            r["expires_at"],
+        )
+        for r in rows
+    ]
+    return sorted(found, key=lambda lot: (lot.expires_at, lot.mall_id, lot.lot_id))
+
+
 async def add(conn: Connection, lots: Sequence[NewLot]) -> None:
     """One lot per credit entry, in one statement."""
     if not lots:

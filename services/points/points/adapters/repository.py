@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from kit.db import Connection
 
@@ -21,6 +21,8 @@ class Account:
     updated_at: datetime | None
     #: Points reserved by open (HELD, unexpired) holds; not spendable.
     held: int = 0
+    #: Points owed (mall policy 'debt'), settled first by the next credits.
+    debt: int = 0
 
     @property
     def available(self) -> int:
@@ -73,47 +75,78 @@ async def credited_transactions(
 
 
 async def append_credits(conn: Connection, credits: Sequence[Credit]) -> None:
-    """Append credit entries and set the accounts' balances, in two statements."""
+    """Append credit entries (each followed by its 'debt_settlement' entry when it settled
+    debt) and set the accounts' balances and debts, in two statements."""
     # 0-point credits are entries too: the ledger records every payment's credit decision,
     # which is what makes a redelivered sub-yuan payment recognisable.
     entries = [c for c in credits if c.applied]
     if not entries:
         return
+    rows: list[tuple[str, uuid.UUID, str, int, int, str, str, str, date | None]] = []
+    for c in entries:
+        p = c.payment
+        member = uuid.UUID(p.member_id)
+        rows.append(
+            (
+                p.mall_id,
+                member,
+                "credit",
+                c.points,
+                c.balance_after + c.settled,
+                p.transaction_id,
+                f"payment {p.transaction_id} at {p.tenant_id}",
+                c.rule_version,
+                c.mall_day,
+            )
+        )
+        if c.settled:
+            rows.append(
+                (
+                    p.mall_id,
+                    member,
+                    "debt_settlement",
+                    -c.settled,
+                    c.balance_after,
+                    p.transaction_id,
+                    f"debt settled by payment {p.transaction_id}",
+                    "",
+                    None,
+                )
+            )
+    # Entry ids follow the rows' order, so each member's entries read in order.
     await conn.execute(
         """INSERT INTO ledger (mall_id, member_id, kind, points, balance_after, transaction_id,
-                               description, rule_version)
-           SELECT m, u, 'credit', p, b, x, d, r
-             FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[], $5::text[],
-                         $6::text[], $7::text[]) AS t(m, u, p, b, x, d, r)""",
-        [c.payment.mall_id for c in entries],
-        [uuid.UUID(c.payment.member_id) for c in entries],
-        [c.points for c in entries],
-        [c.balance_after for c in entries],
-        [c.payment.transaction_id for c in entries],
-        [f"payment {c.payment.transaction_id} at {c.payment.tenant_id}" for c in entries],
-        [c.rule_version for c in entries],
+                               description, rule_version, mall_day)
+           SELECT m, u, k, p, b, x, d, r, y
+             FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::bigint[],
+                         $6::text[], $7::text[], $8::text[], $9::date[])
+                  WITH ORDINALITY AS t(m, u, k, p, b, x, d, r, y, n)
+            ORDER BY n""",
+        *(list(column) for column in zip(*rows, strict=True)),
     )
-    closing: dict[tuple[str, str], tuple[int, int]] = {}
+    closing: dict[tuple[str, str], tuple[int, int, int]] = {}
     for c in entries:
         key = (c.payment.mall_id, c.payment.member_id)
-        earned = closing.get(key, (0, 0))[1] + c.points
-        closing[key] = (c.balance_after, earned)
+        _, earned, settled = closing.get(key, (0, 0, 0))
+        closing[key] = (c.balance_after, earned + c.points, settled + c.settled)
     await conn.execute(
         """UPDATE accounts a SET balance = t.b, lifetime_earned = a.lifetime_earned + t.e,
-                                 updated_at = now()
-             FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[]) AS t(m, u, b, e)
+                                 debt = a.debt - t.s, updated_at = now()
+             FROM unnest($1::text[], $2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[])
+                  AS t(m, u, b, e, s)
             WHERE a.mall_id = t.m AND a.member_id = t.u""",
         [k[0] for k in closing],
         [uuid.UUID(k[1]) for k in closing],
         [v[0] for v in closing.values()],
         [v[1] for v in closing.values()],
+        [v[2] for v in closing.values()],
     )
 
 
 async def get_account(conn: Connection, mall_id: str, member_id: str) -> Account:
     """The account with its open holds (an expired hold is not held, touched or not)."""
     row = await conn.fetchrow(
-        """SELECT balance, lifetime_earned, updated_at,
+        """SELECT balance, lifetime_earned, updated_at, debt,
                   (SELECT coalesce(sum(points), 0) FROM holds h
                     WHERE h.mall_id = a.mall_id AND h.member_id = a.member_id
                       AND h.state = 'HELD' AND h.expires_at > now()) AS held
@@ -131,6 +164,7 @@ async def get_account(conn: Connection, mall_id: str, member_id: str) -> Account
         row["lifetime_earned"],
         row["updated_at"],
         held=int(row["held"]),
+        debt=row["debt"],
     )
 
 
@@ -194,9 +228,10 @@ async def record_reversal(conn: Connection, refund: AttributedRefund, points: in
 
 
 async def append_reversal(
-    conn: Connection, refund: AttributedRefund, points: int, balance_after: int
+    conn: Connection, refund: AttributedRefund, points: int, balance_after: int, debt: int = 0
 ) -> None:
-    """A reversal entry (negative points) and the account's new balance."""
+    """A reversal entry (negative points) and the account's new balance; ``debt``: points
+    the refund took as debt instead (mall policy 'debt'), said in the description."""
     await conn.execute(
         """WITH entry AS (
                INSERT INTO ledger (mall_id, member_id, kind, points, balance_after,
@@ -211,5 +246,6 @@ async def append_reversal(
         balance_after,
         refund.transaction_id,
         refund.refund_id,
-        f"refund {refund.refund_id} of payment {refund.transaction_id}",
+        f"refund {refund.refund_id} of payment {refund.transaction_id}"
+        + (f" ({debt} points owed)" if debt else ""),
     )

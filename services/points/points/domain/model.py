@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 from kit.errors import InvalidInput
 
 FEN_PER_YUAN = 100
+#: Where a mall's day starts and ends (daily caps).
+MALL_TIME_ZONE = ZoneInfo("Asia/Shanghai")
+
+
+def mall_day(at: datetime) -> date:
+    """The mall day (Asia/Shanghai) of an instant."""
+    return at.astimezone(MALL_TIME_ZONE).date()
 
 
 @dataclass(frozen=True)
@@ -55,11 +63,36 @@ class BaseRate:
     def earn(self, payment: AttributedPayment) -> tuple[int, str]:
         return self.points_for(payment), self.version
 
+    def quote(self, payment: AttributedPayment) -> Quote:
+        return Quote(self.points_for(payment), self.version)
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What the rules say a payment earns, before campaign budgets and daily caps."""
+
+    #: Points of the base rule and its version.
+    points: int
+    version: str
+    #: The campaign stacking on the base ('' for none), its version label and what it adds.
+    campaign_id: str = ""
+    campaign_version: str = ""
+    extra: int = 0
+    #: The campaign's budget (0 = unlimited) and the cap of the rules used (0 = none).
+    budget: int = 0
+    daily_cap: int = 0
+
+    def label(self, granted_extra: int) -> str:
+        """The rule versions that produced a credit: ``base@1`` or ``base@1+campaign@2``."""
+        if self.campaign_id and granted_extra > 0:
+            return f"{self.version}+{self.campaign_version}"
+        return self.version
+
 
 class EarningPolicy(Protocol):
-    """What decides a payment's points: (points, the rule version that produced them)."""
+    """What decides a payment's points (``points.domain.rules.RuleBook``, ``BaseRate``)."""
 
-    def earn(self, payment: AttributedPayment) -> tuple[int, str]: ...
+    def quote(self, payment: AttributedPayment) -> Quote: ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +104,15 @@ class Credit:
     balance_after: int
     rule_version: str
     applied: bool  # False when this payment had been credited already
+    #: The campaign whose points this credit holds and how many of them (from its budget).
+    campaign_id: str = ""
+    campaign_points: int = 0
+    #: Points of this credit that settled the member's debt (``balance_after`` is after it).
+    settled: int = 0
+
+    @property
+    def mall_day(self) -> date:
+        return mall_day(self.payment.paid_at)
 
 
 AccountKey = tuple[str, str]  # (mall_id, member_id)
@@ -81,14 +123,29 @@ def plan_credits(
     balances: Mapping[AccountKey, int],
     credited_before: Set[tuple[str, str]],
     rule: EarningPolicy,
+    *,
+    budgets_spent: Mapping[tuple[str, str], int] | None = None,
+    earned_on_day: Mapping[tuple[str, str, date], int] | None = None,
+    debts: Mapping[AccountKey, int] | None = None,
 ) -> list[Credit]:
     """Credit a batch in order against the opening balances.
 
     A payment credited before (``credited_before`` holds (mall_id, transaction_id)) or earlier
     in the same batch is not applied again; balances run per account through the batch so
     every entry's ``balance_after`` is exact.
+
+    ``budgets_spent`` ((mall_id, campaign rule_id) → points its budget gave so far) and
+    ``earned_on_day`` ((mall_id, member_id, mall day) → points credited that day) run through
+    the batch the same way: a campaign adds ``min(extra, budget left)``; then the daily cap
+    trims the total to what is left of it (the campaign's points first).
+
+    ``debts`` (account → points owed) are settled first by the credits that follow: a credit
+    of N points with D owed settles min(N, D), which does not reach the balance.
     """
     running = dict(balances)
+    spent = dict(budgets_spent or {})
+    earned = dict(earned_on_day or {})
+    owed = dict(debts or {})
     seen = set(credited_before)
     credits = []
     for p in payments:
@@ -98,9 +155,35 @@ def plan_credits(
             credits.append(Credit(p, 0, running[account], "", applied=False))
             continue
         seen.add(key)
-        points, version = rule.earn(p)
-        running[account] += points
-        credits.append(Credit(p, points, running[account], version, applied=True))
+        quote = rule.quote(p)
+        budget_key = (p.mall_id, quote.campaign_id)
+        extra = max(0, quote.extra)
+        if quote.campaign_id and quote.budget:
+            extra = min(extra, max(0, quote.budget - spent.get(budget_key, 0)))
+        points = max(0, quote.points) + extra
+        day = (p.mall_id, p.member_id, mall_day(p.paid_at))
+        if quote.daily_cap:
+            points = min(points, max(0, quote.daily_cap - earned.get(day, 0)))
+        granted_extra = max(0, points - max(0, quote.points))
+        if quote.campaign_id:
+            spent[budget_key] = spent.get(budget_key, 0) + granted_extra
+        earned[day] = earned.get(day, 0) + points
+        settled = min(points, owed.get(account, 0))
+        if settled:
+            owed[account] -= settled
+        running[account] += points - settled
+        credits.append(
+            Credit(
+                p,
+                points,
+                running[account],
+                quote.label(granted_extra),
+                applied=True,
+                campaign_id=quote.campaign_id if granted_extra else "",
+                campaign_points=granted_extra,
+                settled=settled,
+            )
+        )
     return credits
 
 

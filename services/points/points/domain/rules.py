@@ -6,6 +6,22 @@ payments they match; a payment no rule matches still earns by ``BaseRate``.
 A put never changes a version: it appends the next one, in force from the moment it was
 recorded (``recorded_at``). A payment is judged by the versions in force at its ``paid_at``,
 so a late delivery of an old payment earns what it earned when it was made.
+
+How a payment's points are computed (``RuleBook.quote``, then ``plan_credits``):
+
+1. **Base**: the matching *base* rule (no multiplier, no bonus) with the highest priority
+   gives ``units * points_per_unit``, units counted by its ``rounding``; no base rule
+   matching: the foundation's ``BaseRate``.
+2. **Campaign**: the matching *campaign* (a rule with ``multiplier_percent`` or
+   ``bonus_points``) with the highest priority stacks on the base:
+   ``floor(base * multiplier_percent / 100) + bonus_points`` (an unset multiplier keeps the
+   base). What it adds over the base (``extra``) comes out of its ``budget_points`` (per
+   rule_id, across versions; 0 = unlimited): the payment that meets the end of the budget
+   gets the remainder, later ones the base only.
+3. **Daily cap**: the smallest non-zero ``daily_cap_points`` of the rules used (base and
+   campaign) caps what the member's credits total per mall day (the payment's day in
+   Asia/Shanghai), counting the credits of that day already in the ledger; the cap trims the
+   campaign's extra first, and only what is granted of the extra is taken from the budget.
 """
 
 from __future__ import annotations
@@ -14,12 +30,28 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from kit.errors import InvalidInput
 
-from points.domain.model import AttributedPayment, BaseRate
+from points.domain.model import AttributedPayment, BaseRate, Quote
 
 MAX_ID_LENGTH = 64
+
+
+class Rounding(StrEnum):
+    """How units of spend are counted (text in the database)."""
+
+    DOWN = "down"
+    HALF_UP = "half_up"
+    UP = "up"
+
+    def units(self, amount: int, unit: int) -> int:
+        if self is Rounding.UP:
+            return -(-amount // unit)
+        if self is Rounding.HALF_UP:
+            return (2 * amount + unit) // (2 * unit)
+        return amount // unit
 
 
 @dataclass(frozen=True)
@@ -45,6 +77,20 @@ class EarningRule:
     ends_at: datetime | None = None
     version: int = 0
     recorded_at: datetime | None = None
+    #: Campaign: percent applied to the base points (200 = x2); 0 = unset.
+    multiplier_percent: int = 0
+    #: Campaign: fixed points added to the base points.
+    bonus_points: int = 0
+    #: Campaign: points it may add in total (per rule_id); 0 = unlimited.
+    budget_points: int = 0
+    #: Points a member may earn per mall day when this rule is used; 0 = no cap.
+    daily_cap_points: int = 0
+    rounding: Rounding = Rounding.DOWN
+
+    @property
+    def is_campaign(self) -> bool:
+        """A campaign stacks on the base points instead of replacing them."""
+        return self.multiplier_percent > 0 or self.bonus_points > 0
 
     def validate(self) -> None:
         """Stable error codes for what ops may not store."""
@@ -60,6 +106,14 @@ class EarningRule:
             raise InvalidInput("invalid_min_amount", "min_amount_fen must be >= 0")
         if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
             raise InvalidInput("invalid_window", "ends_at must be after starts_at")
+        if self.multiplier_percent != 0 and self.multiplier_percent < 100:
+            raise InvalidInput("invalid_multiplier", "multiplier_percent is 0 (unset) or >= 100")
+        if self.bonus_points < 0:
+            raise InvalidInput("invalid_bonus", "bonus_points must be >= 0")
+        if self.budget_points < 0:
+            raise InvalidInput("invalid_budget", "budget_points must be >= 0")
+        if self.daily_cap_points < 0:
+            raise InvalidInput("invalid_daily_cap", "daily_cap_points must be >= 0")
 
     @property
     def label(self) -> str:
@@ -77,10 +131,18 @@ class EarningRule:
         )
 
     def points_for(self, payment: AttributedPayment) -> int:
-        """Whole units only (rounded down); below the minimum amount, nothing."""
+        """Units by the rule's rounding times points per unit; below the minimum, nothing."""
         if payment.amount_fen < self.min_amount_fen:
             return 0
-        return (payment.amount_fen // self.spend_unit_fen) * self.points_per_unit
+        units = self.rounding.units(payment.amount_fen, self.spend_unit_fen)
+        return units * self.points_per_unit
+
+    def extra_for(self, payment: AttributedPayment, base: int) -> int:
+        """What a campaign adds to ``base`` (before its budget); below the minimum, nothing."""
+        if payment.amount_fen < self.min_amount_fen:
+            return 0
+        scaled = base * self.multiplier_percent // 100 if self.multiplier_percent else base
+        return scaled - base + self.bonus_points
 
 
 def in_force(versions: Iterable[EarningRule], at: datetime) -> list[EarningRule]:
@@ -104,15 +166,37 @@ class RuleBook:
             self._by_mall[rule.mall_id].append(rule)
         self._default = default or BaseRate()
 
-    def earn(self, payment: AttributedPayment) -> tuple[int, str]:
-        """(points, rule version) for one payment: the matching rule of highest priority
-        (ties go to the smallest rule_id, so the choice is stable), else the base rate."""
+    def quote(self, payment: AttributedPayment) -> Quote:
+        """The base rule (highest priority; ties go to the smallest rule_id, so the choice is
+        stable; else the base rate) and the campaign stacking on it, if any."""
         matching = [
             r
             for r in in_force(self._by_mall.get(payment.mall_id, ()), payment.paid_at)
             if r.matches(payment)
         ]
-        if not matching:
-            return self._default.earn(payment)
-        best = min(matching, key=lambda r: (-r.priority, r.rule_id))
-        return best.points_for(payment), best.label
+        bases = [r for r in matching if not r.is_campaign]
+        campaigns = [r for r in matching if r.is_campaign]
+        if bases:
+            base = min(bases, key=lambda r: (-r.priority, r.rule_id))
+            points, version, cap = base.points_for(payment), base.label, base.daily_cap_points
+        else:
+            points, version = self._default.earn(payment)
+            cap = 0
+        if not campaigns:
+            return Quote(points, version, daily_cap=cap)
+        campaign = min(campaigns, key=lambda r: (-r.priority, r.rule_id))
+        caps = [c for c in (cap, campaign.daily_cap_points) if c > 0]
+        return Quote(
+            points,
+            version,
+            campaign_id=campaign.rule_id,
+            campaign_version=campaign.label,
+            extra=campaign.extra_for(payment, points),
+            budget=campaign.budget_points,
+            daily_cap=min(caps, default=0),
+        )
+
+    def earn(self, payment: AttributedPayment) -> tuple[int, str]:
+        """(points, rule version) ignoring budgets and daily caps (see ``plan_credits``)."""
+        quote = self.quote(payment)
+        return quote.points + quote.extra, quote.label(quote.extra)

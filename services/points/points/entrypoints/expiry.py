@@ -16,34 +16,51 @@ from kit.cli import Command
 from kit.lifecycle import Component, sleep_or_stop
 
 from points.entrypoints.ops import Connect
-from points.service_layer.expiry import DEFAULT_BATCH, expire_all
+from points.service_layer.expiry import (
+    DEFAULT_BATCH,
+    DEFAULT_REMINDER_DAYS,
+    expire_all,
+    remind_all,
+)
 
 log = structlog.get_logger(__name__)
 
 
-def expiry_commands(connect: Connect) -> dict[str, Command]:
+def expiry_commands(
+    connect: Connect, reminder_days: int = DEFAULT_REMINDER_DAYS
+) -> dict[str, Command]:
     async def expire_points(args: Sequence[str]) -> int:
-        """``expire-points``: expire every lot due now; prints what it did (JSON)."""
+        """``expire-points``: expire every lot due now and remind of the lots expiring within
+        ``reminder_days``; prints what it did (JSON)."""
         if args:
             sys.stderr.write("usage: expire-points\n")
             return 2
+        now = datetime.now(UTC)
         async with connect() as conn:
-            run = await expire_all(conn, datetime.now(UTC), DEFAULT_BATCH)
+            run = await expire_all(conn, now, DEFAULT_BATCH)
+            reminded = await remind_all(conn, now, reminder_days, DEFAULT_BATCH)
         assert run is not None
-        sys.stdout.write(json.dumps(asdict(run)) + "\n")
+        sys.stdout.write(json.dumps(asdict(run) | {"reminded": reminded}) + "\n")
         return 0
 
     return {"expire-points": expire_points}
 
 
-def expiry_job(pool: asyncpg.Pool, interval_s: float) -> Component:
-    """Every ``interval_s``: expire due lots, on one replica at a time (advisory lock)."""
+def expiry_job(
+    pool: asyncpg.Pool, interval_s: float, reminder_days: int = DEFAULT_REMINDER_DAYS
+) -> Component:
+    """Every ``interval_s``: expire due lots, then remind of the lots expiring within
+    ``reminder_days``, on one replica at a time (advisory lock)."""
 
     async def run(stop: asyncio.Event) -> None:
         while True:
             try:
                 async with pool.acquire() as conn:
-                    done = await expire_all(conn, datetime.now(UTC), exclusive=True)
+                    now = datetime.now(UTC)
+                    done = await expire_all(conn, now, exclusive=True)
+                    reminded = await remind_all(conn, now, reminder_days, exclusive=True)
+                if reminded:
+                    log.info("points_expiry_reminded", lots=reminded)
                 if done is None:
                     log.debug("points_expiry_skipped", reason="another replica runs it")
                 elif done.lots:

@@ -13,10 +13,18 @@ from mall.common.v1 import common_pb2
 from mall.points.v1 import points_pb2, points_service_pb2, points_service_pb2_grpc
 
 from points.adapters import reconciliation, rules
-from points.domain.rules import EarningRule
+from points.domain.rules import EarningRule, Rounding
 from points.domain.wechat_sync import DEFAULT_TIME_ZONE
 
 MAX_PAGE = 100
+
+
+_ROUNDINGS_OUT = {
+    Rounding.DOWN: points_pb2.ROUNDING_DOWN,
+    Rounding.HALF_UP: points_pb2.ROUNDING_HALF_UP,
+    Rounding.UP: points_pb2.ROUNDING_UP,
+}
+_ROUNDINGS_IN = {v: k for k, v in _ROUNDINGS_OUT.items()}
 
 
 def _rule_from(msg: points_pb2.EarningRule) -> EarningRule:
@@ -40,6 +48,11 @@ def _rule_from(msg: points_pb2.EarningRule) -> EarningRule:
         priority=msg.priority,
         starts_at=to_datetime(msg.starts_at) if msg.HasField("starts_at") else None,
         ends_at=to_datetime(msg.ends_at) if msg.HasField("ends_at") else None,
+        multiplier_percent=msg.multiplier_percent,
+        bonus_points=msg.bonus_points,
+        budget_points=msg.budget_points,
+        daily_cap_points=msg.daily_cap_points,
+        rounding=_ROUNDINGS_IN.get(msg.rounding, Rounding.DOWN),
     )
     rule.validate()
     return rule
@@ -58,6 +71,11 @@ def _rule_to(rule: EarningRule) -> points_pb2.EarningRule:
         min_amount_fen=rule.min_amount_fen,
         priority=rule.priority,
         version=rule.version,
+        multiplier_percent=rule.multiplier_percent,
+        bonus_points=rule.bonus_points,
+        budget_points=rule.budget_points,
+        daily_cap_points=rule.daily_cap_points,
+        rounding=_ROUNDINGS_OUT[rule.rounding],
     )
     if rule.starts_at is not None:
         msg.starts_at.CopyFrom(timestamp(rule.starts_at))

@@ -27,6 +27,7 @@ _KINDS = {
     "release": points_pb2.LEDGER_ENTRY_KIND_RELEASE,
     "expiry": points_pb2.LEDGER_ENTRY_KIND_EXPIRY,
     "adjustment": points_pb2.LEDGER_ENTRY_KIND_ADJUSTMENT,
+    "debt_settlement": points_pb2.LEDGER_ENTRY_KIND_DEBT_SETTLEMENT,
 }
 MAX_PAGE = 100
 _MAX_CURSOR = 2**63 - 1  # entry ids are bigint
@@ -69,6 +70,7 @@ def _account(account: Account) -> points_pb2.Account:
         held=account.held,
         available=account.available,
         lifetime_earned=account.lifetime_earned,
+        debt=account.debt,
     )
     if account.updated_at:
         message.updated_at.CopyFrom(timestamp(account.updated_at))

@@ -7,9 +7,15 @@ from collections.abc import Sequence
 from eventbus.outbox import add_events
 from kit.db import Connection
 
-from points.adapters import events, lots, repository, rules, wechat_sync
+from points.adapters import events, lots, policies, repository, rules, wechat_sync
 from points.domain.expiry import DEFAULT_EXPIRY, ExpiryPolicy, lot_points
-from points.domain.model import AttributedPayment, Credit, EarningPolicy, plan_credits
+from points.domain.model import (
+    AttributedPayment,
+    Credit,
+    EarningPolicy,
+    mall_day,
+    plan_credits,
+)
 from points.domain.rules import RuleBook
 from points.domain.wechat_sync import report_for
 
@@ -29,10 +35,14 @@ async def credit_payments(
     ``credited`` event with 0, because the platform wants a "no points" report for it too.
 
     The malls' earning rules are read once per batch (``rule`` overrides them, for tests);
-    each credit records the rule version that produced it.
+    each credit records the rule versions that produced it (``base@1+campaign@2``). Campaign
+    budgets are locked (after the accounts) and spent here, and daily caps count the credits
+    already in the ledger for the member's mall day, both in this transaction
+    (``points.domain.rules`` says how rules combine).
 
     Each credit that gives points fills a lot expiring by ``expiry`` (counted from when the
-    payment was made); the part of a credit that settles a negative balance fills none.
+    payment was made); the part of a credit that settles a negative balance or a debt
+    (``points.domain.debt``; settled first, with a 'debt_settlement' entry) fills none.
     """
     batch = [p for p, _ in payments]
     if rule is None:
@@ -41,7 +51,22 @@ async def credit_payments(
     before = await repository.credited_transactions(
         conn, [(p.mall_id, p.transaction_id) for p in batch]
     )
-    credits = plan_credits(batch, balances, before, rule)
+    new = [p for p in batch if (p.mall_id, p.transaction_id) not in before]
+    campaigns = [(p.mall_id, q.campaign_id) for p in new if (q := rule.quote(p)).budget]
+    spent = await rules.lock_budgets(conn, campaigns)
+    earned = await rules.earned_on_days(
+        conn, [(p.mall_id, p.member_id, mall_day(p.paid_at)) for p in new]
+    )
+    debts = await policies.debts(conn, list(balances))
+    credits = plan_credits(
+        batch, balances, before, rule, budgets_spent=spent, earned_on_day=earned, debts=debts
+    )
+    granted: dict[tuple[str, str], int] = {}
+    for c in credits:
+        if c.campaign_id:
+            key = (c.payment.mall_id, c.campaign_id)
+            granted[key] = granted.get(key, 0) + c.campaign_points
+    await rules.spend_budgets(conn, granted)
     await repository.append_credits(conn, credits)
     await lots.add(
         conn,
@@ -54,7 +79,7 @@ async def credit_payments(
                 expiry.expires_at(c.payment.paid_at),
             )
             for c in credits
-            if c.applied and (n := lot_points(c.points, c.balance_after)) > 0
+            if c.applied and (n := lot_points(c.points - c.settled, c.balance_after)) > 0
         ],
     )
     await add_events(

@@ -15,8 +15,9 @@ from eventbus.outbox import add_events
 from kit.db import Connection
 from kit.errors import Conflict, NotFound
 
-from points.adapters import events, holds, lots, repository
+from points.adapters import events, holds, lots, policies, repository
 from points.adapters.repository import Account
+from points.domain.debt import split_debit
 from points.domain.redemption import (
     Hold,
     HoldRequest,
@@ -83,8 +84,12 @@ async def confirm_hold(conn: Connection, mall_id: str, hold_id: str) -> tuple[st
         except Conflict as error:
             refusal, step = error, Step.DONE  # commit the expiry it found, then refuse
         if step is Step.APPLY:
-            balance_after = balance - hold.points
-            redemption_id = await holds.confirm(conn, hold, balance_after)
+            # a refund since the hold may have left less than it holds: the mall's policy says
+            policy = (await policies.negative_balance(conn, [mall_id]))[mall_id]
+            debit = split_debit(policy, balance, hold.points)
+            balance_after = balance - debit.taken
+            redemption_id = await holds.confirm(conn, hold, balance_after, debit.taken)
+            await policies.add_debts(conn, {(mall_id, hold.member_id): debit.debt})
             await lots.consume(conn, mall_id, hold.member_id, hold.points)
             await add_events(conn, [events.points_redeemed(hold, redemption_id, balance_after)])
         else:

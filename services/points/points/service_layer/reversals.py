@@ -8,7 +8,8 @@ from eventbus.outbox import add_events
 from kit.db import Connection
 from kit.errors import Unavailable
 
-from points.adapters import events, lots, repository, wechat_sync
+from points.adapters import events, lots, policies, repository, wechat_sync
+from points.domain.debt import split_debit
 from points.domain.model import AttributedRefund, points_to_reverse
 from points.domain.wechat_sync import reversal_report
 
@@ -17,8 +18,9 @@ async def reverse_refunds(
     conn: Connection, refunds: Sequence[tuple[AttributedRefund, dict[str, str]]]
 ) -> None:
     """Inside the caller's transaction: ledger entry, balance, event and the report owed to
-    WeChat Pay, or nothing. The balance may go below zero when the points were spent
-    (the mall's debt policy belongs to the points rules work).
+    WeChat Pay, or nothing. When the points were spent, the balance goes below zero or, under
+    the mall's 'debt' policy, stops at zero with the shortfall owed (``points.domain.debt``):
+    the entry then shows what was taken, the event all the points reversed.
 
     member publishes a refund only after its payment, so a refund whose credit is missing
     here is early, not wrong: ``Unavailable`` makes the consumer retry it later.
@@ -43,9 +45,12 @@ async def reverse_refunds(
         )
         if not await repository.record_reversal(conn, refund, points):
             continue  # this refund was handled before
-        balance_after = balance - points
+        policy = (await policies.negative_balance(conn, [refund.mall_id]))[refund.mall_id]
+        debit = split_debit(policy, balance, points)
+        balance_after = balance - debit.taken
         if points:
-            await repository.append_reversal(conn, refund, points, balance_after)
+            await repository.append_reversal(conn, refund, debit.taken, balance_after, debit.debt)
+            await policies.add_debts(conn, {(refund.mall_id, refund.member_id): debit.debt})
             await lots.consume(conn, refund.mall_id, refund.member_id, points)
         await add_events(conn, [events.points_reversed(refund, points, balance_after, headers)])
         report = reversal_report(refund, reversed_before + points, balance_after)

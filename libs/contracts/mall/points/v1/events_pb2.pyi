@@ -9,6 +9,7 @@ Subjects (payload message in brackets):
   points.points.reversed   [PointsReversed]
   points.points.redeemed   [PointsRedeemed]
   points.points.expired    [PointsExpired]
+  points.points.expiring   [PointsExpiring]
   points.hold.released     [PointsHoldReleased]
 """
 
@@ -312,6 +313,59 @@ class PointsExpired(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PointsExpired: _TypeAlias = PointsExpired  # noqa: Y015
+
+@_typing.final
+class PointsExpiring(_message.Message):
+    """PointsExpiring reminds the shopper that a lot of points will expire soon (published once
+    per lot, EXPIRY_REMINDER_DAYS before it expires, by the expiry job).
+    Subject: points.points.expiring
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    LOT_ID_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event; one per (mall_id, lot_id)."""
+    mall_id: _builtins.str
+    """Mall of the account."""
+    member_id: _builtins.str
+    """Member whose points will expire."""
+    lot_id: _builtins.str
+    """Lot (batch of points earned together) that will expire."""
+    points: _builtins.int
+    """Points of the lot left to spend when reminded; > 0."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the reminder was decided."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the lot expires."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        mall_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        member_id: _builtins.str = ...,
+        lot_id: _builtins.str = ...,
+        points: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "expires_at", b"expires_at", "lot_id", b"lot_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PointsExpiring: _TypeAlias = PointsExpiring  # noqa: Y015
 
 @_typing.final
 class PointsHoldReleased(_message.Message):

@@ -26,21 +26,23 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mall.common.v1 import common_pb2 as mall_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmall/points/v1/points.proto\x12\x0emall.points.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmall/common/v1/common.proto\"\xa8\x01\n\x07\x41\x63\x63ount\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\x03\x12\x0c\n\x04held\x18\x04 \x01(\x03\x12\x11\n\tavailable\x18\x05 \x01(\x03\x12\x17\n\x0flifetime_earned\x18\x06 \x01(\x03\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe5\x01\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.mall.points.v1.LedgerEntryKind\x12\x0e\n\x06points\x18\x03 \x01(\x03\x12\x15\n\rbalance_after\x18\x04 \x01(\x03\x12\x16\n\x0etransaction_id\x18\x05 \x01(\t\x12\x11\n\treference\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\"\x8b\x03\n\x0b\x45\x61rningRule\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\ttier_code\x18\x04 \x01(\t\x12\x11\n\ttenant_id\x18\x05 \x01(\t\x12.\n\x07sources\x18\x06 \x03(\x0e\x32\x1d.mall.common.v1.PaymentSource\x12\x16\n\x0espend_unit_fen\x18\x07 \x01(\x03\x12\x17\n\x0fpoints_per_unit\x18\x08 \x01(\x03\x12\x16\n\x0emin_amount_fen\x18\t \x01(\x03\x12\x10\n\x08priority\x18\n \x01(\x05\x12-\n\tstarts_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\r \x01(\x03\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8f\x02\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEDGER_ENTRY_KIND_CREDIT\x10\x01\x12\x1e\n\x1aLEDGER_ENTRY_KIND_REVERSAL\x10\x02\x12 \n\x1cLEDGER_ENTRY_KIND_REDEMPTION\x10\x03\x12\x1a\n\x16LEDGER_ENTRY_KIND_HOLD\x10\x04\x12\x1d\n\x19LEDGER_ENTRY_KIND_RELEASE\x10\x05\x12\x1c\n\x18LEDGER_ENTRY_KIND_EXPIRY\x10\x06\x12 \n\x1cLEDGER_ENTRY_KIND_ADJUSTMENT\x10\x07*p\n\nRewardKind\x12\x1b\n\x17REWARD_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12REWARD_KIND_COUPON\x10\x01\x12\x17\n\x13REWARD_KIND_PARKING\x10\x02\x12\x14\n\x10REWARD_KIND_GIFT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmall/points/v1/points.proto\x12\x0emall.points.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmall/common/v1/common.proto\"\xb6\x01\n\x07\x41\x63\x63ount\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\x03\x12\x0c\n\x04held\x18\x04 \x01(\x03\x12\x11\n\tavailable\x18\x05 \x01(\x03\x12\x17\n\x0flifetime_earned\x18\x06 \x01(\x03\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x64\x65\x62t\x18\x08 \x01(\x03\"\xe5\x01\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.mall.points.v1.LedgerEntryKind\x12\x0e\n\x06points\x18\x03 \x01(\x03\x12\x15\n\rbalance_after\x18\x04 \x01(\x03\x12\x16\n\x0etransaction_id\x18\x05 \x01(\t\x12\x11\n\treference\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\"\x9a\x04\n\x0b\x45\x61rningRule\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x0f\n\x07rule_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\ttier_code\x18\x04 \x01(\t\x12\x11\n\ttenant_id\x18\x05 \x01(\t\x12.\n\x07sources\x18\x06 \x03(\x0e\x32\x1d.mall.common.v1.PaymentSource\x12\x16\n\x0espend_unit_fen\x18\x07 \x01(\x03\x12\x17\n\x0fpoints_per_unit\x18\x08 \x01(\x03\x12\x16\n\x0emin_amount_fen\x18\t \x01(\x03\x12\x10\n\x08priority\x18\n \x01(\x05\x12-\n\tstarts_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65nds_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\r \x01(\x03\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12multiplier_percent\x18\x0f \x01(\x05\x12\x14\n\x0c\x62onus_points\x18\x10 \x01(\x03\x12\x15\n\rbudget_points\x18\x11 \x01(\x03\x12\x18\n\x10\x64\x61ily_cap_points\x18\x12 \x01(\x03\x12*\n\x08rounding\x18\x13 \x01(\x0e\x32\x18.mall.points.v1.Rounding*\xb6\x02\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEDGER_ENTRY_KIND_CREDIT\x10\x01\x12\x1e\n\x1aLEDGER_ENTRY_KIND_REVERSAL\x10\x02\x12 \n\x1cLEDGER_ENTRY_KIND_REDEMPTION\x10\x03\x12\x1a\n\x16LEDGER_ENTRY_KIND_HOLD\x10\x04\x12\x1d\n\x19LEDGER_ENTRY_KIND_RELEASE\x10\x05\x12\x1c\n\x18LEDGER_ENTRY_KIND_EXPIRY\x10\x06\x12 \n\x1cLEDGER_ENTRY_KIND_ADJUSTMENT\x10\x07\x12%\n!LEDGER_ENTRY_KIND_DEBT_SETTLEMENT\x10\x08*p\n\nRewardKind\x12\x1b\n\x17REWARD_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12REWARD_KIND_COUPON\x10\x01\x12\x17\n\x13REWARD_KIND_PARKING\x10\x02\x12\x14\n\x10REWARD_KIND_GIFT\x10\x03*^\n\x08Rounding\x12\x18\n\x14ROUNDING_UNSPECIFIED\x10\x00\x12\x11\n\rROUNDING_DOWN\x10\x01\x12\x14\n\x10ROUNDING_HALF_UP\x10\x02\x12\x0f\n\x0bROUNDING_UP\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mall.points.v1.points_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEDGERENTRYKIND']._serialized_start=911
-  _globals['_LEDGERENTRYKIND']._serialized_end=1182
-  _globals['_REWARDKIND']._serialized_start=1184
-  _globals['_REWARDKIND']._serialized_end=1296
+  _globals['_LEDGERENTRYKIND']._serialized_start=1068
+  _globals['_LEDGERENTRYKIND']._serialized_end=1378
+  _globals['_REWARDKIND']._serialized_start=1380
+  _globals['_REWARDKIND']._serialized_end=1492
+  _globals['_ROUNDING']._serialized_start=1494
+  _globals['_ROUNDING']._serialized_end=1588
   _globals['_ACCOUNT']._serialized_start=110
-  _globals['_ACCOUNT']._serialized_end=278
-  _globals['_LEDGERENTRY']._serialized_start=281
-  _globals['_LEDGERENTRY']._serialized_end=510
-  _globals['_EARNINGRULE']._serialized_start=513
-  _globals['_EARNINGRULE']._serialized_end=908
+  _globals['_ACCOUNT']._serialized_end=292
+  _globals['_LEDGERENTRY']._serialized_start=295
+  _globals['_LEDGERENTRY']._serialized_end=524
+  _globals['_EARNINGRULE']._serialized_start=527
+  _globals['_EARNINGRULE']._serialized_end=1065
 # @@protoc_insertion_point(module_scope)

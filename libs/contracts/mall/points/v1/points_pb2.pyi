@@ -45,6 +45,8 @@ class _LedgerEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ledge
     """Points that reached the end of their validity."""
     LEDGER_ENTRY_KIND_ADJUSTMENT: _LedgerEntryKind.ValueType  # 7
     """Manual correction by ops."""
+    LEDGER_ENTRY_KIND_DEBT_SETTLEMENT: _LedgerEntryKind.ValueType  # 8
+    """Points of a credit taken to settle the member's debt (follows its CREDIT entry)."""
 
 class LedgerEntryKind(_LedgerEntryKind, metaclass=_LedgerEntryKindEnumTypeWrapper):
     """LedgerEntryKind says what a ledger entry records."""
@@ -65,6 +67,8 @@ LEDGER_ENTRY_KIND_EXPIRY: LedgerEntryKind.ValueType  # 6
 """Points that reached the end of their validity."""
 LEDGER_ENTRY_KIND_ADJUSTMENT: LedgerEntryKind.ValueType  # 7
 """Manual correction by ops."""
+LEDGER_ENTRY_KIND_DEBT_SETTLEMENT: LedgerEntryKind.ValueType  # 8
+"""Points of a credit taken to settle the member's debt (follows its CREDIT entry)."""
 Global___LedgerEntryKind: _TypeAlias = LedgerEntryKind  # noqa: Y015
 
 class _RewardKind:
@@ -97,6 +101,34 @@ REWARD_KIND_GIFT: RewardKind.ValueType  # 3
 """A physical gift handed out at the service desk (reward_ref = gift id)."""
 Global___RewardKind: _TypeAlias = RewardKind  # noqa: Y015
 
+class _Rounding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoundingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rounding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROUNDING_UNSPECIFIED: _Rounding.ValueType  # 0
+    """Not set: same as ROUNDING_DOWN."""
+    ROUNDING_DOWN: _Rounding.ValueType  # 1
+    """Whole units only (the default): 250 fen at 100 fen per unit = 2 units."""
+    ROUNDING_HALF_UP: _Rounding.ValueType  # 2
+    """Half a unit or more counts as one: 250 fen at 100 fen per unit = 3 units."""
+    ROUNDING_UP: _Rounding.ValueType  # 3
+    """Any part of a unit counts as one: 201 fen at 100 fen per unit = 3 units."""
+
+class Rounding(_Rounding, metaclass=_RoundingEnumTypeWrapper):
+    """Rounding says how a rule counts units of spend (amount_fen / spend_unit_fen)."""
+
+ROUNDING_UNSPECIFIED: Rounding.ValueType  # 0
+"""Not set: same as ROUNDING_DOWN."""
+ROUNDING_DOWN: Rounding.ValueType  # 1
+"""Whole units only (the default): 250 fen at 100 fen per unit = 2 units."""
+ROUNDING_HALF_UP: Rounding.ValueType  # 2
+"""Half a unit or more counts as one: 250 fen at 100 fen per unit = 3 units."""
+ROUNDING_UP: Rounding.ValueType  # 3
+"""Any part of a unit counts as one: 201 fen at 100 fen per unit = 3 units."""
+Global___Rounding: _TypeAlias = Rounding  # noqa: Y015
+
 @_typing.final
 class Account(_message.Message):
     """Account is a member's points position in one mall."""
@@ -110,6 +142,7 @@ class Account(_message.Message):
     AVAILABLE_FIELD_NUMBER: _builtins.int
     LIFETIME_EARNED_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    DEBT_FIELD_NUMBER: _builtins.int
     mall_id: _builtins.str
     """Mall of the account."""
     member_id: _builtins.str
@@ -122,6 +155,10 @@ class Account(_message.Message):
     """Points that can be spent now: balance - held."""
     lifetime_earned: _builtins.int
     """All points ever credited (before reversals, redemptions and expiry); for tiers and reports."""
+    debt: _builtins.int
+    """Points owed (mall policy 'debt': what debits could not take once the balance was 0);
+    the next credits settle it first (DEBT_SETTLEMENT entries).
+    """
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the account last changed."""
@@ -136,10 +173,11 @@ class Account(_message.Message):
         available: _builtins.int = ...,
         lifetime_earned: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        debt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "held", b"held", "lifetime_earned", b"lifetime_earned", "mall_id", b"mall_id", "member_id", b"member_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "balance", b"balance", "debt", b"debt", "held", b"held", "lifetime_earned", b"lifetime_earned", "mall_id", b"mall_id", "member_id", b"member_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -199,8 +237,16 @@ Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
 
 @_typing.final
 class EarningRule(_message.Message):
-    """EarningRule says how many points a payment earns. A payment earns by the matching rule with
-    the highest priority: floor(amount_fen / spend_unit_fen) * points_per_unit.
+    """EarningRule says how many points a payment earns.
+
+    A rule with neither multiplier_percent nor bonus_points is a base rule: a payment earns by
+    the matching base rule with the highest priority, units(amount_fen / spend_unit_fen,
+    rounding) * points_per_unit (else the mall's 1 point per yuan). A rule with
+    multiplier_percent or bonus_points is a campaign: the matching campaign with the highest
+    priority stacks on those base points, base * multiplier_percent / 100 (rounded down) +
+    bonus_points; what it adds is taken from its budget_points (the payment meeting the end of
+    the budget gets the remainder; an exhausted campaign adds nothing). Last, the smallest
+    daily_cap_points of the rules used caps what the member earns per mall day (Asia/Shanghai).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -219,6 +265,11 @@ class EarningRule(_message.Message):
     ENDS_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    MULTIPLIER_PERCENT_FIELD_NUMBER: _builtins.int
+    BONUS_POINTS_FIELD_NUMBER: _builtins.int
+    BUDGET_POINTS_FIELD_NUMBER: _builtins.int
+    DAILY_CAP_POINTS_FIELD_NUMBER: _builtins.int
+    ROUNDING_FIELD_NUMBER: _builtins.int
     mall_id: _builtins.str
     """Mall of the rule."""
     rule_id: _builtins.str
@@ -239,6 +290,16 @@ class EarningRule(_message.Message):
     """Higher priority wins when several rules match."""
     version: _builtins.int
     """Version, set by the server and bumped on each change; PointsCredited.rule_version names it."""
+    multiplier_percent: _builtins.int
+    """Campaign: percent applied to the base points (200 = x2); 0 = unset, else >= 100."""
+    bonus_points: _builtins.int
+    """Campaign: fixed points added to the base points; >= 0."""
+    budget_points: _builtins.int
+    """Campaign: points it may add in total, over all versions of the rule; 0 = unlimited."""
+    daily_cap_points: _builtins.int
+    """Points a member may earn per mall day (Asia/Shanghai) when this rule is used; 0 = none."""
+    rounding: Global___Rounding.ValueType
+    """How units of spend are counted (base rules)."""
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.PaymentSource.ValueType]:
         """Only payments from these sources; empty for all sources."""
@@ -272,10 +333,15 @@ class EarningRule(_message.Message):
         ends_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        multiplier_percent: _builtins.int = ...,
+        bonus_points: _builtins.int = ...,
+        budget_points: _builtins.int = ...,
+        daily_cap_points: _builtins.int = ...,
+        rounding: Global___Rounding.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "mall_id", b"mall_id", "min_amount_fen", b"min_amount_fen", "name", b"name", "points_per_unit", b"points_per_unit", "priority", b"priority", "rule_id", b"rule_id", "sources", b"sources", "spend_unit_fen", b"spend_unit_fen", "starts_at", b"starts_at", "tenant_id", b"tenant_id", "tier_code", b"tier_code", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_points", b"bonus_points", "budget_points", b"budget_points", "daily_cap_points", b"daily_cap_points", "ends_at", b"ends_at", "mall_id", b"mall_id", "min_amount_fen", b"min_amount_fen", "multiplier_percent", b"multiplier_percent", "name", b"name", "points_per_unit", b"points_per_unit", "priority", b"priority", "rounding", b"rounding", "rule_id", b"rule_id", "sources", b"sources", "spend_unit_fen", b"spend_unit_fen", "starts_at", b"starts_at", "tenant_id", b"tenant_id", "tier_code", b"tier_code", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -190,6 +190,7 @@ async def test_a_first_payment_joins_a_new_member(conn: asyncpg.Connection, shop
     assert attributed.member_id == done.member.member_id
     assert attributed.tier_code == "basic"
     assert (attributed.tenant_id, attributed.store_id) == (shop.tenant_id, shop.store_id)
+    assert attributed.tenant_category == "food"
     assert attributed.amount_fen == 12_345
     assert attributed.transaction_id == payment.transaction_id
     assert (attributed.appid, attributed.openid) == (shop.appid, payer)

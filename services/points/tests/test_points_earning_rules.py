@@ -10,11 +10,13 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import grpc
 import pytest
+from eventbus.consumer import Delivery
 from kit.cli import serving
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.common.v1 import common_pb2
+from mall.member.v1 import events_pb2 as member_events
 from mall.points.v1 import events_pb2, points_pb2, points_service_pb2, points_service_pb2_grpc
 from mall_testing.plugin import FreshDatabase
 from points.adapters import rules
@@ -22,6 +24,7 @@ from points.bootstrap import MIGRATIONS, bootstrap
 from points.config import Settings
 from points.domain.model import AttributedPayment, Credit
 from points.domain.rules import EarningRule
+from points.entrypoints.consumers import PAYMENT_ATTRIBUTED, on_payment_attributed
 from points.service_layer.credits import credit_payments
 
 PAID = datetime(2025, 11, 26, 6, 30, tzinfo=UTC)
@@ -180,6 +183,106 @@ async def test_versions_are_never_changed_in_place(
 # -- gRPC ------------------------------------------------------------------------------------
 
 
+async def test_a_category_rule_applies_at_tenants_of_that_category_only(
+    conn: asyncpg.Connection, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    before = PAID - timedelta(days=1)
+    await put(conn, EarningRule(mall_id, "dining", 100, 2, tenant_category="dining"), before)
+    dining, fashion, unknown = (
+        payment(mall_id, 12_345, tenant_id="noodles", tenant_category="dining"),
+        payment(mall_id, 12_345, tenant_id="boutique", tenant_category="fashion"),
+        payment(mall_id, 12_345, tenant_id="kiosk"),
+    )
+
+    done = await credit(conn, dining, fashion, unknown)
+
+    assert [(c.points, c.rule_version) for c in done] == [
+        (246, "dining@1"),
+        (123, "base-1"),
+        (123, "base-1"),
+    ]
+
+
+async def test_the_consumer_takes_the_tenant_category_from_the_event(
+    conn: asyncpg.Connection, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    await put(
+        conn,
+        EarningRule(mall_id, "dining", 100, 2, tenant_category="dining"),
+        PAID - timedelta(days=1),
+    )
+    msg = member_events.PaymentAttributed(
+        mall_id=mall_id,
+        member_id=str(uuid.uuid4()),
+        tenant_id="noodles",
+        tenant_category="dining",
+        amount_fen=10_000,
+        transaction_id=f"4200{uuid.uuid4().hex[:20]}",
+        paid_at=timestamp(PAID),
+    )
+    delivery = Delivery(str(uuid.uuid4()), PAYMENT_ATTRIBUTED, msg.SerializeToString())
+
+    async with conn.transaction():
+        await on_payment_attributed(conn, [delivery])
+
+    assert await ledger(conn, mall_id) == [(msg.transaction_id, 200, "dining@1")]
+
+
+async def test_a_tenant_rule_outranks_a_category_rule_at_equal_priority(
+    conn: asyncpg.Connection, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    before = PAID - timedelta(days=1)
+    # "a-dining" sorts before "z-noodles": rule_id alone would pick the category rule.
+    await put(conn, EarningRule(mall_id, "a-dining", 100, 2, tenant_category="dining"), before)
+    await put(conn, EarningRule(mall_id, "z-noodles", 100, 5, tenant_id="noodles"), before)
+    await put(
+        conn,
+        EarningRule(mall_id, "z-dining-plus", 100, 4, tenant_category="dining", priority=1),
+        before,
+    )
+    at_noodles = payment(mall_id, 10_000, tenant_id="noodles", tenant_category="dining")
+    at_dumplings = payment(mall_id, 10_000, tenant_id="dumplings", tenant_category="dining")
+
+    done = await credit(conn, at_noodles, at_dumplings)
+
+    # A higher-priority category rule still wins over the tenant rule.
+    assert [(c.points, c.rule_version) for c in done] == [
+        (400, "z-dining-plus@1"),
+        (400, "z-dining-plus@1"),
+    ]
+    mall_id = f"mall-{unique_id}-eq"
+    await put(conn, EarningRule(mall_id, "a-dining", 100, 2, tenant_category="dining"), before)
+    await put(conn, EarningRule(mall_id, "z-noodles", 100, 5, tenant_id="noodles"), before)
+    at_noodles = payment(mall_id, 10_000, tenant_id="noodles", tenant_category="dining")
+    at_dumplings = payment(mall_id, 10_000, tenant_id="dumplings", tenant_category="dining")
+
+    done = await credit(conn, at_noodles, at_dumplings)
+
+    assert [(c.points, c.rule_version) for c in done] == [
+        (500, "z-noodles@1"),
+        (200, "a-dining@1"),
+    ]
+
+
+async def test_put_and_list_carry_the_tenant_category(admin: Admin, unique_id: str) -> None:
+    mall_id = f"mall-{unique_id}"
+    put_back = await admin.stub.PutEarningRule(
+        points_service_pb2.PutEarningRuleRequest(
+            rule=wire_rule(mall_id, "dining", tenant_category="dining")
+        ),
+        timeout=10,
+    )
+    listed = await admin.stub.ListEarningRules(
+        points_service_pb2.ListEarningRulesRequest(mall_id=mall_id), timeout=10
+    )
+
+    assert (put_back.rule.tenant_category, put_back.rule.tenant_id) == ("dining", "")
+    assert [(r.rule_id, r.tenant_category) for r in listed.rules] == [("dining", "dining")]
+
+
 def wire_rule(mall_id: str, rule_id: str, **fields: object) -> points_pb2.EarningRule:
     values: dict[str, object] = {"spend_unit_fen": 100, "points_per_unit": 1} | fields
     return points_pb2.EarningRule(mall_id=mall_id, rule_id=rule_id, **values)  # type: ignore[arg-type]
@@ -247,6 +350,8 @@ async def test_put_bumps_the_version_and_list_pages_current_rules(
         (wire_rule("m", "r", min_amount_fen=-1), "invalid_min_amount"),
         (wire_rule("m", "r", sources=[common_pb2.PAYMENT_SOURCE_UNSPECIFIED]), "invalid_source"),
         (wire_rule("m", "r", starts_at=timestamp(PAID), ends_at=timestamp(PAID)), "invalid_window"),
+        (wire_rule("m", "r", tenant_id="t", tenant_category="dining"), "tenant_and_category"),
+        (wire_rule("m", "r", tenant_category="x" * 65), "invalid_tenant_category"),
     ],
 )
 async def test_put_refuses_invalid_rules_with_stable_codes(

@@ -23,6 +23,7 @@ from points.domain.model import AttributedPayment, AttributedRefund
 from points.domain.redemption import Adjustment, HoldRequest
 from points.entrypoints.expiry import expiry_commands
 from points.entrypoints.grpc_admin import PointsAdminServicer
+from points.entrypoints.policy import policy_commands
 from points.service_layer.adjustments import adjust_points
 from points.service_layer.credits import credit_payments
 from points.service_layer.expiry import EXPIRY_LOCK, expire_all, expire_due
@@ -173,6 +174,65 @@ async def test_a_credit_fills_a_lot_by_the_malls_policy(
         )
     [short] = await lots(conn, mall_id, other)
     assert short["expires_at"] == datetime(2025, 3, 31, tzinfo=UTC)
+
+
+async def test_each_mall_expires_lots_by_its_own_policy_and_default_resets_it(
+    conn: asyncpg.Connection, mall_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    @contextlib.asynccontextmanager
+    async def connect() -> AsyncIterator[asyncpg.Connection]:
+        yield conn
+
+    command = policy_commands(connect)["set-expiry-policy"]
+    short_mall, long_mall = f"{mall_id}-short", f"{mall_id}-long"
+    assert await command([short_mall, "days:30"]) == 0
+    assert "days:30" in capsys.readouterr().out
+    assert await command([long_mall, "days:400"]) == 0
+    paid_at = datetime(2025, 3, 1, tzinfo=UTC)
+    short_member, long_member, plain_member = (str(uuid.uuid4()) for _ in range(3))
+
+    # One batch, three malls: each lot expires by its own mall's policy; the mall with none
+    # uses the service default (the ``expiry`` argument).
+    async with conn.transaction():
+        await credit_payments(
+            conn,
+            [
+                (payment(short_mall, short_member, 5, paid_at), {}),
+                (payment(long_mall, long_member, 5, paid_at), {}),
+                (payment(mall_id, plain_member, 5, paid_at), {}),
+            ],
+            expiry=ExpiryPolicy.parse("days:7"),
+        )
+
+    [short] = await lots(conn, short_mall, short_member)
+    [long] = await lots(conn, long_mall, long_member)
+    [plain] = await lots(conn, mall_id, plain_member)
+    assert short["expires_at"] == datetime(2025, 3, 31, tzinfo=UTC)
+    assert long["expires_at"] == datetime(2026, 4, 5, tzinfo=UTC)
+    assert plain["expires_at"] == datetime(2025, 3, 8, tzinfo=UTC)
+
+    assert await command([short_mall, "default"]) == 0
+    assert "default" in capsys.readouterr().out
+    await credit(conn, payment(short_mall, short_member, 7, paid_at))
+    assert [r["expires_at"] for r in await lots(conn, short_mall, short_member)] == [
+        datetime(2025, 3, 31, tzinfo=UTC),
+        NEW_YEAR_2027,
+    ]
+    assert (
+        await conn.fetchval(
+            "SELECT expiry_policy FROM mall_policies WHERE mall_id = $1", short_mall
+        )
+        is None
+    )
+
+    assert await command([long_mall, "days:0"]) == 2
+    assert await command([long_mall, "never"]) == 2
+    assert await command([long_mall]) == 2
+    assert await command(["", "days:3"]) == 2
+    assert (
+        await conn.fetchval("SELECT expiry_policy FROM mall_policies WHERE mall_id = $1", long_mall)
+        == "days:400"
+    )
 
 
 async def test_debits_take_the_lots_expiring_first_and_never_fail_when_short(

@@ -50,6 +50,7 @@ def payment_attributed(a: Attribution, headers: dict[str, str]) -> OutgoingEvent
         member_id=a.member.member_id,
         tier_code=a.member.tier_code,
         tenant_id=a.store.tenant_id,
+        tenant_category=a.store.category,
         store_id=a.store.store_id,
         amount_fen=a.payment.amount_fen,
         transaction_id=a.payment.transaction_id,

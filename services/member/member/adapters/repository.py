@@ -45,14 +45,18 @@ async def find_stores(
 ) -> dict[tuple[str, str], Store]:
     """(mall_id, shop_number) → Store, for the shops the directory knows."""
     rows = await conn.fetch(
-        """SELECT s.mall_id, s.shop_number, s.store_id, s.tenant_id
+        """SELECT s.mall_id, s.shop_number, s.store_id, s.tenant_id,
+                  coalesce(tn.category, '') AS category
              FROM unnest($1::text[], $2::text[]) AS t(m, n)
-             JOIN stores s ON s.mall_id = t.m AND s.shop_number = t.n""",
+             JOIN stores s ON s.mall_id = t.m AND s.shop_number = t.n
+             LEFT JOIN tenants tn ON tn.mall_id = s.mall_id AND tn.tenant_id = s.tenant_id""",
         [k[0] for k in keys],
         [k[1] for k in keys],
     )
     return {
-        (r["mall_id"], r["shop_number"]): Store(r["mall_id"], r["store_id"], r["tenant_id"])
+        (r["mall_id"], r["shop_number"]): Store(
+            r["mall_id"], r["store_id"], r["tenant_id"], r["category"]
+        )
         for r in rows
     }
 
@@ -238,6 +242,14 @@ async def tenant_exists(conn: Connection, mall_id: str, tenant_id: str) -> bool:
             "SELECT true FROM tenants WHERE mall_id = $1 AND tenant_id = $2", mall_id, tenant_id
         )
     )
+
+
+async def tenant_category(conn: Connection, mall_id: str, tenant_id: str) -> str:
+    """The tenant's category; "" for a tenant without one (or unknown)."""
+    value = await conn.fetchval(
+        "SELECT category FROM tenants WHERE mall_id = $1 AND tenant_id = $2", mall_id, tenant_id
+    )
+    return str(value or "")
 
 
 async def recorded_payment(

@@ -53,6 +53,8 @@ class Store:
     mall_id: str
     store_id: str
     tenant_id: str
+    #: The tenant's category in the directory (PaymentAttributed.tenant_category).
+    category: str = ""
 
 
 @dataclass(frozen=True)

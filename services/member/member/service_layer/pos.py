@@ -54,7 +54,12 @@ async def report_payment(
         raise NotFound("member_not_found", "no such member in this mall")
     attribution = Attribution(
         payment=payment,
-        store=Store(mall_id, store_id, caller.tenant_id),
+        store=Store(
+            mall_id,
+            store_id,
+            caller.tenant_id,
+            await repository.tenant_category(conn, mall_id, caller.tenant_id),
+        ),
         member=member,
         source=source,
     )

@@ -30,6 +30,27 @@ async def negative_balance(conn: Connection, mall_ids: Sequence[str]) -> dict[st
     return {m: found.get(m, NegativeBalance.ALLOW) for m in mall_ids}
 
 
+async def set_expiry_policy(conn: Connection, mall_id: str, policy: str | None) -> None:
+    """Store the mall's expiry policy text (``None``: the service's default)."""
+    await conn.execute(
+        """INSERT INTO mall_policies (mall_id, expiry_policy) VALUES ($1, $2)
+           ON CONFLICT (mall_id) DO UPDATE
+                 SET expiry_policy = EXCLUDED.expiry_policy, updated_at = now()""",
+        mall_id,
+        policy,
+    )
+
+
+async def expiry_policies(conn: Connection, mall_ids: Sequence[str]) -> dict[str, str]:
+    """The expiry policy text of each of the malls that set one (others use the default)."""
+    rows = await conn.fetch(
+        """SELECT mall_id, expiry_policy FROM mall_policies
+            WHERE mall_id = ANY($1::text[]) AND expiry_policy IS NOT NULL""",
+        sorted(set(mall_ids)),
+    )
+    return {r["mall_id"]: r["expiry_policy"] for r in rows}
+
+
 async def debts(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
     """Debts of (locked) accounts; 0 for an account without one."""
     ordered = sorted(set(keys))

@@ -13,7 +13,8 @@ from points.domain.rules import EarningRule, Rounding
 
 _COLUMNS = """mall_id, rule_id, version, name, tier_code, tenant_id, sources, spend_unit_fen,
               points_per_unit, min_amount_fen, priority, starts_at, ends_at, recorded_at,
-              multiplier_percent, bonus_points, budget_points, daily_cap_points, rounding"""
+              multiplier_percent, bonus_points, budget_points, daily_cap_points, rounding,
+              tenant_category"""
 
 
 def _rule(row: Any) -> EarningRule:
@@ -37,9 +38,10 @@ async def put_rule(
                                        sources, spend_unit_fen, points_per_unit,
                                        min_amount_fen, priority, starts_at, ends_at,
                                        recorded_at, multiplier_percent, bonus_points,
-                                       budget_points, daily_cap_points, rounding)
+                                       budget_points, daily_cap_points, rounding,
+                                       tenant_category)
             SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10,
-                   $11, $12, coalesce($13, now()), $14, $15, $16, $17, $18
+                   $11, $12, coalesce($13, now()), $14, $15, $16, $17, $18, $19
               FROM earning_rules WHERE mall_id = $1 AND rule_id = $2
             RETURNING {_COLUMNS}""",
         rule.mall_id,
@@ -60,6 +62,7 @@ async def put_rule(
         rule.budget_points,
         rule.daily_cap_points,
         rule.rounding.value,
+        rule.tenant_category,
     )
     assert row is not None
     return _rule(row)

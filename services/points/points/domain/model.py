@@ -37,6 +37,8 @@ class AttributedPayment:
     tier_code: str = ""
     #: How the shopper paid (the contract's PaymentSource name, e.g. "PAYMENT_SOURCE_WECHAT_PAY").
     source: str = ""
+    #: Category of the tenant paid (member's directory); earning rules may be per category.
+    tenant_category: str = ""
 
     def __post_init__(self) -> None:
         if not self.mall_id or not self.member_id or not self.transaction_id:

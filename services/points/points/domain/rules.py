@@ -9,6 +9,11 @@ so a late delivery of an old payment earns what it earned when it was made.
 
 How a payment's points are computed (``RuleBook.quote``, then ``plan_credits``):
 
+A rule may be scoped to one tenant (``tenant_id``) or to a tenant category
+(``tenant_category``, as member's directory sets it on each payment), never both. At equal
+priority a category rule yields to any other matching rule, so a tenant-specific rule
+outranks a category rule; other ties go to the smallest rule_id.
+
 1. **Base**: the matching *base* rule (no multiplier, no bonus) with the highest priority
    gives ``units * points_per_unit``, units counted by its ``rounding``; no base rule
    matching: the foundation's ``BaseRate``.
@@ -86,6 +91,8 @@ class EarningRule:
     #: Points a member may earn per mall day when this rule is used; 0 = no cap.
     daily_cap_points: int = 0
     rounding: Rounding = Rounding.DOWN
+    #: Only payments at tenants of this category; exclusive with ``tenant_id``.
+    tenant_category: str = ""
 
     @property
     def is_campaign(self) -> bool:
@@ -114,6 +121,14 @@ class EarningRule:
             raise InvalidInput("invalid_budget", "budget_points must be >= 0")
         if self.daily_cap_points < 0:
             raise InvalidInput("invalid_daily_cap", "daily_cap_points must be >= 0")
+        if self.tenant_id and self.tenant_category:
+            raise InvalidInput(
+                "tenant_and_category", "tenant_id and tenant_category are mutually exclusive"
+            )
+        if len(self.tenant_category) > MAX_ID_LENGTH:
+            raise InvalidInput(
+                "invalid_tenant_category", f"tenant_category is at most {MAX_ID_LENGTH} characters"
+            )
 
     @property
     def label(self) -> str:
@@ -124,6 +139,7 @@ class EarningRule:
         return (
             payment.mall_id == self.mall_id
             and (not self.tenant_id or payment.tenant_id == self.tenant_id)
+            and (not self.tenant_category or payment.tenant_category == self.tenant_category)
             and (not self.tier_code or payment.tier_code == self.tier_code)
             and (not self.sources or payment.source in self.sources)
             and (self.starts_at is None or self.starts_at <= payment.paid_at)
@@ -143,6 +159,12 @@ class EarningRule:
             return 0
         scaled = base * self.multiplier_percent // 100 if self.multiplier_percent else base
         return scaled - base + self.bonus_points
+
+    @property
+    def rank(self) -> tuple[int, bool, str]:
+        """Sort key of matching rules, best first: highest priority; at equal priority a
+        category rule yields to any other (so a tenant rule outranks it); then rule_id."""
+        return (-self.priority, bool(self.tenant_category), self.rule_id)
 
 
 def in_force(versions: Iterable[EarningRule], at: datetime) -> list[EarningRule]:
@@ -167,8 +189,9 @@ class RuleBook:
         self._default = default or BaseRate()
 
     def quote(self, payment: AttributedPayment) -> Quote:
-        """The base rule (highest priority; ties go to the smallest rule_id, so the choice is
-        stable; else the base rate) and the campaign stacking on it, if any."""
+        """The base rule (best ``EarningRule.rank``: highest priority; at equal priority a
+        category rule yields to a tenant rule or any other; then the smallest rule_id, so the
+        choice is stable; else the base rate) and the campaign stacking on it, if any."""
         matching = [
             r
             for r in in_force(self._by_mall.get(payment.mall_id, ()), payment.paid_at)
@@ -177,14 +200,14 @@ class RuleBook:
         bases = [r for r in matching if not r.is_campaign]
         campaigns = [r for r in matching if r.is_campaign]
         if bases:
-            base = min(bases, key=lambda r: (-r.priority, r.rule_id))
+            base = min(bases, key=lambda r: r.rank)
             points, version, cap = base.points_for(payment), base.label, base.daily_cap_points
         else:
             points, version = self._default.earn(payment)
             cap = 0
         if not campaigns:
             return Quote(points, version, daily_cap=cap)
-        campaign = min(campaigns, key=lambda r: (-r.priority, r.rule_id))
+        campaign = min(campaigns, key=lambda r: r.rank)
         caps = [c for c in (cap, campaign.daily_cap_points) if c > 0]
         return Quote(
             points,

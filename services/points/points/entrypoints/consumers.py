@@ -27,6 +27,7 @@ def _attributed(d: Delivery) -> AttributedPayment:
         member_id=msg.member_id,
         transaction_id=msg.transaction_id,
         tenant_id=msg.tenant_id,
+        tenant_category=msg.tenant_category,
         amount_fen=msg.amount_fen,
         paid_at=to_datetime(msg.paid_at),
         appid=msg.appid,

@@ -40,9 +40,11 @@ async def credit_payments(
     already in the ledger for the member's mall day, both in this transaction
     (``points.domain.rules`` says how rules combine).
 
-    Each credit that gives points fills a lot expiring by ``expiry`` (counted from when the
-    payment was made); the part of a credit that settles a negative balance or a debt
-    (``points.domain.debt``; settled first, with a 'debt_settlement' entry) fills none.
+    Each credit that gives points fills a lot expiring by its mall's expiry policy
+    (``mall_policies.expiry_policy``, read once per batch; ``expiry`` for a mall without one),
+    counted from when the payment was made; the part of a credit that settles a negative
+    balance or a debt (``points.domain.debt``; settled first, with a 'debt_settlement' entry)
+    fills none.
     """
     batch = [p for p, _ in payments]
     if rule is None:
@@ -68,6 +70,10 @@ async def credit_payments(
             granted[key] = granted.get(key, 0) + c.campaign_points
     await rules.spend_budgets(conn, granted)
     await repository.append_credits(conn, credits)
+    mall_expiry = {
+        m: ExpiryPolicy.parse(text, expiry.time_zone)
+        for m, text in (await policies.expiry_policies(conn, [p.mall_id for p in batch])).items()
+    }
     await lots.add(
         conn,
         [
@@ -76,7 +82,7 @@ async def credit_payments(
                 c.payment.member_id,
                 c.payment.transaction_id,
                 n,
-                expiry.expires_at(c.payment.paid_at),
+                mall_expiry.get(c.payment.mall_id, expiry).expires_at(c.payment.paid_at),
             )
             for c in credits
             if c.applied and (n := lot_points(c.points - c.settled, c.balance_after)) > 0

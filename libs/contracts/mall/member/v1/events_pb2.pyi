@@ -143,6 +143,7 @@ class PaymentAttributed(_message.Message):
     APPID_FIELD_NUMBER: _builtins.int
     OPENID_FIELD_NUMBER: _builtins.int
     RECEIPT_NO_FIELD_NUMBER: _builtins.int
+    TENANT_CATEGORY_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of this event; one per (mall_id, transaction_id)."""
     mall_id: _builtins.str
@@ -169,6 +170,8 @@ class PaymentAttributed(_message.Message):
     """Shopper's openid under appid; empty unless source is WECHAT_PAY. Mask it in logs."""
     receipt_no: _builtins.str
     """POS receipt number for POS-reported payments; empty otherwise."""
+    tenant_category: _builtins.str
+    """Category of the tenant paid (member's directory, e.g. "dining"); empty if none is set."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When member attributed the payment."""
@@ -194,10 +197,11 @@ class PaymentAttributed(_message.Message):
         appid: _builtins.str = ...,
         openid: _builtins.str = ...,
         receipt_no: _builtins.str = ...,
+        tenant_category: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "paid_at", b"paid_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "appid", b"appid", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "openid", b"openid", "paid_at", b"paid_at", "receipt_no", b"receipt_no", "source", b"source", "store_id", b"store_id", "tenant_id", b"tenant_id", "tier_code", b"tier_code", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "appid", b"appid", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "openid", b"openid", "paid_at", b"paid_at", "receipt_no", b"receipt_no", "source", b"source", "store_id", b"store_id", "tenant_category", b"tenant_category", "tenant_id", b"tenant_id", "tier_code", b"tier_code", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

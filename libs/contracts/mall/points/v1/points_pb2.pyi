@@ -270,6 +270,7 @@ class EarningRule(_message.Message):
     BUDGET_POINTS_FIELD_NUMBER: _builtins.int
     DAILY_CAP_POINTS_FIELD_NUMBER: _builtins.int
     ROUNDING_FIELD_NUMBER: _builtins.int
+    TENANT_CATEGORY_FIELD_NUMBER: _builtins.int
     mall_id: _builtins.str
     """Mall of the rule."""
     rule_id: _builtins.str
@@ -300,6 +301,11 @@ class EarningRule(_message.Message):
     """Points a member may earn per mall day (Asia/Shanghai) when this rule is used; 0 = none."""
     rounding: Global___Rounding.ValueType
     """How units of spend are counted (base rules)."""
+    tenant_category: _builtins.str
+    """Only payments at tenants of this category (PaymentAttributed.tenant_category); empty for
+    all categories. Exclusive with tenant_id. At equal priority a category rule yields to
+    any other matching rule (so a tenant rule outranks it); other ties go by rule_id.
+    """
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.PaymentSource.ValueType]:
         """Only payments from these sources; empty for all sources."""
@@ -338,10 +344,11 @@ class EarningRule(_message.Message):
         budget_points: _builtins.int = ...,
         daily_cap_points: _builtins.int = ...,
         rounding: Global___Rounding.ValueType = ...,
+        tenant_category: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_points", b"bonus_points", "budget_points", b"budget_points", "daily_cap_points", b"daily_cap_points", "ends_at", b"ends_at", "mall_id", b"mall_id", "min_amount_fen", b"min_amount_fen", "multiplier_percent", b"multiplier_percent", "name", b"name", "points_per_unit", b"points_per_unit", "priority", b"priority", "rounding", b"rounding", "rule_id", b"rule_id", "sources", b"sources", "spend_unit_fen", b"spend_unit_fen", "starts_at", b"starts_at", "tenant_id", b"tenant_id", "tier_code", b"tier_code", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_points", b"bonus_points", "budget_points", b"budget_points", "daily_cap_points", b"daily_cap_points", "ends_at", b"ends_at", "mall_id", b"mall_id", "min_amount_fen", b"min_amount_fen", "multiplier_percent", b"multiplier_percent", "name", b"name", "points_per_unit", b"points_per_unit", "priority", b"priority", "rounding", b"rounding", "rule_id", b"rule_id", "sources", b"sources", "spend_unit_fen", b"spend_unit_fen", "starts_at", b"starts_at", "tenant_category", b"tenant_category", "tenant_id", b"tenant_id", "tier_code", b"tier_code", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

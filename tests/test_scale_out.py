@@ -17,13 +17,12 @@ to the *other* gateway. What must hold:
   and the ledger holds exactly one row per distinct payment with every shopper's balance right;
 * every replica stops cleanly on SIGTERM (exit 0), as a rolling update needs.
 
-The issue also asks that "the expiry and reminder jobs still run once". No such job exists
-yet: points expiry (lots, ``points.points.expired``) and coupon expiry reminders belong to
-later issues. The only periodic worker today is the WeChat Pay points sync in the points
-``relay`` role, whose reports are claimed ``FOR UPDATE SKIP LOCKED`` with a lease (two racing
-workers are covered in services/points/tests/test_points_wechat_sync.py); with no
-``WECHATPAY_API_BASE`` here, it stays idle. When the expiry and reminder jobs land, their
-single-run check belongs in this file, with both relay replicas running as they are here.
+* the periodic jobs run once although both points relays run them: every lot is reminded
+  once (``points.points.expiring``) and expired once (``points.points.expired``, one ledger
+  entry per member), and every balance still equals its ledger. (Coupon reminders join this
+  check when coupons land.) The WeChat Pay points sync, the other relay-role worker, stays
+  idle here (no ``WECHATPAY_API_BASE``); two racing sync workers are covered in
+  services/points/tests/test_points_wechat_sync.py.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+import asyncpg
 import pytest
 from kit.migrations import migrate
 from mall_testing.demo import DemoMall, payment_notification, seed
@@ -214,6 +214,14 @@ async def wait_until(
     raise AssertionError(f"{what}: stuck at {value!r}")
 
 
+async def execute(dsn: str, query: str, *args: object) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(query, *args)
+    finally:
+        await conn.close()
+
+
 async def stream_subjects(jetstream: Nats, stream: str) -> dict[str, int]:
     info = await jetstream.js.stream_info(stream, subjects_filter=">")
     return dict(info.state.subjects or {})
@@ -247,7 +255,14 @@ async def test_two_replicas_split_the_work_and_do_nothing_twice(
         for i in (1, 2):
             for role in ("consume", "relay"):
                 await procs.start(f"member-{role}-{i}", "member", role, DATABASE_URL=member_db)
-                await procs.start(f"points-{role}-{i}", "points", role, DATABASE_URL=points_db)
+                await procs.start(
+                    f"points-{role}-{i}",
+                    "points",
+                    role,
+                    DATABASE_URL=points_db,
+                    # The relay role also runs the expiry and reminder jobs: often, for the end.
+                    EXPIRY_INTERVAL_S="0.5",
+                )
         for i, port in enumerate(gateway_ports, start=1):
             await procs.start(
                 f"gateway-{i}",
@@ -451,6 +466,63 @@ async def test_two_replicas_split_the_work_and_do_nothing_twice(
             ]
             assert {labels["status"] for labels, _ in notes} == {"204"}, notes
             assert int(sum(v for _, v in notes)) == posted_to[i]
+
+        # The periodic jobs, in both points relays at once: every lot is reminded once, then
+        # expired once, whichever replica's job gets there (advisory lock + SKIP LOCKED).
+        lots = await fetchval(
+            points_db, "SELECT count(*) FROM lots WHERE mall_id = $1", mall.mall_id
+        )
+        assert lots == DISTINCT_PAYMENTS  # every payment here earned points: one lot each
+        await execute(
+            points_db,
+            "UPDATE lots SET expires_at = now() + interval '10 days' WHERE mall_id = $1",
+            mall.mall_id,
+        )
+
+        async def unreminded() -> object:
+            return await fetchval(
+                points_db,
+                "SELECT count(*) FROM lots WHERE mall_id = $1 AND reminded_at IS NULL",
+                mall.mall_id,
+            )
+
+        await wait_until("every lot reminded", unreminded, lambda n: n == 0)
+        await execute(
+            points_db,
+            "UPDATE lots SET expires_at = now() - interval '1 second' WHERE mall_id = $1",
+            mall.mall_id,
+        )
+
+        async def unexpired() -> object:
+            return await fetchval(
+                points_db,
+                "SELECT count(*) FROM lots WHERE mall_id = $1 AND points_remaining > 0",
+                mall.mall_id,
+            )
+
+        await wait_until("every lot expired", unexpired, lambda n: n == 0)
+
+        async def points_outbox() -> object:
+            return await fetchval(points_db, "SELECT count(*) FROM outbox")
+
+        await wait_until("points outbox drained", points_outbox, lambda n: n == 0)
+        after_jobs = await stream_subjects(jetstream, "POINTS")
+        assert after_jobs["points.points.expiring"] == DISTINCT_PAYMENTS
+        assert after_jobs["points.points.expired"] == DISTINCT_PAYMENTS
+        expiry_entries = await fetchval(
+            points_db,
+            "SELECT count(*) FROM ledger WHERE mall_id = $1 AND kind = 'expiry'",
+            mall.mall_id,
+        )
+        assert expiry_entries == len(expected)  # one per member, never two
+        unsound = await fetchval(
+            points_db,
+            """SELECT count(*) FROM accounts a WHERE a.mall_id = $1 AND (a.balance <> 0
+                   OR a.balance <> (SELECT sum(points) FROM ledger l
+                                     WHERE l.mall_id = a.mall_id AND l.member_id = a.member_id))""",
+            mall.mall_id,
+        )
+        assert unsound == 0
 
         codes = await procs.stop()
         failed = {

@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from google.protobuf.message import Message
 from kit import context
@@ -30,11 +31,24 @@ def event(
     message: Message,
     *,
     mall_id: str,
-    event_id: str,
+    event_id: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> OutgoingEvent:
-    """An outgoing event from a protobuf message. ``headers`` default to the bound context;
-    a batch handler passes each cause's own so correlation survives batching."""
+    """An outgoing event from a contract message, its envelope filled in here once.
+
+    Every event message starts with ``event_id``, ``mall_id`` and ``occurred_at`` (see
+    protos/mall/*/v1/events.proto): a new id unless one is given, the mall, and now unless
+    already set. ``headers`` default to the bound context; a batch handler passes each
+    cause's own so correlation survives batching.
+    """
+    event_id = event_id or str(uuid.uuid4())
+    fields = message.DESCRIPTOR.fields_by_name
+    if "event_id" in fields:
+        setattr(message, "event_id", event_id)  # noqa: B010 - a field of the concrete message
+    if "mall_id" in fields:
+        setattr(message, "mall_id", mall_id)  # noqa: B010
+    if "occurred_at" in fields and not message.HasField("occurred_at"):
+        getattr(message, "occurred_at").FromDatetime(datetime.now(UTC))  # noqa: B009
     return OutgoingEvent(
         subject,
         message.SerializeToString(),

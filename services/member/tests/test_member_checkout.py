@@ -334,7 +334,7 @@ async def test_a_revoked_credential_stops_working_within_the_cache_time(
     )
     await asyncio.sleep(CACHE_S + 0.1)
 
-    assert revoked.credential.revoked_at.seconds > 0
+    assert revoked.credential.HasField("revoked_at")
     assert again.credential.revoked_at == revoked.credential.revoked_at  # idempotent
     status, reason = await refused(
         api.members.ReportPayment(

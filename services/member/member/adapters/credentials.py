@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from eventbus.outbox import OutgoingEvent, event
 from kit.db import Connection
@@ -104,11 +103,7 @@ def credential_message(row: CredentialRow, *, with_hash: bool) -> directory_pb2.
 
 def credential_upserted(row: CredentialRow) -> OutgoingEvent:
     """Carries the hash, as the contract says, so services can check callers locally."""
-    event_id = str(uuid.uuid4())
     msg = events_pb2.CredentialUpserted(
-        event_id=event_id,
-        mall_id=row.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         credential=credential_message(row, with_hash=True),
     )
-    return event(CREDENTIAL_UPSERTED, msg, mall_id=row.mall_id, event_id=event_id)
+    return event(CREDENTIAL_UPSERTED, msg, mall_id=row.mall_id)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 from eventbus.outbox import OutgoingEvent, event
 from kit.proto import timestamp
 from mall.common.v1 import common_pb2
@@ -42,11 +39,7 @@ CHANNELS = {
 
 
 def payment_attributed(a: Attribution, headers: dict[str, str]) -> OutgoingEvent:
-    event_id = str(uuid.uuid4())
     msg = events_pb2.PaymentAttributed(
-        event_id=event_id,
-        mall_id=a.store.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         member_id=a.member.member_id,
         tier_code=a.member.tier_code,
         tenant_id=a.store.tenant_id,
@@ -60,23 +53,17 @@ def payment_attributed(a: Attribution, headers: dict[str, str]) -> OutgoingEvent
         openid=a.payment.openid,
         receipt_no=a.payment.receipt_no if isinstance(a.payment, ReportedPayment) else "",
     )
-    return event(
-        PAYMENT_ATTRIBUTED, msg, mall_id=a.store.mall_id, event_id=event_id, headers=headers
-    )
+    return event(PAYMENT_ATTRIBUTED, msg, mall_id=a.store.mall_id, headers=headers)
 
 
 def member_joined(a: Attribution, channel: JoinChannel, headers: dict[str, str]) -> OutgoingEvent:
-    event_id = str(uuid.uuid4())
     msg = events_pb2.MemberJoined(
-        event_id=event_id,
-        mall_id=a.store.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         member_id=a.member.member_id,
         channel=CHANNELS[channel],
         tier_code=a.member.tier_code,
         transaction_id=a.payment.transaction_id,
     )
-    return event(MEMBER_JOINED, msg, mall_id=a.store.mall_id, event_id=event_id, headers=headers)
+    return event(MEMBER_JOINED, msg, mall_id=a.store.mall_id, headers=headers)
 
 
 def mall_message(m: MallRow) -> directory_pb2.Mall:
@@ -95,28 +82,20 @@ def mall_message(m: MallRow) -> directory_pb2.Mall:
 
 def mall_upserted(row: MallRow) -> OutgoingEvent:
     mall = mall_message(row)
-    event_id = str(uuid.uuid4())
     msg = events_pb2.MallUpserted(
-        event_id=event_id,
-        mall_id=mall.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         mall=mall,
     )
-    return event(MALL_UPSERTED, msg, mall_id=mall.mall_id, event_id=event_id)
+    return event(MALL_UPSERTED, msg, mall_id=mall.mall_id)
 
 
 def tenant_upserted(*, mall_id: str, tenant_id: str, name: str, category: str) -> OutgoingEvent:
     tenant = directory_pb2.Tenant(
         mall_id=mall_id, tenant_id=tenant_id, name=name, category=category
     )
-    event_id = str(uuid.uuid4())
     msg = events_pb2.TenantUpserted(
-        event_id=event_id,
-        mall_id=tenant.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         tenant=tenant,
     )
-    return event(TENANT_UPSERTED, msg, mall_id=tenant.mall_id, event_id=event_id)
+    return event(TENANT_UPSERTED, msg, mall_id=tenant.mall_id)
 
 
 def store_upserted(
@@ -138,24 +117,16 @@ def store_upserted(
         sub_mchid=sub_mchid,
         shop_number=shop_number,
     )
-    event_id = str(uuid.uuid4())
     msg = events_pb2.StoreUpserted(
-        event_id=event_id,
-        mall_id=store.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         store=store,
     )
-    return event(STORE_UPSERTED, msg, mall_id=store.mall_id, event_id=event_id)
+    return event(STORE_UPSERTED, msg, mall_id=store.mall_id)
 
 
 def refund_attributed(
     payment: RecordedPayment, refund: CapturedRefund, headers: dict[str, str]
 ) -> OutgoingEvent:
-    event_id = str(uuid.uuid4())
     msg = events_pb2.RefundAttributed(
-        event_id=event_id,
-        mall_id=payment.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         member_id=payment.member_id,
         tenant_id=payment.tenant_id,
         store_id=payment.store_id,
@@ -168,6 +139,4 @@ def refund_attributed(
         openid=refund.openid,
         source=_SOURCES[payment.source],
     )
-    return event(
-        REFUND_ATTRIBUTED, msg, mall_id=payment.mall_id, event_id=event_id, headers=headers
-    )
+    return event(REFUND_ATTRIBUTED, msg, mall_id=payment.mall_id, headers=headers)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from eventbus.outbox import OutgoingEvent, event
@@ -23,16 +22,13 @@ REASONS = {
 def member_joined(
     *, mall_id: str, member_id: str, channel: JoinChannel, tier_code: str, at: datetime
 ) -> OutgoingEvent:
-    event_id = str(uuid.uuid4())
     msg = events_pb2.MemberJoined(
-        event_id=event_id,
-        mall_id=mall_id,
         occurred_at=timestamp(at),
         member_id=member_id,
         channel=CHANNELS[channel],
         tier_code=tier_code,
     )
-    return event(MEMBER_JOINED, msg, mall_id=mall_id, event_id=event_id)
+    return event(MEMBER_JOINED, msg, mall_id=mall_id)
 
 
 def tier_changed(
@@ -45,14 +41,11 @@ def tier_changed(
     at: datetime,
     headers: dict[str, str] | None = None,
 ) -> OutgoingEvent:
-    event_id = str(uuid.uuid4())
     msg = events_pb2.TierChanged(
-        event_id=event_id,
-        mall_id=mall_id,
         occurred_at=timestamp(at),
         member_id=member_id,
         previous_tier_code=previous,
         tier_code=current,
         reason=REASONS[reason],
     )
-    return event(TIER_CHANGED, msg, mall_id=mall_id, event_id=event_id, headers=headers)
+    return event(TIER_CHANGED, msg, mall_id=mall_id, headers=headers)

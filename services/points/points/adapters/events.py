@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 from eventbus.outbox import OutgoingEvent, event
 from kit.proto import timestamp
 from mall.points.v1 import events_pb2, points_pb2
@@ -29,11 +26,7 @@ POINTS_CREDITED = "points.points.credited"
 
 def points_credited(credit: Credit, headers: dict[str, str]) -> OutgoingEvent:
     p = credit.payment
-    event_id = str(uuid.uuid4())
     msg = events_pb2.PointsCredited(
-        event_id=event_id,
-        mall_id=p.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         member_id=p.member_id,
         transaction_id=p.transaction_id,
         points=credit.points,
@@ -45,7 +38,7 @@ def points_credited(credit: Credit, headers: dict[str, str]) -> OutgoingEvent:
         paid_at=timestamp(p.paid_at),
         tenant_id=p.tenant_id,
     )
-    return event(POINTS_CREDITED, msg, mall_id=p.mall_id, event_id=event_id, headers=headers)
+    return event(POINTS_CREDITED, msg, mall_id=p.mall_id, headers=headers)
 
 
 POINTS_REVERSED = "points.points.reversed"
@@ -54,11 +47,7 @@ POINTS_REVERSED = "points.points.reversed"
 def points_reversed(
     refund: AttributedRefund, points: int, balance_after: int, headers: dict[str, str]
 ) -> OutgoingEvent:
-    event_id = str(uuid.uuid4())
     msg = events_pb2.PointsReversed(
-        event_id=event_id,
-        mall_id=refund.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         member_id=refund.member_id,
         transaction_id=refund.transaction_id,
         refund_id=refund.refund_id,
@@ -67,18 +56,14 @@ def points_reversed(
         appid=refund.appid,
         openid=refund.openid,
     )
-    return event(POINTS_REVERSED, msg, mall_id=refund.mall_id, event_id=event_id, headers=headers)
+    return event(POINTS_REVERSED, msg, mall_id=refund.mall_id, headers=headers)
 
 
 POINTS_REDEEMED = "points.points.redeemed"
 
 
 def points_redeemed(hold: Hold, redemption_id: str, balance_after: int) -> OutgoingEvent:
-    event_id = str(uuid.uuid4())
     msg = events_pb2.PointsRedeemed(
-        event_id=event_id,
-        mall_id=hold.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         member_id=hold.member_id,
         redemption_id=redemption_id,
         hold_id=hold.hold_id,
@@ -87,18 +72,14 @@ def points_redeemed(hold: Hold, redemption_id: str, balance_after: int) -> Outgo
         reward_ref=hold.reward_ref,
         balance_after=balance_after,
     )
-    return event(POINTS_REDEEMED, msg, mall_id=hold.mall_id, event_id=event_id)
+    return event(POINTS_REDEEMED, msg, mall_id=hold.mall_id)
 
 
 POINTS_HOLD_RELEASED = "points.hold.released"
 
 
 def points_hold_released(hold: Hold, reason: ReleaseReason) -> OutgoingEvent:
-    event_id = str(uuid.uuid4())
     msg = events_pb2.PointsHoldReleased(
-        event_id=event_id,
-        mall_id=hold.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         member_id=hold.member_id,
         hold_id=hold.hold_id,
         points=hold.points,
@@ -106,7 +87,7 @@ def points_hold_released(hold: Hold, reason: ReleaseReason) -> OutgoingEvent:
         reward_kind=REWARD_KINDS[hold.reward_kind],
         reward_ref=hold.reward_ref,
     )
-    return event(POINTS_HOLD_RELEASED, msg, mall_id=hold.mall_id, event_id=event_id)
+    return event(POINTS_HOLD_RELEASED, msg, mall_id=hold.mall_id)
 
 
 POINTS_EXPIRED = "points.points.expired"
@@ -115,17 +96,13 @@ POINTS_EXPIRED = "points.points.expired"
 def points_expired(lot: ExpiredLot, balance_after: int) -> OutgoingEvent:
     """One per lot; ``balance_after`` is the member's balance once the whole expiry run
     (every lot of the member in it: one ledger entry) is applied."""
-    event_id = str(uuid.uuid4())
     msg = events_pb2.PointsExpired(
-        event_id=event_id,
-        mall_id=lot.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         member_id=lot.member_id,
         lot_id=lot.lot_id,
         points=lot.points,
         balance_after=balance_after,
     )
-    return event(POINTS_EXPIRED, msg, mall_id=lot.mall_id, event_id=event_id)
+    return event(POINTS_EXPIRED, msg, mall_id=lot.mall_id)
 
 
 POINTS_EXPIRING = "points.points.expiring"
@@ -133,14 +110,10 @@ POINTS_EXPIRING = "points.points.expiring"
 
 def points_expiring(lot: ExpiringLot) -> OutgoingEvent:
     """One per lot, once: the reminder some days before the lot expires."""
-    event_id = str(uuid.uuid4())
     msg = events_pb2.PointsExpiring(
-        event_id=event_id,
-        mall_id=lot.mall_id,
-        occurred_at=timestamp(datetime.now(UTC)),
         member_id=lot.member_id,
         lot_id=lot.lot_id,
         points=lot.points,
         expires_at=timestamp(lot.expires_at),
     )
-    return event(POINTS_EXPIRING, msg, mall_id=lot.mall_id, event_id=event_id)
+    return event(POINTS_EXPIRING, msg, mall_id=lot.mall_id)

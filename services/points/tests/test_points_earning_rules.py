@@ -319,7 +319,7 @@ async def test_put_bumps_the_version_and_list_pages_current_rules(
     )
 
     assert (first.rule.version, second.rule.version) == (1, 2)
-    assert first.rule.updated_at.seconds > 0
+    assert first.rule.HasField("updated_at")
     assert list(first.rule.sources) == [common_pb2.PAYMENT_SOURCE_WECHAT_PAY]
     assert first.rule.starts_at == starts
     assert not first.rule.HasField("ends_at")

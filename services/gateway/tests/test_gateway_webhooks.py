@@ -498,8 +498,8 @@ SPOILERS: dict[str, tuple[Spoil, int, str]] = {
         401,
         "unknown_serial",
     ),
-    "stale timestamp, past": (lambda d, _: replace(d, skew_s=-301), 401, "stale_timestamp"),
-    "stale timestamp, future": (lambda d, _: replace(d, skew_s=301), 401, "stale_timestamp"),
+    "stale timestamp, past": (lambda d, _: replace(d, skew_s=-330), 401, "stale_timestamp"),
+    "stale timestamp, future": (lambda d, _: replace(d, skew_s=330), 401, "stale_timestamp"),
     "bad signature": (lambda d, k: replace(d, signer=k.stranger), 401, "bad_signature"),
     "signature probe": (
         lambda d, _: replace(d, signature="WECHATPAY/SIGNTEST/" + "A" * 344),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import eventbus
 from eventbus.service import assemble
@@ -18,7 +19,7 @@ from mall.coupons.v1 import coupons_service_pb2, coupons_service_pb2_grpc
 from coupons.config import Settings
 
 NAME = "coupons"
-MIGRATIONS = [eventbus.MIGRATIONS]
+MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]
 
 
 @contextlib.asynccontextmanager

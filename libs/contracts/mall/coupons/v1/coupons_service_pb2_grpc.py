@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class CouponsServiceStub:
-    """CouponsService lets tenants offer coupons, shoppers claim them and POS redeem them (核销).
+    """CouponsService lets tenants and the mall offer coupons, shoppers claim them and POS redeem
+    them (核销).
     """
 
     def __init__(self, channel):
@@ -55,6 +56,16 @@ class CouponsServiceStub:
                 request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponRequest.SerializeToString,
                 response_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponResponse.FromString,
                 _registered_method=True)
+        self.ClaimCoupons = channel.unary_unary(
+                '/mall.coupons.v1.CouponsService/ClaimCoupons',
+                request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponsRequest.SerializeToString,
+                response_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponsResponse.FromString,
+                _registered_method=True)
+        self.ClaimCouponByCode = channel.unary_unary(
+                '/mall.coupons.v1.CouponsService/ClaimCouponByCode',
+                request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponByCodeRequest.SerializeToString,
+                response_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponByCodeResponse.FromString,
+                _registered_method=True)
         self.ListMemberCoupons = channel.unary_unary(
                 '/mall.coupons.v1.CouponsService/ListMemberCoupons',
                 request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ListMemberCouponsRequest.SerializeToString,
@@ -70,14 +81,26 @@ class CouponsServiceStub:
                 request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.PutPostPaymentRuleRequest.SerializeToString,
                 response_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.PutPostPaymentRuleResponse.FromString,
                 _registered_method=True)
+        self.CreateClaimCode = channel.unary_unary(
+                '/mall.coupons.v1.CouponsService/CreateClaimCode',
+                request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.CreateClaimCodeRequest.SerializeToString,
+                response_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.CreateClaimCodeResponse.FromString,
+                _registered_method=True)
+        self.GetStockStats = channel.unary_unary(
+                '/mall.coupons.v1.CouponsService/GetStockStats',
+                request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetStockStatsRequest.SerializeToString,
+                response_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetStockStatsResponse.FromString,
+                _registered_method=True)
 
 
 class CouponsServiceServicer:
-    """CouponsService lets tenants offer coupons, shoppers claim them and POS redeem them (核销).
+    """CouponsService lets tenants and the mall offer coupons, shoppers claim them and POS redeem
+    them (核销).
     """
 
     def CreateStock(self, request, context):
-        """CreateStock creates a stock for the caller's tenant. Idempotent on request_id.
+        """CreateStock creates a stock (the caller's tenant's, or any for ops). Idempotent on
+        request_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,23 +121,38 @@ class CouponsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClaimCoupon(self, request, context):
-        """ClaimCoupon gives a member a coupon of a stock. RESOURCE_EXHAUSTED when the stock is empty,
-        FAILED_PRECONDITION when the member reached the per-member limit. Idempotent on request_id.
+        """ClaimCoupon gives a member a coupon of a stock; refusals carry ErrorInfo reasons
+        (stock_sold_out, member_limit_reached, ...). Idempotent on (member_id, request_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimCoupons(self, request, context):
+        """ClaimCoupons answers many claims at once, one result per claim, in order (the gateway
+        coalesces concurrent claims into one call; first come, first served within the batch).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimCouponByCode(self, request, context):
+        """ClaimCouponByCode claims with a package-card or shopping-guide code.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListMemberCoupons(self, request, context):
-        """ListMemberCoupons pages through a member's coupons.
+        """ListMemberCoupons pages through a member's coupons (the wallet), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RedeemCoupon(self, request, context):
-        """RedeemCoupon uses a coupon at a store (核销). Idempotent on use_request_id: a retry returns
-        the same outcome.
+        """RedeemCoupon uses a coupon at a store (核销), tenant POS only. Idempotent on
+        use_request_id: a retry returns the same outcome.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +160,20 @@ class CouponsServiceServicer:
 
     def PutPostPaymentRule(self, request, context):
         """PutPostPaymentRule creates or replaces a rule that issues coupons after payments.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateClaimCode(self, request, context):
+        """CreateClaimCode creates a package-card or shopping-guide code for a stock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStockStats(self, request, context):
+        """GetStockStats answers a stock's figures: claimed, redeemed, by channel and guide.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +202,16 @@ def add_CouponsServiceServicer_to_server(servicer, server):
                     request_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponRequest.FromString,
                     response_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponResponse.SerializeToString,
             ),
+            'ClaimCoupons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimCoupons,
+                    request_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponsRequest.FromString,
+                    response_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponsResponse.SerializeToString,
+            ),
+            'ClaimCouponByCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimCouponByCode,
+                    request_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponByCodeRequest.FromString,
+                    response_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponByCodeResponse.SerializeToString,
+            ),
             'ListMemberCoupons': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMemberCoupons,
                     request_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ListMemberCouponsRequest.FromString,
@@ -165,6 +227,16 @@ def add_CouponsServiceServicer_to_server(servicer, server):
                     request_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.PutPostPaymentRuleRequest.FromString,
                     response_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.PutPostPaymentRuleResponse.SerializeToString,
             ),
+            'CreateClaimCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateClaimCode,
+                    request_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.CreateClaimCodeRequest.FromString,
+                    response_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.CreateClaimCodeResponse.SerializeToString,
+            ),
+            'GetStockStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStockStats,
+                    request_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetStockStatsRequest.FromString,
+                    response_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetStockStatsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'mall.coupons.v1.CouponsService', rpc_method_handlers)
@@ -174,7 +246,8 @@ def add_CouponsServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CouponsService:
-    """CouponsService lets tenants offer coupons, shoppers claim them and POS redeem them (核销).
+    """CouponsService lets tenants and the mall offer coupons, shoppers claim them and POS redeem
+    them (核销).
     """
 
     @staticmethod
@@ -286,6 +359,60 @@ class CouponsService:
             _registered_method=True)
 
     @staticmethod
+    def ClaimCoupons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.coupons.v1.CouponsService/ClaimCoupons',
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponsRequest.SerializeToString,
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimCouponByCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.coupons.v1.CouponsService/ClaimCouponByCode',
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponByCodeRequest.SerializeToString,
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ClaimCouponByCodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListMemberCoupons(request,
             target,
             options=(),
@@ -356,6 +483,60 @@ class CouponsService:
             '/mall.coupons.v1.CouponsService/PutPostPaymentRule',
             mall_dot_coupons_dot_v1_dot_coupons__service__pb2.PutPostPaymentRuleRequest.SerializeToString,
             mall_dot_coupons_dot_v1_dot_coupons__service__pb2.PutPostPaymentRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateClaimCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.coupons.v1.CouponsService/CreateClaimCode',
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.CreateClaimCodeRequest.SerializeToString,
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.CreateClaimCodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStockStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.coupons.v1.CouponsService/GetStockStats',
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetStockStatsRequest.SerializeToString,
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetStockStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,7 +9,13 @@ Subjects (payload message in brackets):
   coupons.coupon.redeemed   [CouponRedeemed]
   coupons.coupon.expiring   [CouponExpiring]
   coupons.coupon.revoked    [CouponRevoked]
+  coupons.coupon.returned   [CouponReturned]
   coupons.stock.exhausted   [StockExhausted]
+  coupons.commitment.progressed  [CommitmentProgressed]
+  coupons.commitment.expiring    [CommitmentExpiring]
+  coupons.commitment.fulfilled   [CommitmentFulfilled]
+  coupons.commitment.failed      [CommitmentFailed]
+  coupons.commitment.clawed_back [CommitmentClawedBack]
 """
 
 from google.protobuf import descriptor as _descriptor
@@ -46,6 +52,11 @@ class CouponClaimed(_message.Message):
     TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     REDEMPTION_ID_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    COUPON_TYPE_FIELD_NUMBER: _builtins.int
+    PARKING_MINUTES_FIELD_NUMBER: _builtins.int
+    VALID_FROM_FIELD_NUMBER: _builtins.int
+    GUIDE_ID_FIELD_NUMBER: _builtins.int
+    DISCOUNT_FEN_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of this event; one per (mall_id, coupon_id)."""
     mall_id: _builtins.str
@@ -64,6 +75,14 @@ class CouponClaimed(_message.Message):
     """Payment that earned it (POST_PAYMENT); empty otherwise."""
     redemption_id: _builtins.str
     """Points redemption that bought it (POINTS); empty otherwise."""
+    coupon_type: _coupons_pb2.CouponType.ValueType
+    """What the coupon gives."""
+    parking_minutes: _builtins.int
+    """Free parking minutes (PARKING coupons); 0 otherwise."""
+    guide_id: _builtins.str
+    """Shopping guide who brought the claim (GUIDE channel); empty otherwise."""
+    discount_fen: _builtins.int
+    """Amount off in fen (FIXED_AMOUNT); 0 otherwise."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the coupon was claimed."""
@@ -71,6 +90,10 @@ class CouponClaimed(_message.Message):
     @_builtins.property
     def valid_until(self) -> _timestamp_pb2.Timestamp:
         """End of validity, exclusive."""
+
+    @_builtins.property
+    def valid_from(self) -> _timestamp_pb2.Timestamp:
+        """Start of validity."""
 
     def __init__(
         self,
@@ -86,10 +109,15 @@ class CouponClaimed(_message.Message):
         transaction_id: _builtins.str = ...,
         redemption_id: _builtins.str = ...,
         valid_until: _timestamp_pb2.Timestamp | None = ...,
+        coupon_type: _coupons_pb2.CouponType.ValueType = ...,
+        parking_minutes: _builtins.int = ...,
+        valid_from: _timestamp_pb2.Timestamp | None = ...,
+        guide_id: _builtins.str = ...,
+        discount_fen: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "valid_until", b"valid_until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "coupon_id", b"coupon_id", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "redemption_id", b"redemption_id", "stock_id", b"stock_id", "tenant_id", b"tenant_id", "transaction_id", b"transaction_id", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "coupon_id", b"coupon_id", "coupon_type", b"coupon_type", "discount_fen", b"discount_fen", "event_id", b"event_id", "guide_id", b"guide_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "parking_minutes", b"parking_minutes", "redemption_id", b"redemption_id", "stock_id", b"stock_id", "tenant_id", b"tenant_id", "transaction_id", b"transaction_id", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,6 +257,7 @@ class CouponRevoked(_message.Message):
     STOCK_ID_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     REFUND_ID_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of this event; one per (mall_id, coupon_id)."""
     mall_id: _builtins.str
@@ -241,6 +270,8 @@ class CouponRevoked(_message.Message):
     """Member who held it."""
     refund_id: _builtins.str
     """Refund that caused it; empty when revoked for another reason."""
+    transaction_id: _builtins.str
+    """Payment whose refund caused it; empty when revoked for another reason."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the coupon was revoked."""
@@ -255,14 +286,70 @@ class CouponRevoked(_message.Message):
         stock_id: _builtins.str = ...,
         member_id: _builtins.str = ...,
         refund_id: _builtins.str = ...,
+        transaction_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_id", b"coupon_id", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "refund_id", b"refund_id", "stock_id", b"stock_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_id", b"coupon_id", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "refund_id", b"refund_id", "stock_id", b"stock_id", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CouponRevoked: _TypeAlias = CouponRevoked  # noqa: Y015
+
+@_typing.final
+class CouponReturned(_message.Message):
+    """CouponReturned announces that a used coupon is usable again because the order it was used
+    on was refunded in full while the coupon was still valid.
+    Subject: coupons.coupon.returned
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    COUPON_ID_FIELD_NUMBER: _builtins.int
+    STOCK_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    REFUND_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event; one per (mall_id, coupon_id, refund_id)."""
+    mall_id: _builtins.str
+    """Mall of the coupon."""
+    coupon_id: _builtins.str
+    """The coupon."""
+    stock_id: _builtins.str
+    """Stock it came from."""
+    member_id: _builtins.str
+    """Member holding it."""
+    transaction_id: _builtins.str
+    """Refunded payment."""
+    refund_id: _builtins.str
+    """Refund that caused it."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the coupon was returned."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        mall_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        coupon_id: _builtins.str = ...,
+        stock_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        transaction_id: _builtins.str = ...,
+        refund_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_id", b"coupon_id", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "refund_id", b"refund_id", "stock_id", b"stock_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CouponReturned: _TypeAlias = CouponReturned  # noqa: Y015
 
 @_typing.final
 class StockExhausted(_message.Message):
@@ -310,3 +397,292 @@ class StockExhausted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StockExhausted: _TypeAlias = StockExhausted  # noqa: Y015
+
+@_typing.final
+class CommitmentProgressed(_message.Message):
+    """CommitmentProgressed announces that a purchase counted on a commitment card (支付分先享卡),
+    so the shopper sees "2 of 3 done".
+    Subject: coupons.commitment.progressed
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    PURCHASES_MADE_FIELD_NUMBER: _builtins.int
+    PURCHASES_REQUIRED_FIELD_NUMBER: _builtins.int
+    DISCOUNT_FEN_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event; one per (mall_id, card_id, transaction_id)."""
+    mall_id: _builtins.str
+    """Mall of the card."""
+    card_id: _builtins.str
+    """The card."""
+    member_id: _builtins.str
+    """Member holding it."""
+    tenant_id: _builtins.str
+    """Tenant honouring it."""
+    transaction_id: _builtins.str
+    """Payment that counted."""
+    purchases_made: _builtins.int
+    """Purchases counted so far, this one included."""
+    purchases_required: _builtins.int
+    """Purchases the card commits to."""
+    discount_fen: _builtins.int
+    """Discount given at this purchase in fen."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the purchase was counted."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """End of the card's window, exclusive."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        mall_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        card_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        transaction_id: _builtins.str = ...,
+        purchases_made: _builtins.int = ...,
+        purchases_required: _builtins.int = ...,
+        discount_fen: _builtins.int = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_id", b"card_id", "deadline", b"deadline", "discount_fen", b"discount_fen", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "purchases_made", b"purchases_made", "purchases_required", b"purchases_required", "tenant_id", b"tenant_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitmentProgressed: _TypeAlias = CommitmentProgressed  # noqa: Y015
+
+@_typing.final
+class CommitmentExpiring(_message.Message):
+    """CommitmentExpiring warns, once per card, that a card's deadline is near and purchases are
+    still to make.
+    Subject: coupons.commitment.expiring
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    PURCHASES_MADE_FIELD_NUMBER: _builtins.int
+    PURCHASES_REQUIRED_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    DISCOUNT_GIVEN_FEN_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event; one per (mall_id, card_id)."""
+    mall_id: _builtins.str
+    """Mall of the card."""
+    card_id: _builtins.str
+    """The card."""
+    member_id: _builtins.str
+    """Member holding it."""
+    purchases_made: _builtins.int
+    """Purchases counted so far."""
+    purchases_required: _builtins.int
+    """Purchases the card commits to."""
+    discount_given_fen: _builtins.int
+    """Amount in fen that will be clawed back if the card is not fulfilled in time."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the warning was raised."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """End of the card's window, exclusive."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        mall_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        card_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        purchases_made: _builtins.int = ...,
+        purchases_required: _builtins.int = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        discount_given_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_id", b"card_id", "deadline", b"deadline", "discount_given_fen", b"discount_given_fen", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "purchases_made", b"purchases_made", "purchases_required", b"purchases_required"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitmentExpiring: _TypeAlias = CommitmentExpiring  # noqa: Y015
+
+@_typing.final
+class CommitmentFulfilled(_message.Message):
+    """CommitmentFulfilled announces that every committed purchase of a card was made in time.
+    Subject: coupons.commitment.fulfilled
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    DISCOUNT_GIVEN_FEN_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event; one per (mall_id, card_id)."""
+    mall_id: _builtins.str
+    """Mall of the card."""
+    card_id: _builtins.str
+    """The card."""
+    member_id: _builtins.str
+    """Member holding it."""
+    tenant_id: _builtins.str
+    """Tenant honouring it."""
+    discount_given_fen: _builtins.int
+    """Discounts the card gave in fen."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the last purchase was counted."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        mall_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        card_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        discount_given_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_id", b"card_id", "discount_given_fen", b"discount_given_fen", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitmentFulfilled: _TypeAlias = CommitmentFulfilled  # noqa: Y015
+
+@_typing.final
+class CommitmentFailed(_message.Message):
+    """CommitmentFailed announces that a card's deadline passed unfulfilled: the discounts it gave
+    are clawed back through the shopper's pay-score.
+    Subject: coupons.commitment.failed
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    PURCHASES_MADE_FIELD_NUMBER: _builtins.int
+    PURCHASES_REQUIRED_FIELD_NUMBER: _builtins.int
+    CLAWBACK_FEN_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event; one per (mall_id, card_id)."""
+    mall_id: _builtins.str
+    """Mall of the card."""
+    card_id: _builtins.str
+    """The card."""
+    member_id: _builtins.str
+    """Member holding it."""
+    tenant_id: _builtins.str
+    """Tenant honouring it."""
+    purchases_made: _builtins.int
+    """Purchases counted."""
+    purchases_required: _builtins.int
+    """Purchases the card committed to."""
+    clawback_fen: _builtins.int
+    """Amount to claw back in fen: the discounts given."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the deadline sweep found it."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        mall_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        card_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        purchases_made: _builtins.int = ...,
+        purchases_required: _builtins.int = ...,
+        clawback_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_id", b"card_id", "clawback_fen", b"clawback_fen", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "purchases_made", b"purchases_made", "purchases_required", b"purchases_required", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitmentFailed: _TypeAlias = CommitmentFailed  # noqa: Y015
+
+@_typing.final
+class CommitmentClawedBack(_message.Message):
+    """CommitmentClawedBack announces that the platform deducted a failed card's clawback.
+    Subject: coupons.commitment.clawed_back
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    CARD_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    OUT_ORDER_NO_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event; one per (mall_id, card_id)."""
+    mall_id: _builtins.str
+    """Mall of the card."""
+    card_id: _builtins.str
+    """The card."""
+    member_id: _builtins.str
+    """Member it was deducted from."""
+    amount_fen: _builtins.int
+    """Amount deducted in fen."""
+    out_order_no: _builtins.str
+    """The deduction's order number (out_order_no)."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the platform's deduction was confirmed."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        mall_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        card_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        amount_fen: _builtins.int = ...,
+        out_order_no: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "card_id", b"card_id", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "out_order_no", b"out_order_no"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitmentClawedBack: _TypeAlias = CommitmentClawedBack  # noqa: Y015

@@ -110,6 +110,8 @@ class SessionSettled(_message.Message):
     DISCOUNT_FEN_FIELD_NUMBER: _builtins.int
     PAID_FEN_FIELD_NUMBER: _builtins.int
     BENEFITS_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
+    ENTRY_MISSING_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of this event; one per (mall_id, session_id)."""
     mall_id: _builtins.str
@@ -130,6 +132,10 @@ class SessionSettled(_message.Message):
     """Benefits applied in fen."""
     paid_fen: _builtins.int
     """Amount paid in fen."""
+    payment_method: _parking_pb2.PaymentMethod.ValueType
+    """How it was paid."""
+    entry_missing: _builtins.bool
+    """No entry was recorded: the session was opened at the exit."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the exit was settled."""
@@ -144,7 +150,7 @@ class SessionSettled(_message.Message):
 
     @_builtins.property
     def benefits(self) -> _containers.RepeatedCompositeFieldContainer[_parking_pb2.AppliedBenefit]:
-        """Benefits that made up discount_fen."""
+        """Benefits that made up discount_fen (coupon benefits name the coupons used)."""
 
     def __init__(
         self,
@@ -163,10 +169,12 @@ class SessionSettled(_message.Message):
         discount_fen: _builtins.int = ...,
         paid_fen: _builtins.int = ...,
         benefits: _abc.Iterable[_parking_pb2.AppliedBenefit] | None = ...,
+        payment_method: _parking_pb2.PaymentMethod.ValueType = ...,
+        entry_missing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entered_at", b"entered_at", "exited_at", b"exited_at", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["benefits", b"benefits", "car_park_id", b"car_park_id", "discount_fen", b"discount_fen", "entered_at", b"entered_at", "event_id", b"event_id", "exited_at", b"exited_at", "gross_fee_fen", b"gross_fee_fen", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "paid_fen", b"paid_fen", "plate_color", b"plate_color", "plate_number", b"plate_number", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["benefits", b"benefits", "car_park_id", b"car_park_id", "discount_fen", b"discount_fen", "entered_at", b"entered_at", "entry_missing", b"entry_missing", "event_id", b"event_id", "exited_at", b"exited_at", "gross_fee_fen", b"gross_fee_fen", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "paid_fen", b"paid_fen", "payment_method", b"payment_method", "plate_color", b"plate_color", "plate_number", b"plate_number", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,8 +26,7 @@ if _version_not_supported:
 
 
 class ParkingServiceStub:
-    """ParkingService recognises members' vehicles and prices their stays with member benefits
-    (tier and same-day spend) applied.
+    """ParkingService recognises members' vehicles and shows shoppers their stay.
     """
 
     def __init__(self, channel):
@@ -51,103 +50,42 @@ class ParkingServiceStub:
                 request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListPlatesRequest.SerializeToString,
                 response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListPlatesResponse.FromString,
                 _registered_method=True)
-        self.RecordEntry = channel.unary_unary(
-                '/mall.parking.v1.ParkingService/RecordEntry',
-                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryRequest.SerializeToString,
-                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryResponse.FromString,
-                _registered_method=True)
-        self.QuoteExit = channel.unary_unary(
-                '/mall.parking.v1.ParkingService/QuoteExit',
-                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitRequest.SerializeToString,
-                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitResponse.FromString,
-                _registered_method=True)
-        self.SettleExit = channel.unary_unary(
-                '/mall.parking.v1.ParkingService/SettleExit',
-                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitRequest.SerializeToString,
-                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitResponse.FromString,
-                _registered_method=True)
         self.GetSessionForMember = channel.unary_unary(
                 '/mall.parking.v1.ParkingService/GetSessionForMember',
                 request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionForMemberRequest.SerializeToString,
                 response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionForMemberResponse.FromString,
                 _registered_method=True)
-        self.PutFeeSchedule = channel.unary_unary(
-                '/mall.parking.v1.ParkingService/PutFeeSchedule',
-                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutFeeScheduleRequest.SerializeToString,
-                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutFeeScheduleResponse.FromString,
-                _registered_method=True)
-        self.PutBenefitRule = channel.unary_unary(
-                '/mall.parking.v1.ParkingService/PutBenefitRule',
-                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutBenefitRuleRequest.SerializeToString,
-                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutBenefitRuleResponse.FromString,
-                _registered_method=True)
 
 
 class ParkingServiceServicer:
-    """ParkingService recognises members' vehicles and prices their stays with member benefits
-    (tier and same-day spend) applied.
+    """ParkingService recognises members' vehicles and shows shoppers their stay.
     """
 
     def BindPlate(self, request, context):
-        """BindPlate binds a plate to a member (gateway). ALREADY_EXISTS when another member of the
-        mall holds it. Idempotent for the same member.
+        """BindPlate binds a plate to a member. ALREADY_EXISTS (plate_bound_elsewhere) when another
+        member of the mall holds it; FAILED_PRECONDITION (too_many_plates) over the mall's limit.
+        Idempotent for the same member (updates colour and preferences).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UnbindPlate(self, request, context):
-        """UnbindPlate removes a plate from a member (gateway). Idempotent.
+        """UnbindPlate removes a plate from a member. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListPlates(self, request, context):
-        """ListPlates lists a member's plates (gateway).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RecordEntry(self, request, context):
-        """RecordEntry opens a session when a vehicle enters (car-park system). Idempotent on
-        entry_ref.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def QuoteExit(self, request, context):
-        """QuoteExit prices a vehicle's stay with benefits applied (car-park system at the exit).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def SettleExit(self, request, context):
-        """SettleExit closes a session with what was paid (car-park system). Idempotent.
+        """ListPlates lists a member's plates.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSessionForMember(self, request, context):
-        """GetSessionForMember returns a member's open session with a live quote, if any (gateway).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PutFeeSchedule(self, request, context):
-        """PutFeeSchedule creates or replaces a car park's fee schedule (ops).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def PutBenefitRule(self, request, context):
-        """PutBenefitRule creates or replaces a parking benefit rule (ops).
+        """GetSessionForMember returns a member's open session with a fee preview, if any.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,35 +109,10 @@ def add_ParkingServiceServicer_to_server(servicer, server):
                     request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListPlatesRequest.FromString,
                     response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListPlatesResponse.SerializeToString,
             ),
-            'RecordEntry': grpc.unary_unary_rpc_method_handler(
-                    servicer.RecordEntry,
-                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryRequest.FromString,
-                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryResponse.SerializeToString,
-            ),
-            'QuoteExit': grpc.unary_unary_rpc_method_handler(
-                    servicer.QuoteExit,
-                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitRequest.FromString,
-                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitResponse.SerializeToString,
-            ),
-            'SettleExit': grpc.unary_unary_rpc_method_handler(
-                    servicer.SettleExit,
-                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitRequest.FromString,
-                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitResponse.SerializeToString,
-            ),
             'GetSessionForMember': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSessionForMember,
                     request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionForMemberRequest.FromString,
                     response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionForMemberResponse.SerializeToString,
-            ),
-            'PutFeeSchedule': grpc.unary_unary_rpc_method_handler(
-                    servicer.PutFeeSchedule,
-                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutFeeScheduleRequest.FromString,
-                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutFeeScheduleResponse.SerializeToString,
-            ),
-            'PutBenefitRule': grpc.unary_unary_rpc_method_handler(
-                    servicer.PutBenefitRule,
-                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutBenefitRuleRequest.FromString,
-                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutBenefitRuleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -210,8 +123,7 @@ def add_ParkingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ParkingService:
-    """ParkingService recognises members' vehicles and prices their stays with member benefits
-    (tier and same-day spend) applied.
+    """ParkingService recognises members' vehicles and shows shoppers their stay.
     """
 
     @staticmethod
@@ -296,87 +208,6 @@ class ParkingService:
             _registered_method=True)
 
     @staticmethod
-    def RecordEntry(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mall.parking.v1.ParkingService/RecordEntry',
-            mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryRequest.SerializeToString,
-            mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def QuoteExit(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mall.parking.v1.ParkingService/QuoteExit',
-            mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitRequest.SerializeToString,
-            mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def SettleExit(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mall.parking.v1.ParkingService/SettleExit',
-            mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitRequest.SerializeToString,
-            mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def GetSessionForMember(request,
             target,
             options=(),
@@ -403,6 +234,324 @@ class ParkingService:
             metadata,
             _registered_method=True)
 
+
+class CarParkServiceStub:
+    """CarParkService is what a car park's system calls at its gates.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RecordEntry = channel.unary_unary(
+                '/mall.parking.v1.CarParkService/RecordEntry',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryResponse.FromString,
+                _registered_method=True)
+        self.QuoteExit = channel.unary_unary(
+                '/mall.parking.v1.CarParkService/QuoteExit',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitResponse.FromString,
+                _registered_method=True)
+        self.SettleExit = channel.unary_unary(
+                '/mall.parking.v1.CarParkService/SettleExit',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitResponse.FromString,
+                _registered_method=True)
+
+
+class CarParkServiceServicer:
+    """CarParkService is what a car park's system calls at its gates.
+    """
+
+    def RecordEntry(self, request, context):
+        """RecordEntry opens a session when a vehicle enters. Idempotent on entry_ref (a gate that
+        resends gets the same session). A plate still inside closes its old session as ABANDONED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QuoteExit(self, request, context):
+        """QuoteExit prices a vehicle's stay with benefits applied. A vehicle with no entry record
+        gets a session opened at the exit, priced by the schedule's missing-entry fee.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleExit(self, request, context):
+        """SettleExit closes a session with how it was paid and says whether the gate may open.
+        Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CarParkServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RecordEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEntry,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryResponse.SerializeToString,
+            ),
+            'QuoteExit': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuoteExit,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitResponse.SerializeToString,
+            ),
+            'SettleExit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleExit,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mall.parking.v1.CarParkService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mall.parking.v1.CarParkService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CarParkService:
+    """CarParkService is what a car park's system calls at its gates.
+    """
+
+    @staticmethod
+    def RecordEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.CarParkService/RecordEntry',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.RecordEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuoteExit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.CarParkService/QuoteExit',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteExitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleExit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.CarParkService/SettleExit',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleExitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ParkingAdminServiceStub:
+    """ParkingAdminService is for the mall's operators.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.PutFeeSchedule = channel.unary_unary(
+                '/mall.parking.v1.ParkingAdminService/PutFeeSchedule',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutFeeScheduleRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutFeeScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListFeeSchedules = channel.unary_unary(
+                '/mall.parking.v1.ParkingAdminService/ListFeeSchedules',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListFeeSchedulesRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListFeeSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PutParkingPolicy = channel.unary_unary(
+                '/mall.parking.v1.ParkingAdminService/PutParkingPolicy',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutParkingPolicyRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutParkingPolicyResponse.FromString,
+                _registered_method=True)
+        self.GetParkingPolicy = channel.unary_unary(
+                '/mall.parking.v1.ParkingAdminService/GetParkingPolicy',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetParkingPolicyRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetParkingPolicyResponse.FromString,
+                _registered_method=True)
+        self.GetSession = channel.unary_unary(
+                '/mall.parking.v1.ParkingAdminService/GetSession',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionResponse.FromString,
+                _registered_method=True)
+        self.ListAnomalies = channel.unary_unary(
+                '/mall.parking.v1.ParkingAdminService/ListAnomalies',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListAnomaliesRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListAnomaliesResponse.FromString,
+                _registered_method=True)
+        self.GetDailyFigures = channel.unary_unary(
+                '/mall.parking.v1.ParkingAdminService/GetDailyFigures',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetDailyFiguresRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetDailyFiguresResponse.FromString,
+                _registered_method=True)
+
+
+class ParkingAdminServiceServicer:
+    """ParkingAdminService is for the mall's operators.
+    """
+
+    def PutFeeSchedule(self, request, context):
+        """PutFeeSchedule stores a new version of a car park's fee schedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFeeSchedules(self, request, context):
+        """ListFeeSchedules lists every version of a car park's fee schedule, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutParkingPolicy(self, request, context):
+        """PutParkingPolicy replaces the mall's parking policy (benefits, plate limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetParkingPolicy(self, request, context):
+        """GetParkingPolicy returns the mall's parking policy (defaults if never set).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSession(self, request, context):
+        """GetSession returns one session with its WeChat Pay calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAnomalies(self, request, context):
+        """ListAnomalies lists what the car park's gates reported that a person should look at.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDailyFigures(self, request, context):
+        """GetDailyFigures returns a business day's figures per car park.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ParkingAdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'PutFeeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutFeeSchedule,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutFeeScheduleRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutFeeScheduleResponse.SerializeToString,
+            ),
+            'ListFeeSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFeeSchedules,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListFeeSchedulesRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListFeeSchedulesResponse.SerializeToString,
+            ),
+            'PutParkingPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutParkingPolicy,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutParkingPolicyRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.PutParkingPolicyResponse.SerializeToString,
+            ),
+            'GetParkingPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetParkingPolicy,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetParkingPolicyRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetParkingPolicyResponse.SerializeToString,
+            ),
+            'GetSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSession,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionResponse.SerializeToString,
+            ),
+            'ListAnomalies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAnomalies,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListAnomaliesRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.ListAnomaliesResponse.SerializeToString,
+            ),
+            'GetDailyFigures': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDailyFigures,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetDailyFiguresRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetDailyFiguresResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mall.parking.v1.ParkingAdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mall.parking.v1.ParkingAdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ParkingAdminService:
+    """ParkingAdminService is for the mall's operators.
+    """
+
     @staticmethod
     def PutFeeSchedule(request,
             target,
@@ -417,7 +566,7 @@ class ParkingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mall.parking.v1.ParkingService/PutFeeSchedule',
+            '/mall.parking.v1.ParkingAdminService/PutFeeSchedule',
             mall_dot_parking_dot_v1_dot_parking__service__pb2.PutFeeScheduleRequest.SerializeToString,
             mall_dot_parking_dot_v1_dot_parking__service__pb2.PutFeeScheduleResponse.FromString,
             options,
@@ -431,7 +580,7 @@ class ParkingService:
             _registered_method=True)
 
     @staticmethod
-    def PutBenefitRule(request,
+    def ListFeeSchedules(request,
             target,
             options=(),
             channel_credentials=None,
@@ -444,9 +593,144 @@ class ParkingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mall.parking.v1.ParkingService/PutBenefitRule',
-            mall_dot_parking_dot_v1_dot_parking__service__pb2.PutBenefitRuleRequest.SerializeToString,
-            mall_dot_parking_dot_v1_dot_parking__service__pb2.PutBenefitRuleResponse.FromString,
+            '/mall.parking.v1.ParkingAdminService/ListFeeSchedules',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.ListFeeSchedulesRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.ListFeeSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutParkingPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.ParkingAdminService/PutParkingPolicy',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.PutParkingPolicyRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.PutParkingPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetParkingPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.ParkingAdminService/GetParkingPolicy',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.GetParkingPolicyRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.GetParkingPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.ParkingAdminService/GetSession',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAnomalies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.ParkingAdminService/ListAnomalies',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.ListAnomaliesRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.ListAnomaliesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDailyFigures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.ParkingAdminService/GetDailyFigures',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.GetDailyFiguresRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.GetDailyFiguresResponse.FromString,
             options,
             channel_credentials,
             insecure,

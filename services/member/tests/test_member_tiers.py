@@ -24,6 +24,7 @@ from member.service_layer.refunds import attribute_refunds
 from member.service_layer.tiers import review_tiers
 
 TIER_CHANGED = "member.tier.changed"
+BENEFITS_CHANGED = "member.benefits.changed"
 ATTRIBUTED = "member.payment.attributed"
 JOINED = "member.member.joined"
 SILVER = 500_000
@@ -111,6 +112,16 @@ async def tier_changes(conn: asyncpg.Connection, mall_id: str) -> list[events_pb
     ]
 
 
+async def benefit_notices(
+    conn: asyncpg.Connection, mall_id: str
+) -> list[events_pb2.BenefitsChanged]:
+    return [
+        events_pb2.BenefitsChanged.FromString(p)
+        for s, p in await events(conn, mall_id)
+        if s == BENEFITS_CHANGED
+    ]
+
+
 async def tier_of(conn: asyncpg.Connection, mall_id: str, member_id: str) -> tuple[str, Any]:
     row = await conn.fetchrow(
         "SELECT tier_code, tier_review_at FROM members WHERE mall_id = $1 AND member_id = $2",
@@ -156,7 +167,7 @@ async def test_the_payment_crossing_a_threshold_upgrades_at_once(
     assert first.member.tier_code == "basic"
     assert second.member.tier_code == "silver"
     subjects = [s for s, _ in await events(conn, mall)]
-    assert subjects == [JOINED, ATTRIBUTED, TIER_CHANGED, ATTRIBUTED]
+    assert subjects == [JOINED, ATTRIBUTED, TIER_CHANGED, BENEFITS_CHANGED, ATTRIBUTED]
     attributed = events_pb2.PaymentAttributed.FromString((await events(conn, mall))[-1][1])
     assert attributed.tier_code == "silver"  # the tier after this payment
     [change] = await tier_changes(conn, mall)
@@ -253,6 +264,14 @@ async def test_a_refund_never_downgrades_until_the_review_date(
     assert [(c.tier_code, c.reason) for c in changes] == [
         ("silver", events_pb2.TIER_CHANGE_REASON_SPEND),
         ("basic", events_pb2.TIER_CHANGE_REASON_REVIEW),
+    ]
+    notices = await benefit_notices(conn, mall)
+    assert [(n.previous_tier.tier_code, n.tier.tier_code) for n in notices] == [
+        ("basic", "silver"),
+        ("silver", "basic"),
+    ]
+    assert [(c.change, c.benefit.benefit_code) for c in notices[1].changes] == [
+        (events_pb2.BENEFIT_CHANGE_LOST, "parking_free_2h")
     ]
 
 

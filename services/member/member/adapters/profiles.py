@@ -12,6 +12,7 @@ from member.domain.tags import MemberProfile
 
 _PROFILE = """
 SELECT m.mall_id, m.member_id, m.tier_code, m.status, m.join_channel, m.joined_at,
+       coalesce(m.merged_into::text, '') AS merged_into,
        coalesce((SELECT i.value FROM identities i
                   WHERE i.mall_id = m.mall_id AND i.member_id = m.member_id AND i.kind = 'phone'
                   ORDER BY i.created_at DESC LIMIT 1), '') AS phone,
@@ -31,6 +32,7 @@ def _profile(r: asyncpg.Record) -> MemberProfile:
         joined_at=r["joined_at"],
         phone=r["phone"],
         tags=tuple(r["tags"]),
+        merged_into=r["merged_into"],
     )
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from kit.db import Connection
 
+from member.domain.benefits import DEFAULT_BENEFITS, Benefit
 from member.domain.tiers import DEFAULT_TIERS, Tier, TierLadder
 
 
@@ -28,6 +29,21 @@ async def ladders(conn: Connection, mall_ids: Sequence[str]) -> dict[str, TierLa
             [t.name for t in DEFAULT_TIERS],
             [t.rank for t in DEFAULT_TIERS],
             [t.threshold_fen for t in DEFAULT_TIERS],
+        )
+        defaults = [(c, b) for c, bs in DEFAULT_BENEFITS.items() for b in bs]
+        await conn.execute(
+            """INSERT INTO tier_benefits (mall_id, tier_code, benefit_code, title, description)
+               SELECT t.mall_id, t.tier_code, d.b, d.t, d.d
+                 FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS d(c, b, t, d)
+                 JOIN tiers t ON t.tier_code = d.c
+                WHERE t.mall_id = ANY($1::text[])
+                  AND NOT EXISTS (SELECT 1 FROM tier_benefits x WHERE x.mall_id = t.mall_id)
+               ON CONFLICT DO NOTHING""",
+            wanted,
+            [c for c, _ in defaults],
+            [b.benefit_code for _, b in defaults],
+            [b.title for _, b in defaults],
+            [b.description for _, b in defaults],
         )
         rows = await conn.fetch("SELECT * FROM tiers WHERE mall_id = ANY($1::text[])", wanted)
     by_mall: dict[str, list[Tier]] = {}
@@ -103,3 +119,43 @@ async def due_for_review(conn: Connection, mall_id: str, now: datetime) -> dict[
         now,
     )
     return {str(r["member_id"]): r["tier_code"] for r in rows}
+
+
+async def benefits(conn: Connection, mall_id: str) -> dict[str, tuple[Benefit, ...]]:
+    """tier_code → what the tier gives, in benefit_code order."""
+    rows = await conn.fetch(
+        """SELECT tier_code, benefit_code, title, description FROM tier_benefits
+            WHERE mall_id = $1 ORDER BY tier_code, benefit_code""",
+        mall_id,
+    )
+    out: dict[str, list[Benefit]] = {}
+    for r in rows:
+        out.setdefault(r["tier_code"], []).append(
+            Benefit(r["benefit_code"], r["title"], r["description"])
+        )
+    return {code: tuple(lines) for code, lines in out.items()}
+
+
+async def replace_benefits(
+    conn: Connection, mall_id: str, tier_code: str, lines: Sequence[Benefit]
+) -> bool:
+    """The tier's benefits become exactly ``lines``; False if the mall has no such tier."""
+    if not await conn.fetchval(
+        "SELECT true FROM tiers WHERE mall_id = $1 AND tier_code = $2 FOR UPDATE",
+        mall_id,
+        tier_code,
+    ):
+        return False
+    await conn.execute(
+        "DELETE FROM tier_benefits WHERE mall_id = $1 AND tier_code = $2", mall_id, tier_code
+    )
+    await conn.execute(
+        """INSERT INTO tier_benefits (mall_id, tier_code, benefit_code, title, description)
+           SELECT $1, $2, b, t, d FROM unnest($3::text[], $4::text[], $5::text[]) AS x(b, t, d)""",
+        mall_id,
+        tier_code,
+        [b.benefit_code for b in lines],
+        [b.title for b in lines],
+        [b.description for b in lines],
+    )
+    return True

@@ -43,3 +43,4 @@ class MemberProfile:
     joined_at: datetime
     phone: str  # E.164, or empty
     tags: tuple[str, ...]
+    merged_into: str = ""  # for a MERGED member, its survivor

@@ -42,6 +42,9 @@ class TierLadder:
     def lowest(self) -> Tier:
         return self.tiers[0]
 
+    def tier(self, tier_code: str) -> Tier | None:
+        return self._by_code.get(tier_code)
+
     def rank_of(self, tier_code: str) -> int:
         tier = self._by_code.get(tier_code)
         return tier.rank if tier else -1  # a tier ops removed ranks below all

@@ -16,16 +16,11 @@ from member.adapters.events import mall_message
 from member.domain.checkout import CheckoutPolicy
 from member.domain.model import JoinChannel, Member, PaymentSource
 from member.entrypoints.auth import tenant_caller
+from member.entrypoints.grpc_identity import IDENTITY_KINDS, IdentityRpcs
 from member.entrypoints.member_messages import profile_message
 from member.service_layer import checkout, credentials, directory, joining, pos, tags
 
-_IDENTITY_KINDS = {
-    member_pb2.IDENTITY_TYPE_OPENID: "openid",
-    member_pb2.IDENTITY_TYPE_UNIONID: "unionid",
-    member_pb2.IDENTITY_TYPE_PHONE: "phone",
-    member_pb2.IDENTITY_TYPE_CARD: "card",
-    member_pb2.IDENTITY_TYPE_APP_ACCOUNT: "app_account",
-}
+_IDENTITY_KINDS = IDENTITY_KINDS
 _POS_SOURCES = {
     common_pb2.PAYMENT_SOURCE_POS_CASH: PaymentSource.POS_CASH,
     common_pb2.PAYMENT_SOURCE_POS_CARD: PaymentSource.POS_CARD,
@@ -50,7 +45,7 @@ def _required(**fields: str) -> None:
         raise InvalidInput("missing_field", f"required: {', '.join(missing)}")
 
 
-class MemberServicer(member_service_pb2_grpc.MemberServiceServicer):
+class MemberServicer(IdentityRpcs, member_service_pb2_grpc.MemberServiceServicer):
     def __init__(self, pool: asyncpg.Pool, checkout_policy: CheckoutPolicy | None = None) -> None:
         self._pool = pool
         self._checkout = checkout_policy or CheckoutPolicy()

@@ -32,4 +32,5 @@ def profile_message(p: MemberProfile) -> member_pb2.Member:
         phone_masked=mask_phone(p.phone),
         tags=list(p.tags),
         join_channel=channel,
+        merged_into_member_id=p.merged_into,
     )

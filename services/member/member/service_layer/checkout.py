@@ -11,7 +11,7 @@ from kit.db import Connection
 from kit.errors import Conflict, Forbidden, NotFound
 
 from member.adapters import checkout as sql
-from member.adapters import repository
+from member.adapters import merges, repository
 from member.domain.checkout import CheckoutPolicy, IssuedCode, code_hash, new_code
 from member.domain.credentials import Principal
 from member.domain.model import Member
@@ -21,8 +21,12 @@ from member.service_layer.credentials import authorize_store
 async def issue_checkout_code(
     conn: Connection, policy: CheckoutPolicy, mall_id: str, member_id: str
 ) -> IssuedCode:
-    if await repository.get_member(conn, mall_id, member_id) is None:
+    member = await repository.get_member(conn, mall_id, member_id)
+    if member is None:
         raise NotFound("member_not_found", "no such member in this mall")
+    member_id = (await merges.follow_merges(conn, {(mall_id, member_id): member}))[
+        (mall_id, member_id)
+    ].member_id  # a session still holding a merged member's id identifies the survivor
     code = new_code()
     expires_at = await sql.insert_code(conn, mall_id, code_hash(code), member_id, policy.code_ttl_s)
     return IssuedCode(code, expires_at)

@@ -9,7 +9,7 @@ from eventbus.outbox import OutgoingEvent, add_events
 from kit.db import Connection
 from kit.errors import NotFound
 
-from member.adapters import events, repository
+from member.adapters import events, merges, repository
 from member.domain.model import Attribution, CapturedPayment, JoinChannel
 from member.service_layer.pending import hold_unauthorised
 from member.service_layer.refunds import release_parked_refunds
@@ -47,6 +47,7 @@ async def attribute_payments(
     members = await repository.join_by_identities(
         conn, "openid", [(malls[p.appid], p.openid) for p in batch], JoinChannel.PAYMENT
     )
+    members = await merges.follow_merges(conn, members)  # after a merge: the survivor
     attributions = [
         Attribution(
             payment=p,

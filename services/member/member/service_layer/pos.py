@@ -10,7 +10,7 @@ from kit import context
 from kit.db import Connection
 from kit.errors import Conflict, InvalidInput, NotFound
 
-from member.adapters import events, repository
+from member.adapters import events, merges, repository
 from member.domain.checkout import CheckoutPolicy
 from member.domain.credentials import Principal
 from member.domain.model import Attribution, PaymentSource, Store
@@ -52,6 +52,9 @@ async def report_payment(
     member = await repository.get_member(conn, mall_id, member_id)
     if member is None:
         raise NotFound("member_not_found", "no such member in this mall")
+    member = (await merges.follow_merges(conn, {(mall_id, member_id): member}))[
+        (mall_id, member_id)
+    ]  # a POS holding a merged member's id pays the survivor
     attribution = Attribution(
         payment=payment,
         store=Store(

@@ -11,6 +11,7 @@ from eventbus.outbox import OutgoingEvent, add_events
 from kit.db import Connection
 
 from member.adapters import join_events, tiers
+from member.domain.benefits import Benefit
 from member.domain.model import Attribution
 from member.domain.tiers import next_review, spend_window_start
 
@@ -36,6 +37,7 @@ async def apply_spend(
         if a.payment.paid_at > since:
             spend[(a.store.mall_id, a.member.member_id)] -= a.payment.amount_fen
     changed: set[tuple[str, str]] = set()
+    lines: dict[str, dict[str, tuple[Benefit, ...]]] = {}
     out: list[tuple[Attribution, dict[str, str], list[OutgoingEvent]]] = []
     for a, headers in attributed:
         key = (a.store.mall_id, a.member.member_id)
@@ -44,16 +46,18 @@ async def apply_spend(
         before: list[OutgoingEvent] = []
         up = ladders[key[0]].upgrade(current[key], spend[key])
         if up is not None:
-            before.append(
-                join_events.tier_changed(
-                    mall_id=key[0],
-                    member_id=key[1],
-                    previous=current[key],
-                    current=up.tier_code,
-                    reason="spend",
-                    at=now,
-                    headers=headers,
-                )
+            if key[0] not in lines:
+                lines[key[0]] = await tiers.benefits(conn, key[0])
+            before += join_events.tier_change_events(
+                ladder=ladders[key[0]],
+                benefits=lines[key[0]],
+                mall_id=key[0],
+                member_id=key[1],
+                previous=current[key],
+                current=up.tier_code,
+                reason="spend",
+                at=now,
+                headers=headers,
             )
             current[key] = up.tier_code
             changed.add(key)
@@ -75,6 +79,7 @@ async def review_tiers(conn: Connection, mall_id: str, now: datetime) -> list[tu
     if not due:
         return []
     ladder = (await tiers.ladders(conn, [mall_id]))[mall_id]
+    lines = await tiers.benefits(conn, mall_id)
     spend = await tiers.spends(conn, [(mall_id, m) for m in due], spend_window_start(now))
     outgoing: list[OutgoingEvent] = []
     changes: list[tuple[str, str, str]] = []
@@ -84,15 +89,15 @@ async def review_tiers(conn: Connection, mall_id: str, now: datetime) -> list[tu
         await tiers.set_tier(conn, mall_id, member_id, earned.tier_code, review_at)
         if earned.tier_code != tier_code:
             changes.append((member_id, tier_code, earned.tier_code))
-            outgoing.append(
-                join_events.tier_changed(
-                    mall_id=mall_id,
-                    member_id=member_id,
-                    previous=tier_code,
-                    current=earned.tier_code,
-                    reason="review",
-                    at=now,
-                )
+            outgoing += join_events.tier_change_events(
+                ladder=ladder,
+                benefits=lines,
+                mall_id=mall_id,
+                member_id=member_id,
+                previous=tier_code,
+                current=earned.tier_code,
+                reason="review",
+                at=now,
             )
     await add_events(conn, outgoing)
     log.info("tiers_reviewed", mall_id=mall_id, due=len(due), changed=len(changes))

@@ -10,6 +10,8 @@ Subjects (payload message in brackets):
   member.refund.attributed             [RefundAttributed]
   member.tier.changed                  [TierChanged]
   member.identity.merged               [IdentityMerged]
+  member.benefits.changed              [BenefitsChanged]
+  member.guide.bound                   [GuideBound]
   member.directory.mall_upserted       [MallUpserted]
   member.directory.tenant_upserted     [TenantUpserted]
   member.directory.store_upserted      [StoreUpserted]
@@ -17,9 +19,11 @@ Subjects (payload message in brackets):
   member.directory.credential_upserted [CredentialUpserted]
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mall.common.v1 import common_pb2 as _common_pb2
 from mall.member.v1 import directory_pb2 as _directory_pb2
@@ -51,6 +55,8 @@ class _TierChangeReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tier
     """The periodic tier review (qualification period ended)."""
     TIER_CHANGE_REASON_MANUAL: _TierChangeReason.ValueType  # 4
     """Set by ops."""
+    TIER_CHANGE_REASON_MERGE: _TierChangeReason.ValueType  # 5
+    """Two members were merged; the survivor keeps the better tier of the two."""
 
 class TierChangeReason(_TierChangeReason, metaclass=_TierChangeReasonEnumTypeWrapper):
     """TierChangeReason says why a member's tier changed."""
@@ -65,7 +71,37 @@ TIER_CHANGE_REASON_REVIEW: TierChangeReason.ValueType  # 3
 """The periodic tier review (qualification period ended)."""
 TIER_CHANGE_REASON_MANUAL: TierChangeReason.ValueType  # 4
 """Set by ops."""
+TIER_CHANGE_REASON_MERGE: TierChangeReason.ValueType  # 5
+"""Two members were merged; the survivor keeps the better tier of the two."""
 Global___TierChangeReason: _TypeAlias = TierChangeReason  # noqa: Y015
+
+class _BenefitChange:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BenefitChangeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BenefitChange.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BENEFIT_CHANGE_UNSPECIFIED: _BenefitChange.ValueType  # 0
+    """Not set."""
+    BENEFIT_CHANGE_GAINED: _BenefitChange.ValueType  # 1
+    """The new tier gives a benefit the old one did not."""
+    BENEFIT_CHANGE_LOST: _BenefitChange.ValueType  # 2
+    """The old tier gave a benefit the new one does not."""
+    BENEFIT_CHANGE_CHANGED: _BenefitChange.ValueType  # 3
+    """Both tiers give the benefit, with a different title or description."""
+
+class BenefitChange(_BenefitChange, metaclass=_BenefitChangeEnumTypeWrapper):
+    """BenefitChange says how one benefit line differs between the old and the new tier."""
+
+BENEFIT_CHANGE_UNSPECIFIED: BenefitChange.ValueType  # 0
+"""Not set."""
+BENEFIT_CHANGE_GAINED: BenefitChange.ValueType  # 1
+"""The new tier gives a benefit the old one did not."""
+BENEFIT_CHANGE_LOST: BenefitChange.ValueType  # 2
+"""The old tier gave a benefit the new one does not."""
+BENEFIT_CHANGE_CHANGED: BenefitChange.ValueType  # 3
+"""Both tiers give the benefit, with a different title or description."""
+Global___BenefitChange: _TypeAlias = BenefitChange  # noqa: Y015
 
 @_typing.final
 class MemberJoined(_message.Message):
@@ -353,6 +389,7 @@ class IdentityMerged(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     SURVIVOR_MEMBER_ID_FIELD_NUMBER: _builtins.int
     MERGED_MEMBER_ID_FIELD_NUMBER: _builtins.int
+    MERGE_REQUEST_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of this event."""
     mall_id: _builtins.str
@@ -361,6 +398,8 @@ class IdentityMerged(_message.Message):
     """Member that remains."""
     merged_member_id: _builtins.str
     """Member that was merged into the survivor and is now MERGED."""
+    merge_request_id: _builtins.str
+    """The caller's idempotency key of the merge (MergeMembersRequest.merge_request_id)."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the merge happened."""
@@ -373,14 +412,158 @@ class IdentityMerged(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         survivor_member_id: _builtins.str = ...,
         merged_member_id: _builtins.str = ...,
+        merge_request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "mall_id", b"mall_id", "merged_member_id", b"merged_member_id", "occurred_at", b"occurred_at", "survivor_member_id", b"survivor_member_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "mall_id", b"mall_id", "merge_request_id", b"merge_request_id", "merged_member_id", b"merged_member_id", "occurred_at", b"occurred_at", "survivor_member_id", b"survivor_member_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IdentityMerged: _TypeAlias = IdentityMerged  # noqa: Y015
+
+@_typing.final
+class ChangedBenefit(_message.Message):
+    """ChangedBenefit is one benefit line that differs after a tier change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    BENEFIT_FIELD_NUMBER: _builtins.int
+    change: Global___BenefitChange.ValueType
+    """How it differs."""
+    @_builtins.property
+    def benefit(self) -> _member_pb2.TierBenefit:
+        """The benefit as the new tier gives it (GAINED, CHANGED) or as the old one gave it (LOST)."""
+
+    def __init__(
+        self,
+        *,
+        change: Global___BenefitChange.ValueType = ...,
+        benefit: _member_pb2.TierBenefit | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["benefit", b"benefit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["benefit", b"benefit", "change", b"change"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangedBenefit: _TypeAlias = ChangedBenefit  # noqa: Y015
+
+@_typing.final
+class BenefitsChanged(_message.Message):
+    """BenefitsChanged tells the shopper (权益变更提醒, pushed live by the gateway) what their tier
+    change gained or lost; published with every TierChanged, after it.
+    Subject: member.benefits.changed
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_TIER_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event."""
+    mall_id: _builtins.str
+    """Mall of the member."""
+    member_id: _builtins.str
+    """Member whose benefits changed."""
+    reason: Global___TierChangeReason.ValueType
+    """Why the tier changed."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the tier changed."""
+
+    @_builtins.property
+    def previous_tier(self) -> _member_pb2.Tier:
+        """Tier before the change, with its benefits."""
+
+    @_builtins.property
+    def tier(self) -> _member_pb2.Tier:
+        """Tier after the change, with its benefits."""
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChangedBenefit]:
+        """The benefit lines that differ, in benefit_code order; empty if the benefits are the same."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        mall_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        member_id: _builtins.str = ...,
+        previous_tier: _member_pb2.Tier | None = ...,
+        tier: _member_pb2.Tier | None = ...,
+        reason: Global___TierChangeReason.ValueType = ...,
+        changes: _abc.Iterable[Global___ChangedBenefit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "previous_tier", b"previous_tier", "tier", b"tier"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "previous_tier", b"previous_tier", "reason", b"reason", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BenefitsChanged: _TypeAlias = BenefitsChanged  # noqa: Y015
+
+@_typing.final
+class GuideBound(_message.Message):
+    """GuideBound announces that a member chose a shopping guide of a tenant (支付即服务).
+    Subject: member.guide.bound
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    GUIDE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    PREVIOUS_GUIDE_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event."""
+    mall_id: _builtins.str
+    """Mall of the member."""
+    member_id: _builtins.str
+    """The member."""
+    guide_id: _builtins.str
+    """The guide bound to."""
+    tenant_id: _builtins.str
+    """Tenant the guide works for."""
+    store_id: _builtins.str
+    """Store the guide works at."""
+    previous_guide_id: _builtins.str
+    """Guide of the same tenant the member was bound to before; empty if none."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the binding was made."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        mall_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        member_id: _builtins.str = ...,
+        guide_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        store_id: _builtins.str = ...,
+        previous_guide_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "guide_id", b"guide_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "previous_guide_id", b"previous_guide_id", "store_id", b"store_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuideBound: _TypeAlias = GuideBound  # noqa: Y015
 
 @_typing.final
 class MallUpserted(_message.Message):

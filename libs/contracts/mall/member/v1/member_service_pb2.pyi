@@ -230,26 +230,360 @@ class LinkIdentityResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBER_FIELD_NUMBER: _builtins.int
-    MERGED_MEMBER_ID_FIELD_NUMBER: _builtins.int
-    merged_member_id: _builtins.str
-    """Member merged into `member` by this call; empty when no merge happened."""
+    ALREADY_LINKED_FIELD_NUMBER: _builtins.int
+    already_linked: _builtins.bool
+    """True when the member held the identity before this call (nothing changed)."""
     @_builtins.property
     def member(self) -> _member_pb2.Member:
-        """The member holding the identity (the survivor when a merge happened)."""
+        """The member, holding the identity."""
 
     def __init__(
         self,
         *,
         member: _member_pb2.Member | None = ...,
-        merged_member_id: _builtins.str = ...,
+        already_linked: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "merged_member_id", b"merged_member_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_linked", b"already_linked", "member", b"member"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LinkIdentityResponse: _TypeAlias = LinkIdentityResponse  # noqa: Y015
+
+@_typing.final
+class MergeMembersRequest(_message.Message):
+    """MergeMembersRequest asks to fold one member into another."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    SURVIVOR_MEMBER_ID_FIELD_NUMBER: _builtins.int
+    MERGED_MEMBER_ID_FIELD_NUMBER: _builtins.int
+    MERGE_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of both members."""
+    survivor_member_id: _builtins.str
+    """Member that remains."""
+    merged_member_id: _builtins.str
+    """Member folded into the survivor; becomes MERGED."""
+    merge_request_id: _builtins.str
+    """Idempotency key chosen by the caller: a repeat answers the first result."""
+    operator: _builtins.str
+    """Who asked for the merge (ops user or system), for the audit trail."""
+    reason: _builtins.str
+    """Why the two are one person (e.g. "same phone, confirmed by service desk")."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        survivor_member_id: _builtins.str = ...,
+        merged_member_id: _builtins.str = ...,
+        merge_request_id: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "merge_request_id", b"merge_request_id", "merged_member_id", b"merged_member_id", "operator", b"operator", "reason", b"reason", "survivor_member_id", b"survivor_member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeMembersRequest: _TypeAlias = MergeMembersRequest  # noqa: Y015
+
+@_typing.final
+class MergeMembersResponse(_message.Message):
+    """MergeMembersResponse carries the survivor after the merge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    MERGED_AT_FIELD_NUMBER: _builtins.int
+    duplicate: _builtins.bool
+    """True when this merge_request_id had been carried out before (nothing changed now)."""
+    @_builtins.property
+    def member(self) -> _member_pb2.Member:
+        """The survivor, with its tier and tags after the merge."""
+
+    @_builtins.property
+    def merged_at(self) -> _timestamp_pb2.Timestamp:
+        """When the merge was carried out."""
+
+    def __init__(
+        self,
+        *,
+        member: _member_pb2.Member | None = ...,
+        duplicate: _builtins.bool = ...,
+        merged_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "merged_at", b"merged_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "member", b"member", "merged_at", b"merged_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MergeMembersResponse: _TypeAlias = MergeMembersResponse  # noqa: Y015
+
+@_typing.final
+class Guide(_message.Message):
+    """Guide is a shopping guide (导购) of a tenant's store."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    GUIDE_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the store."""
+    guide_id: _builtins.str
+    """Id of the guide, unique within the mall (chosen by the tenant, e.g. its staff number)."""
+    tenant_id: _builtins.str
+    """Tenant the guide works for."""
+    store_id: _builtins.str
+    """Store the guide works at."""
+    name: _builtins.str
+    """Display name shown to the shopper."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        guide_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        store_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guide_id", b"guide_id", "mall_id", b"mall_id", "name", b"name", "store_id", b"store_id", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Guide: _TypeAlias = Guide  # noqa: Y015
+
+@_typing.final
+class BindGuideRequest(_message.Message):
+    """BindGuideRequest names a shopper and the guide they choose."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    GUIDE_ID_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the member."""
+    member_id: _builtins.str
+    """The shopper."""
+    guide_id: _builtins.str
+    """Guide to bind to; the shopper must have paid at the guide's store."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        guide_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guide_id", b"guide_id", "mall_id", b"mall_id", "member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BindGuideRequest: _TypeAlias = BindGuideRequest  # noqa: Y015
+
+@_typing.final
+class BindGuideResponse(_message.Message):
+    """BindGuideResponse confirms the binding."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GUIDE_FIELD_NUMBER: _builtins.int
+    BOUND_AT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_GUIDE_ID_FIELD_NUMBER: _builtins.int
+    previous_guide_id: _builtins.str
+    """Guide of the same tenant the member was bound to before; empty if none."""
+    @_builtins.property
+    def guide(self) -> Global___Guide:
+        """The guide the member is bound to now."""
+
+    @_builtins.property
+    def bound_at(self) -> _timestamp_pb2.Timestamp:
+        """When the binding was made (the first time, for a repeat of the same binding)."""
+
+    def __init__(
+        self,
+        *,
+        guide: Global___Guide | None = ...,
+        bound_at: _timestamp_pb2.Timestamp | None = ...,
+        previous_guide_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at", "guide", b"guide"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at", "guide", b"guide", "previous_guide_id", b"previous_guide_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BindGuideResponse: _TypeAlias = BindGuideResponse  # noqa: Y015
+
+@_typing.final
+class RegisterGuideRequest(_message.Message):
+    """RegisterGuideRequest describes a guide of the calling tenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    GUIDE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the store."""
+    store_id: _builtins.str
+    """Store the guide works at (must belong to the caller's tenant)."""
+    guide_id: _builtins.str
+    """Id of the guide, unique within the mall; lower-case letters, digits and '-'."""
+    name: _builtins.str
+    """Display name."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        store_id: _builtins.str = ...,
+        guide_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guide_id", b"guide_id", "mall_id", b"mall_id", "name", b"name", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterGuideRequest: _TypeAlias = RegisterGuideRequest  # noqa: Y015
+
+@_typing.final
+class RegisterGuideResponse(_message.Message):
+    """RegisterGuideResponse carries the guide as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GUIDE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def guide(self) -> Global___Guide:
+        """The guide."""
+
+    def __init__(
+        self,
+        *,
+        guide: Global___Guide | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["guide", b"guide"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guide", b"guide"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterGuideResponse: _TypeAlias = RegisterGuideResponse  # noqa: Y015
+
+@_typing.final
+class ListGuideMembersRequest(_message.Message):
+    """ListGuideMembersRequest asks for one page of a guide's members."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    GUIDE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the guide."""
+    guide_id: _builtins.str
+    """The guide (must work for the caller's tenant)."""
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest:
+        """Paging."""
+
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        guide_id: _builtins.str = ...,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guide_id", b"guide_id", "mall_id", b"mall_id", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGuideMembersRequest: _TypeAlias = ListGuideMembersRequest  # noqa: Y015
+
+@_typing.final
+class GuideMember(_message.Message):
+    """GuideMember is a member bound to a guide, as the guide's POS shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    TIER_CODE_FIELD_NUMBER: _builtins.int
+    PHONE_MASKED_FIELD_NUMBER: _builtins.int
+    BOUND_AT_FIELD_NUMBER: _builtins.int
+    member_id: _builtins.str
+    """The member."""
+    tier_code: _builtins.str
+    """Their current tier."""
+    phone_masked: _builtins.str
+    """Phone with the middle digits hidden; empty if unknown."""
+    @_builtins.property
+    def bound_at(self) -> _timestamp_pb2.Timestamp:
+        """When they bound to the guide."""
+
+    def __init__(
+        self,
+        *,
+        member_id: _builtins.str = ...,
+        tier_code: _builtins.str = ...,
+        phone_masked: _builtins.str = ...,
+        bound_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at", "member_id", b"member_id", "phone_masked", b"phone_masked", "tier_code", b"tier_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GuideMember: _TypeAlias = GuideMember  # noqa: Y015
+
+@_typing.final
+class ListGuideMembersResponse(_message.Message):
+    """ListGuideMembersResponse carries one page of the guide's members, in binding order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuideMember]:
+        """The members of this page."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse:
+        """Paging."""
+
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[Global___GuideMember] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGuideMembersResponse: _TypeAlias = ListGuideMembersResponse  # noqa: Y015
 
 @_typing.final
 class IssueCheckoutCodeRequest(_message.Message):

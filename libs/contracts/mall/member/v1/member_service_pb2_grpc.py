@@ -57,6 +57,26 @@ class MemberServiceStub:
                 request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.LinkIdentityRequest.SerializeToString,
                 response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.LinkIdentityResponse.FromString,
                 _registered_method=True)
+        self.MergeMembers = channel.unary_unary(
+                '/mall.member.v1.MemberService/MergeMembers',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.MergeMembersRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.MergeMembersResponse.FromString,
+                _registered_method=True)
+        self.BindGuide = channel.unary_unary(
+                '/mall.member.v1.MemberService/BindGuide',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.BindGuideRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.BindGuideResponse.FromString,
+                _registered_method=True)
+        self.RegisterGuide = channel.unary_unary(
+                '/mall.member.v1.MemberService/RegisterGuide',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.RegisterGuideRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.RegisterGuideResponse.FromString,
+                _registered_method=True)
+        self.ListGuideMembers = channel.unary_unary(
+                '/mall.member.v1.MemberService/ListGuideMembers',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersResponse.FromString,
+                _registered_method=True)
         self.IssueCheckoutCode = channel.unary_unary(
                 '/mall.member.v1.MemberService/IssueCheckoutCode',
                 request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.IssueCheckoutCodeRequest.SerializeToString,
@@ -114,8 +134,47 @@ class MemberServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LinkIdentity(self, request, context):
-        """LinkIdentity adds an identity (phone, unionid, card ...) to a member. When another member
-        already holds it, the two are merged and IdentityMerged is published.
+        """LinkIdentity adds an identity (openid, unionid, phone, card, app account) to a member.
+        Idempotent for an identity the member holds already. An identity another member holds is
+        refused (FAILED_PRECONDITION, code identity_held_by_other_member, the holder in the error
+        details) and nothing changes: joining two members is MergeMembers' job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MergeMembers(self, request, context):
+        """MergeMembers folds one member into another found to be the same person (ops): identities,
+        payments (spend), tags, consents, guide bindings and the better tier move to the survivor,
+        the merged member becomes MERGED, and IdentityMerged is published so other services move
+        what they keep (points balances, lots, holds). Audited (operator, reason, time). The same
+        merge_request_id again answers the first result (duplicate = true); a member merged
+        already cannot be merged again (FAILED_PRECONDITION, member_not_active).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BindGuide(self, request, context):
+        """BindGuide binds the shopper to a shopping guide (导购) of a store where they paid (called
+        by the gateway for the signed-in shopper). One guide per tenant: binding to another guide
+        of the same tenant replaces the binding. Publishes GuideBound.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterGuide(self, request, context):
+        """RegisterGuide creates or updates a shopping guide of one of the calling tenant's stores
+        (tenant credential).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGuideMembers(self, request, context):
+        """ListGuideMembers pages through the members bound to one of the calling tenant's guides
+        (tenant credential); a guide of another tenant is refused like an unknown one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,6 +240,26 @@ def add_MemberServiceServicer_to_server(servicer, server):
                     servicer.LinkIdentity,
                     request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.LinkIdentityRequest.FromString,
                     response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.LinkIdentityResponse.SerializeToString,
+            ),
+            'MergeMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeMembers,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.MergeMembersRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.MergeMembersResponse.SerializeToString,
+            ),
+            'BindGuide': grpc.unary_unary_rpc_method_handler(
+                    servicer.BindGuide,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.BindGuideRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.BindGuideResponse.SerializeToString,
+            ),
+            'RegisterGuide': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterGuide,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.RegisterGuideRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.RegisterGuideResponse.SerializeToString,
+            ),
+            'ListGuideMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGuideMembers,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersResponse.SerializeToString,
             ),
             'IssueCheckoutCode': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueCheckoutCode,
@@ -319,6 +398,114 @@ class MemberService:
             '/mall.member.v1.MemberService/LinkIdentity',
             mall_dot_member_dot_v1_dot_member__service__pb2.LinkIdentityRequest.SerializeToString,
             mall_dot_member_dot_v1_dot_member__service__pb2.LinkIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.MemberService/MergeMembers',
+            mall_dot_member_dot_v1_dot_member__service__pb2.MergeMembersRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.MergeMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BindGuide(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.MemberService/BindGuide',
+            mall_dot_member_dot_v1_dot_member__service__pb2.BindGuideRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.BindGuideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterGuide(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.MemberService/RegisterGuide',
+            mall_dot_member_dot_v1_dot_member__service__pb2.RegisterGuideRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.RegisterGuideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGuideMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.MemberService/ListGuideMembers',
+            mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

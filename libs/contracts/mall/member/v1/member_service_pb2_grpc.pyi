@@ -50,8 +50,31 @@ class MemberServiceStub:
     member, that member is returned with created = false.
     """
     LinkIdentity: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.LinkIdentityRequest, _member_service_pb2.LinkIdentityResponse]
-    """LinkIdentity adds an identity (phone, unionid, card ...) to a member. When another member
-    already holds it, the two are merged and IdentityMerged is published.
+    """LinkIdentity adds an identity (openid, unionid, phone, card, app account) to a member.
+    Idempotent for an identity the member holds already. An identity another member holds is
+    refused (FAILED_PRECONDITION, code identity_held_by_other_member, the holder in the error
+    details) and nothing changes: joining two members is MergeMembers' job.
+    """
+    MergeMembers: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.MergeMembersRequest, _member_service_pb2.MergeMembersResponse]
+    """MergeMembers folds one member into another found to be the same person (ops): identities,
+    payments (spend), tags, consents, guide bindings and the better tier move to the survivor,
+    the merged member becomes MERGED, and IdentityMerged is published so other services move
+    what they keep (points balances, lots, holds). Audited (operator, reason, time). The same
+    merge_request_id again answers the first result (duplicate = true); a member merged
+    already cannot be merged again (FAILED_PRECONDITION, member_not_active).
+    """
+    BindGuide: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.BindGuideRequest, _member_service_pb2.BindGuideResponse]
+    """BindGuide binds the shopper to a shopping guide (导购) of a store where they paid (called
+    by the gateway for the signed-in shopper). One guide per tenant: binding to another guide
+    of the same tenant replaces the binding. Publishes GuideBound.
+    """
+    RegisterGuide: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.RegisterGuideRequest, _member_service_pb2.RegisterGuideResponse]
+    """RegisterGuide creates or updates a shopping guide of one of the calling tenant's stores
+    (tenant credential).
+    """
+    ListGuideMembers: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.ListGuideMembersRequest, _member_service_pb2.ListGuideMembersResponse]
+    """ListGuideMembers pages through the members bound to one of the calling tenant's guides
+    (tenant credential); a guide of another tenant is refused like an unknown one.
     """
     IssueCheckoutCode: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.IssueCheckoutCodeRequest, _member_service_pb2.IssueCheckoutCodeResponse]
     """IssueCheckoutCode gives the shopper a short-lived code (shown as a QR/bar code in the
@@ -89,8 +112,31 @@ class MemberServiceAsyncStub(MemberServiceStub):
     member, that member is returned with created = false.
     """
     LinkIdentity: _aio.UnaryUnaryMultiCallable[_member_service_pb2.LinkIdentityRequest, _member_service_pb2.LinkIdentityResponse]  # type: ignore[assignment]
-    """LinkIdentity adds an identity (phone, unionid, card ...) to a member. When another member
-    already holds it, the two are merged and IdentityMerged is published.
+    """LinkIdentity adds an identity (openid, unionid, phone, card, app account) to a member.
+    Idempotent for an identity the member holds already. An identity another member holds is
+    refused (FAILED_PRECONDITION, code identity_held_by_other_member, the holder in the error
+    details) and nothing changes: joining two members is MergeMembers' job.
+    """
+    MergeMembers: _aio.UnaryUnaryMultiCallable[_member_service_pb2.MergeMembersRequest, _member_service_pb2.MergeMembersResponse]  # type: ignore[assignment]
+    """MergeMembers folds one member into another found to be the same person (ops): identities,
+    payments (spend), tags, consents, guide bindings and the better tier move to the survivor,
+    the merged member becomes MERGED, and IdentityMerged is published so other services move
+    what they keep (points balances, lots, holds). Audited (operator, reason, time). The same
+    merge_request_id again answers the first result (duplicate = true); a member merged
+    already cannot be merged again (FAILED_PRECONDITION, member_not_active).
+    """
+    BindGuide: _aio.UnaryUnaryMultiCallable[_member_service_pb2.BindGuideRequest, _member_service_pb2.BindGuideResponse]  # type: ignore[assignment]
+    """BindGuide binds the shopper to a shopping guide (导购) of a store where they paid (called
+    by the gateway for the signed-in shopper). One guide per tenant: binding to another guide
+    of the same tenant replaces the binding. Publishes GuideBound.
+    """
+    RegisterGuide: _aio.UnaryUnaryMultiCallable[_member_service_pb2.RegisterGuideRequest, _member_service_pb2.RegisterGuideResponse]  # type: ignore[assignment]
+    """RegisterGuide creates or updates a shopping guide of one of the calling tenant's stores
+    (tenant credential).
+    """
+    ListGuideMembers: _aio.UnaryUnaryMultiCallable[_member_service_pb2.ListGuideMembersRequest, _member_service_pb2.ListGuideMembersResponse]  # type: ignore[assignment]
+    """ListGuideMembers pages through the members bound to one of the calling tenant's guides
+    (tenant credential); a guide of another tenant is refused like an unknown one.
     """
     IssueCheckoutCode: _aio.UnaryUnaryMultiCallable[_member_service_pb2.IssueCheckoutCodeRequest, _member_service_pb2.IssueCheckoutCodeResponse]  # type: ignore[assignment]
     """IssueCheckoutCode gives the shopper a short-lived code (shown as a QR/bar code in the
@@ -145,8 +191,51 @@ class MemberServiceServicer:
         request: _member_service_pb2.LinkIdentityRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_member_service_pb2.LinkIdentityResponse, _abc.Awaitable[_member_service_pb2.LinkIdentityResponse]]:
-        """LinkIdentity adds an identity (phone, unionid, card ...) to a member. When another member
-        already holds it, the two are merged and IdentityMerged is published.
+        """LinkIdentity adds an identity (openid, unionid, phone, card, app account) to a member.
+        Idempotent for an identity the member holds already. An identity another member holds is
+        refused (FAILED_PRECONDITION, code identity_held_by_other_member, the holder in the error
+        details) and nothing changes: joining two members is MergeMembers' job.
+        """
+
+    def MergeMembers(
+        self,
+        request: _member_service_pb2.MergeMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.MergeMembersResponse, _abc.Awaitable[_member_service_pb2.MergeMembersResponse]]:
+        """MergeMembers folds one member into another found to be the same person (ops): identities,
+        payments (spend), tags, consents, guide bindings and the better tier move to the survivor,
+        the merged member becomes MERGED, and IdentityMerged is published so other services move
+        what they keep (points balances, lots, holds). Audited (operator, reason, time). The same
+        merge_request_id again answers the first result (duplicate = true); a member merged
+        already cannot be merged again (FAILED_PRECONDITION, member_not_active).
+        """
+
+    def BindGuide(
+        self,
+        request: _member_service_pb2.BindGuideRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.BindGuideResponse, _abc.Awaitable[_member_service_pb2.BindGuideResponse]]:
+        """BindGuide binds the shopper to a shopping guide (导购) of a store where they paid (called
+        by the gateway for the signed-in shopper). One guide per tenant: binding to another guide
+        of the same tenant replaces the binding. Publishes GuideBound.
+        """
+
+    def RegisterGuide(
+        self,
+        request: _member_service_pb2.RegisterGuideRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.RegisterGuideResponse, _abc.Awaitable[_member_service_pb2.RegisterGuideResponse]]:
+        """RegisterGuide creates or updates a shopping guide of one of the calling tenant's stores
+        (tenant credential).
+        """
+
+    def ListGuideMembers(
+        self,
+        request: _member_service_pb2.ListGuideMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.ListGuideMembersResponse, _abc.Awaitable[_member_service_pb2.ListGuideMembersResponse]]:
+        """ListGuideMembers pages through the members bound to one of the calling tenant's guides
+        (tenant credential); a guide of another tenant is refused like an unknown one.
         """
 
     def IssueCheckoutCode(

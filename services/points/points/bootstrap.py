@@ -28,8 +28,15 @@ from points.entrypoints.consumers import (
 from points.entrypoints.expiry import expiry_commands, expiry_job
 from points.entrypoints.grpc_admin import PointsAdminServicer
 from points.entrypoints.grpc_api import PointsServicer
+from points.entrypoints.merge_consumer import IDENTITY_MERGED, on_identity_merged
 from points.entrypoints.ops import wechat_sync_commands
 from points.entrypoints.policy import policy_commands
+from points.entrypoints.recon_grpc import (
+    Reconciler,
+    ReconciliationServicer,
+    platform_from,
+    reconcile_command,
+)
 from points.service_layer.wechat_sync import SyncPolicy, WeChatPointsSync, default_time_zone
 
 NAME = "points"
@@ -72,6 +79,11 @@ def wechat_sync(settings: Settings, pool: asyncpg.Pool) -> Component:
     return run
 
 
+def reconciler(settings: Settings, pool: asyncpg.Pool) -> Reconciler:
+    platform = platform_from(settings.wechatpay_bill_url, settings.wechatpay_mchid)
+    return Reconciler(pool, settings.nats_url, platform)
+
+
 @contextlib.asynccontextmanager
 async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
     expiry = ExpiryPolicy.parse(settings.points_expiry_policy)
@@ -84,6 +96,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 "payment-attributed", "MEMBER", PAYMENT_ATTRIBUTED, payment_attributed(expiry)
             ),
             Subscription("refund-attributed", "MEMBER", REFUND_ATTRIBUTED, on_refund_attributed),
+            Subscription("identity-merged", "MEMBER", IDENTITY_MERGED, on_identity_merged),
         ],
         servicers=lambda pool: [
             (
@@ -93,6 +106,10 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             (
                 points_service_pb2_grpc.add_PointsAdminServiceServicer_to_server,
                 PointsAdminServicer(pool),
+            ),
+            (
+                points_service_pb2_grpc.add_ReconciliationServiceServicer_to_server,
+                ReconciliationServicer(reconciler(settings, pool)),
             ),
         ],
         descriptor=points_service_pb2.DESCRIPTOR,
@@ -105,7 +122,8 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             },
             commands=wechat_sync_commands(pool.acquire)
             | expiry_commands(pool.acquire, settings.expiry_reminder_days)
-            | policy_commands(pool.acquire),
+            | policy_commands(pool.acquire)
+            | reconcile_command(reconciler(settings, pool)),
         ),
     ) as roles:
         yield roles

@@ -40,6 +40,9 @@ class Settings(ServiceSettings):
     wechatpay_sync_retry_base_s: float = Field(default=1.0, gt=0)
     wechatpay_sync_retry_max_s: float = Field(default=600.0, gt=0)
     wechatpay_sync_poll_interval_s: float = Field(default=1.0, gt=0)
+    #: The platform's record of notified payments for reconciliation (the simulator's
+    #: /control/bill); unset: reconciliation says the platform side was not consulted.
+    wechatpay_bill_url: str = Field(default="", pattern=r"^(https?://[^?#]+)?$")
 
     @model_validator(mode="after")
     def _wechatpay_complete(self) -> Self:

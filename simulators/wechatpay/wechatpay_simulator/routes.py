@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from wechatpay_simulator import miniprogram, views
+from wechatpay_simulator import bill, miniprogram, payscore, views
 
 
 def setup_routes(app: web.Application) -> None:
@@ -27,9 +27,12 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/control/notifications/{id}/redeliver", views.redeliver_notification)
     # Control: what the platform received and knows; faults to inject.
     app.router.add_get("/control/points-syncs", views.list_points_syncs)
+    app.router.add_get("/control/bill", bill.get_bill)
     app.router.add_post("/control/faults", views.set_faults)
     app.router.add_delete("/control/faults", views.clear_faults)
     app.router.add_get("/control/platform", views.platform_info)
     app.router.add_put("/control/merchants/{mchid}", views.put_merchant)
     app.router.add_post("/control/login-codes", miniprogram.create_login_code)
     app.router.add_get("/healthz", views.healthz)
+    # Pay-score deductions (commitment card clawbacks): routes and state of their own.
+    payscore.setup_routes(app)

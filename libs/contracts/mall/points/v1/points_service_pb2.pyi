@@ -10,6 +10,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mall.common.v1 import common_pb2 as _common_pb2
 from mall.points.v1 import points_pb2 as _points_pb2
 import builtins as _builtins
@@ -22,6 +23,66 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _DifferenceKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DifferenceKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DifferenceKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DIFFERENCE_KIND_UNSPECIFIED: _DifferenceKind.ValueType  # 0
+    """Not set."""
+    DIFFERENCE_KIND_MISSING_CAPTURE: _DifferenceKind.ValueType  # 1
+    """WeChat Pay delivered it, the gateway never acknowledged it into the PAYMENTS stream."""
+    DIFFERENCE_KIND_UNKNOWN_TO_PLATFORM: _DifferenceKind.ValueType  # 2
+    """The gateway captured it, the platform's record has no such payment or refund."""
+    DIFFERENCE_KIND_MISSING_ATTRIBUTION: _DifferenceKind.ValueType  # 3
+    """Captured, but member never attributed it (no member.payment/refund.attributed)."""
+    DIFFERENCE_KIND_MISSING_CREDIT: _DifferenceKind.ValueType  # 4
+    """Attributed, but points has no credit for it."""
+    DIFFERENCE_KIND_DOUBLED_CREDIT: _DifferenceKind.ValueType  # 5
+    """Points credited it more than once."""
+    DIFFERENCE_KIND_WRONG_AMOUNT: _DifferenceKind.ValueType  # 6
+    """Two sides disagree on an amount (fen or points); expected and actual say which."""
+    DIFFERENCE_KIND_NOT_SYNCED: _DifferenceKind.ValueType  # 7
+    """Points owed to WeChat Pay were not (or not yet) synced back to the platform."""
+    DIFFERENCE_KIND_MISSING_REVERSAL: _DifferenceKind.ValueType  # 8
+    """A refund was attributed, but points reversed nothing for it."""
+    DIFFERENCE_KIND_UNEXPECTED_CREDIT: _DifferenceKind.ValueType  # 9
+    """Points credited a payment that no stream in the window knows of."""
+    DIFFERENCE_KIND_WRONG_MEMBER: _DifferenceKind.ValueType  # 10
+    """The credit went to another member than the one member attributed the payment to."""
+    DIFFERENCE_KIND_UNBALANCED_ACCOUNT: _DifferenceKind.ValueType  # 11
+    """A member's balance is not the sum of their ledger entries (member_id set, no transaction)."""
+
+class DifferenceKind(_DifferenceKind, metaclass=_DifferenceKindEnumTypeWrapper):
+    """DifferenceKind says what is wrong with a payment or refund."""
+
+DIFFERENCE_KIND_UNSPECIFIED: DifferenceKind.ValueType  # 0
+"""Not set."""
+DIFFERENCE_KIND_MISSING_CAPTURE: DifferenceKind.ValueType  # 1
+"""WeChat Pay delivered it, the gateway never acknowledged it into the PAYMENTS stream."""
+DIFFERENCE_KIND_UNKNOWN_TO_PLATFORM: DifferenceKind.ValueType  # 2
+"""The gateway captured it, the platform's record has no such payment or refund."""
+DIFFERENCE_KIND_MISSING_ATTRIBUTION: DifferenceKind.ValueType  # 3
+"""Captured, but member never attributed it (no member.payment/refund.attributed)."""
+DIFFERENCE_KIND_MISSING_CREDIT: DifferenceKind.ValueType  # 4
+"""Attributed, but points has no credit for it."""
+DIFFERENCE_KIND_DOUBLED_CREDIT: DifferenceKind.ValueType  # 5
+"""Points credited it more than once."""
+DIFFERENCE_KIND_WRONG_AMOUNT: DifferenceKind.ValueType  # 6
+"""Two sides disagree on an amount (fen or points); expected and actual say which."""
+DIFFERENCE_KIND_NOT_SYNCED: DifferenceKind.ValueType  # 7
+"""Points owed to WeChat Pay were not (or not yet) synced back to the platform."""
+DIFFERENCE_KIND_MISSING_REVERSAL: DifferenceKind.ValueType  # 8
+"""A refund was attributed, but points reversed nothing for it."""
+DIFFERENCE_KIND_UNEXPECTED_CREDIT: DifferenceKind.ValueType  # 9
+"""Points credited a payment that no stream in the window knows of."""
+DIFFERENCE_KIND_WRONG_MEMBER: DifferenceKind.ValueType  # 10
+"""The credit went to another member than the one member attributed the payment to."""
+DIFFERENCE_KIND_UNBALANCED_ACCOUNT: DifferenceKind.ValueType  # 11
+"""A member's balance is not the sum of their ledger entries (member_id set, no transaction)."""
+Global___DifferenceKind: _TypeAlias = DifferenceKind  # noqa: Y015
 
 @_typing.final
 class GetAccountRequest(_message.Message):
@@ -594,3 +655,177 @@ class GetReconciliationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetReconciliationResponse: _TypeAlias = GetReconciliationResponse  # noqa: Y015
+
+@_typing.final
+class ReconcilePaymentsRequest(_message.Message):
+    """ReconcilePaymentsRequest names the mall and the window to reconcile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall to reconcile."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the window (inclusive): payments and refunds first seen from this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the window (exclusive); at most 31 days after start_time."""
+
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "mall_id", b"mall_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcilePaymentsRequest: _TypeAlias = ReconcilePaymentsRequest  # noqa: Y015
+
+@_typing.final
+class Difference(_message.Message):
+    """Difference is one thing found wrong, with what was expected and what was found."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    REFUND_ID_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    ACTUAL_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    kind: Global___DifferenceKind.ValueType
+    """What is wrong."""
+    transaction_id: _builtins.str
+    """Payment (WeChat Pay transaction_id, or member's id for POS payments); empty only for
+    UNBALANCED_ACCOUNT.
+    """
+    refund_id: _builtins.str
+    """Refund id when the difference is about a refund; empty otherwise."""
+    stage: _builtins.str
+    """Where it was found: "platform", "gateway", "member", "points" or "sync"."""
+    expected: _builtins.str
+    """What the earlier side says (e.g. "1200 fen", "1 credit", "SENT")."""
+    actual: _builtins.str
+    """What this side says (e.g. "1100 fen", "2 credits", "PENDING", "none")."""
+    member_id: _builtins.str
+    """Member concerned, when known."""
+    def __init__(
+        self,
+        *,
+        kind: Global___DifferenceKind.ValueType = ...,
+        transaction_id: _builtins.str = ...,
+        refund_id: _builtins.str = ...,
+        stage: _builtins.str = ...,
+        expected: _builtins.str = ...,
+        actual: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual", "expected", b"expected", "kind", b"kind", "member_id", b"member_id", "refund_id", b"refund_id", "stage", b"stage", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Difference: _TypeAlias = Difference  # noqa: Y015
+
+@_typing.final
+class ReconcileSource(_message.Message):
+    """ReconcileSource says how many records one side holds for the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PAYMENTS_FIELD_NUMBER: _builtins.int
+    REFUNDS_FIELD_NUMBER: _builtins.int
+    CONSULTED_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The side: "platform", "gateway", "member", "points" or "sync"."""
+    payments: _builtins.int
+    """Payments (or credits) it holds for the window."""
+    refunds: _builtins.int
+    """Refunds (or reversals) it holds for the window."""
+    consulted: _builtins.bool
+    """False when the side was not consulted (the platform without WECHATPAY_BILL_URL)."""
+    note: _builtins.str
+    """Why it was not consulted, or a remark; empty otherwise."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        payments: _builtins.int = ...,
+        refunds: _builtins.int = ...,
+        consulted: _builtins.bool = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consulted", b"consulted", "name", b"name", "note", b"note", "payments", b"payments", "refunds", b"refunds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileSource: _TypeAlias = ReconcileSource  # noqa: Y015
+
+@_typing.final
+class ReconcilePaymentsResponse(_message.Message):
+    """ReconcilePaymentsResponse carries the differences and what each side held."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    DIFFERENCES_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    PAYMENTS_CHECKED_FIELD_NUMBER: _builtins.int
+    REFUNDS_CHECKED_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall reconciled."""
+    payments_checked: _builtins.int
+    """Payments in the window (union over the sides)."""
+    refunds_checked: _builtins.int
+    """Refunds in the window (union over the sides)."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the window (inclusive)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the window (exclusive)."""
+
+    @_builtins.property
+    def differences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Difference]:
+        """Every difference, ordered by transaction id; empty is the only green."""
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReconcileSource]:
+        """What each side held for the window."""
+
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        differences: _abc.Iterable[Global___Difference] | None = ...,
+        sources: _abc.Iterable[Global___ReconcileSource] | None = ...,
+        payments_checked: _builtins.int = ...,
+        refunds_checked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["differences", b"differences", "end_time", b"end_time", "mall_id", b"mall_id", "payments_checked", b"payments_checked", "refunds_checked", b"refunds_checked", "sources", b"sources", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcilePaymentsResponse: _TypeAlias = ReconcilePaymentsResponse  # noqa: Y015

@@ -493,3 +493,99 @@ class PointsAdminService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ReconciliationServiceStub:
+    """ReconciliationService lets ops prove, for a mall and a time window, that every payment and
+    refund went through the whole path: what WeChat Pay delivered, what the gateway acknowledged
+    (the PAYMENTS stream), what member attributed (the MEMBER stream), what points credited and
+    reversed, and what was synced back to the platform. It lives in points because points owns
+    the credits, reversals and sync state; the other sides come from the durable event record,
+    never from another service's tables.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReconcilePayments = channel.unary_unary(
+                '/mall.points.v1.ReconciliationService/ReconcilePayments',
+                request_serializer=mall_dot_points_dot_v1_dot_points__service__pb2.ReconcilePaymentsRequest.SerializeToString,
+                response_deserializer=mall_dot_points_dot_v1_dot_points__service__pb2.ReconcilePaymentsResponse.FromString,
+                _registered_method=True)
+
+
+class ReconciliationServiceServicer:
+    """ReconciliationService lets ops prove, for a mall and a time window, that every payment and
+    refund went through the whole path: what WeChat Pay delivered, what the gateway acknowledged
+    (the PAYMENTS stream), what member attributed (the MEMBER stream), what points credited and
+    reversed, and what was synced back to the platform. It lives in points because points owns
+    the credits, reversals and sync state; the other sides come from the durable event record,
+    never from another service's tables.
+    """
+
+    def ReconcilePayments(self, request, context):
+        """ReconcilePayments lists every difference of the window by transaction id; an empty list
+        is the only green. The streams are read from start_time minus one hour (so a payment
+        captured just before the window but credited in it is found): that must lie within the
+        streams' retention (eventbus.streams keeps everything by default, no max_age; ops who set
+        one must keep it longer than the windows they reconcile). Reconcile a window that has
+        settled (a few minutes in the past): work still in flight shows as missing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReconciliationServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReconcilePayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReconcilePayments,
+                    request_deserializer=mall_dot_points_dot_v1_dot_points__service__pb2.ReconcilePaymentsRequest.FromString,
+                    response_serializer=mall_dot_points_dot_v1_dot_points__service__pb2.ReconcilePaymentsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mall.points.v1.ReconciliationService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mall.points.v1.ReconciliationService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ReconciliationService:
+    """ReconciliationService lets ops prove, for a mall and a time window, that every payment and
+    refund went through the whole path: what WeChat Pay delivered, what the gateway acknowledged
+    (the PAYMENTS stream), what member attributed (the MEMBER stream), what points credited and
+    reversed, and what was synced back to the platform. It lives in points because points owns
+    the credits, reversals and sync state; the other sides come from the durable event record,
+    never from another service's tables.
+    """
+
+    @staticmethod
+    def ReconcilePayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.points.v1.ReconciliationService/ReconcilePayments',
+            mall_dot_points_dot_v1_dot_points__service__pb2.ReconcilePaymentsRequest.SerializeToString,
+            mall_dot_points_dot_v1_dot_points__service__pb2.ReconcilePaymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

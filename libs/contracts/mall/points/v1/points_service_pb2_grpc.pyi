@@ -200,3 +200,69 @@ class PointsAdminServiceServicer:
         """GetReconciliation sums a business day's points movements and WeChat Pay sync outcomes."""
 
 def add_PointsAdminServiceServicer_to_server(servicer: PointsAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ReconciliationServiceStub:
+    """ReconciliationService lets ops prove, for a mall and a time window, that every payment and
+    refund went through the whole path: what WeChat Pay delivered, what the gateway acknowledged
+    (the PAYMENTS stream), what member attributed (the MEMBER stream), what points credited and
+    reversed, and what was synced back to the platform. It lives in points because points owns
+    the credits, reversals and sync state; the other sides come from the durable event record,
+    never from another service's tables.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ReconciliationServiceAsyncStub: ...
+    ReconcilePayments: _grpc.UnaryUnaryMultiCallable[_points_service_pb2.ReconcilePaymentsRequest, _points_service_pb2.ReconcilePaymentsResponse]
+    """ReconcilePayments lists every difference of the window by transaction id; an empty list
+    is the only green. The streams are read from start_time minus one hour (so a payment
+    captured just before the window but credited in it is found): that must lie within the
+    streams' retention (eventbus.streams keeps everything by default, no max_age; ops who set
+    one must keep it longer than the windows they reconcile). Reconcile a window that has
+    settled (a few minutes in the past): work still in flight shows as missing.
+    """
+
+@_typing.type_check_only
+class ReconciliationServiceAsyncStub(ReconciliationServiceStub):
+    """ReconciliationService lets ops prove, for a mall and a time window, that every payment and
+    refund went through the whole path: what WeChat Pay delivered, what the gateway acknowledged
+    (the PAYMENTS stream), what member attributed (the MEMBER stream), what points credited and
+    reversed, and what was synced back to the platform. It lives in points because points owns
+    the credits, reversals and sync state; the other sides come from the durable event record,
+    never from another service's tables.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ReconcilePayments: _aio.UnaryUnaryMultiCallable[_points_service_pb2.ReconcilePaymentsRequest, _points_service_pb2.ReconcilePaymentsResponse]  # type: ignore[assignment]
+    """ReconcilePayments lists every difference of the window by transaction id; an empty list
+    is the only green. The streams are read from start_time minus one hour (so a payment
+    captured just before the window but credited in it is found): that must lie within the
+    streams' retention (eventbus.streams keeps everything by default, no max_age; ops who set
+    one must keep it longer than the windows they reconcile). Reconcile a window that has
+    settled (a few minutes in the past): work still in flight shows as missing.
+    """
+
+class ReconciliationServiceServicer:
+    """ReconciliationService lets ops prove, for a mall and a time window, that every payment and
+    refund went through the whole path: what WeChat Pay delivered, what the gateway acknowledged
+    (the PAYMENTS stream), what member attributed (the MEMBER stream), what points credited and
+    reversed, and what was synced back to the platform. It lives in points because points owns
+    the credits, reversals and sync state; the other sides come from the durable event record,
+    never from another service's tables.
+    """
+
+    def ReconcilePayments(
+        self,
+        request: _points_service_pb2.ReconcilePaymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_service_pb2.ReconcilePaymentsResponse, _abc.Awaitable[_points_service_pb2.ReconcilePaymentsResponse]]:
+        """ReconcilePayments lists every difference of the window by transaction id; an empty list
+        is the only green. The streams are read from start_time minus one hour (so a payment
+        captured just before the window but credited in it is found): that must lie within the
+        streams' retention (eventbus.streams keeps everything by default, no max_age; ops who set
+        one must keep it longer than the windows they reconcile). Reconcile a window that has
+        settled (a few minutes in the past): work still in flight shows as missing.
+        """
+
+def add_ReconciliationServiceServicer_to_server(servicer: ReconciliationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,34 +9,87 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import eventbus
-from eventbus.service import assemble
+from eventbus.service import Extras, Subscription, assemble
 from kit.cli import Roles, Service
-from mall.coupons.v1 import coupons_service_pb2, coupons_service_pb2_grpc
+from mall.coupons.v1 import (
+    commitments_service_pb2_grpc,
+    coupons_service_pb2,
+    coupons_service_pb2_grpc,
+)
 
+from coupons.commitment_settings import CommitmentSettings
 from coupons.config import Settings
+from coupons.entrypoints import commitment_consumers as commitment_events
+from coupons.entrypoints.commitment_grpc import CommitmentServicer
+from coupons.entrypoints.commitment_jobs import clawback_job, commitment_commands, sweep_job
 
 NAME = "coupons"
 MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]
 
 
 @contextlib.asynccontextmanager
-async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
+async def bootstrap(
+    settings: Settings, commitments: CommitmentSettings | None = None
+) -> AsyncIterator[Roles]:
+    commitments = commitments or CommitmentSettings()
+    remind_before = timedelta(hours=commitments.commitment_reminder_hours)
     async with assemble(
         NAME,
         settings,
-        streams=["COUPONS"],
+        streams=["COUPONS", "MEMBER"],
+        subscriptions=[
+            *commitment_subscriptions(),
+        ],
         servicers=lambda pool: [
             (
                 coupons_service_pb2_grpc.add_CouponsServiceServicer_to_server,
                 coupons_service_pb2_grpc.CouponsServiceServicer(),
-            )
+            ),
+            (
+                commitments_service_pb2_grpc.add_CommitmentServiceServicer_to_server,
+                CommitmentServicer(pool),
+            ),
         ],
         descriptor=coupons_service_pb2.DESCRIPTOR,
+        extras=lambda pool: Extras(
+            components={
+                "relay": [
+                    sweep_job(pool, commitments.commitment_sweep_interval_s, remind_before),
+                    clawback_job(commitments, pool),
+                ]
+            },
+            commands=commitment_commands(pool.acquire, remind_before),
+        ),
     ) as roles:
         yield roles
+
+
+def commitment_subscriptions() -> list[Subscription]:
+    """Commitment cards: payments count on cards; credentials and stores check callers."""
+    return [
+        Subscription(
+            "commitment-payments",
+            "MEMBER",
+            commitment_events.PAYMENT_ATTRIBUTED,
+            commitment_events.on_payment_attributed,
+        ),
+        Subscription(
+            "commitment-credentials",
+            "MEMBER",
+            commitment_events.CREDENTIAL_UPSERTED,
+            commitment_events.on_credential_upserted,
+        ),
+        Subscription(
+            "commitment-stores",
+            "MEMBER",
+            commitment_events.STORE_UPSERTED,
+            commitment_events.on_store_upserted,
+        ),
+    ]
 
 
 SERVICE = Service(NAME, Settings, bootstrap, MIGRATIONS)

@@ -1,0 +1,56 @@
+"""Commitment card event handlers: attributed payments count on cards; directory changes
+(credentials, stores) keep the local copy the commitment RPCs check callers against."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from eventbus.consumer import Delivery
+from kit.db import Connection
+from kit.proto import to_datetime
+from mall.member.v1 import events_pb2 as member_events
+
+from coupons.adapters import commitment_repository as repo
+from coupons.service_layer.commitment import Payment, count_payments
+
+PAYMENT_ATTRIBUTED = "member.payment.attributed"
+CREDENTIAL_UPSERTED = "member.directory.credential_upserted"
+STORE_UPSERTED = "member.directory.store_upserted"
+
+
+def _payment(d: Delivery) -> Payment:
+    msg = d.decode(member_events.PaymentAttributed)
+    return Payment(
+        mall_id=msg.mall_id,
+        member_id=msg.member_id,
+        store_id=msg.store_id,
+        transaction_id=msg.transaction_id,
+        amount_fen=msg.amount_fen,
+        paid_at=to_datetime(msg.paid_at)
+        if msg.HasField("paid_at")
+        else to_datetime(msg.occurred_at),
+    )
+
+
+async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    """``coupons-commitment-payments``: count each payment on its payer's cards."""
+    await count_payments(conn, [(_payment(d), d.context) for d in deliveries])
+
+
+async def on_credential_upserted(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    for d in deliveries:
+        c = d.decode(member_events.CredentialUpserted).credential
+        await repo.put_credential(
+            conn,
+            c.credential_id,
+            c.mall_id,
+            c.tenant_id,
+            c.secret_hash,
+            c.HasField("revoked_at"),
+        )
+
+
+async def on_store_upserted(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    for d in deliveries:
+        s = d.decode(member_events.StoreUpserted).store
+        await repo.put_store(conn, s.mall_id, s.store_id, s.tenant_id)

@@ -1,0 +1,238 @@
+"""Commitment card use cases: offer, accept, apply at checkout, count payments, and the
+deadline sweep (fail + queue the clawback) with its reminders.
+
+The sweep is safe on several replicas at once: a batch locks the cards it fails with SKIP
+LOCKED and commits the failure, the clawback row and the event together, so each card fails
+(and is clawed back, and announced) exactly once; the reminder stamps ``reminded_at`` the same
+way. ``exclusive`` runs also take a transaction-level advisory lock so that replicas do not
+even contend for rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from eventbus.outbox import OutgoingEvent, add_events
+from kit.db import Connection
+from kit.errors import Forbidden, InvalidInput, NotFound
+
+from coupons.adapters import commitment_clawbacks as clawbacks
+from coupons.adapters import commitment_events as events
+from coupons.adapters import commitment_repository as repo
+from coupons.adapters.commitment_repository import CardRow, Offer
+from coupons.domain.commitment import (
+    DEFAULT_REMINDER,
+    OfferTerms,
+    clawback_fen,
+    count_purchase,
+)
+
+DEFAULT_BATCH = 500
+#: pg_try_advisory_xact_lock key of the periodic sweep: one replica works, the others skip.
+SWEEP_LOCK = "coupons.commitment-sweep"
+
+
+@dataclass(frozen=True)
+class Payment:
+    """What counting needs of ``member.payment.attributed``."""
+
+    mall_id: str
+    member_id: str
+    store_id: str
+    transaction_id: str
+    amount_fen: int
+    paid_at: datetime
+
+
+@dataclass(frozen=True)
+class Discount:
+    discount_fen: int
+    card: CardRow | None
+
+
+async def create_offer(
+    conn: Connection, mall_id: str, tenant_id: str, request_id: str, terms: OfferTerms
+) -> Offer:
+    if not request_id or len(request_id) > 128:
+        raise InvalidInput("invalid_request_id", "request_id is 1..128 characters")
+    owners = await repo.store_tenants(conn, mall_id, terms.store_ids)
+    for store_id in terms.store_ids:
+        if owners.get(store_id) != tenant_id:
+            raise Forbidden("store_not_yours", f"store {store_id} is not a store of this tenant")
+    return await repo.create_offer(conn, mall_id, tenant_id, request_id, terms)
+
+
+async def accept_card(
+    conn: Connection,
+    mall_id: str,
+    offer_id: str,
+    member_id: str,
+    appid: str,
+    openid: str,
+    now: datetime,
+) -> CardRow:
+    if not appid or not openid:
+        raise InvalidInput(
+            "missing_payer", "appid and openid are required: a clawback is deducted from them"
+        )
+    offer = await repo.get_offer(conn, mall_id, offer_id)
+    if offer is None:
+        raise NotFound("offer_not_found", f"no offer {offer_id} in mall {mall_id}")
+    card, _ = await repo.accept_card(conn, offer, member_id, appid, openid, now)
+    return card
+
+
+async def apply_discount(
+    conn: Connection,
+    mall_id: str,
+    member_id: str,
+    store_id: str,
+    order_amount_fen: int,
+    request_id: str,
+    now: datetime,
+) -> Discount:
+    """The discount for an order at checkout, recorded so the payment that follows is matched
+    to it. The oldest active card of the member that applies gives it."""
+    if order_amount_fen <= 0:
+        raise InvalidInput("invalid_amount", "order_amount_fen must be positive")
+    if not request_id or len(request_id) > 128:
+        raise InvalidInput("invalid_request_id", "request_id is 1..128 characters")
+    async with conn.transaction():
+        seen = await repo.find_application(conn, mall_id, store_id, request_id)
+        if seen is not None:
+            return Discount(seen.discount_fen, await repo.get_card(conn, mall_id, seen.card_id))
+        for row in await repo.lock_active_cards(conn, mall_id, member_id, store_id):
+            discount = row.card.discount_for(store_id, order_amount_fen, now)
+            if discount:
+                await repo.add_application(
+                    conn,
+                    mall_id,
+                    row.card_id,
+                    store_id,
+                    request_id,
+                    order_amount_fen,
+                    discount,
+                    now,
+                )
+                return Discount(discount, row)
+    return Discount(0, None)
+
+
+async def count_payments(
+    conn: Connection, payments: Sequence[tuple[Payment, dict[str, str]]]
+) -> int:
+    """Count each payment on every active card of its payer it qualifies for (inside the
+    consumer's transaction); return how many purchases counted."""
+    counted = 0
+    out: list[OutgoingEvent] = []
+    for payment, headers in payments:
+        rows = await repo.lock_active_cards(
+            conn, payment.mall_id, payment.member_id, payment.store_id
+        )
+        for row in rows:
+            if not row.card.open_at(payment.paid_at):
+                continue
+            discount = await repo.take_application(
+                conn,
+                payment.mall_id,
+                row.card_id,
+                payment.store_id,
+                payment.amount_fen,
+                payment.transaction_id,
+            )
+            if not row.card.counts(payment.store_id, payment.amount_fen, discount, payment.paid_at):
+                continue
+            progress = count_purchase(row.card, discount)
+            if not await repo.add_purchase(
+                conn,
+                payment.mall_id,
+                row.card_id,
+                payment.transaction_id,
+                payment.store_id,
+                payment.amount_fen,
+                discount,
+                payment.paid_at,
+                progress.purchases_made,
+            ):
+                continue
+            await repo.record_progress(
+                conn,
+                payment.mall_id,
+                row.card_id,
+                progress.purchases_made,
+                progress.discount_given_fen,
+                payment.paid_at if progress.fulfilled else None,
+            )
+            counted += 1
+            out.append(
+                events.progressed(
+                    row, payment.transaction_id, progress.purchases_made, discount, headers
+                )
+            )
+            if progress.fulfilled:
+                out.append(events.fulfilled(row, progress.discount_given_fen, headers))
+    await add_events(conn, out)
+    return counted
+
+
+async def _locked(conn: Connection, exclusive: bool) -> bool:
+    if not exclusive:
+        return True
+    return bool(
+        await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", SWEEP_LOCK)
+    )
+
+
+async def fail_due(conn: Connection, now: datetime, limit: int = DEFAULT_BATCH) -> list[CardRow]:
+    """One batch, in the caller's transaction: fail cards past their deadline, queue the
+    clawback of what each gave, announce each."""
+    failed = await repo.fail_due(conn, now, limit)
+    out = []
+    for row in failed:
+        owed = clawback_fen(row.card)
+        if owed > 0:
+            await clawbacks.queue(
+                conn,
+                row.mall_id,
+                row.card_id,
+                row.member_id,
+                row.appid,
+                row.openid,
+                owed,
+                (row.card.accepted_at, row.card.deadline),
+            )
+        out.append(events.failed(row, owed))
+    await add_events(conn, out)
+    return failed
+
+
+async def sweep(
+    conn: Connection,
+    now: datetime,
+    *,
+    remind_before: timedelta = DEFAULT_REMINDER,
+    limit: int = DEFAULT_BATCH,
+    exclusive: bool = False,
+) -> tuple[int, int] | None:
+    """Fail every card due by ``now``, then remind of the cards whose deadline is within
+    ``remind_before``; ``(failed, reminded)``, or None when another replica holds the lock."""
+    failed = reminded = 0
+    while True:
+        async with conn.transaction():
+            if not await _locked(conn, exclusive):
+                return None if not (failed or reminded) else (failed, reminded)
+            batch = await fail_due(conn, now, limit)
+        failed += len(batch)
+        if len(batch) < limit:
+            break
+    while True:
+        async with conn.transaction():
+            if not await _locked(conn, exclusive):
+                return failed, reminded
+            due = await repo.mark_reminders(conn, now, now + remind_before, limit)
+            await add_events(conn, [events.expiring(row) for row in due])
+        reminded += len(due)
+        if len(due) < limit:
+            return failed, reminded

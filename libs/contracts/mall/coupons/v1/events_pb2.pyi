@@ -8,6 +8,7 @@ Subjects (payload message in brackets):
   coupons.coupon.claimed    [CouponClaimed]
   coupons.coupon.redeemed   [CouponRedeemed]
   coupons.coupon.expiring   [CouponExpiring]
+  coupons.coupon.expired    [CouponExpired]
   coupons.coupon.revoked    [CouponRevoked]
   coupons.coupon.returned   [CouponReturned]
   coupons.stock.exhausted   [StockExhausted]
@@ -240,6 +241,58 @@ class CouponExpiring(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CouponExpiring: _TypeAlias = CouponExpiring  # noqa: Y015
+
+@_typing.final
+class CouponExpired(_message.Message):
+    """CouponExpired announces that an unused coupon's validity ended: it can no longer be used.
+    Subject: coupons.coupon.expired
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    COUPON_ID_FIELD_NUMBER: _builtins.int
+    STOCK_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    EXPIRED_AT_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id of this event; one per (mall_id, coupon_id)."""
+    mall_id: _builtins.str
+    """Mall of the coupon."""
+    coupon_id: _builtins.str
+    """The coupon."""
+    stock_id: _builtins.str
+    """Stock it came from."""
+    member_id: _builtins.str
+    """Member who held it."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the expiry job found it."""
+
+    @_builtins.property
+    def expired_at(self) -> _timestamp_pb2.Timestamp:
+        """When its validity ended."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        mall_id: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        coupon_id: _builtins.str = ...,
+        stock_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        expired_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expired_at", b"expired_at", "occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_id", b"coupon_id", "event_id", b"event_id", "expired_at", b"expired_at", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "stock_id", b"stock_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CouponExpired: _TypeAlias = CouponExpired  # noqa: Y015
 
 @_typing.final
 class CouponRevoked(_message.Message):

@@ -12,6 +12,7 @@ from mall.member.v1 import events_pb2 as member_events
 
 from points.domain.expiry import DEFAULT_EXPIRY, ExpiryPolicy
 from points.domain.model import AttributedPayment, AttributedRefund
+from points.service_layer import merges
 from points.service_layer.credits import credit_payments
 from points.service_layer.reversals import reverse_refunds
 
@@ -52,7 +53,10 @@ def payment_attributed(expiry: ExpiryPolicy) -> Handler:
     """The payment handler crediting lots that expire by the mall's ``expiry`` policy."""
 
     async def handle(conn: Connection, deliveries: Sequence[Delivery]) -> None:
-        await credit_payments(conn, [(_attributed(d), d.context) for d in deliveries], None, expiry)
+        payments = await merges.redirect(conn, [_attributed(d) for d in deliveries])
+        contexts = [d.context for d in deliveries]
+        await credit_payments(conn, list(zip(payments, contexts, strict=True)), None, expiry)
+        await merges.sweep(conn, [(p.mall_id, p.member_id) for p in payments])
 
     return handle
 
@@ -76,4 +80,5 @@ def _refund(d: Delivery) -> AttributedRefund:
 
 
 async def on_refund_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
-    await reverse_refunds(conn, [(_refund(d), d.context) for d in deliveries])
+    refunds = await merges.redirect(conn, [_refund(d) for d in deliveries])
+    await reverse_refunds(conn, list(zip(refunds, [d.context for d in deliveries], strict=True)))

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import structlog
 from eventbus.streams import ensure_streams
+from grpc_health.v1 import health_pb2_grpc
 from kit.cli import Roles, Service
 from kit.grpc_client import insecure_channel
 from kit.jetstream import connect
@@ -28,6 +29,9 @@ from gateway.adapters.tokens import SessionTokens
 from gateway.config import Settings
 from gateway.entrypoints.app import HttpServer, create_app
 from gateway.entrypoints.keys import Shoppers, Webhooks
+from gateway.entrypoints.shoppers import render_card
+from gateway.entrypoints.throttle import RateLimits
+from gateway.service_layer.card import CardReader, SectionSource
 from gateway.service_layer.live import LiveHub
 
 NAME = "gateway"
@@ -63,10 +67,31 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             max_skew_s=settings.wechatpay_max_skew_s,
         )
         components: list[Component] = [mirror.run]
+        backends = Backends(
+            member=member_service_pb2_grpc.MemberServiceStub(member_channel),
+            points=points_service_pb2_grpc.PointsServiceStub(points_channel),
+            health={
+                "member": health_pb2_grpc.HealthStub(member_channel),
+                "points": health_pb2_grpc.HealthStub(points_channel),
+            },
+        )
         shoppers = None
         if settings.miniprogram_secrets_file is not None and settings.session_signing_key:
             hub = LiveHub()
-            feed = PointsFeed(nc, hub)
+            deadline = settings.card_section_deadline_s
+            cards = CardReader(
+                [
+                    SectionSource("member", backends.card_member, deadline),
+                    SectionSource("points", backends.card_points, deadline),
+                    # Not connected yet: answered "unavailable / not_connected" until wired.
+                    SectionSource("coupons", None, deadline),
+                    SectionSource("parking", None, deadline),
+                ],
+                render_card,
+                ttl_s=settings.card_ttl_s,
+                degraded_ttl_s=settings.card_degraded_ttl_s,
+            )
+            feed = PointsFeed(nc, hub, changed=cards.invalidate)
             components.append(feed.run)
             shoppers = Shoppers(
                 malls=directory,
@@ -84,6 +109,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                     js, ttl_s=settings.refresh_ttl_s, replicas=settings.wechatpay_replay_replicas
                 ),
                 hub=hub,
+                cards=cards,
                 directory_ready=mirror.ready.is_set,
                 heartbeat_s=settings.sse_heartbeat_s,
             )
@@ -91,13 +117,15 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             log.warning("no_miniprogram_login", hint="set MINIPROGRAM_SECRETS_FILE")
         app = create_app(
             PaymentsPublisher(nc, timeout_s=settings.publish_timeout_s),
-            Backends(
-                member=member_service_pb2_grpc.MemberServiceStub(member_channel),
-                points=points_service_pb2_grpc.PointsServiceStub(points_channel),
-            ),
+            backends,
             webhooks,
             accept_unsigned=settings.wechatpay_accept_unsigned,
             shoppers=shoppers,
+            limits=RateLimits(
+                per_ip=settings.rate_limit_per_ip or None,
+                per_member=settings.rate_limit_per_member or None,
+            ),
+            max_body_bytes=settings.http_max_body_bytes,
         )
         http = HttpServer(
             app, host=settings.http_host, port=settings.http_port, grace_s=settings.shutdown_grace_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kit.settings import ServiceSettings
+from limits import parse
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.adapters.merchants import load_merchants
@@ -41,6 +42,29 @@ class Settings(ServiceSettings):
     refresh_ttl_s: int = Field(default=30 * 86_400, ge=300, le=90 * 86_400)
     #: Seconds between SSE heartbeats on /v1/me/events.
     sse_heartbeat_s: float = Field(default=15.0, gt=0, le=300)
+
+    #: How long a member card is answered from memory when no change event came (the safety
+    #: net; see gateway.service_layer.card), and when one of its sections failed.
+    card_ttl_s: float = Field(default=5.0, ge=0, le=300)
+    card_degraded_ttl_s: float = Field(default=1.0, ge=0, le=60)
+    #: Each card section's deadline (one backend call).
+    card_section_deadline_s: float = Field(default=0.3, gt=0, le=10)
+    #: Rate limits per client address and per shopper ("<count>/<period>", e.g. "200/second");
+    #: empty: off. Counted per replica.
+    rate_limit_per_ip: str = "200/second"
+    rate_limit_per_member: str = "20/second"
+    #: Largest request body accepted (413 body_too_large above it).
+    http_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024**2)
+
+    @field_validator("rate_limit_per_ip", "rate_limit_per_member")
+    @classmethod
+    def _limit_parses(cls, value: str) -> str:
+        if value:
+            try:
+                parse(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a rate limit like '200/second'") from None
+        return value
 
     @field_validator("miniprogram_secrets_file")
     @classmethod

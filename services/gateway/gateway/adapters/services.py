@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
-from kit.errors import AppError, Unavailable
+from grpc_health.v1 import health_pb2
+from kit.errors import AppError, NotFound, Unavailable
 from kit.grpc_errors import from_rpc_error
 from mall.common.v1 import common_pb2
 from mall.member.v1 import member_pb2, member_service_pb2, member_service_pb2_grpc
@@ -39,6 +41,18 @@ def member_card(member: member_pb2.Member) -> MemberCard:
     )
 
 
+def ledger_entry(e: points_pb2.LedgerEntry) -> dict[str, Any]:
+    return {
+        "entry_id": e.entry_id,
+        "kind": _KIND_NAMES.get(e.kind, "unknown"),
+        "points": e.points,
+        "balance_after": e.balance_after,
+        "transaction_id": e.transaction_id,
+        "description": e.description,
+        "created_at": e.created_at.ToDatetime().isoformat() + "Z",
+    }
+
+
 def _unless_not_found(exc: grpc.aio.AioRpcError) -> None:
     """Raise the error, unless it says there is no such member (the caller answers None)."""
     error = _reraise(exc)
@@ -60,6 +74,22 @@ class Backends:
     member: member_service_pb2_grpc.MemberServiceAsyncStub
     points: points_service_pb2_grpc.PointsServiceAsyncStub
     timeout_s: float = 3.0
+    #: Standard gRPC health stubs by service name, for /readyz (none: nothing reported).
+    health: dict[str, Any] = field(default_factory=dict)
+
+    async def reachable(self, timeout_s: float = 0.5) -> dict[str, bool]:
+        """Whether each service answers its health check now, checked concurrently."""
+
+        async def check(stub: Any) -> bool:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            except grpc.aio.AioRpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        names = list(self.health)
+        results = await asyncio.gather(*(check(self.health[n]) for n in names))
+        return dict(zip(names, results, strict=True))
 
     async def member_by_openid(self, mall_id: str, openid: str) -> MemberCard | None:
         """The member with this openid in this mall; None when they are not one (yet)."""
@@ -109,6 +139,47 @@ class Backends:
             raise _reraise(exc) from None
         return {"code": reply.code, "expires_at": _iso(reply.expires_at)}
 
+    # -- the card's sections: ``fetch(mall_id, member_id, deadline_s)`` (see service_layer.card)
+
+    async def card_member(self, mall_id: str, member_id: str, deadline_s: float) -> dict[str, Any]:
+        request = member_service_pb2.GetMemberRequest(mall_id=mall_id, member_id=member_id)
+        try:
+            reply = await self.member.GetMember(request, timeout=deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            error = _reraise(exc)
+            if error.code == "member_not_found":
+                raise NotFound("not_a_member", "join the mall first (POST /v1/me/join)") from None
+            raise error from None
+        card = member_card(reply.member)
+        return {"tier_code": card.tier_code, "member_status": card.status}
+
+    async def card_points(self, mall_id: str, member_id: str, deadline_s: float) -> dict[str, Any]:
+        request = points_service_pb2.GetAccountRequest(mall_id=mall_id, member_id=member_id)
+        try:
+            reply = await self.points.GetAccount(request, timeout=deadline_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _reraise(exc) from None
+        a = reply.account
+        # points does not tell the lots expiring soon yet (no RPC answers them): null = unknown.
+        return {"balance": a.balance, "available": a.available, "expiring_soon": None}
+
+    async def ledger_page(
+        self, mall_id: str, member_id: str, *, limit: int, cursor: str
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the member's ledger, newest first, and the cursor of the next one."""
+        try:
+            ledger = await self.points.ListLedger(
+                points_service_pb2.ListLedgerRequest(
+                    mall_id=mall_id,
+                    member_id=member_id,
+                    page=common_pb2.PageRequest(page_size=limit, page_token=cursor),
+                ),
+                timeout=self.timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _reraise(exc) from None
+        return [ledger_entry(e) for e in ledger.entries], ledger.page.next_page_token or None
+
     async def points_summary(
         self, mall_id: str, member_id: str, *, page_size: int, page_token: str
     ) -> dict[str, Any]:
@@ -134,17 +205,6 @@ class Backends:
             "balance": a.balance,
             "available": a.available,
             "lifetime_earned": a.lifetime_earned,
-            "ledger": [
-                {
-                    "entry_id": e.entry_id,
-                    "kind": _KIND_NAMES.get(e.kind, "unknown"),
-                    "points": e.points,
-                    "balance_after": e.balance_after,
-                    "transaction_id": e.transaction_id,
-                    "description": e.description,
-                    "created_at": e.created_at.ToDatetime().isoformat() + "Z",
-                }
-                for e in ledger.entries
-            ],
+            "ledger": [ledger_entry(e) for e in ledger.entries],
             "next_page_token": ledger.page.next_page_token or None,
         }

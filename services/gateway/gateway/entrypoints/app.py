@@ -13,6 +13,7 @@ from gateway.entrypoints.auth import shopper_session
 from gateway.entrypoints.keys import BACKENDS, PUBLISHER, SHOPPERS, WEBHOOKS, Shoppers, Webhooks
 from gateway.entrypoints.middleware import request_context
 from gateway.entrypoints.routes import setup_routes
+from gateway.entrypoints.throttle import NO_LIMITS, RateLimits, Throttle
 
 log = structlog.get_logger(__name__)
 
@@ -24,9 +25,19 @@ def create_app(
     *,
     accept_unsigned: bool = False,
     shoppers: Shoppers | None = None,
+    limits: RateLimits = NO_LIMITS,
+    max_body_bytes: int = 64 * 1024,
 ) -> web.Application:
-    """The gateway; with ``shoppers``, also the mini-program's API (login, /v1/me, SSE)."""
-    app = web.Application(middlewares=[request_context, shopper_session], client_max_size=1024**2)
+    """The gateway; with ``shoppers``, also the mini-program's API (login, /v1/me, SSE).
+
+    A body over ``max_body_bytes`` is refused with 413 ``body_too_large`` (before it is read
+    when it says its length); ``limits`` are the per-address and per-shopper rate limits.
+    """
+    throttle = Throttle(limits)
+    app = web.Application(
+        middlewares=[request_context, throttle.by_address, shopper_session, throttle.by_member],
+        client_max_size=max_body_bytes,
+    )
     app[PUBLISHER] = publisher
     app[BACKENDS] = backends
     app[WEBHOOKS] = webhooks

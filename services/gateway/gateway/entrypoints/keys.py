@@ -15,6 +15,7 @@ from gateway.adapters.services import Backends
 from gateway.adapters.spent import SpentRefreshTokens
 from gateway.adapters.tokens import SessionTokens
 from gateway.domain.shoppers import Session
+from gateway.service_layer.card import CardReader
 from gateway.service_layer.live import LiveHub
 from gateway.service_layer.notifications import ShopDirectory
 from gateway.service_layer.sessions import CodeExchange, Malls
@@ -46,6 +47,8 @@ class Shoppers:
     tokens: SessionTokens
     spent: SpentRefreshTokens
     hub: LiveHub
+    #: The member cards (fan-out, single flight, cache invalidated by the live feed).
+    cards: CardReader
     directory_ready: Callable[[], bool] = _always
     #: Seconds between SSE heartbeats (comments), which also find disconnected clients.
     heartbeat_s: float = 15.0

@@ -14,6 +14,8 @@ from kit.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from gateway.entrypoints.problems import from_error, problem
 
 log = structlog.get_logger(__name__)
+#: Codes for the errors aiohttp raises itself (no route, wrong method, body over the limit).
+_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -31,7 +33,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             status = response.status
             structlog.contextvars.bind_contextvars(code=exc.code)
         except web.HTTPException as exc:
-            response = problem(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or "")
+            code = _CODES.get(exc.status) or exc.reason.lower().replace(" ", "_")
+            response = problem(exc.status, code, exc.text or exc.reason)
             status = exc.status
         except Exception:
             log.exception("request_failed")

@@ -14,8 +14,9 @@ STATUS = {
     ErrorKind.UNAVAILABLE: 503,
 }
 
-#: Codes whose status is not their error kind's: WeChat failing us is a bad gateway.
-STATUS_BY_CODE = {"wechat_unavailable": 502}
+#: Codes whose status is not their error kind's: WeChat failing us is a bad gateway; a body
+#: over the limit is the one refusal HTTP has its own status for.
+STATUS_BY_CODE = {"wechat_unavailable": 502, "body_too_large": 413}
 
 
 def problem(status: int, code: str, detail: str, **extra: str) -> web.Response:

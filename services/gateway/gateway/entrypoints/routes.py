@@ -1,25 +1,186 @@
-"""Every route of the gateway, in one place."""
+"""Every route of the gateway, in one place: each is an ``Operation`` that is also documented
+in ``/openapi.json`` (see ``entrypoints.openapi``)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.entrypoints import live, shoppers, views, webhooks
+from gateway.entrypoints import live, schemas, shoppers, views, webhooks
+from gateway.entrypoints.openapi import Operation, serve_spec
+
+S = schemas
+
+
+def _webhooks(accept_unsigned: bool) -> list[Operation]:
+    ops = [
+        Operation(
+            "POST",
+            "/wechatpay/notifications/{mchid}",
+            webhooks.signed_notification,
+            "A signed WeChat Pay notification (payment, refund, points authorisation)",
+            status=204,
+            tag="wechatpay",
+            platform=True,
+            errors={
+                400: "invalid_signature, stale_timestamp, invalid_notification, ...",
+                404: "unknown_merchant",
+                409: "notification_id_reused",
+                413: "body_too_large",
+                422: "unknown_shop",
+            },
+            description="Answers 204 once the event is durably in JetStream; any other answer "
+            "makes the platform retry. Refusals are in WeChat Pay's shape.",
+        )
+    ]
+    if accept_unsigned:  # local demos only: WECHATPAY_ACCEPT_UNSIGNED=true
+        ops.append(
+            Operation(
+                "POST",
+                "/wechatpay/notifications",
+                webhooks.unsigned_notification,
+                "Local demos only: a plaintext payment notification",
+                status=204,
+                tag="wechatpay",
+                errors={400: "invalid_json, invalid_notification", 413: "body_too_large"},
+            )
+        )
+    return ops
+
+
+def _mini_program() -> list[Operation]:
+    member_errors = {404: "not_a_member"}
+    return [
+        Operation(
+            "POST",
+            "/v1/session",
+            shoppers.create_session,
+            "Log in with a wx.login code",
+            answer=S.LoggedIn,
+            body=S.CreateSessionBody,
+            errors={
+                401: "invalid_login_code",
+                404: "unknown_miniprogram",
+                502: "wechat_unavailable",
+            },
+        ),
+        Operation(
+            "POST",
+            "/v1/session/refresh",
+            shoppers.refresh_session,
+            "A new token pair for a refresh token (each is good once)",
+            answer=S.LoggedIn,
+            body=S.RefreshSessionBody,
+            errors={401: "invalid_session, refresh_token_reused"},
+        ),
+        Operation(
+            "GET",
+            "/v1/me",
+            shoppers.me,
+            "The shopper's member profile",
+            answer=S.Member,
+            auth=True,
+            errors=member_errors,
+        ),
+        Operation(
+            "POST",
+            "/v1/me/join",
+            shoppers.join,
+            "Become a member of the session's mall (201 when new, 200 when already one)",
+            answer=S.Joined,
+            body=S.JoinBody,
+            auth=True,
+            extra_statuses={200: "Already a member"},
+            status=201,
+            errors={409: "identity_conflict"},
+        ),
+        Operation(
+            "GET",
+            "/v1/me/card",
+            shoppers.card,
+            "The member card: tier, points, coupons, parking (each section may be unavailable)",
+            answer=S.Card,
+            auth=True,
+            errors=member_errors,
+        ),
+        Operation(
+            "GET",
+            "/v1/me/points",
+            shoppers.points,
+            "Balance and a page of the ledger",
+            answer=S.PointsSummary,
+            query=S.PointsQuery,
+            auth=True,
+            errors=member_errors,
+        ),
+        Operation(
+            "GET",
+            "/v1/me/points/ledger",
+            shoppers.ledger,
+            "The points ledger, newest first",
+            answer=S.LedgerPage,
+            query=S.LedgerQuery,
+            auth=True,
+            errors={400: "invalid_page_token", **member_errors},
+        ),
+        Operation(
+            "GET",
+            "/v1/me/checkout-code",
+            shoppers.checkout_code,
+            "A short-lived code the tenant's POS scans",
+            answer=S.CheckoutCode,
+            auth=True,
+            errors=member_errors,
+        ),
+        Operation(
+            "GET",
+            "/v1/me/events",
+            live.events,
+            "Live updates (Server-Sent Events): ready, then points (+N / -N)",
+            media_type="text/event-stream",
+            auth=True,
+            query_token=True,
+            errors=member_errors,
+            description="Reconnect with Last-Event-ID to get the events missed meanwhile; a "
+            "`resync` event says some may be lost (re-read /v1/me/card).",
+        ),
+    ]
+
+
+def _probes() -> list[Operation]:
+    return [
+        Operation("GET", "/healthz", views.healthz, "Liveness", answer=S.Health, tag="ops"),
+        Operation(
+            "GET",
+            "/readyz",
+            views.readyz,
+            "Readiness: NATS connected, directory loaded",
+            answer=S.Readiness,
+            tag="ops",
+            extra_statuses={503: "Not ready (same body)"},
+        ),
+        Operation(
+            "GET",
+            "/metrics",
+            views.metrics,
+            "Prometheus metrics",
+            tag="ops",
+            media_type="text/plain",
+        ),
+    ]
+
+
+def operations(*, accept_unsigned: bool = False, shopper_api: bool = False) -> list[Operation]:
+    return [
+        *_webhooks(accept_unsigned),
+        *(_mini_program() if shopper_api else []),
+        *_probes(),
+    ]
 
 
 def setup_routes(
     app: web.Application, *, accept_unsigned: bool = False, shopper_api: bool = False
 ) -> None:
-    app.router.add_post("/wechatpay/notifications/{mchid}", webhooks.signed_notification)
-    if accept_unsigned:  # local demos only: WECHATPAY_ACCEPT_UNSIGNED=true
-        app.router.add_post("/wechatpay/notifications", webhooks.unsigned_notification)
-    if shopper_api:  # the mini-program's API: MINIPROGRAM_SECRETS_FILE and SESSION_SIGNING_KEY
-        app.router.add_post("/v1/session", shoppers.create_session)
-        app.router.add_post("/v1/session/refresh", shoppers.refresh_session)
-        app.router.add_get("/v1/me", shoppers.me)
-        app.router.add_post("/v1/me/join", shoppers.join)
-        app.router.add_get("/v1/me/points", shoppers.points)
-        app.router.add_get("/v1/me/checkout-code", shoppers.checkout_code)
-        app.router.add_get("/v1/me/events", live.events)
-    app.router.add_get("/healthz", views.healthz)
-    app.router.add_get("/readyz", views.readyz)
+    ops = operations(accept_unsigned=accept_unsigned, shopper_api=shopper_api)
+    for op in ops:
+        app.router.add_route(op.method, op.path, op.handler)
+    serve_spec(app, ops)

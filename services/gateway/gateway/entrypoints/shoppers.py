@@ -6,52 +6,34 @@ Every ``/v1/me`` view answers for ``request[SESSION]`` (set from the token by
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from datetime import UTC, datetime
 
 from aiohttp import web
-from kit.errors import InvalidInput
 
+from gateway.domain.card import Card
+from gateway.entrypoints import schemas
 from gateway.entrypoints.keys import BACKENDS, SESSION, SHOPPERS
 from gateway.service_layer import sessions
 
-_APPID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_PHONE = re.compile(r"\+?[0-9]{6,15}")
 
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body: Any = await request.json()
-    except ValueError:
-        raise InvalidInput("invalid_json", "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("invalid_json", "the body must be a JSON object")
-    return body
-
-
-def _string(body: dict[str, Any], name: str, *, max_len: int) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value or len(value) > max_len:
-        raise InvalidInput(f"invalid_{name}", f"{name} must be a string of 1-{max_len} characters")
-    return value
+def render_card(card: Card) -> bytes:
+    """The card's answer, built (and checked) by its schema once per fan-out."""
+    built_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return schemas.Card.model_validate(card.as_json(built_at=built_at)).model_dump_json().encode()
 
 
 def _logged_in(result: sessions.LoggedIn) -> web.Response:
-    member = result.member.summary() if result.member else None
-    return web.json_response({**result.tokens.as_json(), "member": member})
+    member = schemas.MemberSummary(**result.member.summary()) if result.member else None
+    return schemas.answer(schemas.LoggedIn(**result.tokens.as_json(), member=member))
 
 
 async def create_session(request: web.Request) -> web.Response:
     """``POST /v1/session {appid, code}``: the ``wx.login`` code → the gateway's tokens."""
-    body = await _body(request)
-    appid = _string(body, "appid", max_len=64)
-    if not _APPID.fullmatch(appid):
-        raise InvalidInput("invalid_appid", "appid is letters, digits, - and _")
-    code = _string(body, "code", max_len=256)
+    body = await schemas.body(request, schemas.CreateSessionBody)
     shoppers = request.app[SHOPPERS]
     result = await sessions.login(
-        appid,
-        code,
+        body.appid,
+        body.code,
         malls=shoppers.malls,
         directory_ready=shoppers.directory_ready(),
         wechat=shoppers.wechat,
@@ -63,11 +45,13 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def refresh_session(request: web.Request) -> web.Response:
     """``POST /v1/session/refresh {refresh_token}``: a new pair; the old refresh token is spent."""
-    body = await _body(request)
-    token = _string(body, "refresh_token", max_len=4096)
+    body = await schemas.body(request, schemas.RefreshSessionBody)
     shoppers = request.app[SHOPPERS]
     result = await sessions.refresh(
-        token, tokens=shoppers.tokens, spent=shoppers.spent, members=request.app[BACKENDS]
+        body.refresh_token,
+        tokens=shoppers.tokens,
+        spent=shoppers.spent,
+        members=request.app[BACKENDS],
     )
     return _logged_in(result)
 
@@ -75,44 +59,58 @@ async def refresh_session(request: web.Request) -> web.Response:
 async def me(request: web.Request) -> web.Response:
     """``GET /v1/me``: the shopper's member card."""
     member = await sessions.current_member(request[SESSION], request.app[BACKENDS])
-    return web.json_response(member.as_json())
+    return schemas.answer(schemas.Member(**member.as_json()))
 
 
 async def join(request: web.Request) -> web.Response:
     """``POST /v1/me/join {phone}``: become a member of the session's mall."""
-    body = await _body(request)
-    phone = _string(body, "phone", max_len=16)
-    if not _PHONE.fullmatch(phone):
-        raise InvalidInput("invalid_phone", "phone is a number in E.164 form")
+    body = await schemas.body(request, schemas.JoinBody)
     member, created, tokens = await sessions.join(
         request[SESSION],
-        phone,
+        body.phone,
         members=request.app[BACKENDS],
         tokens=request.app[SHOPPERS].tokens,
     )
-    return web.json_response(
-        {"member": member.as_json(), "created": created, **tokens.as_json()},
-        status=201 if created else 200,
+    joined = schemas.Joined(
+        member=schemas.Member(**member.as_json()), created=created, **tokens.as_json()
     )
+    return schemas.answer(joined, status=201 if created else 200)
 
 
 async def points(request: web.Request) -> web.Response:
     """``GET /v1/me/points[?page_size&page_token]``: balance and a page of the ledger."""
-    try:
-        page_size = int(request.query.get("page_size", "20"))
-    except ValueError:
-        raise InvalidInput("invalid_page_size", "page_size must be a number") from None
-    if not 1 <= page_size <= 100:
-        raise InvalidInput("invalid_page_size", "page_size is 1 to 100")
+    q = schemas.query(request, schemas.PointsQuery)
     session, backends = request[SESSION], request.app[BACKENDS]
     member_id = await sessions.member_id_of(session, backends)
     summary = await backends.points_summary(
-        session.mall_id,
-        member_id,
-        page_size=page_size,
-        page_token=request.query.get("page_token", ""),
+        session.mall_id, member_id, page_size=q.page_size, page_token=q.page_token
     )
-    return web.json_response(summary)
+    return schemas.answer(schemas.PointsSummary.model_validate(summary))
+
+
+async def ledger(request: web.Request) -> web.Response:
+    """``GET /v1/me/points/ledger[?cursor&limit]``: the ledger, newest first, by cursor."""
+    q = schemas.query(request, schemas.LedgerQuery)
+    session, backends = request[SESSION], request.app[BACKENDS]
+    member_id = await sessions.member_id_of(session, backends)
+    entries, next_cursor = await backends.ledger_page(
+        session.mall_id, member_id, limit=q.limit, cursor=q.cursor
+    )
+    page = schemas.LedgerPage(
+        entries=[schemas.LedgerEntry(**e) for e in entries], next_cursor=next_cursor
+    )
+    return schemas.answer(page, headers={"Cache-Control": "no-store"})
+
+
+async def card(request: web.Request) -> web.Response:
+    """``GET /v1/me/card``: tier, points, coupons and parking in one answer (see
+    ``gateway.service_layer.card`` for how fresh it is)."""
+    session, shoppers = request[SESSION], request.app[SHOPPERS]
+    member_id = await sessions.member_id_of(session, request.app[BACKENDS])
+    answer = await shoppers.cards.read(session.mall_id, member_id)
+    return web.Response(
+        body=answer.body, content_type="application/json", headers={"Cache-Control": "no-store"}
+    )
 
 
 async def checkout_code(request: web.Request) -> web.Response:
@@ -120,4 +118,4 @@ async def checkout_code(request: web.Request) -> web.Response:
     session, backends = request[SESSION], request.app[BACKENDS]
     member_id = await sessions.member_id_of(session, backends)
     code = await backends.issue_checkout_code(session.mall_id, member_id)
-    return web.json_response(code, headers={"Cache-Control": "no-store"})
+    return schemas.answer(schemas.CheckoutCode(**code), headers={"Cache-Control": "no-store"})

@@ -1,0 +1,250 @@
+"""The mini-program API's wire shapes: pydantic models that validate what comes in, build what
+goes out, and are the OpenAPI 3.1 spec's schemas (``entrypoints.openapi``), so the document
+cannot drift from what the handlers accept and answer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from aiohttp import web
+from kit.errors import InvalidInput
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Out(BaseModel):
+    """An answer: every field is always present (nullable ones as null)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_mode_override="serialization")
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+class CreateSessionBody(Wire):
+    """Exchange a ``wx.login`` code of the mall's mini-program for the gateway's tokens."""
+
+    appid: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Mini-program appid")]
+    code: Annotated[str, Field(min_length=1, max_length=256, description="The wx.login code")]
+
+
+class RefreshSessionBody(Wire):
+    """Trade a refresh token (once) for a new pair."""
+
+    refresh_token: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class JoinBody(Wire):
+    """Become a member of the session's mall with the phone number the shopper consented to."""
+
+    phone: Annotated[str, Field(pattern=r"^\+?[0-9]{6,15}$", description="E.164 phone number")]
+
+
+class PointsQuery(Wire):
+    page_size: Annotated[int, Field(ge=1, le=100, description="Ledger entries on the page")] = 20
+    page_token: Annotated[
+        str, Field(max_length=64, description="next_page_token of the previous page")
+    ] = ""
+
+
+class LedgerQuery(Wire):
+    cursor: Annotated[
+        str,
+        Field(
+            pattern=r"^[0-9]{0,19}$",
+            description="next_cursor of the previous page; empty for the newest entries",
+        ),
+    ] = ""
+    limit: Annotated[int, Field(ge=1, le=100, description="Entries on the page")] = 20
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+
+class Member(Out):
+    member_id: str
+    mall_id: str
+    tier_code: str
+    status: str
+    joined_at: str | None = Field(description="RFC 3339, UTC")
+    phone_masked: str | None
+
+
+class MemberSummary(Out):
+    member_id: str
+    tier_code: str
+
+
+class Tokens(Out):
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="Seconds the access token is good for")
+    refresh_token: str
+    refresh_expires_in: int
+
+
+class LoggedIn(Tokens):
+    member: MemberSummary | None = Field(description="null until the shopper is a member")
+
+
+class Joined(Tokens):
+    member: Member
+    created: bool = Field(description="true when this call made them a member")
+
+
+class LedgerEntry(Out):
+    entry_id: str
+    kind: str = Field(description="credit, reversal, redemption, hold, release, expiry, ...")
+    points: int
+    balance_after: int
+    transaction_id: str
+    description: str
+    created_at: str = Field(description="RFC 3339, UTC")
+
+
+class PointsSummary(Out):
+    mall_id: str
+    member_id: str
+    balance: int
+    available: int
+    lifetime_earned: int
+    ledger: list[LedgerEntry]
+    next_page_token: str | None
+
+
+class LedgerPage(Out):
+    entries: list[LedgerEntry] = Field(description="Newest first")
+    next_cursor: str | None = Field(description="Pass as cursor for older entries; null: no more")
+
+
+class CheckoutCode(Out):
+    code: str
+    expires_at: str = Field(description="RFC 3339, UTC")
+
+
+class Unavailable(Out):
+    status: Literal["unavailable"]
+    reason: Literal["timeout", "error", "not_connected"] = Field(
+        description="timeout: the service missed the section's deadline; error: it failed; "
+        "not_connected: this gateway does not reach that service (yet)"
+    )
+
+
+class TierSection(Out):
+    status: Literal["ok"]
+    tier_code: str
+    member_status: str
+
+
+class ExpiringPoints(Out):
+    points: int
+    expires_at: str
+
+
+class PointsSection(Out):
+    status: Literal["ok"]
+    balance: int
+    available: int
+    expiring_soon: ExpiringPoints | None = Field(
+        description="The next lot to expire; null when unknown or none"
+    )
+
+
+class CouponsSection(Out):
+    status: Literal["ok"]
+    usable: int = Field(description="Coupons the member can use now")
+
+
+class ParkingSection(Out):
+    status: Literal["ok"]
+    free_minutes_today: int = Field(description="Parking benefit earned today, in minutes")
+
+
+class Card(Out):
+    """The member card: one section per service; any section may be unavailable alone."""
+
+    mall_id: str
+    member_id: str
+    built_at: str = Field(description="When the sections were read (RFC 3339, UTC)")
+    member: TierSection | Unavailable
+    points: PointsSection | Unavailable
+    coupons: CouponsSection | Unavailable
+    parking: ParkingSection | Unavailable
+
+
+class Problem(Out):
+    """RFC 9457 problem details; ``code`` is stable, match on it."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    message: str
+
+
+class PlatformRefusal(Out):
+    """What WeChat Pay reads from a refused notification (it retries)."""
+
+    code: Literal["FAIL"]
+    message: str
+    error_code: str
+
+
+class Health(Out):
+    status: Literal["ok"]
+
+
+class Readiness(Out):
+    status: Literal["ready", "not ready"]
+    waiting_for: list[str] = Field(description="What must come up before payments are accepted")
+    backends: dict[str, Literal["reachable", "unreachable"]] = Field(
+        description="gRPC services the mini-program API calls (informational: a backend "
+        "down degrades the API, it does not stop payments being accepted)"
+    )
+
+
+# -- reading requests --------------------------------------------------------------------------
+
+
+def _invalid(error: ValidationError) -> InvalidInput:
+    first: Any = error.errors(include_url=False)[0]
+    loc = [str(part) for part in first.get("loc", ()) if isinstance(part, str)]
+    if not loc:
+        return InvalidInput("invalid_json", "the body must be a JSON object")
+    return InvalidInput(f"invalid_{loc[0]}", f"{loc[0]}: {first.get('msg', 'invalid')}")
+
+
+async def body(request: web.Request, model: type[M]) -> M:
+    """The JSON body as ``model``; ``invalid_json`` / ``invalid_<field>`` (400) otherwise."""
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"null")
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def query(request: web.Request, model: type[M]) -> M:
+    """The query string as ``model`` (unknown parameters are ignored)."""
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def answer(
+    model: BaseModel, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=model.model_dump_json().encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,456 @@
+"""The member card (``GET /v1/me/card``) and the ledger (``GET /v1/me/points/ledger``) through
+the real gateway, with real member and points services (points' API server can be stopped and
+started again), real PostgreSQL and NATS; and the card reader's coalescing and cache alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from gateway.adapters.tokens import SessionTokens
+from gateway.bootstrap import bootstrap as gateway_bootstrap
+from gateway.config import Settings as GatewaySettings
+from gateway.domain.card import Card
+from gateway.domain.shoppers import Session
+from gateway.entrypoints.keys import SHOPPERS
+from gateway.service_layer.card import CardReader, SectionSource
+from kit.cli import Roles, running
+from kit.errors import NotFound, Unavailable
+from kit.migrations import migrate
+from mall_testing.demo import DemoMall, payment_notification, seed
+from mall_testing.plugin import FreshDatabase
+from member.bootstrap import MIGRATIONS as MEMBER_MIGRATIONS
+from member.bootstrap import bootstrap as member_bootstrap
+from member.config import Settings as MemberSettings
+from points.bootstrap import MIGRATIONS as POINTS_MIGRATIONS
+from points.bootstrap import bootstrap as points_bootstrap
+from points.config import Settings as PointsSettings
+from wechatpay_simulator.app import Running, serve
+from wechatpay_simulator.config import MiniProgram
+from wechatpay_simulator.config import Settings as SimulatorSettings
+
+PROBLEM = "application/problem+json"
+
+
+async def _port(get: Any) -> int:
+    for _ in range(500):
+        if port := get():
+            return int(port)
+        await asyncio.sleep(0.01)
+    raise RuntimeError("a server never bound its port")
+
+
+@dataclass
+class Stack:
+    url: str
+    http: aiohttp.ClientSession
+    sim: Running
+    mall: DemoMall
+    gateway: Roles
+    signing_key: str
+    points_settings: PointsSettings
+    points_api: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    @property
+    def cards(self) -> CardReader:
+        return self.gateway.http.app[SHOPPERS].cards  # type: ignore[no-any-return]
+
+    async def start_points_api(self) -> None:
+        """points' gRPC API on its port (the same one each time: the gateway dials it)."""
+        roles = await self.points_api.enter_async_context(points_bootstrap(self.points_settings))
+        await self.points_api.enter_async_context(running(roles, ("serve",)))
+        await _port(lambda: roles.grpc.port if roles.grpc else 0)
+
+    async def stop_points_api(self) -> None:
+        await self.points_api.aclose()
+        self.points_api = contextlib.AsyncExitStack()
+
+    async def call(
+        self, method: str, path: str, *, token: str | None = None, body: Any = None
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.http.request(method, self.url + path, json=body, headers=headers) as resp:
+            data: dict[str, Any] = await resp.json(content_type=None)
+            if resp.status >= 400:
+                assert resp.content_type == PROBLEM
+            return resp.status, data
+
+    async def member(self, openid: str) -> tuple[str, str]:
+        """Log in and join; (access token with the member id, member id)."""
+        body = {"appid": self.mall.appid, "openid": openid}
+        async with self.http.post(f"{self.sim.url}/control/login-codes", json=body) as resp:
+            code = (await resp.json())["code"]
+        status, session = await self.call(
+            "POST", "/v1/session", body={"appid": self.mall.appid, "code": code}
+        )
+        assert status == 200, session
+        phone = f"+86139{secrets.randbelow(10**8):08d}"
+        status, joined = await self.call(
+            "POST", "/v1/me/join", token=session["access_token"], body={"phone": phone}
+        )
+        assert status == 201, joined
+        return joined["access_token"], joined["member"]["member_id"]
+
+    async def pay(self, openid: str, amount_fen: int) -> None:
+        body = payment_notification(self.mall, openid=openid, amount_fen=amount_fen)
+        async with self.http.post(self.url + "/wechatpay/notifications", json=body) as resp:
+            assert resp.status == 204, await resp.text()
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    fresh_database: FreshDatabase, nats_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    member_db, points_db = await fresh_database("member"), await fresh_database("points")
+    await migrate(member_db, MEMBER_MIGRATIONS)
+    await migrate(points_db, POINTS_MIGRATIONS)
+    common: dict[str, Any] = {
+        "nats_url": nats_url, "log_format": "console", "log_level": "warning"
+    }  # fmt: skip
+    mall = DemoMall.unique()
+    secret = secrets.token_hex(16)
+    folder: Path = tmp_path_factory.mktemp("gateway-card")
+    (folder / "miniprograms.json").write_text(json.dumps({mall.appid: secret}))
+    signing_key = secrets.token_urlsafe(48)
+    sim_settings = SimulatorSettings.create(miniprograms=(MiniProgram(mall.appid, secret),))
+    async with contextlib.AsyncExitStack() as stack:
+        sim = await stack.enter_async_context(serve(sim_settings))
+        member = await stack.enter_async_context(
+            member_bootstrap(MemberSettings(database_url=member_db, grpc_port=0, **common))
+        )
+        await stack.enter_async_context(running(member))
+        member_port = await _port(lambda: member.grpc.port if member.grpc else 0)
+        # points' consumers and relay run throughout; its API server is started separately.
+        points = await stack.enter_async_context(
+            points_bootstrap(PointsSettings(database_url=points_db, grpc_port=0, **common))
+        )
+        await stack.enter_async_context(running(points, ("relay", "consume")))
+        probe = await stack.enter_async_context(
+            points_bootstrap(PointsSettings(database_url=points_db, grpc_port=0, **common))
+        )  # only to find a free port for the API server the tests stop and start
+        async with running(probe, ("serve",)):
+            points_port = await _port(lambda: probe.grpc.port if probe.grpc else 0)
+        await seed(f"127.0.0.1:{member_port}", mall)
+        gateway = await stack.enter_async_context(
+            gateway_bootstrap(
+                GatewaySettings(
+                    nats_url=nats_url,
+                    http_port=0,
+                    member_grpc_target=f"127.0.0.1:{member_port}",
+                    points_grpc_target=f"127.0.0.1:{points_port}",
+                    wechat_api_base=sim.url,
+                    wechatpay_accept_unsigned=True,
+                    miniprogram_secrets_file=folder / "miniprograms.json",
+                    session_signing_key=signing_key,  # type: ignore[arg-type]
+                    sse_heartbeat_s=0.1,
+                    # Long enough that only an invalidation can explain a fresh card.
+                    card_ttl_s=300,
+                    card_degraded_ttl_s=0.05,
+                    card_section_deadline_s=2.0,
+                    rate_limit_per_ip="",  # off here: test_gateway_openapi proves the limits
+                    rate_limit_per_member="",
+                    log_format="console",
+                    log_level="warning",
+                )
+            )
+        )
+        await stack.enter_async_context(running(gateway))
+        http_port = await _port(lambda: gateway.http.port)
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        points_settings = PointsSettings(database_url=points_db, grpc_port=points_port, **common)
+        card_stack = Stack(
+            f"http://127.0.0.1:{http_port}", http, sim, mall, gateway, signing_key, points_settings
+        )
+        await card_stack.start_points_api()
+        stack.push_async_callback(lambda: card_stack.points_api.aclose())
+        for _ in range(500):
+            if gateway.http.app[SHOPPERS].malls.mall_for_appid(mall.appid):
+                break
+            await asyncio.sleep(0.01)
+        yield card_stack
+
+
+def openid() -> str:
+    return f"o-{uuid.uuid4().hex}"
+
+
+async def next_event(resp: aiohttp.ClientResponse) -> tuple[str, dict[str, Any]]:
+    event, data = "message", []
+    async with asyncio.timeout(10):
+        while True:
+            line = (await resp.content.readline()).decode().rstrip("\r\n")
+            if line.startswith(":"):
+                continue
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:"):
+                data.append(line.removeprefix("data:").strip())
+            elif line == "" and data:
+                return event, json.loads("\n".join(data))
+
+
+# -- the card through the gateway --------------------------------------------------------------
+
+
+async def test_the_card_shows_tier_and_points_and_sections_not_connected_yet(
+    stack: Stack,
+) -> None:
+    token, member_id = await stack.member(openid())
+
+    status, card = await stack.call("GET", "/v1/me/card", token=token)
+
+    assert status == 200
+    assert (card["mall_id"], card["member_id"]) == (stack.mall.mall_id, member_id)
+    assert card["member"]["status"] == "ok"
+    assert card["member"]["tier_code"]
+    assert card["points"] == {
+        "status": "ok",
+        "balance": 0,
+        "available": 0,
+        "expiring_soon": None,
+    }
+    not_connected = {"status": "unavailable", "reason": "not_connected"}
+    assert card["coupons"] == card["parking"] == not_connected
+    assert card["built_at"].endswith("Z")
+
+
+async def test_a_payment_shows_in_the_card_as_soon_as_its_sse_event_arrives(
+    stack: Stack,
+) -> None:
+    shopper = openid()
+    token, _ = await stack.member(shopper)
+    status, before = await stack.call("GET", "/v1/me/card", token=token)
+    assert (status, before["points"]["balance"]) == (200, 0)  # now cached for 300 s
+
+    async with stack.http.get(
+        stack.url + "/v1/me/events", headers={"Authorization": f"Bearer {token}"}
+    ) as events:
+        assert (await next_event(events))[0] == "ready"
+        await stack.pay(shopper, 45_600)
+        kind, pushed = await next_event(events)
+        assert (kind, pushed["type"], pushed["points"]) == ("points", "points.credited", 456)
+
+        status, after = await stack.call("GET", "/v1/me/card", token=token)
+
+    assert status == 200
+    assert after["points"]["balance"] == pushed["balance"] == 456
+    assert after["built_at"] > before["built_at"]
+
+
+async def test_concurrent_reads_of_one_member_share_one_fan_out(stack: Stack) -> None:
+    token, _ = await stack.member(openid())
+    fanouts = stack.cards.fanouts
+
+    answers = await asyncio.gather(
+        *(stack.call("GET", "/v1/me/card", token=token) for _ in range(20))
+    )
+    again = await stack.call("GET", "/v1/me/card", token=token)
+
+    assert {status for status, _ in answers} == {200}
+    assert len({json.dumps(card, sort_keys=True) for _, card in answers}) == 1
+    assert stack.cards.fanouts == fanouts + 1
+    assert again[1] == answers[0][1]  # from memory: nothing changed for this member
+
+
+async def test_with_points_down_the_card_answers_with_points_unavailable(stack: Stack) -> None:
+    await stack.stop_points_api()
+    try:
+        token, member_id = await stack.member(openid())  # joining needs only member
+
+        status, card = await stack.call("GET", "/v1/me/card", token=token)
+
+        assert status == 200
+        assert card["member_id"] == member_id
+        assert card["member"]["status"] == "ok"
+        assert card["points"] == {"status": "unavailable", "reason": "error"}
+        status, problem = await stack.call("GET", "/v1/me/points/ledger", token=token)
+        assert (status, problem["code"]) == (503, "upstream_unavailable")
+    finally:
+        await stack.start_points_api()
+    # A degraded card is kept only briefly: points is back on the next reads.
+    for _ in range(200):
+        status, card = await stack.call("GET", "/v1/me/card", token=token)
+        if card["points"]["status"] == "ok":
+            break
+        await asyncio.sleep(0.05)
+    assert card["points"]["balance"] == 0
+
+
+async def test_a_card_for_a_token_of_another_mall_is_not_found(stack: Stack) -> None:
+    _, member_a = await stack.member(openid())
+    other_mall = SessionTokens(stack.signing_key, access_ttl_s=60, refresh_ttl_s=600).issue(
+        Session("mall-elsewhere", openid(), member_a)
+    )
+
+    status, problem = await stack.call("GET", "/v1/me/card", token=other_mall.access_token)
+
+    assert (status, problem["code"]) == (404, "not_a_member")
+    assert member_a not in json.dumps(problem)
+
+
+# -- the ledger --------------------------------------------------------------------------------
+
+
+async def test_the_ledger_pages_newest_first_by_cursor(stack: Stack) -> None:
+    shopper = openid()
+    token, _ = await stack.member(shopper)
+    for amount in (1_000, 2_000, 3_000):
+        await stack.pay(shopper, amount)
+    for _ in range(400):
+        status, card = await stack.call("GET", "/v1/me/points", token=token)
+        if card["balance"] == 60:
+            break
+        await asyncio.sleep(0.05)
+    assert card["balance"] == 60
+
+    status, first = await stack.call("GET", "/v1/me/points/ledger?limit=2", token=token)
+    assert status == 200
+    assert [e["points"] for e in first["entries"]] == [30, 20]
+    assert first["next_cursor"]
+    status, second = await stack.call(
+        "GET", f"/v1/me/points/ledger?limit=2&cursor={first['next_cursor']}", token=token
+    )
+    assert status == 200
+    assert [e["points"] for e in second["entries"]] == [10]
+    assert second["next_cursor"] is None
+    ids = [e["entry_id"] for e in first["entries"] + second["entries"]]
+    assert len(set(ids)) == 3
+
+
+async def test_the_ledger_is_only_ever_the_sessions_own(stack: Stack) -> None:
+    """Member A naming member B anywhere in the request still gets A's ledger, nothing of B."""
+    token_a, _ = await stack.member(openid())
+    shopper_b = openid()
+    _, member_b = await stack.member(shopper_b)
+    await stack.pay(shopper_b, 5_000)
+
+    for query in (f"member_id={member_b}", f"openid={shopper_b}&mall_id=mall-elsewhere"):
+        status, page = await stack.call("GET", f"/v1/me/points/ledger?{query}", token=token_a)
+        assert (status, page) == (200, {"entries": [], "next_cursor": None})
+    status, _ = await stack.call("GET", f"/v1/members/{member_b}/points/ledger", token=token_a)
+    assert status == 404
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [("limit=0", "invalid_limit"), ("limit=x", "invalid_limit"), ("cursor=abc", "invalid_cursor")],
+)
+async def test_a_malformed_ledger_query_is_refused(stack: Stack, query: str, code: str) -> None:
+    token, _ = await stack.member(openid())
+
+    status, problem = await stack.call("GET", f"/v1/me/points/ledger?{query}", token=token)
+
+    assert (status, problem["code"]) == (400, code)
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(stack: Stack) -> None:
+    body = {"appid": stack.mall.appid, "code": "x" * (128 * 1024)}
+
+    status, problem = await stack.call("POST", "/v1/session", body=body)
+
+    assert (status, problem["code"]) == (413, "body_too_large")
+
+
+# -- the card reader alone (fakes for the services) --------------------------------------------
+
+
+@dataclass
+class FakeSections:
+    balance: int = 0
+    calls: int = 0
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set once a points call has read the balance and waits at the gate.
+    waiting: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def member(self, mall_id: str, member_id: str, deadline_s: float) -> dict[str, Any]:
+        if member_id == "nobody":
+            raise NotFound("not_a_member", "join first")
+        return {"tier_code": "silver", "member_status": "active"}
+
+    async def points(self, mall_id: str, member_id: str, deadline_s: float) -> dict[str, Any]:
+        self.calls += 1
+        balance = self.balance
+        self.waiting.set()
+        await self.gate.wait()
+        return {"balance": balance, "available": balance, "expiring_soon": None}
+
+
+def reader(fake: FakeSections, **kwargs: Any) -> CardReader:
+    def render(card: Card) -> bytes:
+        return json.dumps(card.as_json(built_at="t")).encode()
+
+    return CardReader(
+        [SectionSource("member", fake.member), SectionSource("points", fake.points, 1.0)],
+        render,
+        **kwargs,
+    )
+
+
+async def test_a_change_during_a_fan_out_is_never_hidden_by_it() -> None:
+    fake = FakeSections(balance=10)
+    cards = reader(fake, ttl_s=300)
+    early = asyncio.create_task(cards.read("m", "a"))
+    await fake.waiting.wait()  # the fan-out has read balance 10 and waits
+    fake.balance = 25
+    cards.invalidate("m", "a")  # "+15 points" announced while it was in flight
+    fake.waiting.clear()
+    late = asyncio.create_task(cards.read("m", "a"))
+    await fake.waiting.wait()  # a second fan-out, not the stale one
+    fake.gate.set()
+
+    assert (await early).card.sections["points"].data == {
+        "balance": 10,
+        "available": 10,
+        "expiring_soon": None,
+    }
+    assert (await late).card.sections["points"].data["balance"] == 25  # type: ignore[index]
+    assert (await cards.read("m", "a")).card.sections["points"].data["balance"] == 25  # type: ignore[index]
+    assert fake.calls == 2
+
+
+async def test_a_section_past_its_deadline_is_unavailable_and_not_kept() -> None:
+    fake = FakeSections()  # the gate stays shut: points never answers
+    clock = [0.0]
+    cards = reader(fake, ttl_s=300, degraded_ttl_s=1.0, clock=lambda: clock[0])
+    cards._sources[1] = SectionSource("points", fake.points, 0.01)
+
+    answer = await cards.read("m", "a")
+
+    assert answer.card.sections["points"].as_json() == {
+        "status": "unavailable",
+        "reason": "timeout",
+    }
+    assert answer.card.sections["member"].as_json()["tier_code"] == "silver"
+    assert await cards.read("m", "a") is answer  # kept for the degraded TTL ...
+    clock[0] = 1.5
+    fake.gate.set()
+    assert (await cards.read("m", "a")).card.sections["points"].data is not None  # ... only
+
+
+async def test_no_member_no_card_and_a_failing_section_is_an_error() -> None:
+    fake = FakeSections()
+    fake.gate.set()
+
+    async def broken(mall_id: str, member_id: str, deadline_s: float) -> dict[str, Any]:
+        raise Unavailable("upstream_unavailable", "down")
+
+    cards = reader(fake)
+    with pytest.raises(NotFound):
+        await cards.read("m", "nobody")
+    cards._sources[1] = SectionSource("points", broken)
+    assert (await cards.read("m", "b")).card.sections["points"].as_json() == {
+        "status": "unavailable",
+        "reason": "error",
+    }
+    with pytest.raises(ValueError, match="unknown card sections"):
+        CardReader([SectionSource("wallet", None)], lambda card: b"")

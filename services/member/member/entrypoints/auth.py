@@ -1,9 +1,10 @@
 """Who is calling member's gRPC API: the server's ``authenticate`` hook.
 
-Tenant-facing RPCs (IdentifyMember, ReportPayment) require ``x-mall-credential:
-<credential_id>.<secret>`` of a valid, unrevoked tenant credential; the servicer then checks
-that the request's mall and store are the tenant's own. A caller presenting a tenant or
-car-park credential on any other RPC is refused, so a POS cannot browse members.
+Tenant-facing RPCs (IdentifyMember, ReportPayment, RegisterGuide, ListGuideMembers) require
+``x-mall-credential: <credential_id>.<secret>`` of a valid, unrevoked tenant credential; the
+servicer then checks that the request's mall and store (or guide) are the tenant's own. A
+caller presenting a tenant or car-park credential on any other RPC is refused, so a POS
+cannot browse members.
 
 The other RPCs (DirectoryService, GetMember, GetMemberByIdentity, IssueCheckoutCode, …) are
 called by the gateway and ops tools inside the cluster and stay open for now, guarded by the
@@ -32,6 +33,8 @@ TENANT_METHODS = frozenset(
     {
         "/mall.member.v1.MemberService/IdentifyMember",
         "/mall.member.v1.MemberService/ReportPayment",
+        "/mall.member.v1.MemberService/RegisterGuide",
+        "/mall.member.v1.MemberService/ListGuideMembers",
     }
 )
 _MAX_CACHED = 10_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from wechatpay_simulator import bill, miniprogram, payscore, views
+from wechatpay_simulator import bill, busifavor, miniprogram, payscore, views
 
 
 def setup_routes(app: web.Application) -> None:
@@ -36,3 +36,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", views.healthz)
     # Pay-score deductions (commitment card clawbacks): routes and state of their own.
     payscore.setup_routes(app)
+    # Merchant coupons (商家券) mirrored into the card package: routes and state of their own.
+    busifavor.setup_routes(app)

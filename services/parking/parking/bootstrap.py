@@ -1,40 +1,77 @@
-"""The parking service's composition root.
-
-Its gRPC contract is served (every RPC answers UNIMPLEMENTED until its issue lands), with
-health, reflection, its outbox relay and its own PARKING stream, so that `make run` and the
-deploy bring up the whole suite from day one.
-"""
+"""The parking service's composition root: the one place that wires everything."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import eventbus
-from eventbus.service import assemble
+from eventbus.service import Extras, Subscription, assemble
 from kit.cli import Roles, Service
 from mall.parking.v1 import parking_service_pb2, parking_service_pb2_grpc
 
+from parking.adapters.points import points_client
 from parking.config import Settings
+from parking.entrypoints.auth import CarParkAuthenticator
+from parking.entrypoints.consumers import (
+    DIRECTORY_CHANGED,
+    PAYMENT_ATTRIBUTED,
+    REFUND_ATTRIBUTED,
+    TIER_CHANGED,
+    on_directory_changed,
+    on_payment_attributed,
+    on_refund_attributed,
+    on_tier_changed,
+)
+from parking.entrypoints.grpc_admin import ParkingAdminServicer
+from parking.entrypoints.grpc_api import ParkingServicer
+from parking.entrypoints.grpc_carpark import CarParkServicer
+from parking.entrypoints.jobs import holds_job
 
 NAME = "parking"
-MIGRATIONS = [eventbus.MIGRATIONS]
+MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]
+
+SUBSCRIPTIONS = [
+    Subscription("payment-attributed", "MEMBER", PAYMENT_ATTRIBUTED, on_payment_attributed),
+    Subscription("refund-attributed", "MEMBER", REFUND_ATTRIBUTED, on_refund_attributed),
+    Subscription("tier-changed", "MEMBER", TIER_CHANGED, on_tier_changed),
+    Subscription("directory", "MEMBER", DIRECTORY_CHANGED, on_directory_changed),
+]
 
 
 @contextlib.asynccontextmanager
 async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
-    async with assemble(
-        NAME,
-        settings,
-        streams=["PARKING"],
-        servicers=lambda pool: [
-            (
-                parking_service_pb2_grpc.add_ParkingServiceServicer_to_server,
-                parking_service_pb2_grpc.ParkingServiceServicer(),
-            )
-        ],
-        descriptor=parking_service_pb2.DESCRIPTOR,
-    ) as roles:
+    async with (
+        points_client(settings.points_grpc_target, settings.points_timeout_s) as points,
+        assemble(
+            NAME,
+            settings,
+            streams=["MEMBER", "PARKING"],
+            subscriptions=SUBSCRIPTIONS,
+            servicers=lambda pool: [
+                (
+                    parking_service_pb2_grpc.add_ParkingServiceServicer_to_server,
+                    ParkingServicer(pool),
+                ),
+                (
+                    parking_service_pb2_grpc.add_CarParkServiceServicer_to_server,
+                    CarParkServicer(pool, points),
+                ),
+                (
+                    parking_service_pb2_grpc.add_ParkingAdminServiceServicer_to_server,
+                    ParkingAdminServicer(pool),
+                ),
+            ],
+            descriptor=parking_service_pb2.DESCRIPTOR,
+            extras=lambda pool: Extras(
+                components={"relay": [holds_job(pool, points, settings.holds_interval_s)]}
+            ),
+            authenticate=lambda pool: CarParkAuthenticator(
+                pool, cache_s=settings.credential_cache_s
+            ),
+        ) as roles,
+    ):
         yield roles
 
 

@@ -8,3 +8,11 @@ from pydantic import Field
 
 class Settings(ServiceSettings):
     grpc_port: int = Field(default=50063, ge=0, le=65535)
+    #: points' gRPC target for holds at the exit; empty turns paying with points off.
+    points_grpc_target: str = "127.0.0.1:50062"
+    #: How long a quote waits for points to hold; past it the quote goes without points.
+    points_timeout_s: float = Field(default=1.0, gt=0, le=10)
+    #: How often the relay role confirms/releases decided points holds and expires old quotes.
+    holds_interval_s: float = Field(default=5.0, gt=0)
+    #: How long a verified car-park credential is trusted without checking it again.
+    credential_cache_s: float = Field(default=30.0, ge=0)

@@ -62,7 +62,7 @@ class ParkingServiceServicer:
     """
 
     def BindPlate(self, request, context):
-        """BindPlate binds a plate to a member. ALREADY_EXISTS (plate_bound_elsewhere) when another
+        """BindPlate binds a plate to a member. FAILED_PRECONDITION (plate_bound_elsewhere) when another
         member of the mall holds it; FAILED_PRECONDITION (too_many_plates) over the mall's limit.
         Idempotent for the same member (updates colour and preferences).
         """

@@ -37,7 +37,7 @@ class ParkingServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ParkingServiceAsyncStub: ...
     BindPlate: _grpc.UnaryUnaryMultiCallable[_parking_service_pb2.BindPlateRequest, _parking_service_pb2.BindPlateResponse]
-    """BindPlate binds a plate to a member. ALREADY_EXISTS (plate_bound_elsewhere) when another
+    """BindPlate binds a plate to a member. FAILED_PRECONDITION (plate_bound_elsewhere) when another
     member of the mall holds it; FAILED_PRECONDITION (too_many_plates) over the mall's limit.
     Idempotent for the same member (updates colour and preferences).
     """
@@ -54,7 +54,7 @@ class ParkingServiceAsyncStub(ParkingServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     BindPlate: _aio.UnaryUnaryMultiCallable[_parking_service_pb2.BindPlateRequest, _parking_service_pb2.BindPlateResponse]  # type: ignore[assignment]
-    """BindPlate binds a plate to a member. ALREADY_EXISTS (plate_bound_elsewhere) when another
+    """BindPlate binds a plate to a member. FAILED_PRECONDITION (plate_bound_elsewhere) when another
     member of the mall holds it; FAILED_PRECONDITION (too_many_plates) over the mall's limit.
     Idempotent for the same member (updates colour and preferences).
     """
@@ -73,7 +73,7 @@ class ParkingServiceServicer:
         request: _parking_service_pb2.BindPlateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_parking_service_pb2.BindPlateResponse, _abc.Awaitable[_parking_service_pb2.BindPlateResponse]]:
-        """BindPlate binds a plate to a member. ALREADY_EXISTS (plate_bound_elsewhere) when another
+        """BindPlate binds a plate to a member. FAILED_PRECONDITION (plate_bound_elsewhere) when another
         member of the mall holds it; FAILED_PRECONDITION (too_many_plates) over the mall's limit.
         Idempotent for the same member (updates colour and preferences).
         """

@@ -1,0 +1,89 @@
+"""SQL for what parking learns about members from member's events: tier and spend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from kit.db import Connection
+
+
+async def set_tiers(conn: Connection, changes: Sequence[tuple[str, str, str, datetime]]) -> None:
+    """(mall_id, member_id, tier_code, as_of): a later fact wins; an older one is ignored."""
+    if not changes:
+        return
+    await conn.execute(
+        """INSERT INTO member_tiers (mall_id, member_id, tier_code, as_of)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+           ON CONFLICT (mall_id, member_id) DO UPDATE
+               SET tier_code = excluded.tier_code, as_of = excluded.as_of
+             WHERE member_tiers.as_of <= excluded.as_of""",
+        [c[0] for c in changes],
+        [c[1] for c in changes],
+        [c[2] for c in changes],
+        [c[3] for c in changes],
+    )
+
+
+async def tier(conn: Connection, mall_id: str, member_id: str) -> str:
+    code = await conn.fetchval(
+        "SELECT tier_code FROM member_tiers WHERE mall_id = $1 AND member_id = $2",
+        mall_id,
+        member_id,
+    )
+    return str(code or "")
+
+
+async def add_payments(
+    conn: Connection, payments: Sequence[tuple[str, str, str, int, datetime]]
+) -> None:
+    """(mall_id, transaction_id, member_id, amount_fen, paid_at); a payment counts once."""
+    if not payments:
+        return
+    await conn.execute(
+        """INSERT INTO member_payments (mall_id, transaction_id, member_id, amount_fen, paid_at)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
+                                $5::timestamptz[])
+           ON CONFLICT (mall_id, transaction_id) DO NOTHING""",
+        [p[0] for p in payments],
+        [p[1] for p in payments],
+        [p[2] for p in payments],
+        [p[3] for p in payments],
+        [p[4] for p in payments],
+    )
+
+
+async def add_refunds(conn: Connection, refunds: Sequence[tuple[str, str, str, str, int]]) -> None:
+    """(mall_id, refund_id, transaction_id, member_id, amount_fen); a refund counts once."""
+    if not refunds:
+        return
+    await conn.execute(
+        """INSERT INTO member_refunds (mall_id, refund_id, transaction_id, member_id, amount_fen)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+           ON CONFLICT (mall_id, refund_id) DO NOTHING""",
+        [r[0] for r in refunds],
+        [r[1] for r in refunds],
+        [r[2] for r in refunds],
+        [r[3] for r in refunds],
+        [r[4] for r in refunds],
+    )
+
+
+async def spend(
+    conn: Connection, mall_id: str, member_id: str, since: datetime, until: datetime
+) -> int:
+    """Net fen a member paid in [since, until]: payments less their refunds, never negative."""
+    value = await conn.fetchval(
+        """SELECT coalesce(sum(greatest(p.amount_fen - coalesce(r.refunded, 0), 0)), 0)
+             FROM member_payments p
+             LEFT JOIN LATERAL (
+                 SELECT sum(amount_fen) AS refunded FROM member_refunds
+                  WHERE mall_id = p.mall_id AND transaction_id = p.transaction_id
+             ) r ON true
+            WHERE p.mall_id = $1 AND p.member_id = $2 AND p.paid_at BETWEEN $3 AND $4""",
+        mall_id,
+        member_id,
+        since,
+        until,
+    )
+    return int(value)

@@ -1,0 +1,335 @@
+"""SQL for parking sessions, quotes (and their points holds) and anomalies."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kit.db import Connection
+
+from parking.domain.benefits import Applied, BenefitKind, Priced
+from parking.domain.sessions import PaymentMethod, Session, Status
+
+_COLUMNS = """mall_id, session_id::text, car_park_id, plate_number, plate_color, member_id,
+    status, entered_at, entry_missing, pay_score, exited_at, gross_fee_fen, discount_fen,
+    paid_fen, payment_method, settled_quote_id::text"""
+
+
+def _session(row: Any) -> Session:
+    fields = dict(row)
+    fields["status"] = Status(fields["status"])
+    fields["payment_method"] = (
+        PaymentMethod(fields["payment_method"]) if fields["payment_method"] else None
+    )
+    return Session(**fields)
+
+
+async def find_by_ref(
+    conn: Connection, mall_id: str, car_park_id: str, entry_ref: str
+) -> Session | None:
+    row = await conn.fetchrow(
+        f"""SELECT {_COLUMNS} FROM sessions
+             WHERE mall_id = $1 AND car_park_id = $2 AND entry_ref = $3""",
+        mall_id,
+        car_park_id,
+        entry_ref,
+    )
+    return _session(row) if row else None
+
+
+async def find_open(
+    conn: Connection, mall_id: str, car_park_id: str, plate_number: str, *, lock: bool = False
+) -> Session | None:
+    row = await conn.fetchrow(
+        f"""SELECT {_COLUMNS} FROM sessions
+             WHERE mall_id = $1 AND car_park_id = $2 AND plate_number = $3 AND status = 'open'"""
+        + (" FOR UPDATE" if lock else ""),
+        mall_id,
+        car_park_id,
+        plate_number,
+    )
+    return _session(row) if row else None
+
+
+async def find_open_for_plates(
+    conn: Connection, mall_id: str, plate_numbers: list[str]
+) -> Session | None:
+    row = await conn.fetchrow(
+        f"""SELECT {_COLUMNS} FROM sessions
+             WHERE mall_id = $1 AND plate_number = ANY($2::text[]) AND status = 'open'
+             ORDER BY entered_at DESC LIMIT 1""",
+        mall_id,
+        plate_numbers,
+    )
+    return _session(row) if row else None
+
+
+async def get(
+    conn: Connection, mall_id: str, session_id: str, *, lock: bool = False
+) -> Session | None:
+    try:
+        uuid.UUID(session_id)
+    except ValueError:
+        return None
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM sessions WHERE mall_id = $1 AND session_id = $2::uuid"
+        + (" FOR UPDATE" if lock else ""),
+        mall_id,
+        session_id,
+    )
+    return _session(row) if row else None
+
+
+async def insert(
+    conn: Connection,
+    session: Session,
+    *,
+    entry_ref: str | None,
+    entry_gate: str,
+) -> Session | None:
+    """None when the entry_ref was recorded meanwhile (a concurrent resend)."""
+    row = await conn.fetchrow(
+        f"""INSERT INTO sessions (mall_id, session_id, car_park_id, plate_number, plate_color,
+                member_id, status, entered_at, entry_ref, entry_gate, entry_missing, pay_score)
+            VALUES ($1, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            ON CONFLICT (mall_id, car_park_id, entry_ref) DO NOTHING
+            RETURNING {_COLUMNS}""",
+        session.mall_id,
+        session.session_id,
+        session.car_park_id,
+        session.plate_number,
+        session.plate_color,
+        session.member_id,
+        session.status.value,
+        session.entered_at,
+        entry_ref,
+        entry_gate,
+        session.entry_missing,
+        session.pay_score,
+    )
+    return _session(row) if row else None
+
+
+async def abandon(conn: Connection, mall_id: str, session_id: str) -> None:
+    await conn.execute(
+        """UPDATE sessions SET status = 'abandoned'
+            WHERE mall_id = $1 AND session_id = $2::uuid AND status = 'open'""",
+        mall_id,
+        session_id,
+    )
+
+
+async def settle(
+    conn: Connection,
+    mall_id: str,
+    session_id: str,
+    *,
+    exited_at: datetime,
+    exit_gate: str,
+    quote: QuoteRow,
+    paid_fen: int,
+    method: PaymentMethod,
+) -> Session:
+    row = await conn.fetchrow(
+        f"""UPDATE sessions
+               SET status = 'settled', exited_at = $3, exit_gate = $4, gross_fee_fen = $5,
+                   discount_fen = $6, paid_fen = $7, payment_method = $8, benefits = $9::jsonb,
+                   settled_quote_id = $10::uuid
+             WHERE mall_id = $1 AND session_id = $2::uuid
+            RETURNING {_COLUMNS}""",
+        mall_id,
+        session_id,
+        exited_at,
+        exit_gate,
+        quote.gross_fee_fen,
+        quote.discount_fen,
+        paid_fen,
+        method.value,
+        json.dumps(quote.benefits),
+        quote.quote_id,
+    )
+    assert row is not None
+    return _session(row)
+
+
+async def session_benefits(conn: Connection, mall_id: str, session_id: str) -> list[dict[str, Any]]:
+    raw = await conn.fetchval(
+        "SELECT benefits FROM sessions WHERE mall_id = $1 AND session_id = $2::uuid",
+        mall_id,
+        session_id,
+    )
+    return list(json.loads(raw)) if raw else []
+
+
+# -- quotes ---------------------------------------------------------------------------------
+
+
+def benefit_lines(applied: tuple[Applied, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": a.benefit.kind.value,
+            "description": a.benefit.description,
+            "free_minutes": a.benefit.free_minutes,
+            "discount_fen": a.discount_fen,
+            "points": a.benefit.points,
+            "coupon_id": a.benefit.coupon_id,
+        }
+        for a in applied
+    ]
+
+
+@dataclass(frozen=True)
+class QuoteRow:
+    mall_id: str
+    quote_id: str
+    session_id: str
+    member_id: str | None
+    quoted_at: datetime
+    valid_until: datetime
+    parked_minutes: int
+    gross_fee_fen: int
+    discount_fen: int
+    payable_fen: int
+    benefits: list[dict[str, Any]]
+    schedule_version: int
+    hold_id: str | None
+    hold_points: int
+    hold_state: str
+
+    @property
+    def points_minutes(self) -> int:
+        return sum(
+            int(b["free_minutes"]) for b in self.benefits if b["kind"] == BenefitKind.POINTS.value
+        )
+
+
+_QUOTE_COLUMNS = """mall_id, quote_id::text, session_id::text, member_id, quoted_at, valid_until,
+    parked_minutes, gross_fee_fen, discount_fen, payable_fen, benefits, schedule_version,
+    hold_id, hold_points, hold_state"""
+
+
+def _quote(row: Any) -> QuoteRow:
+    fields = dict(row)
+    fields["benefits"] = json.loads(fields["benefits"])
+    return QuoteRow(**fields)
+
+
+async def insert_quote(
+    conn: Connection,
+    *,
+    session: Session,
+    quoted_at: datetime,
+    valid_until: datetime,
+    parked_minutes: int,
+    priced: Priced,
+    schedule_version: int,
+    hold_id: str | None,
+    quote_id: str | None = None,
+) -> QuoteRow:
+    row = await conn.fetchrow(
+        f"""INSERT INTO quotes (mall_id, quote_id, session_id, member_id, quoted_at, valid_until,
+                parked_minutes, gross_fee_fen, discount_fen, payable_fen, benefits,
+                schedule_version, hold_id, hold_points, hold_state, hold_next_at)
+            VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13,
+                    $14, $15, $6)
+            RETURNING {_QUOTE_COLUMNS}""",
+        session.mall_id,
+        quote_id or str(uuid.uuid4()),
+        session.session_id,
+        session.member_id,
+        quoted_at,
+        valid_until,
+        parked_minutes,
+        priced.gross_fen,
+        priced.discount_fen,
+        priced.payable_fen,
+        json.dumps(benefit_lines(priced.applied)),
+        schedule_version,
+        hold_id,
+        priced.points if hold_id else 0,
+        "held" if hold_id else "none",
+    )
+    return _quote(row)
+
+
+async def get_quote(
+    conn: Connection, mall_id: str, quote_id: str, *, lock: bool = False
+) -> QuoteRow | None:
+    try:
+        uuid.UUID(quote_id)
+    except ValueError:
+        return None
+    row = await conn.fetchrow(
+        f"SELECT {_QUOTE_COLUMNS} FROM quotes WHERE mall_id = $1 AND quote_id = $2::uuid"
+        + (" FOR UPDATE" if lock else ""),
+        mall_id,
+        quote_id,
+    )
+    return _quote(row) if row else None
+
+
+async def decide_holds(
+    conn: Connection, mall_id: str, session_id: str, *, keep_quote_id: str | None, confirm: bool
+) -> int:
+    """Points held for a session's quotes: the kept quote's hold is confirmed (``confirm``) or
+    left held; every other held quote's hold is to be released. The worker makes the calls.
+    Returns how many held quotes were looked at."""
+    result = await conn.execute(
+        """UPDATE quotes
+              SET hold_state = CASE WHEN quote_id = $3::uuid THEN
+                                   CASE WHEN $4 THEN 'confirm' ELSE 'held' END
+                               ELSE 'release' END,
+                  hold_next_at = now()
+            WHERE mall_id = $1 AND session_id = $2::uuid AND hold_state = 'held'""",
+        mall_id,
+        session_id,
+        keep_quote_id,
+        confirm,
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+# -- anomalies ------------------------------------------------------------------------------
+
+
+async def record_anomaly(
+    conn: Connection,
+    *,
+    mall_id: str,
+    car_park_id: str,
+    plate_number: str,
+    session_id: str | None,
+    kind: str,
+    detail: str,
+) -> None:
+    await conn.execute(
+        """INSERT INTO anomalies (anomaly_id, mall_id, car_park_id, plate_number, session_id,
+                kind, detail)
+           VALUES ($1::uuid, $2, $3, $4, $5::uuid, $6, $7)""",
+        str(uuid.uuid4()),
+        mall_id,
+        car_park_id,
+        plate_number,
+        session_id,
+        kind,
+        detail,
+    )
+
+
+async def list_anomalies(
+    conn: Connection, mall_id: str, car_park_id: str, limit: int
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT anomaly_id::text, kind, car_park_id, plate_number,
+                  coalesce(session_id::text, '') AS session_id, detail, created_at
+             FROM anomalies
+            WHERE mall_id = $1 AND ($2 = '' OR car_park_id = $2)
+            ORDER BY created_at DESC LIMIT $3""",
+        mall_id,
+        car_park_id,
+        limit,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,93 @@
+"""Who is calling parking's gRPC API: the server's ``authenticate`` hook.
+
+CarParkService RPCs require ``x-mall-credential: <credential_id>.<secret>`` of a valid,
+unrevoked car-park credential (parking's copy of member's directory); the servicer then checks
+that the request's mall and car park are the caller's own. A caller presenting a credential on
+any other RPC is refused, so a car park cannot read members' plates. ParkingService (gateway)
+and ParkingAdminService (ops) stay inside the cluster, guarded by the network policy.
+
+Verified secrets are cached in-process for ``cache_s`` so the scrypt cost is paid once per
+credential and replica; a revoked credential keeps working on a replica for at most that long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import time
+
+import asyncpg
+from kit.errors import Forbidden, Unauthenticated
+from kit.grpc_server import Metadata
+
+from parking.adapters.directory import find_credential
+from parking.domain.credentials import CarParkCaller, parse_presented, verify_secret
+
+CREDENTIAL_HEADER = "x-mall-credential"
+CAR_PARK_PREFIX = "/mall.parking.v1.CarParkService/"
+_MAX_CACHED = 10_000
+
+_caller: contextvars.ContextVar[CarParkCaller | None] = contextvars.ContextVar(
+    "parking_caller", default=None
+)
+
+
+def car_park_caller(mall_id: str, car_park_id: str) -> CarParkCaller:
+    """The car park behind the current call, which must be the request's; refuses otherwise
+    (a servicer served without the hook stays closed)."""
+    caller = _caller.get()
+    if caller is None:
+        raise Unauthenticated("invalid_credential", "a car-park credential is required")
+    if (mall_id, car_park_id) != (caller.mall_id, caller.car_park_id):
+        raise Forbidden("car_park_not_yours", "the credential is not for this mall and car park")
+    return caller
+
+
+class CarParkAuthenticator:
+    """``authenticate(method, metadata)`` for the gRPC server; returns log-context fields."""
+
+    def __init__(self, pool: asyncpg.Pool, *, cache_s: float = 30.0) -> None:
+        self._pool = pool
+        self._cache_s = cache_s
+        self._verified: dict[bytes, tuple[float, CarParkCaller]] = {}
+
+    async def __call__(self, method: str, metadata: Metadata) -> dict[str, str]:
+        _caller.set(None)
+        presented = metadata.get(CREDENTIAL_HEADER, "")
+        if not method.startswith(CAR_PARK_PREFIX):
+            if presented:
+                raise Forbidden("rpc_not_for_car_parks", f"{method} is not open to car parks")
+            return {}
+        if not presented:
+            raise Unauthenticated("invalid_credential", f"{CREDENTIAL_HEADER} is required")
+        caller = await self._verify(presented)
+        _caller.set(caller)
+        return {
+            "mall_id": caller.mall_id,
+            "car_park_id": caller.car_park_id,
+            "credential_id": caller.credential_id,
+        }
+
+    async def _verify(self, presented: str) -> CarParkCaller:
+        key = hashlib.sha256(presented.encode()).digest()
+        now = time.monotonic()
+        hit = self._verified.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        credential_id, secret = parse_presented(presented)
+        async with self._pool.acquire() as conn:
+            row = await find_credential(conn, credential_id)
+        if (
+            row is None
+            or row.revoked_at is not None
+            or not await asyncio.to_thread(verify_secret, secret, row.secret_hash)
+        ):
+            raise Unauthenticated("invalid_credential", "unknown, revoked or wrong credential")
+        if not row.car_park_id:
+            raise Forbidden("not_a_car_park_credential", "this API needs a car-park credential")
+        caller = CarParkCaller(row.mall_id, row.car_park_id, row.credential_id)
+        if len(self._verified) >= _MAX_CACHED:
+            self._verified.clear()
+        self._verified[key] = (now + self._cache_s, caller)
+        return caller

@@ -1,0 +1,79 @@
+"""Event handlers: what parking learns from member (tiers, spend, the directory)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+from eventbus.consumer import Delivery
+from kit.db import Connection
+from kit.proto import to_datetime
+from mall.member.v1 import events_pb2 as member_events
+
+from parking.adapters import directory, members
+
+log = structlog.get_logger(__name__)
+
+PAYMENT_ATTRIBUTED = "member.payment.attributed"
+REFUND_ATTRIBUTED = "member.refund.attributed"
+TIER_CHANGED = "member.tier.changed"
+DIRECTORY_CHANGED = "member.directory.>"
+
+
+async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    """A payment raises the member's spend (same-day benefit) and tells their tier."""
+    payments = []
+    tiers = []
+    for d in deliveries:
+        msg = d.decode(member_events.PaymentAttributed)
+        paid_at = (
+            to_datetime(msg.paid_at) if msg.HasField("paid_at") else to_datetime(msg.occurred_at)
+        )
+        payments.append((msg.mall_id, msg.transaction_id, msg.member_id, msg.amount_fen, paid_at))
+        if msg.tier_code:
+            tiers.append((msg.mall_id, msg.member_id, msg.tier_code, to_datetime(msg.occurred_at)))
+    await members.add_payments(conn, payments)
+    await members.set_tiers(conn, tiers)
+
+
+async def on_refund_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    """A refund lowers the spend of the payment it refers to (even if that comes later)."""
+    refunds = []
+    for d in deliveries:
+        msg = d.decode(member_events.RefundAttributed)
+        refunds.append(
+            (msg.mall_id, msg.refund_id, msg.transaction_id, msg.member_id, msg.refund_amount_fen)
+        )
+    await members.add_refunds(conn, refunds)
+
+
+async def on_tier_changed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    changes = []
+    for d in deliveries:
+        msg = d.decode(member_events.TierChanged)
+        changes.append((msg.mall_id, msg.member_id, msg.tier_code, to_datetime(msg.occurred_at)))
+    await members.set_tiers(conn, changes)
+
+
+async def on_directory_changed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    """Keep the malls (time zone, WeChat ids), car parks and car-park credentials."""
+    for d in deliveries:
+        kind = d.subject.rsplit(".", 1)[-1]
+        if kind == "mall_upserted":
+            mall = d.decode(member_events.MallUpserted).mall
+            await directory.upsert_mall(
+                conn, mall.mall_id, mall.time_zone, mall.appid, mall.brand_id, mall.mchid
+            )
+        elif kind == "car_park_upserted":
+            park = d.decode(member_events.CarParkUpserted).car_park
+            await directory.upsert_car_park(conn, park.mall_id, park.car_park_id, park.name)
+        elif kind == "credential_upserted":
+            cred = d.decode(member_events.CredentialUpserted).credential
+            await directory.upsert_credential(
+                conn,
+                credential_id=cred.credential_id,
+                mall_id=cred.mall_id,
+                car_park_id=cred.car_park_id or None,
+                secret_hash=cred.secret_hash,
+                revoked_at=to_datetime(cred.revoked_at) if cred.HasField("revoked_at") else None,
+            )

@@ -1,0 +1,114 @@
+"""CarParkService: the car park's gates. Translation only; rules in domain and service_layer."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+from mall.parking.v1 import parking_service_pb2 as api
+from mall.parking.v1 import parking_service_pb2_grpc
+
+from parking.entrypoints import messages as m
+from parking.entrypoints.auth import car_park_caller
+from parking.service_layer import gates
+from parking.service_layer.holds import settle_holds
+from parking.service_layer.ports import PointsPort
+
+log = structlog.get_logger(__name__)
+HOLD_CALL_TIMEOUT_S = 3.0
+
+
+class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
+    def __init__(self, pool: asyncpg.Pool, points: PointsPort | None) -> None:
+        self._pool = pool
+        self._points = points
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def RecordEntry(
+        self, request: api.RecordEntryRequest, context: Any
+    ) -> api.RecordEntryResponse:
+        car_park_caller(request.mall_id, request.car_park_id)
+        m.required(entry_ref=request.entry_ref)
+        plate, color = m.plate(request.plate_number, request.plate_color, color_required=False)
+        entry = gates.Entry(
+            mall_id=request.mall_id,
+            car_park_id=request.car_park_id,
+            plate_number=plate,
+            color=color,
+            entered_at=m.when(request.entered_at),
+            entry_ref=request.entry_ref,
+            gate_id=request.gate_id,
+        )
+        async with self._pool.acquire() as conn:
+            session, duplicate = await gates.record_entry(conn, entry)
+        if not duplicate:
+            self._after(request.mall_id, session.session_id)  # a missed exit's hold, if any
+        return api.RecordEntryResponse(session=m.session_message(session), duplicate=duplicate)
+
+    async def QuoteExit(self, request: api.QuoteExitRequest, context: Any) -> api.QuoteExitResponse:
+        car_park_caller(request.mall_id, request.car_park_id)
+        plate, color = m.plate(request.plate_number, request.plate_color, color_required=False)
+        query = gates.ExitQuery(
+            mall_id=request.mall_id,
+            car_park_id=request.car_park_id,
+            plate_number=plate,
+            color=color,
+            exit_at=m.when(request.exit_at),
+            gate_id=request.gate_id,
+        )
+        quoted, release = await gates.quote_exit(self._pool, self._points, query)
+        if release:
+            self._after(request.mall_id, quoted.session.session_id)
+        return api.QuoteExitResponse(
+            session=m.session_message(quoted.session),
+            quote=m.quote_message(quoted.quote),
+            gate_may_open=quoted.gate_may_open,
+        )
+
+    async def SettleExit(
+        self, request: api.SettleExitRequest, context: Any
+    ) -> api.SettleExitResponse:
+        car_park_caller(request.mall_id, request.car_park_id)
+        m.required(session_id=request.session_id, quote_id=request.quote_id)
+        settlement = gates.Settlement(
+            mall_id=request.mall_id,
+            car_park_id=request.car_park_id,
+            session_id=request.session_id,
+            quote_id=request.quote_id,
+            paid_fen=max(0, request.paid_fen),
+            method=m.method(request.payment_method),
+            exited_at=m.when(request.exited_at),
+            gate_id=request.gate_id,
+        )
+        async with self._pool.acquire() as conn:
+            session, holds = await gates.settle_exit(conn, settlement)
+        if holds:
+            self._after(request.mall_id, session.session_id)
+        return api.SettleExitResponse(session=m.session_message(session), gate_may_open=True)
+
+    def _after(self, mall_id: str, session_id: str) -> None:
+        """Confirm or release a session's points holds now, off the gate's answer; the relay
+        role's job retries whatever this does not finish."""
+        if self._points is None:
+            return
+        points = self._points
+
+        async def run() -> None:
+            try:
+                async with asyncio.timeout(HOLD_CALL_TIMEOUT_S):
+                    await settle_holds(
+                        self._pool,
+                        points,
+                        datetime.now(UTC),
+                        mall_id=mall_id,
+                        session_id=session_id,
+                    )
+            except Exception as exc:
+                log.warning("points_hold_followup_failed", error=repr(exc))
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

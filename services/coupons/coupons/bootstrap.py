@@ -15,17 +15,25 @@ from pathlib import Path
 import eventbus
 from eventbus.service import Extras, Subscription, assemble
 from kit.cli import Roles, Service
+from kit.jetstream import connect
+from kit.kvmirror import DIRECTORY_BUCKET, KvMirror
 from mall.coupons.v1 import (
     commitments_service_pb2_grpc,
     coupons_service_pb2,
     coupons_service_pb2_grpc,
 )
 
+from coupons.adapters.directory import Directory
 from coupons.commitment_settings import CommitmentSettings
 from coupons.config import Settings
 from coupons.entrypoints import commitment_consumers as commitment_events
+from coupons.entrypoints import consumers
+from coupons.entrypoints.auth import CredentialAuthenticator
 from coupons.entrypoints.commitment_grpc import CommitmentServicer
 from coupons.entrypoints.commitment_jobs import clawback_job, commitment_commands, sweep_job
+from coupons.entrypoints.expiry import expiry_commands, expiry_job
+from coupons.entrypoints.grpc_api import CouponsServicer
+from coupons.expiry_settings import ExpirySettings
 
 NAME = "coupons"
 MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]
@@ -33,38 +41,61 @@ MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]
 
 @contextlib.asynccontextmanager
 async def bootstrap(
-    settings: Settings, commitments: CommitmentSettings | None = None
+    settings: Settings,
+    commitments: CommitmentSettings | None = None,
+    expiry: ExpirySettings | None = None,
 ) -> AsyncIterator[Roles]:
     commitments = commitments or CommitmentSettings()
+    expiry = expiry or ExpirySettings()
+    expiry_reminder = timedelta(days=expiry.coupon_expiry_reminder_days)
     remind_before = timedelta(hours=commitments.commitment_reminder_hours)
-    async with assemble(
-        NAME,
-        settings,
-        streams=["COUPONS", "MEMBER"],
-        subscriptions=[
-            *commitment_subscriptions(),
-        ],
-        servicers=lambda pool: [
-            (
-                coupons_service_pb2_grpc.add_CouponsServiceServicer_to_server,
-                coupons_service_pb2_grpc.CouponsServiceServicer(),
+    directory = Directory()  # stores and tenant credentials, mirrored from member's bucket
+    async with (
+        connect(settings.nats_url, name=f"{NAME}-directory") as directory_nc,
+        assemble(
+            NAME,
+            settings,
+            streams=["COUPONS", "MEMBER"],
+            subscriptions=[
+                *commitment_subscriptions(),
+                Subscription(
+                    "post-payment",
+                    "MEMBER",
+                    consumers.PAYMENT_ATTRIBUTED,
+                    consumers.on_payment_attributed,
+                ),
+                Subscription(
+                    "refunds", "MEMBER", consumers.REFUND_ATTRIBUTED, consumers.on_refund_attributed
+                ),
+            ],
+            servicers=lambda pool: [
+                (
+                    coupons_service_pb2_grpc.add_CouponsServiceServicer_to_server,
+                    CouponsServicer(pool, directory),
+                ),
+                (
+                    commitments_service_pb2_grpc.add_CommitmentServiceServicer_to_server,
+                    CommitmentServicer(pool),
+                ),
+            ],
+            descriptor=coupons_service_pb2.DESCRIPTOR,
+            extras=lambda pool: Extras(
+                components={
+                    "serve": [
+                        KvMirror(directory_nc.jetstream(), DIRECTORY_BUCKET, directory.apply).run
+                    ],
+                    "relay": [
+                        sweep_job(pool, commitments.commitment_sweep_interval_s, remind_before),
+                        clawback_job(commitments, pool),
+                        expiry_job(pool, expiry.coupon_expiry_interval_s, expiry_reminder),
+                    ],
+                },
+                commands=commitment_commands(pool.acquire, remind_before)
+                | expiry_commands(pool.acquire, expiry_reminder),
             ),
-            (
-                commitments_service_pb2_grpc.add_CommitmentServiceServicer_to_server,
-                CommitmentServicer(pool),
-            ),
-        ],
-        descriptor=coupons_service_pb2.DESCRIPTOR,
-        extras=lambda pool: Extras(
-            components={
-                "relay": [
-                    sweep_job(pool, commitments.commitment_sweep_interval_s, remind_before),
-                    clawback_job(commitments, pool),
-                ]
-            },
-            commands=commitment_commands(pool.acquire, remind_before),
-        ),
-    ) as roles:
+            authenticate=lambda pool: CredentialAuthenticator(directory),
+        ) as roles,
+    ):
         yield roles
 
 

@@ -112,8 +112,6 @@ CREATE TABLE coupons (
 );
 CREATE INDEX coupons_wallet ON coupons (mall_id, member_id, claimed_at DESC, coupon_id);
 CREATE INDEX coupons_by_stock ON coupons (mall_id, stock_id, channel, guide_id);
-CREATE UNIQUE INDEX coupons_one_use ON coupons (mall_id, tenant_id, use_request_id)
-    WHERE use_request_id IS NOT NULL;
 CREATE INDEX coupons_by_payment ON coupons (mall_id, transaction_id) WHERE transaction_id <> '';
 CREATE INDEX coupons_by_order ON coupons (mall_id, order_transaction_id)
     WHERE order_transaction_id <> '';

@@ -1,0 +1,102 @@
+"""Who is calling coupons' gRPC API: the server's ``authenticate`` hook.
+
+RedeemCoupon is for tenant POS only: ``x-mall-credential: <credential_id>.<secret>`` of a valid
+tenant credential (checked against the directory mirror). CreateStock, PutPostPaymentRule,
+CreateClaimCode and GetStockStats take a tenant credential (then they act on that tenant's own
+stocks and stores only) or none: the mall's ops API inside the cluster, behind the network
+policy, as member's admin RPCs are. The gateway's RPCs (claim, list) refuse a tenant
+credential, so a POS cannot claim or browse wallets.
+
+A verified credential is cached per process for ``cache_s`` (the scrypt cost is paid once per
+credential); a revoked one stops working within that time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import time
+from dataclasses import dataclass
+
+from kit.credentials import CREDENTIAL_HEADER, parse_presented, verify_secret
+from kit.errors import Forbidden, Unauthenticated
+from kit.grpc_server import Metadata
+
+from coupons.adapters.directory import Directory
+
+_SERVICE = "/mall.coupons.v1.CouponsService/"
+TENANT_ONLY = frozenset({_SERVICE + "RedeemCoupon"})
+TENANT_OR_OPS = frozenset(
+    _SERVICE + m for m in ("CreateStock", "PutPostPaymentRule", "CreateClaimCode", "GetStockStats")
+)
+_MAX_CACHED = 10_000
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A verified tenant caller."""
+
+    mall_id: str
+    tenant_id: str
+    credential_id: str
+
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
+    "coupons_caller", default=None
+)
+
+
+def current_caller() -> Caller | None:
+    """The tenant behind the current call, or None for an ops call (no credential)."""
+    return _caller.get()
+
+
+def tenant_caller() -> Caller:
+    caller = _caller.get()
+    if caller is None:
+        raise Unauthenticated("invalid_credential", "a tenant credential is required")
+    return caller
+
+
+class CredentialAuthenticator:
+    """``authenticate(method, metadata)`` for the gRPC server; returns log-context fields."""
+
+    def __init__(self, directory: Directory, *, cache_s: float = 30.0) -> None:
+        self._directory = directory
+        self._cache_s = cache_s
+        self._verified: dict[bytes, tuple[float, Caller]] = {}
+
+    async def __call__(self, method: str, metadata: Metadata) -> dict[str, str]:
+        _caller.set(None)
+        if not method.startswith(_SERVICE):  # CommitmentService checks its callers itself
+            return {}
+        presented = metadata.get(CREDENTIAL_HEADER, "")
+        if method not in TENANT_ONLY and method not in TENANT_OR_OPS:
+            if presented:
+                raise Forbidden("rpc_not_for_tenants", f"{method} is not open to tenant callers")
+            return {}
+        if not presented:
+            if method in TENANT_ONLY:
+                raise Unauthenticated("invalid_credential", f"{CREDENTIAL_HEADER} is required")
+            return {}
+        caller = self.verify(presented)
+        _caller.set(caller)
+        return {"mall_id": caller.mall_id, "tenant_id": caller.tenant_id}
+
+    def verify(self, presented: str) -> Caller:
+        key = hashlib.sha256(presented.encode()).digest()
+        now = time.monotonic()
+        hit = self._verified.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        credential_id, secret = parse_presented(presented)
+        entry = self._directory.credential(credential_id)
+        if entry is None or entry.revoked or not verify_secret(secret, entry.secret_hash):
+            raise Unauthenticated("invalid_credential", "unknown, revoked or wrong credential")
+        if not entry.tenant_id:
+            raise Forbidden("not_a_tenant_credential", "this RPC needs a tenant credential")
+        caller = Caller(entry.mall_id, entry.tenant_id, entry.credential_id)
+        if len(self._verified) >= _MAX_CACHED:
+            self._verified.clear()
+        self._verified[key] = (now + self._cache_s, caller)
+        return caller

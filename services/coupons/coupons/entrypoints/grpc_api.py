@@ -1,0 +1,268 @@
+"""gRPC servicer: stocks, claims (one or a batch), the wallet, redemption, rules, codes and
+figures. Translation only: the rules live in the domain, the use cases in service_layer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from kit.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound
+from mall.common.v1 import common_pb2
+from mall.coupons.v1 import coupons_service_pb2 as pb
+from mall.coupons.v1 import coupons_service_pb2_grpc
+
+from coupons.adapters import coupons as coupons_sql
+from coupons.adapters import rules as rules_sql
+from coupons.adapters import stocks as stocks_sql
+from coupons.adapters.directory import Directory
+from coupons.adapters.events import CHANNELS
+from coupons.domain.claims import MAX_BATCH, Channel, Claim, Outcome
+from coupons.domain.redemption import Use
+from coupons.entrypoints import translate
+from coupons.entrypoints.auth import current_caller, tenant_caller
+from coupons.service_layer import offers, redemptions
+from coupons.service_layer.claims import Result, SoldOutMemory, claim_batch
+
+MAX_PAGE = 100
+
+
+def _page_size(page: common_pb2.PageRequest) -> int:
+    size = page.page_size or 20
+    if not 0 < size <= MAX_PAGE:
+        raise InvalidInput("invalid_page_size", f"page_size must be 1..{MAX_PAGE}")
+    return size
+
+
+def _cursor(token: str) -> tuple[datetime, str] | None:
+    """Page tokens are '<microseconds since epoch>:<id>'."""
+    if not token:
+        return None
+    micros, _, key = token.partition(":")
+    if not (micros.isascii() and micros.isdigit()) or not key or len(micros) > 18:
+        raise InvalidInput("invalid_page_token", "page_token is not one this API issued")
+    return datetime.fromtimestamp(int(micros) / 1e6, UTC), key
+
+
+def _token(at: datetime, key: str) -> str:
+    return f"{int(at.timestamp() * 1_000_000)}:{key}"
+
+
+def _refusal(result: Result) -> AppError:
+    kind = {
+        Outcome.NOT_FOUND: NotFound,
+        Outcome.INVALID: InvalidInput,
+        Outcome.NOT_ELIGIBLE: Forbidden,
+    }.get(result.outcome, Conflict)
+    return kind(result.reason, result.message or result.reason)
+
+
+def _caller() -> tuple[str, str] | None:
+    caller = current_caller()
+    return (caller.mall_id, caller.tenant_id) if caller is not None else None
+
+
+class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
+    def __init__(
+        self, pool: asyncpg.Pool, directory: Directory, memory: SoldOutMemory | None = None
+    ) -> None:
+        self._pool = pool
+        self._directory = directory
+        self._memory = memory or SoldOutMemory()
+
+    # -- stocks -------------------------------------------------------------------------------
+
+    async def CreateStock(
+        self, request: pb.CreateStockRequest, context: Any
+    ) -> pb.CreateStockResponse:
+        new = translate.new_stock(request)
+        async with self._pool.acquire() as conn:
+            stock, _ = await offers.create_stock(conn, new, _caller(), self._directory.store_tenant)
+        return pb.CreateStockResponse(stock=translate.stock_message(stock, datetime.now(UTC)))
+
+    async def GetStock(self, request: pb.GetStockRequest, context: Any) -> pb.GetStockResponse:
+        async with self._pool.acquire() as conn:
+            stock = await stocks_sql.get(conn, request.mall_id, request.stock_id)
+        if stock is None:
+            raise NotFound("stock_not_found", f"no stock {request.stock_id}")
+        return pb.GetStockResponse(stock=translate.stock_message(stock, datetime.now(UTC)))
+
+    async def ListStocks(
+        self, request: pb.ListStocksRequest, context: Any
+    ) -> pb.ListStocksResponse:
+        if not request.mall_id:
+            raise InvalidInput("missing_field", "mall_id is required")
+        size = _page_size(request.page)
+        now = datetime.now(UTC)
+        async with self._pool.acquire() as conn:
+            stocks = await stocks_sql.page(
+                conn,
+                request.mall_id,
+                tenant_id=request.tenant_id or None,
+                status=translate.STOCK_STATUS_NAMES.get(request.status),
+                now=now,
+                after=_cursor(request.page.page_token),
+                limit=size + 1,
+            )
+        page, more = stocks[:size], len(stocks) > size
+        last = page[-1] if more else None
+        return pb.ListStocksResponse(
+            stocks=[translate.stock_message(s, now) for s in page],
+            page=common_pb2.PageResponse(
+                next_page_token=_token(last.created_at, last.stock_id)
+                if last is not None and last.created_at is not None
+                else ""
+            ),
+        )
+
+    # -- claims -------------------------------------------------------------------------------
+
+    async def _claim(self, claims: list[Claim]) -> list[Result]:
+        async with self._pool.acquire() as conn:
+            return await claim_batch(conn, claims, memory=self._memory)
+
+    async def ClaimCoupon(
+        self, request: pb.ClaimCouponRequest, context: Any
+    ) -> pb.ClaimCouponResponse:
+        (result,) = await self._claim([translate.claim(request)])
+        if result.coupon is None:
+            raise _refusal(result)
+        return pb.ClaimCouponResponse(
+            coupon=translate.coupon_message(result.coupon, datetime.now(UTC))
+        )
+
+    async def ClaimCoupons(
+        self, request: pb.ClaimCouponsRequest, context: Any
+    ) -> pb.ClaimCouponsResponse:
+        if len(request.claims) > MAX_BATCH:
+            raise InvalidInput("batch_too_large", f"at most {MAX_BATCH} claims per call")
+        results = await self._claim([translate.claim(c) for c in request.claims])
+        now = datetime.now(UTC)
+        answer = pb.ClaimCouponsResponse()
+        for r in results:
+            item = answer.results.add(outcome=translate.OUTCOMES[r.outcome], reason=r.reason)
+            if r.coupon is not None:
+                item.coupon.CopyFrom(translate.coupon_message(r.coupon, now))
+        return answer
+
+    async def ClaimCouponByCode(
+        self, request: pb.ClaimCouponByCodeRequest, context: Any
+    ) -> pb.ClaimCouponByCodeResponse:
+        async with self._pool.acquire() as conn:
+            code = await rules_sql.get_code(conn, request.mall_id, request.code)
+            if code is None:
+                raise NotFound("code_not_found", "no such claim code")
+            (result,) = await claim_batch(
+                conn,
+                [
+                    Claim(
+                        mall_id=request.mall_id,
+                        stock_id=code.stock_id,
+                        member_id=request.member_id,
+                        request_id=request.request_id,
+                        tier_code=request.tier_code,
+                        tags=tuple(request.tags),
+                        channel=Channel(code.channel),
+                        guide_id=code.guide_id,
+                        claim_code=code.code,
+                    )
+                ],
+                memory=self._memory,
+            )
+        if result.coupon is None:
+            raise _refusal(result)
+        return pb.ClaimCouponByCodeResponse(
+            coupon=translate.coupon_message(result.coupon, datetime.now(UTC))
+        )
+
+    async def ListMemberCoupons(
+        self, request: pb.ListMemberCouponsRequest, context: Any
+    ) -> pb.ListMemberCouponsResponse:
+        if not request.mall_id:
+            raise InvalidInput("missing_field", "mall_id is required")
+        try:
+            uuid.UUID(request.member_id)
+        except ValueError:
+            raise InvalidInput("invalid_member_id", "member_id must be a UUID") from None
+        size = _page_size(request.page)
+        async with self._pool.acquire() as conn:
+            coupons = await coupons_sql.wallet(
+                conn,
+                request.mall_id,
+                request.member_id,
+                status=translate.COUPON_STATUS_NAMES.get(request.status),
+                after=_cursor(request.page.page_token),
+                limit=size + 1,
+            )
+        page, more = coupons[:size], len(coupons) > size
+        now = datetime.now(UTC)
+        return pb.ListMemberCouponsResponse(
+            coupons=[translate.coupon_message(c, now) for c in page],
+            page=common_pb2.PageResponse(
+                next_page_token=_token(page[-1].claimed_at, page[-1].coupon_id) if more else ""
+            ),
+        )
+
+    # -- redemption ---------------------------------------------------------------------------
+
+    async def RedeemCoupon(
+        self, request: pb.RedeemCouponRequest, context: Any
+    ) -> pb.RedeemCouponResponse:
+        caller = tenant_caller()
+        if request.mall_id != caller.mall_id:
+            raise Forbidden("mall_not_yours", f"the credential is not for mall {request.mall_id}")
+        store_tenant = self._directory.store_tenant(request.mall_id, request.store_id)
+        if store_tenant != caller.tenant_id:
+            raise Forbidden("store_not_yours", f"store {request.store_id} is not a store of yours")
+        use = Use(
+            mall_id=request.mall_id,
+            coupon_id=request.coupon_id,
+            store_id=request.store_id,
+            store_tenant_id=store_tenant,
+            use_request_id=request.use_request_id,
+            order_amount_fen=request.order_amount_fen,
+            transaction_id=request.transaction_id,
+        )
+        async with self._pool.acquire() as conn:
+            coupon, off = await redemptions.redeem(conn, use)
+        return pb.RedeemCouponResponse(
+            coupon=translate.coupon_message(coupon, datetime.now(UTC)), discount_fen=off
+        )
+
+    # -- rules, codes, figures ----------------------------------------------------------------
+
+    async def PutPostPaymentRule(
+        self, request: pb.PutPostPaymentRuleRequest, context: Any
+    ) -> pb.PutPostPaymentRuleResponse:
+        rule = translate.rule(request.rule, datetime.now(UTC))
+        async with self._pool.acquire() as conn:
+            stored = await offers.put_rule(conn, rule, _caller())
+        return pb.PutPostPaymentRuleResponse(rule=translate.rule_message(stored))
+
+    async def CreateClaimCode(
+        self, request: pb.CreateClaimCodeRequest, context: Any
+    ) -> pb.CreateClaimCodeResponse:
+        code = translate.code(request.claim_code)
+        async with self._pool.acquire() as conn:
+            created = await offers.create_code(conn, code, _caller())
+        return pb.CreateClaimCodeResponse(claim_code=translate.code_message(created))
+
+    async def GetStockStats(
+        self, request: pb.GetStockStatsRequest, context: Any
+    ) -> pb.GetStockStatsResponse:
+        async with self._pool.acquire() as conn:
+            figures = await offers.figures(conn, request.mall_id, request.stock_id, _caller())
+        answer = pb.GetStockStatsResponse(
+            claimed=figures.claimed,
+            redeemed=figures.redeemed,
+            redemption_rate_bp=figures.redemption_rate_bp,
+        )
+        for f in figures.by_channel:
+            answer.by_channel.add(
+                channel=CHANNELS[Channel(f.channel)],
+                guide_id=f.guide_id,
+                claimed=f.claimed,
+                redeemed=f.redeemed,
+            )
+        return answer

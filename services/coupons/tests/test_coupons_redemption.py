@@ -1,0 +1,439 @@
+"""The coupons gRPC API on real PostgreSQL and NATS (the directory mirrored from the DIRECTORY
+key-value bucket, as member writes it): tenant stocks, claims, redemption (核销) with each of its
+refusals, claim codes and a stock's figures."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import grpc
+import nats
+import pytest
+from coupons.bootstrap import MIGRATIONS, bootstrap
+from coupons.config import Settings
+from kit.cli import serving
+from kit.grpc_errors import from_rpc_error
+from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
+from kit.migrations import migrate
+from kit.proto import timestamp
+from mall.common.v1 import common_pb2
+from mall.coupons.v1 import coupons_pb2 as cpb
+from mall.coupons.v1 import coupons_service_pb2 as pb
+from mall.coupons.v1 import coupons_service_pb2_grpc as pb_grpc
+from mall.member.v1 import directory_pb2
+from mall_testing.plugin import FreshDatabase
+from member.domain.credentials import hash_secret
+
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+FAILED = grpc.StatusCode.FAILED_PRECONDITION
+Metadata = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Api:
+    url: str
+    stub: pb_grpc.CouponsServiceAsyncStub
+    mall_id: str
+    #: Tenant A (coffee) owns store a1; tenant B (tea) owns b1; tenant C (cake) owns c1.
+    a: Metadata
+    b: Metadata
+
+
+async def _publish_directory(nats_url: str, mall_id: str) -> tuple[Metadata, Metadata]:
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await open_bucket(nc.jetstream(), DIRECTORY_BUCKET)
+        for tenant_id, store_id in (("coffee", "a1"), ("tea", "b1"), ("cake", "c1")):
+            store = directory_pb2.Store(mall_id=mall_id, tenant_id=tenant_id, store_id=store_id)
+            await kv.put(f"store.{mall_id}.{store_id}", store.SerializeToString())
+        presented = []
+        for tenant_id in ("coffee", "tea"):
+            credential_id, secret = f"cred-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+            credential = directory_pb2.Credential(
+                mall_id=mall_id,
+                credential_id=credential_id,
+                tenant_id=tenant_id,
+                secret_hash=hash_secret(secret),
+            )
+            await kv.put(f"credential.{mall_id}.{credential_id}", credential.SerializeToString())
+            presented.append((("x-mall-credential", f"{credential_id}.{secret}"),))
+    finally:
+        await nc.close()
+    return presented[0], presented[1]
+
+
+@pytest.fixture(scope="module")
+async def api(fresh_database: FreshDatabase, nats_url: str) -> AsyncIterator[Api]:
+    url = await fresh_database("coupons")
+    await migrate(url, MIGRATIONS)
+    mall_id = f"mall-{uuid.uuid4().hex[:12]}"
+    a, b = await _publish_directory(nats_url, mall_id)
+    settings = Settings(database_url=url, nats_url=nats_url, grpc_port=0, log_level="warning")
+    async with (
+        bootstrap(settings) as roles,
+        serving(roles) as target,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        stub = pb_grpc.CouponsServiceStub(channel)
+        for _ in range(200):  # until the mirror has replayed the bucket
+            code, _ = await refused(
+                stub.RedeemCoupon(
+                    pb.RedeemCouponRequest(
+                        mall_id=mall_id, coupon_id="0", store_id="a1", use_request_id="probe"
+                    ),
+                    metadata=a,
+                )
+            )
+            if code is grpc.StatusCode.NOT_FOUND:
+                break
+            await asyncio.sleep(0.05)
+        yield Api(url, stub, mall_id, a, b)
+
+
+@pytest.fixture
+async def db(api: Api) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(api.url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def refused(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    error = from_rpc_error(caught.value)
+    return caught.value.code(), error.code if error is not None else ""
+
+
+def stock(mall_id: str, **fields: Any) -> cpb.Stock:
+    now = datetime.now(UTC)
+    base: dict[str, Any] = {
+        "mall_id": mall_id,
+        "title": "满100减20",
+        "coupon_type": cpb.COUPON_TYPE_FIXED_AMOUNT,
+        "discount_fen": 2000,
+        "threshold_fen": 10000,
+        "max_coupons": 100,
+        "claim_starts_at": timestamp(now - timedelta(hours=1)),
+        "claim_ends_at": timestamp(now + timedelta(days=1)),
+        "valid_days": 30,
+    }
+    return cpb.Stock(**(base | fields))
+
+
+async def create(api: Api, who: Metadata | None, **fields: Any) -> cpb.Stock:
+    answer = await api.stub.CreateStock(
+        pb.CreateStockRequest(stock=stock(api.mall_id, **fields), request_id=str(uuid.uuid4())),
+        metadata=who,
+    )
+    return answer.stock
+
+
+async def claimed(api: Api, s: cpb.Stock, member_id: str | None = None) -> cpb.Coupon:
+    answer = await api.stub.ClaimCoupon(
+        pb.ClaimCouponRequest(
+            mall_id=api.mall_id,
+            stock_id=s.stock_id,
+            member_id=member_id or str(uuid.uuid4()),
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    return answer.coupon
+
+
+def redeem(
+    api: Api, coupon: cpb.Coupon, store_id: str, amount: int, use: str | None = None
+) -> pb.RedeemCouponRequest:
+    return pb.RedeemCouponRequest(
+        mall_id=api.mall_id,
+        coupon_id=coupon.coupon_id,
+        store_id=store_id,
+        use_request_id=use or str(uuid.uuid4()),
+        order_amount_fen=amount,
+    )
+
+
+async def outbox(db: asyncpg.Connection, subject: str, mall_id: str) -> int:
+    n: int = await db.fetchval(
+        "SELECT count(*) FROM outbox WHERE subject = $1 AND mall_id = $2", subject, mall_id
+    )
+    return n
+
+
+async def test_a_tenant_creates_stocks_for_its_own_stores_only(api: Api) -> None:
+    own = await create(api, api.a, store_ids=["a1"])
+    assert own.tenant_id == "coffee"
+    assert own.status == cpb.STOCK_STATUS_ACTIVE
+    assert await refused(api.stub.CreateStock(
+        pb.CreateStockRequest(stock=stock(api.mall_id, store_ids=["b1"]), request_id="x1"),
+        metadata=api.a,
+    )) == (DENIED, "store_not_yours")  # fmt: skip
+    assert await refused(api.stub.CreateStock(
+        pb.CreateStockRequest(stock=stock(api.mall_id, tenant_ids=["tea"]), request_id="x2"),
+        metadata=api.a,
+    )) == (DENIED, "cross_brand_needs_mall")  # fmt: skip
+    mall_stock = await create(api, None, tenant_ids=["coffee", "tea"])  # ops: cross-brand
+    assert mall_stock.tenant_id == ""
+    assert list(mall_stock.tenant_ids) == ["coffee", "tea"]
+
+
+async def test_stock_creation_is_idempotent_and_validated(api: Api) -> None:
+    request = pb.CreateStockRequest(stock=stock(api.mall_id), request_id=str(uuid.uuid4()))
+    first = await api.stub.CreateStock(request, metadata=api.a)
+    again = await api.stub.CreateStock(request, metadata=api.a)
+    assert again.stock.stock_id == first.stock.stock_id
+    bad = [
+        ({"discount_fen": 0}, "invalid_discount"),
+        ({"coupon_type": cpb.COUPON_TYPE_PERCENT_OFF, "percent_off": 100}, "invalid_percent_off"),
+        ({"max_coupons": 0}, "invalid_max_coupons"),
+        ({"valid_days": 0}, "invalid_validity"),
+        ({"coupon_type": cpb.COUPON_TYPE_PARKING, "parking_minutes": 0}, "invalid_parking_minutes"),
+    ]
+    for fields, code in bad:
+        request = pb.CreateStockRequest(stock=stock(api.mall_id, **fields), request_id="r")
+        assert await refused(api.stub.CreateStock(request, metadata=api.a)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            code,
+        )
+
+
+async def test_redemption_gives_the_discount_once_per_use_request(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    s = await create(api, api.a)
+    coupon = await claimed(api, s)
+    request = redeem(api, coupon, "a1", 12_000)
+
+    first = await api.stub.RedeemCoupon(request, metadata=api.a)
+    again = await api.stub.RedeemCoupon(request, metadata=api.a)
+
+    assert first.discount_fen == again.discount_fen == 2000
+    assert first.coupon.status == again.coupon.status == cpb.COUPON_STATUS_USED
+    assert first.coupon.redeemed_store_id == "a1"
+    redeemed = await db.fetchval(
+        """SELECT count(*) FROM outbox WHERE subject = 'coupons.coupon.redeemed'
+             AND mall_id = $1 AND payload LIKE '%' || $2::bytea || '%'""",
+        api.mall_id,
+        coupon.coupon_id.encode(),
+    )
+    assert redeemed == 1
+    other_use = redeem(api, coupon, "a1", 12_000)
+    assert await refused(api.stub.RedeemCoupon(other_use, metadata=api.a)) == (
+        FAILED,
+        "coupon_used",
+    )
+
+
+async def test_tenant_b_cannot_redeem_tenant_as_coupon_and_nothing_changes(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    s = await create(api, api.a)
+    coupon = await claimed(api, s)
+    before = await outbox(db, "coupons.coupon.redeemed", api.mall_id)
+
+    at_own_store = await refused(
+        api.stub.RedeemCoupon(redeem(api, coupon, "b1", 50_000), metadata=api.b)
+    )
+    at_as_store = await refused(
+        api.stub.RedeemCoupon(redeem(api, coupon, "a1", 50_000), metadata=api.b)
+    )
+
+    assert at_own_store == (DENIED, "coupon_not_usable_here")
+    assert at_as_store == (DENIED, "store_not_yours")
+    row = await db.fetchrow(
+        "SELECT status, use_request_id FROM coupons WHERE mall_id = $1 AND coupon_id = $2",
+        api.mall_id,
+        coupon.coupon_id,
+    )
+    assert row is not None
+    assert (row["status"], row["use_request_id"]) == ("available", None)
+    assert await outbox(db, "coupons.coupon.redeemed", api.mall_id) == before
+
+
+async def test_each_refusal_has_its_own_reason(api: Api, db: asyncpg.Connection) -> None:
+    now = datetime.now(UTC)
+    s = await create(api, api.a, store_ids=["a1"])
+    later = await create(
+        api,
+        api.a,
+        valid_days=0,
+        valid_from=timestamp(now + timedelta(days=1)),
+        valid_until=timestamp(now + timedelta(days=2)),
+    )
+    below, expired, not_yet = (
+        await claimed(api, s),
+        await claimed(api, s),
+        await claimed(api, later),
+    )
+    await db.execute(
+        "UPDATE coupons SET valid_until = now() - interval '1 second' WHERE coupon_id = $1",
+        expired.coupon_id,
+    )
+    cases = [
+        (redeem(api, below, "a1", 9_999), (FAILED, "below_threshold")),
+        (redeem(api, expired, "a1", 20_000), (FAILED, "coupon_expired")),
+        (redeem(api, not_yet, "a1", 20_000), (FAILED, "coupon_not_yet_valid")),
+        (redeem(api, below, "a1", -1), (grpc.StatusCode.INVALID_ARGUMENT, "invalid_order_amount")),
+    ]
+    for request, expected in cases:
+        assert await refused(api.stub.RedeemCoupon(request, metadata=api.a)) == expected
+    unknown = pb.RedeemCouponRequest(
+        mall_id=api.mall_id, coupon_id="404", store_id="a1", use_request_id="u"
+    )
+    assert await refused(api.stub.RedeemCoupon(unknown, metadata=api.a)) == (
+        grpc.StatusCode.NOT_FOUND,
+        "coupon_not_found",
+    )
+    assert await refused(api.stub.RedeemCoupon(redeem(api, below, "a1", 1))) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "invalid_credential",
+    )
+    assert await refused(
+        api.stub.ClaimCoupon(
+            pb.ClaimCouponRequest(mall_id=api.mall_id, stock_id=s.stock_id), metadata=api.a
+        )
+    ) == (DENIED, "rpc_not_for_tenants")
+
+
+async def test_percent_off_with_a_cap_and_cross_brand_use(api: Api) -> None:
+    s = await create(
+        api,
+        None,
+        coupon_type=cpb.COUPON_TYPE_PERCENT_OFF,
+        percent_off=20,
+        max_discount_fen=3000,
+        discount_fen=0,
+        threshold_fen=0,
+        tenant_ids=["coffee", "tea"],
+    )
+    small, large, elsewhere = await claimed(api, s), await claimed(api, s), await claimed(api, s)
+    off_small = await api.stub.RedeemCoupon(redeem(api, small, "a1", 10_000), metadata=api.a)
+    off_large = await api.stub.RedeemCoupon(redeem(api, large, "b1", 50_000), metadata=api.b)
+    assert (off_small.discount_fen, off_large.discount_fen) == (2000, 3000)
+    cake = await refused(
+        api.stub.RedeemCoupon(redeem(api, elsewhere, "c1", 10_000), metadata=api.a)
+    )
+    assert cake == (DENIED, "store_not_yours")
+
+
+async def test_claim_retry_batch_and_wallet(api: Api) -> None:
+    s = await create(api, api.a, max_coupons=3, max_per_member=2)
+    member_id = str(uuid.uuid4())
+    request = pb.ClaimCouponRequest(
+        mall_id=api.mall_id, stock_id=s.stock_id, member_id=member_id, request_id="press-1"
+    )
+    first = await api.stub.ClaimCoupon(request)
+    again = await api.stub.ClaimCoupon(request)
+    assert again.coupon == first.coupon
+
+    batch = await api.stub.ClaimCoupons(
+        pb.ClaimCouponsRequest(
+            claims=[
+                pb.ClaimCouponRequest(
+                    mall_id=api.mall_id, stock_id=s.stock_id, member_id=m, request_id=r
+                )
+                for m, r in [
+                    (member_id, "press-2"),
+                    (member_id, "press-3"),
+                    (str(uuid.uuid4()), "a"),
+                    (str(uuid.uuid4()), "b"),
+                ]
+            ]
+        )
+    )
+    assert [r.outcome for r in batch.results] == [
+        pb.CLAIM_OUTCOME_CLAIMED,
+        pb.CLAIM_OUTCOME_LIMIT_REACHED,
+        pb.CLAIM_OUTCOME_CLAIMED,
+        pb.CLAIM_OUTCOME_SOLD_OUT,
+    ]
+    assert await refused(api.stub.ClaimCoupon(
+        pb.ClaimCouponRequest(
+            mall_id=api.mall_id, stock_id=s.stock_id, member_id=member_id, request_id="press-4"
+        )
+    )) == (FAILED, "stock_sold_out")  # fmt: skip
+
+    page1 = await api.stub.ListMemberCoupons(
+        pb.ListMemberCouponsRequest(
+            mall_id=api.mall_id, member_id=member_id, page=common_pb2.PageRequest(page_size=1)
+        )
+    )
+    page2 = await api.stub.ListMemberCoupons(
+        pb.ListMemberCouponsRequest(
+            mall_id=api.mall_id,
+            member_id=member_id,
+            page=common_pb2.PageRequest(page_size=1, page_token=page1.page.next_page_token),
+        )
+    )
+    assert len(page1.coupons) == len(page2.coupons) == 1
+    assert page2.page.next_page_token == ""
+    assert {page1.coupons[0].coupon_id, page2.coupons[0].coupon_id} == {
+        first.coupon.coupon_id,
+        batch.results[0].coupon.coupon_id,
+    }
+
+
+async def test_codes_record_channel_and_guide_in_the_figures(api: Api) -> None:
+    s = await create(api, api.a)
+    for code, channel, guide in (
+        ("CARD-1", cpb.CLAIM_CHANNEL_PACKAGE_CARD, ""),
+        ("GUIDE-7", cpb.CLAIM_CHANNEL_GUIDE, "guide-7"),
+    ):
+        await api.stub.CreateClaimCode(
+            pb.CreateClaimCodeRequest(
+                claim_code=cpb.ClaimCode(
+                    mall_id=api.mall_id,
+                    code=f"{code}-{s.stock_id}",
+                    stock_id=s.stock_id,
+                    channel=channel,
+                    guide_id=guide,
+                )
+            ),
+            metadata=api.a,
+        )
+    by_guide = []
+    for _ in range(2):
+        answer = await api.stub.ClaimCouponByCode(
+            pb.ClaimCouponByCodeRequest(
+                mall_id=api.mall_id,
+                code=f"GUIDE-7-{s.stock_id}",
+                member_id=str(uuid.uuid4()),
+                request_id="r",
+            )
+        )
+        by_guide.append(answer.coupon)
+    by_card = await api.stub.ClaimCouponByCode(
+        pb.ClaimCouponByCodeRequest(
+            mall_id=api.mall_id,
+            code=f"CARD-1-{s.stock_id}",
+            member_id=str(uuid.uuid4()),
+            request_id="r",
+        )
+    )
+    await claimed(api, s)
+    assert by_guide[0].guide_id == "guide-7"
+    assert by_guide[0].channel == cpb.CLAIM_CHANNEL_GUIDE
+    assert by_card.coupon.channel == cpb.CLAIM_CHANNEL_PACKAGE_CARD
+    await api.stub.RedeemCoupon(redeem(api, by_guide[0], "a1", 20_000), metadata=api.a)
+
+    figures = await api.stub.GetStockStats(
+        pb.GetStockStatsRequest(mall_id=api.mall_id, stock_id=s.stock_id), metadata=api.a
+    )
+
+    assert (figures.claimed, figures.redeemed, figures.redemption_rate_bp) == (4, 1, 2500)
+    rows = {(f.channel, f.guide_id): (f.claimed, f.redeemed) for f in figures.by_channel}
+    assert rows == {
+        (cpb.CLAIM_CHANNEL_MINI_PROGRAM, ""): (1, 0),
+        (cpb.CLAIM_CHANNEL_PACKAGE_CARD, ""): (1, 0),
+        (cpb.CLAIM_CHANNEL_GUIDE, "guide-7"): (2, 1),
+    }
+    assert await refused(api.stub.GetStockStats(
+        pb.GetStockStatsRequest(mall_id=api.mall_id, stock_id=s.stock_id), metadata=api.b
+    )) == (grpc.StatusCode.NOT_FOUND, "stock_not_found")  # fmt: skip

@@ -26,8 +26,8 @@ from mall.coupons.v1 import (
 from coupons.adapters.directory import Directory
 from coupons.commitment_settings import CommitmentSettings
 from coupons.config import Settings
+from coupons.entrypoints import card_package, consumers
 from coupons.entrypoints import commitment_consumers as commitment_events
-from coupons.entrypoints import consumers
 from coupons.entrypoints.auth import CredentialAuthenticator
 from coupons.entrypoints.commitment_grpc import CommitmentServicer
 from coupons.entrypoints.commitment_jobs import clawback_job, commitment_commands, sweep_job
@@ -58,6 +58,7 @@ async def bootstrap(
             streams=["COUPONS", "MEMBER"],
             subscriptions=[
                 *commitment_subscriptions(),
+                *card_package_subscriptions(),
                 Subscription(
                     "post-payment",
                     "MEMBER",
@@ -88,10 +89,12 @@ async def bootstrap(
                         sweep_job(pool, commitments.commitment_sweep_interval_s, remind_before),
                         clawback_job(commitments, pool),
                         expiry_job(pool, expiry.coupon_expiry_interval_s, expiry_reminder),
+                        card_package.card_package_job(commitments, pool),
                     ],
                 },
                 commands=commitment_commands(pool.acquire, remind_before)
-                | expiry_commands(pool.acquire, expiry_reminder),
+                | expiry_commands(pool.acquire, expiry_reminder)
+                | card_package.card_package_commands(pool.acquire, commitments.wechatpay_mchid),
             ),
             authenticate=lambda pool: CredentialAuthenticator(directory),
         ) as roles,
@@ -119,6 +122,21 @@ def commitment_subscriptions() -> list[Subscription]:
             "MEMBER",
             commitment_events.STORE_UPSERTED,
             commitment_events.on_store_upserted,
+        ),
+    ]
+
+
+def card_package_subscriptions() -> list[Subscription]:
+    """The WeChat card package mirror: coupons' own events, and payers' WeChat identities."""
+    return [
+        Subscription(
+            "card-package", "COUPONS", card_package.COUPON_EVENTS, card_package.on_coupon_events
+        ),
+        Subscription(
+            "card-package-payers",
+            "MEMBER",
+            card_package.PAYMENT_ATTRIBUTED,
+            card_package.on_payment_attributed,
         ),
     ]
 

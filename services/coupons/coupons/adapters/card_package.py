@@ -1,0 +1,328 @@
+"""SQL of the card package mirror: flagged stocks, payers' WeChat identities, mirrored coupons.
+
+Claims work like the other outbound queues: due rows are picked ``FOR UPDATE SKIP LOCKED`` and
+leased (``next_attempt_at`` past the call's timeout, ``attempts`` + 1) in one statement that
+commits before the HTTP call; an outcome is saved only while ``attempts`` still matches.
+The worker's queries span malls, like the outbox relay's; the rest is by mall.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from kit.db import Connection
+
+from coupons.domain.card_package import StockTerms
+
+
+@dataclass(frozen=True)
+class StockClaim:
+    mall_id: str
+    stock_id: str
+    request: dict[str, Any]
+    attempts: int
+    failures: int
+
+
+@dataclass(frozen=True)
+class CouponClaim:
+    mall_id: str
+    coupon_id: str
+    coupon_code: str
+    wanted: str
+    platform: str
+    use_time: datetime | None
+    attempts: int
+    failures: int
+    platform_stock_id: str
+    appid: str
+    openid: str
+
+
+# -- stocks ---------------------------------------------------------------------------------
+
+
+async def stock_terms(conn: Connection, mall_id: str, stock_id: str) -> StockTerms | None:
+    """The mall stock's terms (the coupons core's ``stocks`` table), None if unknown."""
+    row = await conn.fetchrow(
+        """SELECT title, description, kind, discount_fen, threshold_fen, percent_off,
+                  issuable, max_per_member, claim_starts_at,
+                  COALESCE(valid_until, claim_ends_at + make_interval(days => valid_days))
+                      AS available_until
+             FROM stocks WHERE mall_id = $1 AND stock_id = $2""",
+        mall_id,
+        stock_id,
+    )
+    if row is None:
+        return None
+    return StockTerms(
+        title=row["title"],
+        description=row["description"],
+        kind=row["kind"],
+        discount_fen=row["discount_fen"],
+        threshold_fen=row["threshold_fen"],
+        percent_off=row["percent_off"],
+        max_coupons=row["issuable"],
+        max_per_member=row["max_per_member"],
+        available_from=row["claim_starts_at"],
+        available_until=row["available_until"],
+    )
+
+
+async def flag_stock(
+    conn: Connection, mall_id: str, stock_id: str, request: dict[str, Any]
+) -> bool:
+    """Flag a stock for the card package (queue its creation); False if flagged before."""
+    done = await conn.fetchval(
+        """INSERT INTO card_package_stocks (mall_id, stock_id, request, out_request_no)
+           VALUES ($1, $2, $3::jsonb, $4)
+           ON CONFLICT (mall_id, stock_id) DO NOTHING RETURNING true""",
+        mall_id,
+        stock_id,
+        json.dumps(request, ensure_ascii=False),
+        request["out_request_no"],
+    )
+    return bool(done)
+
+
+async def claim_stocks(conn: Connection, limit: int, lease_s: float) -> list[StockClaim]:
+    rows = await conn.fetch(
+        """WITH due AS (
+             SELECT mall_id, stock_id FROM card_package_stocks
+              WHERE state = 'pending' AND next_attempt_at <= now()
+              ORDER BY next_attempt_at LIMIT $1
+                FOR UPDATE SKIP LOCKED)
+           UPDATE card_package_stocks s
+              SET attempts = s.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+             FROM due WHERE s.mall_id = due.mall_id AND s.stock_id = due.stock_id
+           RETURNING s.mall_id, s.stock_id, s.request, s.attempts, s.failures""",
+        limit,
+        lease_s,
+    )
+    return [
+        StockClaim(
+            r["mall_id"], r["stock_id"], json.loads(r["request"]), r["attempts"], r["failures"]
+        )
+        for r in rows
+    ]
+
+
+async def save_stock(
+    conn: Connection,
+    claim: StockClaim,
+    *,
+    platform_stock_id: str = "",
+    refused: bool = False,
+    retry_in_s: float = 0.0,
+    code: str = "",
+    error: str = "",
+) -> bool:
+    """Created (``platform_stock_id``), refused, or retried after ``retry_in_s``."""
+    done = await conn.fetchval(
+        """UPDATE card_package_stocks
+              SET state = CASE WHEN $3 <> '' THEN 'created'
+                               WHEN $4 THEN 'refused' ELSE 'pending' END,
+                  platform_stock_id = $3,
+                  created_at = CASE WHEN $3 <> '' THEN now() END,
+                  failures = CASE WHEN $3 <> '' THEN 0 ELSE failures + 1 END,
+                  next_attempt_at = now() + make_interval(secs => $5),
+                  last_error_code = $6, last_error = $7
+            WHERE mall_id = $1 AND stock_id = $2 AND attempts = $8 AND state = 'pending'
+           RETURNING true""",
+        claim.mall_id,
+        claim.stock_id,
+        platform_stock_id,
+        refused,
+        retry_in_s,
+        code,
+        error[:1000],
+        claim.attempts,
+    )
+    if done and platform_stock_id:  # coupons that waited for the stock are due now
+        await conn.execute(
+            """UPDATE card_package_coupons SET next_attempt_at = now()
+                WHERE mall_id = $1 AND stock_id = $2 AND status = 'pending'""",
+            claim.mall_id,
+            claim.stock_id,
+        )
+    return bool(done)
+
+
+# -- payers ---------------------------------------------------------------------------------
+
+
+async def put_payers(conn: Connection, payers: list[tuple[str, str, str, str]]) -> None:
+    """(mall_id, member_id, appid, openid): the latest WeChat identity of each member."""
+    if not payers:
+        return
+    await conn.executemany(
+        """INSERT INTO card_package_payers (mall_id, member_id, appid, openid)
+           VALUES ($1, $2, $3, $4)
+           ON CONFLICT (mall_id, member_id) DO UPDATE
+              SET appid = EXCLUDED.appid, openid = EXCLUDED.openid, updated_at = now()
+            WHERE (card_package_payers.appid, card_package_payers.openid)
+                  IS DISTINCT FROM (EXCLUDED.appid, EXCLUDED.openid)""",
+        payers,
+    )
+    # Coupons waiting for their holder's identity are due now.
+    await conn.execute(
+        """UPDATE card_package_coupons c SET next_attempt_at = now()
+             FROM unnest($1::text[], $2::text[]) AS p(m, u)
+            WHERE c.mall_id = p.m AND c.member_id = p.u AND c.status = 'pending'
+              AND c.next_attempt_at > now()""",
+        [p[0] for p in payers],
+        [p[1] for p in payers],
+    )
+
+
+# -- coupons --------------------------------------------------------------------------------
+
+
+async def want(
+    conn: Connection,
+    mall_id: str,
+    coupon_id: str,
+    stock_id: str,
+    member_id: str,
+    code: str,
+    wanted: str,
+    use_time: datetime | None = None,
+) -> bool:
+    """Record what the platform should show for a coupon of a flagged stock (a coupon of
+    another stock is ignored: False). ``sent`` never overrides a later wish; ``used`` and
+    ``deactivated`` are final, the first one recorded wins."""
+    done = await conn.fetchval(
+        """INSERT INTO card_package_coupons
+               (mall_id, coupon_id, stock_id, member_id, coupon_code, wanted, use_time)
+           SELECT $1, $2, $3, $4, $5, $6, $7
+            WHERE EXISTS (SELECT 1 FROM card_package_stocks
+                           WHERE mall_id = $1 AND stock_id = $3 AND state <> 'refused')
+           ON CONFLICT (mall_id, coupon_id) DO UPDATE
+              SET wanted = EXCLUDED.wanted, use_time = EXCLUDED.use_time, status = 'pending',
+                  failures = 0, next_attempt_at = now(), updated_at = now()
+            WHERE card_package_coupons.wanted = 'sent' AND EXCLUDED.wanted <> 'sent'
+           RETURNING true""",
+        mall_id,
+        coupon_id,
+        stock_id,
+        member_id,
+        code,
+        wanted,
+        use_time,
+    )
+    return bool(done)
+
+
+async def claim_coupons(conn: Connection, limit: int, lease_s: float) -> list[CouponClaim]:
+    """Due coupons whose stock exists at the platform and whose holder it knows."""
+    rows = await conn.fetch(
+        """WITH due AS (
+             SELECT c.mall_id, c.coupon_id, s.platform_stock_id, p.appid, p.openid
+               FROM card_package_coupons c
+               JOIN card_package_stocks s
+                 ON s.mall_id = c.mall_id AND s.stock_id = c.stock_id AND s.state = 'created'
+               JOIN card_package_payers p
+                 ON p.mall_id = c.mall_id AND p.member_id = c.member_id
+              WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+              ORDER BY c.next_attempt_at LIMIT $1
+                FOR UPDATE OF c SKIP LOCKED)
+           UPDATE card_package_coupons c
+              SET attempts = c.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+             FROM due WHERE c.mall_id = due.mall_id AND c.coupon_id = due.coupon_id
+           RETURNING c.mall_id, c.coupon_id, c.coupon_code, c.wanted, c.platform, c.use_time,
+                     c.attempts, c.failures, due.platform_stock_id, due.appid, due.openid""",
+        limit,
+        lease_s,
+    )
+    return [
+        CouponClaim(
+            r["mall_id"],
+            r["coupon_id"],
+            r["coupon_code"],
+            r["wanted"],
+            r["platform"],
+            r["use_time"],
+            r["attempts"],
+            r["failures"],
+            r["platform_stock_id"],
+            r["appid"],
+            r["openid"],
+        )
+        for r in rows
+    ]
+
+
+async def save_coupon(
+    conn: Connection,
+    claim: CouponClaim,
+    *,
+    platform: str | None = None,
+    refused: bool = False,
+    retry_in_s: float = 0.0,
+    code: str = "",
+    error: str = "",
+) -> bool:
+    """A step done (``platform``: what the platform now holds), refused, or to retry. The
+    coupon is synced once the platform holds what is wanted; otherwise due again at once."""
+    done = await conn.fetchval(
+        """UPDATE card_package_coupons
+              SET platform = COALESCE($3, platform),
+                  status = CASE WHEN $4 THEN 'refused'
+                                WHEN COALESCE($3, platform) = wanted THEN 'synced'
+                                ELSE 'pending' END,
+                  failures = CASE WHEN $3 IS NULL THEN failures + 1 ELSE 0 END,
+                  next_attempt_at = now() + make_interval(secs => $5),
+                  last_error_code = $6, last_error = $7, updated_at = now()
+            WHERE mall_id = $1 AND coupon_id = $2 AND attempts = $8
+           RETURNING true""",
+        claim.mall_id,
+        claim.coupon_id,
+        platform,
+        refused,
+        retry_in_s,
+        code,
+        error[:1000],
+        claim.attempts,
+    )
+    return bool(done)
+
+
+async def settle_final(conn: Connection, claim: CouponClaim) -> None:
+    """The platform's coupon is final (used or deactivated) but the mall wants otherwise:
+    nothing can move it; recorded as refused for ops to see."""
+    await save_coupon(
+        conn,
+        claim,
+        refused=True,
+        code="PLATFORM_FINAL",
+        error=f"the platform's coupon is {claim.platform}; the mall wants {claim.wanted}",
+    )
+
+
+async def status(conn: Connection, mall_id: str) -> dict[str, Any]:
+    """What ops look at: the mall's flagged stocks and its coupons by mirror state."""
+    stocks = await conn.fetch(
+        """SELECT stock_id, state, platform_stock_id, attempts, last_error_code, last_error
+             FROM card_package_stocks WHERE mall_id = $1 ORDER BY flagged_at""",
+        mall_id,
+    )
+    coupons = await conn.fetch(
+        """SELECT status, wanted, platform, count(*) AS n FROM card_package_coupons
+            WHERE mall_id = $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""",
+        mall_id,
+    )
+    problems = await conn.fetch(
+        """SELECT coupon_id, wanted, platform, status, attempts, last_error_code, last_error
+             FROM card_package_coupons
+            WHERE mall_id = $1 AND (status = 'refused' OR (status = 'pending' AND failures > 0))
+            ORDER BY updated_at LIMIT 100""",
+        mall_id,
+    )
+    return {
+        "stocks": [dict(r) for r in stocks],
+        "coupons": [dict(r) for r in coupons],
+        "problems": [dict(r) for r in problems],
+    }

@@ -1,0 +1,130 @@
+"""Entrypoints of the WeChat card package mirror: the coupons core's own events (claimed,
+redeemed, revoked) record what the platform should show; WeChat Pay payments tell who a member
+is at WeChat; the worker (relay role); ``card-package-enable`` and ``card-package-status``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+
+import asyncpg
+import structlog
+from eventbus.consumer import Delivery
+from kit.cli import Command
+from kit.db import Connection
+from kit.errors import AppError
+from kit.lifecycle import Component
+from kit.proto import to_datetime
+from mall.common.v1 import common_pb2
+from mall.coupons.v1 import events_pb2
+from mall.member.v1 import events_pb2 as member_events
+
+from coupons.adapters import card_package as sql
+from coupons.adapters.card_package_platform import WeChatMerchantCoupons
+from coupons.adapters.commitment_payscore import client_from_settings
+from coupons.commitment_settings import CommitmentSettings
+from coupons.domain.card_package import Wanted, coupon_code
+from coupons.service_layer.card_package import CardPackageWorker, MirrorPolicy, flag_stock
+
+log = structlog.get_logger(__name__)
+
+COUPON_EVENTS = "coupons.coupon.>"
+PAYMENT_ATTRIBUTED = "member.payment.attributed"
+
+Connect = Callable[[], AbstractAsyncContextManager[Connection]]
+
+
+async def on_coupon_events(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    """``coupons-card-package``: in stream order, what each coupon should be at the platform."""
+    for d in deliveries:
+        kind = d.subject.rsplit(".", 1)[-1]
+        use_time = None
+        if kind == "claimed":
+            c = d.decode(events_pb2.CouponClaimed)
+            key, wanted = (c.mall_id, c.coupon_id, c.stock_id, c.member_id), Wanted.SENT
+        elif kind == "redeemed":
+            r = d.decode(events_pb2.CouponRedeemed)
+            key, wanted = (r.mall_id, r.coupon_id, r.stock_id, r.member_id), Wanted.USED
+            use_time = to_datetime(r.occurred_at)
+        elif kind == "revoked":
+            v = d.decode(events_pb2.CouponRevoked)
+            key, wanted = (v.mall_id, v.coupon_id, v.stock_id, v.member_id), Wanted.DEACTIVATED
+        else:
+            continue  # expiring, expired, returned: the platform expires coupons itself
+        mall_id, coupon_id, stock_id, member_id = key
+        await sql.want(
+            conn,
+            mall_id,
+            coupon_id,
+            stock_id,
+            member_id,
+            coupon_code(mall_id, coupon_id),
+            wanted,
+            use_time,
+        )
+
+
+async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    """``coupons-card-package-payers``: a WeChat Pay payment says who the member is there."""
+    payers = []
+    for d in deliveries:
+        p = d.decode(member_events.PaymentAttributed)
+        if p.source == common_pb2.PAYMENT_SOURCE_WECHAT_PAY and p.appid and p.openid:
+            payers.append((p.mall_id, p.member_id, p.appid, p.openid))
+    await sql.put_payers(conn, payers)
+
+
+def card_package_job(settings: CommitmentSettings, pool: asyncpg.Pool) -> Component:
+    client = client_from_settings(settings)  # a bad key file stops the process at start
+    if client is None:
+
+        async def disabled(stop: asyncio.Event) -> None:
+            log.warning(
+                "card_package_disabled",
+                reason="WECHATPAY_API_BASE is not set: card package coupons queue up",
+            )
+
+        return disabled
+    timeout = settings.wechatpay_timeout_s + 5
+    policy = MirrorPolicy(lease_s=max(60.0, 2 * timeout), send_timeout_s=timeout)
+
+    async def run(stop: asyncio.Event) -> None:
+        async with client:
+            worker = CardPackageWorker(pool, WeChatMerchantCoupons(client), policy=policy)
+            await worker.run(stop)
+
+    return run
+
+
+def card_package_commands(connect: Connect, mchid: str) -> dict[str, Command]:
+    async def enable(args: Sequence[str]) -> int:
+        """``card-package-enable MALL_ID STOCK_ID``: mirror the stock's coupons from now on."""
+        if len(args) != 2:
+            sys.stderr.write("usage: card-package-enable MALL_ID STOCK_ID\n")
+            return 2
+        if not mchid:
+            sys.stderr.write("WECHATPAY_MCHID is not set: the platform stock needs its owner\n")
+            return 1
+        try:
+            async with connect() as conn:
+                flagged = await flag_stock(conn, args[0], args[1], mchid)
+        except AppError as exc:
+            sys.stderr.write(f"{exc.code}: {exc.message}\n")
+            return 1
+        sys.stdout.write(json.dumps({"flagged": flagged}) + "\n")
+        return 0
+
+    async def status(args: Sequence[str]) -> int:
+        """``card-package-status MALL_ID``: flagged stocks, coupons by state, problems."""
+        if len(args) != 1:
+            sys.stderr.write("usage: card-package-status MALL_ID\n")
+            return 2
+        async with connect() as conn:
+            found = await sql.status(conn, args[0])
+        sys.stdout.write(json.dumps(found, ensure_ascii=False, default=str) + "\n")
+        return 0
+
+    return {"card-package-enable": enable, "card-package-status": status}

@@ -28,21 +28,14 @@ to the *other* gateway. What must hold:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import random
-import signal
-import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 from kit.migrations import migrate
 from mall_testing.demo import DemoMall, payment_notification, seed
@@ -50,186 +43,27 @@ from mall_testing.embedded import free_port
 from mall_testing.plugin import FreshDatabase, Nats
 from member.bootstrap import MIGRATIONS as MEMBER_MIGRATIONS
 from points.bootstrap import MIGRATIONS as POINTS_MIGRATIONS
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import fetchval
+from tests.suite_processes import (
+    consumer_settled,
+    execute,
+    fleet,
+    handled,
+    sample_values,
+    stream_subjects,
+    total,
+    wait_until,
+)
 
 DISTINCT_PAYMENTS = 1000
 DUPLICATES = 100  # of those, posted a second time to the other gateway
 SHOPPERS = 150
 IN_FLIGHT = 64
-#: Bounded waits (each poll is 0.05-0.1 s): generous for a loaded 2-core machine.
-POLLS = 1200
 
 MEMBER_CAPTURED = "member-payment-captured"
 MEMBER_DIRECTORY = "member-directory-kv"
 POINTS_ATTRIBUTED = "points-payment-attributed"
-
-
-@dataclass
-class Replica:
-    name: str
-    process: asyncio.subprocess.Process
-    metrics_port: int
-    log_path: Path
-    log_file: IO[bytes]
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
-
-
-def _log_file(path: Path) -> IO[bytes]:
-    return path.open("wb")
-
-
-class Fleet:
-    """The role processes of one test: started, watched, scraped and stopped together."""
-
-    def __init__(self, log_dir: Path, nats_url: str) -> None:
-        self.log_dir = log_dir
-        self.nats_url = nats_url
-        self.replicas: list[Replica] = []
-
-    async def start(self, name: str, service: str, role: str, **env: str) -> Replica:
-        metrics_port = free_port()
-        log_path = self.log_dir / f"{name}.log"
-        log_file = _log_file(log_path)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            service,
-            role,
-            env={
-                **os.environ,
-                "NATS_URL": self.nats_url,
-                "METRICS_PORT": str(metrics_port),
-                "LOG_LEVEL": "warning",
-                "LOG_FORMAT": "json",
-                # Small batches: a thousand payments are many fetches, so both replicas of a
-                # consumer get their turn (production keeps the default of 200).
-                "CONSUMER_BATCH_SIZE": "50",
-                "DB_POOL_MIN": "1",
-                "DB_POOL_MAX": "5",
-                **env,
-            },
-            stdout=log_file,
-            stderr=log_file,
-        )
-        replica = Replica(name, process, metrics_port, log_path, log_file)
-        self.replicas.append(replica)
-        return replica
-
-    def named(self, prefix: str) -> list[Replica]:
-        return [r for r in self.replicas if r.name.startswith(prefix)]
-
-    def check_alive(self) -> None:
-        for r in self.replicas:
-            if r.process.returncode is not None:
-                raise AssertionError(
-                    f"{r.name} exited with {r.process.returncode}:\n{r.log_tail()}"
-                )
-
-    async def metrics(self, http: aiohttp.ClientSession, replica: Replica) -> str:
-        async with http.get(f"http://127.0.0.1:{replica.metrics_port}/metrics") as resp:
-            resp.raise_for_status()
-            return await resp.text()
-
-    async def wait_serving_metrics(self, http: aiohttp.ClientSession) -> None:
-        """Each process serves /metrics once bootstrapped (pool, NATS, streams, consumers),
-        right before it runs its roles."""
-        waiting = list(self.replicas)
-        for _ in range(POLLS):
-            self.check_alive()
-            still = []
-            for r in waiting:
-                try:
-                    await self.metrics(http, r)
-                except aiohttp.ClientError:
-                    still.append(r)
-            waiting = still
-            if not waiting:
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"never served /metrics: {[r.name for r in waiting]}")
-
-    async def stop(self) -> dict[str, int | None]:
-        """SIGTERM everything at once (a rolling update's worst case), wait, report codes."""
-        for r in self.replicas:
-            if r.process.returncode is None:
-                r.process.send_signal(signal.SIGTERM)
-        codes: dict[str, int | None] = {}
-        for r in self.replicas:
-            try:
-                codes[r.name] = await asyncio.wait_for(r.process.wait(), timeout=60)
-            except TimeoutError:
-                codes[r.name] = None
-            r.log_file.close()
-        return codes
-
-    async def kill_leftovers(self) -> None:
-        for r in self.replicas:
-            if r.process.returncode is None:
-                r.process.kill()
-                await r.process.wait()
-            r.log_file.close()
-
-
-@contextlib.asynccontextmanager
-async def fleet(log_dir: Path, nats_url: str) -> AsyncIterator[Fleet]:
-    f = Fleet(log_dir, nats_url)
-    try:
-        yield f
-    finally:
-        await f.kill_leftovers()
-
-
-def sample_values(text: str, sample: str, **labels: str) -> list[tuple[dict[str, str], float]]:
-    """Every sample called ``sample`` whose labels include ``labels``."""
-    return [
-        (s.labels, s.value)
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
-    ]
-
-
-def total(text: str, sample: str, **labels: str) -> int:
-    return int(sum(value for _, value in sample_values(text, sample, **labels)))
-
-
-def handled(text: str, consumer: str) -> int:
-    return total(text, "mall_consumer_messages_total", consumer=consumer, outcome="handled")
-
-
-async def wait_until(
-    what: str, probe: Callable[[], Awaitable[object]], done: Callable[[Any], bool]
-) -> Any:
-    value: object = None
-    for _ in range(POLLS):
-        value = await probe()
-        if done(value):
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: stuck at {value!r}")
-
-
-async def execute(dsn: str, query: str, *args: object) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(query, *args)
-    finally:
-        await conn.close()
-
-
-async def stream_subjects(jetstream: Nats, stream: str) -> dict[str, int]:
-    info = await jetstream.js.stream_info(stream, subjects_filter=">")
-    return dict(info.state.subjects or {})
-
-
-async def consumer_settled(jetstream: Nats, stream: str, durable: str) -> bool:
-    info = await jetstream.js.consumer_info(stream, durable)
-    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
 @pytest.mark.timeout(600)

@@ -65,7 +65,7 @@ def wechat_sync(settings: Settings, pool: asyncpg.Pool) -> Component:
     send_timeout_s = settings.wechatpay_timeout_s + 5  # the client's own timeout fires first
     policy = SyncPolicy(
         batch_size=settings.wechatpay_sync_batch_size,
-        lease_s=max(60.0, 2 * send_timeout_s),
+        lease_s=max(settings.wechatpay_sync_lease_s, 2 * send_timeout_s),
         send_timeout_s=send_timeout_s,
         retry_base_s=settings.wechatpay_sync_retry_base_s,
         retry_max_s=settings.wechatpay_sync_retry_max_s,

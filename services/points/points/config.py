@@ -40,6 +40,9 @@ class Settings(ServiceSettings):
     wechatpay_sync_retry_base_s: float = Field(default=1.0, gt=0)
     wechatpay_sync_retry_max_s: float = Field(default=600.0, gt=0)
     wechatpay_sync_poll_interval_s: float = Field(default=1.0, gt=0)
+    #: How long a worker holds the reports it claimed (at least twice the send timeout): what
+    #: a report waits after its worker died mid-send before another worker takes it.
+    wechatpay_sync_lease_s: float = Field(default=60.0, gt=0)
     #: The platform's record of notified payments for reconciliation (the simulator's
     #: /control/bill); unset: reconciliation says the platform side was not consulted.
     wechatpay_bill_url: str = Field(default="", pattern=r"^(https?://[^?#]+)?$")

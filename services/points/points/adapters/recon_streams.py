@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from google.protobuf.message import Message
+from kit.errors import Unavailable
 from mall.member.v1 import events_pb2 as member_events
 from mall.payments.v1 import events_pb2 as payment_events
 from nats.errors import TimeoutError as NatsTimeout
@@ -53,7 +54,6 @@ async def read_subject(
     """Every message of a subject stored from ``since`` (by stream time), decoded."""
     stream, subject = stream_subject
     info = await js.stream_info(stream, subjects_filter=subject)
-    last = info.state.last_seq
     if not (info.state.subjects or {}).get(subject):
         return []
     sub = await js.subscribe(
@@ -64,17 +64,27 @@ async def read_subject(
     )
     out: list[tuple[datetime, M]] = []
     try:
-        pending = (await sub.consumer_info()).num_pending or 0
-        while pending:
+        # The server pushes at once: by now some (or all) messages may be on their way, so
+        # "nothing to read" is nothing pending and nothing delivered; otherwise read until
+        # the message that had none behind it when it was sent.
+        consumer = await sub.consumer_info()
+        if not consumer.num_pending and not (
+            consumer.delivered and consumer.delivered.consumer_seq
+        ):
+            return out
+        while True:
             try:
                 msg = await sub.next_msg(timeout=READ_TIMEOUT_S)
             except NatsTimeout:
-                break
+                raise Unavailable(
+                    "stream_read_incomplete",
+                    f"{stream} {subject}: no message within {READ_TIMEOUT_S} s; try again",
+                ) from None
             meta = msg.metadata
             decoded = message()
             decoded.ParseFromString(msg.data)
             out.append((meta.timestamp, decoded))
-            if meta.sequence.stream >= last or not meta.num_pending:
+            if not meta.num_pending:
                 break
     finally:
         await sub.unsubscribe()
@@ -82,18 +92,27 @@ async def read_subject(
 
 
 async def read_streams(js: JetStreamContext, mall_id: str, since: datetime) -> StreamRecord:
+    """The mall's events since ``since``. The gateway's mall_id is a hint that may be empty
+    (its directory copy did not know the shop yet): such an event counts for this mall when
+    member attributed its payment here or it was paid under one of the mall's appids."""
     record = StreamRecord()
+    unplaced: list[Payment] = []
     for at, c in await read_subject(js, CAPTURED, since, payment_events.PaymentCaptured):
-        if c.mall_id == mall_id:
-            record.captured.setdefault(
-                c.transaction_id, Payment(c.transaction_id, c.amount_fen, at, appid=c.appid)
-            )
-            record.appids.add(c.appid)
+        if c.mall_id in (mall_id, ""):
+            payment = Payment(c.transaction_id, c.amount_fen, at, appid=c.appid)
+            if c.mall_id:
+                record.captured.setdefault(c.transaction_id, payment)
+                record.appids.add(c.appid)
+            else:
+                unplaced.append(payment)
+    unplaced_refunds: list[Refund] = []
     for at, r in await read_subject(js, REFUNDED, since, payment_events.PaymentRefunded):
-        if r.mall_id == mall_id:
-            record.captured_refunds.setdefault(
-                r.refund_id, Refund(r.refund_id, r.transaction_id, r.refund_amount_fen, at)
-            )
+        if r.mall_id in (mall_id, ""):
+            refund = Refund(r.refund_id, r.transaction_id, r.refund_amount_fen, at)
+            if r.mall_id:
+                record.captured_refunds.setdefault(r.refund_id, refund)
+            else:
+                unplaced_refunds.append(refund)
     for at, a in await read_subject(js, ATTRIBUTED, since, member_events.PaymentAttributed):
         if a.mall_id == mall_id:
             record.attributed.setdefault(
@@ -114,11 +133,13 @@ async def read_streams(js: JetStreamContext, mall_id: str, since: datetime) -> S
             record.attributed_refunds.setdefault(
                 f.refund_id,
                 Refund(
-                    f.refund_id,
-                    f.transaction_id,
-                    f.refund_amount_fen,
-                    at,
-                    wechat=bool(f.openid),
+                    f.refund_id, f.transaction_id, f.refund_amount_fen, at, wechat=bool(f.openid)
                 ),
             )
+    for p in unplaced:
+        if p.transaction_id in record.attributed or p.appid in record.appids:
+            record.captured.setdefault(p.transaction_id, p)
+    for refund in unplaced_refunds:
+        if refund.transaction_id in record.captured or refund.transaction_id in record.attributed:
+            record.captured_refunds.setdefault(refund.refund_id, refund)
     return record

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from mall.points.v1 import points_service_pb2, points_service_pb2_grpc
 from mall_testing.plugin import FreshDatabase, Nats
 from points.bootstrap import MIGRATIONS, bootstrap
 from points.config import Settings
-from points.entrypoints.recon_grpc import Reconciler
+from points.entrypoints.recon_grpc import Reconciler, platform_from, reconcile_command
 from wechatpay import signing
 from wechatpay_simulator.app import Running, serve
 from wechatpay_simulator.config import Merchant
@@ -188,7 +189,11 @@ def by_transaction(
 
 @pytest.mark.timeout(120)
 async def test_a_clean_run_reconciles_to_zero_and_each_planted_fault_is_named(
-    fresh_database: FreshDatabase, nats_url: str, jetstream: Nats, tmp_path: Path
+    fresh_database: FreshDatabase,
+    nats_url: str,
+    jetstream: Nats,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     db = await fresh_database("points")
     await migrate(db, MIGRATIONS)
@@ -380,3 +385,20 @@ async def test_a_clean_run_reconciles_to_zero_and_each_planted_fault_is_named(
         doubled_row = next(d for d in faulty.differences if d.transaction_id == doubled)
         assert (doubled_row.expected, doubled_row.actual) == ("1 credit", "2 credits")
         assert refund_id  # the refund reconciled clean above
+
+        # The ops command (make reconcile) says the same as JSON lines, and exits 1.
+        end = datetime.now(UTC) + timedelta(seconds=1)
+        async with open_pool(db, min_size=1, max_size=2) as pool:
+            command = reconcile_command(
+                Reconciler(pool, nats_url, platform_from(settings.wechatpay_bill_url, MCHID))
+            )["reconcile"]
+            capsys.readouterr()
+            code = await command([mall_id, start.isoformat(), end.isoformat()])
+            usage = await command([])
+        assert (code, usage) == (1, 2)
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert lines[-1]["green"] is False
+        assert lines[-1]["differences"] == len(faulty.differences)
+        named = {(d["kind"], d["transaction_id"]) for d in lines if "kind" in d}
+        assert {("missing_credit", missing), ("doubled_credit", doubled)} <= named
+        assert {("not_synced", unsynced), ("missing_capture", never)} <= named

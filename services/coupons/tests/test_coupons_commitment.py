@@ -10,10 +10,12 @@ a pay-score deduction of exactly the discounts it gave.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,11 +29,12 @@ from coupons.bootstrap import MIGRATIONS, bootstrap
 from coupons.commitment_settings import CommitmentSettings
 from coupons.config import Settings
 from coupons.domain.commitment import Card, CardStatus, OfferTerms, count_purchase, reminder_due
+from coupons.entrypoints.commitment_jobs import commitment_commands
 from coupons.service_layer.commitment import sweep
 from coupons.service_layer.commitment_clawbacks import ClawbackPolicy, ClawbackWorker
 from hypothesis import given
 from hypothesis import strategies as st
-from kit.cli import serving
+from kit.cli import running, serving
 from kit.errors import InvalidInput
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
@@ -146,6 +149,7 @@ class World:
     js: JetStreamContext
     sim: Running
     platform: WeChatPayClient
+    merchant_key: signing.PrivateKey
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +177,14 @@ async def world(fresh_database: FreshDatabase, nats_url: str) -> AsyncIterator[W
             platform_keys={sim.settings.platform_serial: sim.settings.platform_public_key},
         )
         async with platform:
-            yield World(url, pb_grpc.CommitmentServiceStub(channel), nc.jetstream(), sim, platform)
+            yield World(
+                url,
+                pb_grpc.CommitmentServiceStub(channel),
+                nc.jetstream(),
+                sim,
+                platform,
+                merchant_key,
+            )
     await nc.close()
 
 
@@ -605,3 +616,96 @@ async def test_two_sweeps_at_once_fail_and_remind_each_card_once(world: World, m
     finally:
         await conn.close()
     assert len({c.out_order_no for c in open_ones}) == len(cards)
+
+
+async def fail_one_card(world: World, mall: Mall) -> tuple[str, str]:
+    """A card given one discount, past its deadline: failed, its clawback queued."""
+    o = await offer(world, mall)
+    member, c = await accept(world, mall, o.offer_id)
+    assert await checkout(world, mall, member, 400) == 150
+    await counted(world, mall, c.card_id, 1)
+    conn = await asyncpg.connect(world.url)
+    try:
+        await sweep(conn, to_datetime(c.deadline))
+    finally:
+        await conn.close()
+    return member, c.card_id
+
+
+async def test_a_refused_clawback_waits_for_ops_who_list_and_send_it_again(
+    world: World, mall: Mall, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, card_id = await fail_one_card(world, mall)
+    # Other tests' failed cards (the sweep spans malls) wait, so the fault hits this one.
+    await fetchval(
+        world,
+        """UPDATE commitment_clawbacks SET next_attempt_at = now() + interval '1 hour'
+            WHERE status = 'pending' AND NOT (mall_id = $1 AND card_id = $2::uuid)""",
+        mall.mall_id,
+        card_id,
+    )
+    async with aiohttp.ClientSession() as http:
+        fault = {"fail_next": 1, "status": 403}
+        async with http.post(f"{world.sim.url}/control/payscore/faults", json=fault) as resp:
+            assert resp.status == 200
+    pool = await asyncpg.create_pool(world.url, min_size=1, max_size=4)
+    try:
+        payscore = WeChatPayScore(world.platform, service_id="card", notify_url="https://n/x")
+        worker = ClawbackWorker(pool, payscore, policy=FAST)
+
+        async def status_is(wanted: int) -> bool:
+            await worker.deliver_due()
+            return (await get_card(world, mall, card_id)).clawback.status == wanted
+
+        await eventually(lambda: status_is(pb.CLAWBACK_STATUS_REFUSED), "the refusal")
+        claw = (await get_card(world, mall, card_id)).clawback
+        assert claw.last_error_code == "NO_AUTH"
+        await worker.deliver_due()  # a refused clawback is not retried by itself
+        assert (await get_card(world, mall, card_id)).clawback.attempts == 1
+
+        commands = commitment_commands(pool.acquire, timedelta(days=2))
+        capsys.readouterr()
+        assert await commands["commitment-clawbacks"]([]) == 0
+        listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert {(c["card_id"], c["status"]) for c in listed} >= {(card_id, "refused")}
+        assert await commands["commitment-clawback-retry"]([mall.mall_id, card_id]) == 0
+        await eventually(lambda: status_is(pb.CLAWBACK_STATUS_COLLECTED), "the collection")
+        assert await commands["commitment-clawback-retry"]([mall.mall_id, card_id]) == 1
+    finally:
+        await pool.close()
+
+
+async def test_the_relay_role_collects_clawbacks_through_the_configured_platform(
+    world: World, mall: Mall, nats_url: str, tmp_path: Path
+) -> None:
+    """The wiring: WECHATPAY_* settings (key files) → the relay role's clawback worker."""
+    member, card_id = await fail_one_card(world, mall)
+    merchant = world.sim.settings.merchant_map()[MCHID]
+    key_file, platform_file = tmp_path / "merchant.pem", tmp_path / "platform.pem"
+    key_file.write_bytes(signing.private_key_pem(world.merchant_key))
+    platform_file.write_bytes(signing.public_key_pem(world.sim.settings.platform_public_key))
+    commitments = CommitmentSettings(
+        commitment_sweep_interval_s=3600,
+        wechatpay_api_base=world.sim.url,
+        wechatpay_mchid=MCHID,
+        wechatpay_merchant_serial=merchant.serial_no or "",
+        wechatpay_merchant_private_key_file=key_file,
+        wechatpay_platform_public_keys={world.sim.settings.platform_serial: platform_file},
+        clawback_poll_interval_s=0.05,
+    )
+    settings = Settings(database_url=world.url, nats_url=nats_url, grpc_port=0, log_level="warning")
+    async with bootstrap(settings, commitments) as roles, running(roles, ("relay",)):
+
+        async def collected() -> bool:
+            claw = (await get_card(world, mall, card_id)).clawback
+            return claw.status == pb.CLAWBACK_STATUS_COLLECTED
+
+        await eventually(collected, "the relay role's worker collecting")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{world.sim.url}/control/payscore/orders", params={"openid": f"o-{member[:12]}"}
+        ) as resp,
+    ):
+        orders = (await resp.json())["orders"]
+    assert [o["total_amount"] for o in orders] == [150]

@@ -26,7 +26,10 @@ from member.entrypoints.consumers import (
 )
 from member.entrypoints.directory_kv import DIRECTORY_CHANGED, directory_projection
 from member.entrypoints.grpc_api import DirectoryServicer, MemberServicer
+from member.entrypoints.grpc_crm import CrmServicer
 from member.entrypoints.ops import ops_extras
+from member.entrypoints.tag_jobs import PAYMENT_ATTRIBUTED
+from member.entrypoints.tag_jobs import on_payment_attributed as tag_payers
 
 NAME = "member"
 MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]
@@ -41,6 +44,7 @@ async def subscriptions(js: JetStreamContext) -> list[Subscription]:
             "authorization-changed", "PAYMENTS", AUTHORIZATION_CHANGED, on_authorization_changed
         ),
         Subscription("directory-kv", "MEMBER", DIRECTORY_CHANGED, directory_projection(directory)),
+        Subscription("tag-rules", "MEMBER", PAYMENT_ATTRIBUTED, tag_payers),
     ]
 
 
@@ -63,9 +67,10 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 member_service_pb2_grpc.add_DirectoryServiceServicer_to_server,
                 DirectoryServicer(pool),
             ),
+            (member_service_pb2_grpc.add_CrmServiceServicer_to_server, CrmServicer(pool)),
         ],
         descriptor=member_service_pb2.DESCRIPTOR,
-        extras=ops_extras,
+        extras=lambda pool: ops_extras(pool, settings.tag_rules_interval_s),
         authenticate=lambda pool: CredentialAuthenticator(
             pool, cache_s=settings.credential_cache_s
         ),

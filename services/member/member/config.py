@@ -15,3 +15,5 @@ class Settings(ServiceSettings):
     credential_cache_s: float = Field(default=30.0, ge=0, le=300)
     #: How far in the future a POS may date a reported payment (till clock skew).
     pos_clock_skew_s: float = Field(default=300.0, ge=0, le=3600)
+    #: How often the relay role re-evaluates tag rules (tags whose window ran out come off).
+    tag_rules_interval_s: float = Field(default=3600.0, gt=0)

@@ -23,10 +23,12 @@ class CredentialRow:
     secret_hash: str
     created_at: datetime
     revoked_at: datetime | None
+    scope: str | None = None
 
 
 _COLUMNS = (
-    "mall_id, credential_id, tenant_id, car_park_id, label, secret_hash, created_at, revoked_at"
+    "mall_id, credential_id, tenant_id, car_park_id, label, secret_hash, created_at, revoked_at,"
+    " scope"
 )
 
 
@@ -39,17 +41,19 @@ async def insert_credential(
     car_park_id: str | None,
     label: str,
     secret_hash: str,
+    scope: str | None = None,
 ) -> CredentialRow:
     row = await conn.fetchrow(
         f"""INSERT INTO credentials
-                (mall_id, credential_id, tenant_id, car_park_id, label, secret_hash)
-            VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}""",
+                (mall_id, credential_id, tenant_id, car_park_id, label, secret_hash, scope)
+            VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COLUMNS}""",
         mall_id,
         credential_id,
         tenant_id,
         car_park_id,
         label,
         secret_hash,
+        scope,
     )
     assert row is not None
     return CredentialRow(**dict(row))
@@ -96,6 +100,8 @@ def credential_message(row: CredentialRow, *, with_hash: bool) -> directory_pb2.
         msg.tenant_id = row.tenant_id
     if row.car_park_id:
         msg.car_park_id = row.car_park_id
+    if row.scope == "crm":
+        msg.crm = True
     if row.revoked_at:
         msg.revoked_at.CopyFrom(timestamp(row.revoked_at))
     return msg

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from kit.errors import InvalidInput
+
+_CODE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -12,6 +17,15 @@ class Benefit:
     benefit_code: str
     title: str
     description: str = ""
+
+
+def parse_benefit(spec: str) -> Benefit:
+    """``code=title[:description]`` (the ops command's spelling) → Benefit."""
+    code, eq, rest = spec.partition("=")
+    title, _, description = rest.partition(":")
+    if not eq or not _CODE.fullmatch(code) or not title.strip():
+        raise InvalidInput("invalid_benefit", f"expected code=title[:description], got {spec!r}")
+    return Benefit(code, title.strip(), description.strip())
 
 
 class Change(enum.StrEnum):

@@ -27,6 +27,7 @@ class Principal:
     credential_id: str
     tenant_id: str = ""
     car_park_id: str = ""
+    scope: str = ""  # "crm": the mall's CRM system (mall-level)
 
 
 def new_credential_id() -> str:
@@ -80,10 +81,14 @@ def parse_presented(value: str) -> tuple[str, str]:
     return credential_id, secret
 
 
-def principal_for(tenant_id: str, car_park_id: str, label: str) -> tuple[str, str]:
+def principal_for(
+    tenant_id: str, car_park_id: str, label: str, *, crm: bool = False
+) -> tuple[str, str]:
     """Validate a credential request: exactly one principal, a sane label."""
-    if bool(tenant_id) == bool(car_park_id):
-        raise InvalidInput("missing_field", "exactly one of tenant_id or car_park_id is required")
+    if [bool(tenant_id), bool(car_park_id), crm].count(True) != 1:
+        raise InvalidInput(
+            "missing_field", "exactly one of tenant_id, car_park_id or crm is required"
+        )
     if len(label) > 200:
         raise InvalidInput("invalid_label", "label is at most 200 characters")
     return tenant_id, car_park_id

@@ -4,7 +4,8 @@ Tenant-facing RPCs (IdentifyMember, ReportPayment, RegisterGuide, ListGuideMembe
 ``x-mall-credential: <credential_id>.<secret>`` of a valid, unrevoked tenant credential; the
 servicer then checks that the request's mall and store (or guide) are the tenant's own. A
 caller presenting a tenant or car-park credential on any other RPC is refused, so a POS
-cannot browse members.
+cannot browse members. CrmService RPCs require a CRM credential (mall-level, issued with
+``crm``) and may only name its mall.
 
 The other RPCs (DirectoryService, GetMember, GetMemberByIdentity, IssueCheckoutCode, …) are
 called by the gateway and ops tools inside the cluster and stay open for now, guarded by the
@@ -37,6 +38,7 @@ TENANT_METHODS = frozenset(
         "/mall.member.v1.MemberService/ListGuideMembers",
     }
 )
+CRM_SERVICE = "/mall.member.v1.CrmService/"
 _MAX_CACHED = 10_000
 
 _caller: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
@@ -53,6 +55,16 @@ def tenant_caller() -> Principal:
     return caller
 
 
+def crm_caller(mall_id: str) -> Principal:
+    """The CRM credential behind the current call, which must be for ``mall_id``."""
+    caller = _caller.get()
+    if caller is None or caller.scope != "crm":
+        raise Unauthenticated("invalid_credential", "a CRM credential is required")
+    if mall_id != caller.mall_id:
+        raise Forbidden("mall_not_yours", f"the credential is not for mall {mall_id}")
+    return caller
+
+
 class CredentialAuthenticator:
     """``authenticate(method, metadata)`` for the gRPC server; returns log-context fields."""
 
@@ -64,6 +76,14 @@ class CredentialAuthenticator:
     async def __call__(self, method: str, metadata: Metadata) -> dict[str, str]:
         _caller.set(None)
         presented = metadata.get(CREDENTIAL_HEADER, "")
+        if method.startswith(CRM_SERVICE):
+            if not presented:
+                raise Unauthenticated("invalid_credential", f"{CREDENTIAL_HEADER} is required")
+            crm = await self._verify(presented)
+            if crm.scope != "crm":
+                raise Forbidden("not_a_crm_credential", f"{method} needs a CRM credential")
+            _caller.set(crm)
+            return {"mall_id": crm.mall_id, "credential_id": crm.credential_id}
         if method not in TENANT_METHODS:
             if presented:
                 raise Forbidden("rpc_not_for_tenants", f"{method} is not open to tenant callers")

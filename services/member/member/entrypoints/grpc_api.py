@@ -226,6 +226,7 @@ class DirectoryServicer(member_service_pb2_grpc.DirectoryServiceServicer):
                 mall_id=request.mall_id,
                 tenant_id=request.tenant_id,
                 car_park_id=request.car_park_id,
+                crm=request.crm,
                 label=request.label,
             )
         return member_service_pb2.IssueCredentialResponse(

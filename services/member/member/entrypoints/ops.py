@@ -1,5 +1,7 @@
-"""member's own ops commands: ``python -m member review-tiers [MALL_ID ...]`` and
-``python -m member set-join-policy MALL_ID always|authorized [WINDOW_DAYS]``."""
+"""member's own ops commands: ``python -m member review-tiers [MALL_ID ...]``,
+``python -m member set-join-policy MALL_ID always|authorized [WINDOW_DAYS]``,
+``python -m member set-tier-benefits MALL_ID TIER [CODE=TITLE[:DESCRIPTION] ...]`` and
+``python -m member evaluate-tag-rules``; the relay role also evaluates tag rules periodically."""
 
 from __future__ import annotations
 
@@ -13,12 +15,17 @@ from eventbus.service import Extras
 from kit.cli import Command
 
 from member.adapters import repository
+from member.domain.benefits import parse_benefit
 from member.domain.joining import JoinOnPayment, JoinPolicy
+from member.entrypoints.tag_jobs import tag_rule_commands, tag_rules_job
 from member.service_layer import joining, tiers
 
 
-def ops_extras(pool: asyncpg.Pool) -> Extras:
-    return Extras(commands=tier_commands(pool))
+def ops_extras(pool: asyncpg.Pool, tag_rules_interval_s: float = 3600.0) -> Extras:
+    return Extras(
+        components={"relay": [tag_rules_job(pool, tag_rules_interval_s)]},
+        commands=tier_commands(pool) | tag_rule_commands(pool),
+    )
 
 
 def tier_commands(pool: asyncpg.Pool) -> dict[str, Command]:
@@ -48,4 +55,18 @@ def tier_commands(pool: asyncpg.Pool) -> dict[str, Command]:
         sys.stdout.write(f"{args[0]}: {policy.join_on_payment} ({policy.window_days} days)\n")
         return 0
 
-    return {"review-tiers": review, "set-join-policy": set_policy}
+    async def set_benefits(args: Sequence[str]) -> int:
+        if len(args) < 2:
+            sys.stderr.write("usage: set-tier-benefits MALL_ID TIER [CODE=TITLE[:DESC] ...]\n")
+            return 2
+        lines = [parse_benefit(a) for a in args[2:]]
+        async with pool.acquire() as conn, conn.transaction():
+            await tiers.set_tier_benefits(conn, args[0], args[1], lines)
+        sys.stdout.write(f"{args[0]} {args[1]}: {len(lines)} benefits\n")
+        return 0
+
+    return {
+        "review-tiers": review,
+        "set-join-policy": set_policy,
+        "set-tier-benefits": set_benefits,
+    }

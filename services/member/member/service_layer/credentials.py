@@ -25,23 +25,30 @@ from member.domain.credentials import (
 
 
 async def issue_credential(
-    conn: Connection, *, mall_id: str, tenant_id: str, car_park_id: str, label: str
+    conn: Connection,
+    *,
+    mall_id: str,
+    tenant_id: str,
+    car_park_id: str,
+    label: str,
+    crm: bool = False,
 ) -> tuple[CredentialRow, str]:
     """A new credential and its secret, which is returned this once and stored hashed."""
-    tenant_id, car_park_id = principal_for(tenant_id, car_park_id, label)
+    tenant_id, car_park_id = principal_for(tenant_id, car_park_id, label, crm=crm)
     if await repository.get_mall(conn, mall_id) is None:
         raise NotFound("unknown_mall", f"no mall {mall_id}")
     if car_park_id:
         raise NotFound("unknown_car_park", f"mall {mall_id} has no car park {car_park_id}")
-    if not await repository.tenant_exists(conn, mall_id, tenant_id):
+    if not crm and not await repository.tenant_exists(conn, mall_id, tenant_id):
         raise NotFound("unknown_tenant", f"mall {mall_id} has no tenant {tenant_id}")
     secret = new_secret()
     row = await sql.insert_credential(
         conn,
         mall_id=mall_id,
         credential_id=new_credential_id(),
-        tenant_id=tenant_id,
+        tenant_id=tenant_id or None,
         car_park_id=None,
+        scope="crm" if crm else None,
         label=label,
         secret_hash=await asyncio.to_thread(hash_secret, secret),
     )
@@ -70,7 +77,9 @@ async def verify_credential(conn: Connection, presented: str) -> Principal:
         or not await asyncio.to_thread(verify_secret, secret, row.secret_hash)
     ):
         raise Unauthenticated("invalid_credential", "unknown, revoked or wrong credential")
-    return Principal(row.mall_id, row.credential_id, row.tenant_id or "", row.car_park_id or "")
+    return Principal(
+        row.mall_id, row.credential_id, row.tenant_id or "", row.car_park_id or "", row.scope or ""
+    )
 
 
 async def authorize_store(conn: Connection, caller: Principal, mall_id: str, store_id: str) -> None:

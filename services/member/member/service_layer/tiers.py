@@ -9,6 +9,7 @@ from datetime import datetime
 import structlog
 from eventbus.outbox import OutgoingEvent, add_events
 from kit.db import Connection
+from kit.errors import InvalidInput, NotFound
 
 from member.adapters import join_events, tiers
 from member.domain.benefits import Benefit
@@ -102,3 +103,14 @@ async def review_tiers(conn: Connection, mall_id: str, now: datetime) -> list[tu
     await add_events(conn, outgoing)
     log.info("tiers_reviewed", mall_id=mall_id, due=len(due), changed=len(changes))
     return changes
+
+
+async def set_tier_benefits(
+    conn: Connection, mall_id: str, tier_code: str, lines: Sequence[Benefit]
+) -> None:
+    """Inside the caller's transaction: the tier's benefits become exactly ``lines``."""
+    if len({b.benefit_code for b in lines}) != len(lines):
+        raise InvalidInput("duplicate_benefit", "each benefit code once per tier")
+    await tiers.ladders(conn, [mall_id])  # a mall's default ladder is seeded on first use
+    if not await tiers.replace_benefits(conn, mall_id, tier_code, lines):
+        raise NotFound("unknown_tier", f"mall {mall_id} has no tier {tier_code}")

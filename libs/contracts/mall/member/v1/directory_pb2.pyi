@@ -234,6 +234,7 @@ class Credential(_message.Message):
     CREDENTIAL_ID_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     CAR_PARK_ID_FIELD_NUMBER: _builtins.int
+    CRM_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     SECRET_HASH_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
@@ -246,6 +247,8 @@ class Credential(_message.Message):
     """A tenant (its POS)."""
     car_park_id: _builtins.str
     """A car park (its car-park system)."""
+    crm: _builtins.bool
+    """The mall's CRM system (mall-level, for CrmService); true when set."""
     label: _builtins.str
     """Human label (e.g. "POS lane 3")."""
     secret_hash: _builtins.str
@@ -267,16 +270,17 @@ class Credential(_message.Message):
         credential_id: _builtins.str = ...,
         tenant_id: _builtins.str = ...,
         car_park_id: _builtins.str = ...,
+        crm: _builtins.bool = ...,
         label: _builtins.str = ...,
         secret_hash: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["car_park_id", b"car_park_id", "created_at", b"created_at", "principal", b"principal", "revoked_at", b"revoked_at", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["car_park_id", b"car_park_id", "created_at", b"created_at", "crm", b"crm", "principal", b"principal", "revoked_at", b"revoked_at", "tenant_id", b"tenant_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["car_park_id", b"car_park_id", "created_at", b"created_at", "credential_id", b"credential_id", "label", b"label", "mall_id", b"mall_id", "principal", b"principal", "revoked_at", b"revoked_at", "secret_hash", b"secret_hash", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["car_park_id", b"car_park_id", "created_at", b"created_at", "credential_id", b"credential_id", "crm", b"crm", "label", b"label", "mall_id", b"mall_id", "principal", b"principal", "revoked_at", b"revoked_at", "secret_hash", b"secret_hash", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_principal: _TypeAlias = _typing.Literal["tenant_id", "car_park_id"]  # noqa: Y015
+    _WhichOneofReturnType_principal: _TypeAlias = _typing.Literal["tenant_id", "car_park_id", "crm"]  # noqa: Y015
     _WhichOneofArgType_principal: _TypeAlias = _typing.Literal["principal", b"principal"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_principal) -> _WhichOneofReturnType_principal | None: ...
 

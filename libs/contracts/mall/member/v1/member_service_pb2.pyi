@@ -1260,6 +1260,7 @@ class IssueCredentialRequest(_message.Message):
     MALL_ID_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     CAR_PARK_ID_FIELD_NUMBER: _builtins.int
+    CRM_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     mall_id: _builtins.str
     """Mall of the principal."""
@@ -1267,6 +1268,8 @@ class IssueCredentialRequest(_message.Message):
     """A tenant (its POS)."""
     car_park_id: _builtins.str
     """A car park (its car-park system)."""
+    crm: _builtins.bool
+    """The mall's CRM system (a mall-level credential for CrmService); must be true."""
     label: _builtins.str
     """Human label (e.g. "POS lane 3")."""
     def __init__(
@@ -1275,13 +1278,14 @@ class IssueCredentialRequest(_message.Message):
         mall_id: _builtins.str = ...,
         tenant_id: _builtins.str = ...,
         car_park_id: _builtins.str = ...,
+        crm: _builtins.bool = ...,
         label: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["car_park_id", b"car_park_id", "principal", b"principal", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["car_park_id", b"car_park_id", "crm", b"crm", "principal", b"principal", "tenant_id", b"tenant_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["car_park_id", b"car_park_id", "label", b"label", "mall_id", b"mall_id", "principal", b"principal", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["car_park_id", b"car_park_id", "crm", b"crm", "label", b"label", "mall_id", b"mall_id", "principal", b"principal", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_principal: _TypeAlias = _typing.Literal["tenant_id", "car_park_id"]  # noqa: Y015
+    _WhichOneofReturnType_principal: _TypeAlias = _typing.Literal["tenant_id", "car_park_id", "crm"]  # noqa: Y015
     _WhichOneofArgType_principal: _TypeAlias = _typing.Literal["principal", b"principal"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_principal) -> _WhichOneofReturnType_principal | None: ...
 
@@ -1364,3 +1368,314 @@ class RevokeCredentialResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeCredentialResponse: _TypeAlias = RevokeCredentialResponse  # noqa: Y015
+
+@_typing.final
+class TagRule(_message.Message):
+    """TagRule sets a tag on every member who spent at least min_spend_fen at tenants of one
+    category in the last window_days days, and takes it off when that is no longer true
+    (evaluated on every payment and by a periodic job as windows expire).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    TENANT_CATEGORY_FIELD_NUMBER: _builtins.int
+    WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    MIN_SPEND_FEN_FIELD_NUMBER: _builtins.int
+    tag: _builtins.str
+    """The tag the rule sets; a lower-case slug."""
+    tenant_category: _builtins.str
+    """Tenant category that counts (the directory's Tenant.category, e.g. "sports")."""
+    window_days: _builtins.int
+    """Length of the rolling window in days, 1-365."""
+    min_spend_fen: _builtins.int
+    """Spend (fen, net of refunds) within the window that earns the tag; at least 1."""
+    def __init__(
+        self,
+        *,
+        tag: _builtins.str = ...,
+        tenant_category: _builtins.str = ...,
+        window_days: _builtins.int = ...,
+        min_spend_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_spend_fen", b"min_spend_fen", "tag", b"tag", "tenant_category", b"tenant_category", "window_days", b"window_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TagRule: _TypeAlias = TagRule  # noqa: Y015
+
+@_typing.final
+class ExportMembersRequest(_message.Message):
+    """ExportMembersRequest asks for one page of the mall's members."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall to export (the credential's mall)."""
+    tag: _builtins.str
+    """Only members carrying this tag; empty for all."""
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest:
+        """Paging: page_token is the cursor from the previous page."""
+
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        page: _common_pb2.PageRequest | None = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "page", b"page", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMembersRequest: _TypeAlias = ExportMembersRequest  # noqa: Y015
+
+@_typing.final
+class ExportMembersResponse(_message.Message):
+    """ExportMembersResponse carries one page of members in member_id order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[_member_pb2.Member]:
+        """The members of this page."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse:
+        """Paging: next_page_token is the cursor for the next page, empty after the last."""
+
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[_member_pb2.Member] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportMembersResponse: _TypeAlias = ExportMembersResponse  # noqa: Y015
+
+@_typing.final
+class UpdateMemberTagsRequest(_message.Message):
+    """UpdateMemberTagsRequest names the tags to add and remove."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    ADD_TAGS_FIELD_NUMBER: _builtins.int
+    REMOVE_TAGS_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the member."""
+    member_id: _builtins.str
+    """The member."""
+    @_builtins.property
+    def add_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tags to add (slugs)."""
+
+    @_builtins.property
+    def remove_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Manual tags to remove."""
+
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        add_tags: _abc.Iterable[_builtins.str] | None = ...,
+        remove_tags: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_tags", b"add_tags", "mall_id", b"mall_id", "member_id", b"member_id", "remove_tags", b"remove_tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMemberTagsRequest: _TypeAlias = UpdateMemberTagsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateMemberTagsResponse(_message.Message):
+    """UpdateMemberTagsResponse carries the member with all its tags."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> _member_pb2.Member:
+        """The member."""
+
+    def __init__(
+        self,
+        *,
+        member: _member_pb2.Member | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMemberTagsResponse: _TypeAlias = UpdateMemberTagsResponse  # noqa: Y015
+
+@_typing.final
+class PutTagRuleRequest(_message.Message):
+    """PutTagRuleRequest carries the rule for a tag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the rule."""
+    @_builtins.property
+    def rule(self) -> Global___TagRule:
+        """The rule; replaces any rule of the same tag."""
+
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        rule: Global___TagRule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutTagRuleRequest: _TypeAlias = PutTagRuleRequest  # noqa: Y015
+
+@_typing.final
+class PutTagRuleResponse(_message.Message):
+    """PutTagRuleResponse confirms the rule and what its first evaluation did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    TAGGED_MEMBERS_FIELD_NUMBER: _builtins.int
+    tagged_members: _builtins.int
+    """Members that carry the tag after the evaluation."""
+    @_builtins.property
+    def rule(self) -> Global___TagRule:
+        """The rule as stored."""
+
+    def __init__(
+        self,
+        *,
+        rule: Global___TagRule | None = ...,
+        tagged_members: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rule", b"rule", "tagged_members", b"tagged_members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutTagRuleResponse: _TypeAlias = PutTagRuleResponse  # noqa: Y015
+
+@_typing.final
+class ListTagRulesRequest(_message.Message):
+    """ListTagRulesRequest names the mall."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the rules."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTagRulesRequest: _TypeAlias = ListTagRulesRequest  # noqa: Y015
+
+@_typing.final
+class ListTagRulesResponse(_message.Message):
+    """ListTagRulesResponse carries the mall's rules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___TagRule]:
+        """The rules, ordered by tag."""
+
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___TagRule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTagRulesResponse: _TypeAlias = ListTagRulesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteTagRuleRequest(_message.Message):
+    """DeleteTagRuleRequest names the rule to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the rule."""
+    tag: _builtins.str
+    """Tag of the rule."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTagRuleRequest: _TypeAlias = DeleteTagRuleRequest  # noqa: Y015
+
+@_typing.final
+class DeleteTagRuleResponse(_message.Message):
+    """DeleteTagRuleResponse confirms the deletion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    """True when a rule was deleted; false when there was none."""
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteTagRuleResponse: _TypeAlias = DeleteTagRuleResponse  # noqa: Y015

@@ -1041,3 +1041,268 @@ class DirectoryService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CrmServiceStub:
+    """CrmService is the open API for a mall's own CRM: read and write member tags, define tagging
+    rules and export members page by page. Every call carries a mall-level CRM credential
+    (x-mall-credential of a credential issued with IssueCredentialRequest.crm) and may only name
+    that credential's mall.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ExportMembers = channel.unary_unary(
+                '/mall.member.v1.CrmService/ExportMembers',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ExportMembersRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ExportMembersResponse.FromString,
+                _registered_method=True)
+        self.UpdateMemberTags = channel.unary_unary(
+                '/mall.member.v1.CrmService/UpdateMemberTags',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.UpdateMemberTagsRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.UpdateMemberTagsResponse.FromString,
+                _registered_method=True)
+        self.PutTagRule = channel.unary_unary(
+                '/mall.member.v1.CrmService/PutTagRule',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.PutTagRuleRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.PutTagRuleResponse.FromString,
+                _registered_method=True)
+        self.ListTagRules = channel.unary_unary(
+                '/mall.member.v1.CrmService/ListTagRules',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListTagRulesRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListTagRulesResponse.FromString,
+                _registered_method=True)
+        self.DeleteTagRule = channel.unary_unary(
+                '/mall.member.v1.CrmService/DeleteTagRule',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.DeleteTagRuleRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.DeleteTagRuleResponse.FromString,
+                _registered_method=True)
+
+
+class CrmServiceServicer:
+    """CrmService is the open API for a mall's own CRM: read and write member tags, define tagging
+    rules and export members page by page. Every call carries a mall-level CRM credential
+    (x-mall-credential of a credential issued with IssueCredentialRequest.crm) and may only name
+    that credential's mall.
+    """
+
+    def ExportMembers(self, request, context):
+        """ExportMembers pages through the mall's members in a stable order (a cursor in
+        page_token), with their tier, tags and masked phone. Merged members are included with
+        status MERGED and merged_into_member_id, so the CRM can fold its own records.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMemberTags(self, request, context):
+        """UpdateMemberTags adds and removes a member's manual tags. Tags set by a rule are kept
+        (a rule tag removed here stays while its rule holds). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutTagRule(self, request, context):
+        """PutTagRule creates or replaces the rule that sets a tag automatically, and evaluates it
+        for every member of the mall at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTagRules(self, request, context):
+        """ListTagRules returns the mall's tag rules, ordered by tag.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTagRule(self, request, context):
+        """DeleteTagRule removes a rule and the tags it set. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CrmServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ExportMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportMembers,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ExportMembersRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ExportMembersResponse.SerializeToString,
+            ),
+            'UpdateMemberTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMemberTags,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.UpdateMemberTagsRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.UpdateMemberTagsResponse.SerializeToString,
+            ),
+            'PutTagRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutTagRule,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.PutTagRuleRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.PutTagRuleResponse.SerializeToString,
+            ),
+            'ListTagRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTagRules,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListTagRulesRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListTagRulesResponse.SerializeToString,
+            ),
+            'DeleteTagRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTagRule,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.DeleteTagRuleRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.DeleteTagRuleResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mall.member.v1.CrmService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mall.member.v1.CrmService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CrmService:
+    """CrmService is the open API for a mall's own CRM: read and write member tags, define tagging
+    rules and export members page by page. Every call carries a mall-level CRM credential
+    (x-mall-credential of a credential issued with IssueCredentialRequest.crm) and may only name
+    that credential's mall.
+    """
+
+    @staticmethod
+    def ExportMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.CrmService/ExportMembers',
+            mall_dot_member_dot_v1_dot_member__service__pb2.ExportMembersRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.ExportMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMemberTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.CrmService/UpdateMemberTags',
+            mall_dot_member_dot_v1_dot_member__service__pb2.UpdateMemberTagsRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.UpdateMemberTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutTagRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.CrmService/PutTagRule',
+            mall_dot_member_dot_v1_dot_member__service__pb2.PutTagRuleRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.PutTagRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTagRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.CrmService/ListTagRules',
+            mall_dot_member_dot_v1_dot_member__service__pb2.ListTagRulesRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.ListTagRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTagRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.CrmService/DeleteTagRule',
+            mall_dot_member_dot_v1_dot_member__service__pb2.DeleteTagRuleRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.DeleteTagRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

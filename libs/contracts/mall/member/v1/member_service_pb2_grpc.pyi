@@ -402,3 +402,110 @@ class DirectoryServiceServicer:
         """RevokeCredential stops a credential from working. Idempotent."""
 
 def add_DirectoryServiceServicer_to_server(servicer: DirectoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class CrmServiceStub:
+    """CrmService is the open API for a mall's own CRM: read and write member tags, define tagging
+    rules and export members page by page. Every call carries a mall-level CRM credential
+    (x-mall-credential of a credential issued with IssueCredentialRequest.crm) and may only name
+    that credential's mall.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> CrmServiceAsyncStub: ...
+    ExportMembers: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.ExportMembersRequest, _member_service_pb2.ExportMembersResponse]
+    """ExportMembers pages through the mall's members in a stable order (a cursor in
+    page_token), with their tier, tags and masked phone. Merged members are included with
+    status MERGED and merged_into_member_id, so the CRM can fold its own records.
+    """
+    UpdateMemberTags: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.UpdateMemberTagsRequest, _member_service_pb2.UpdateMemberTagsResponse]
+    """UpdateMemberTags adds and removes a member's manual tags. Tags set by a rule are kept
+    (a rule tag removed here stays while its rule holds). Idempotent.
+    """
+    PutTagRule: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.PutTagRuleRequest, _member_service_pb2.PutTagRuleResponse]
+    """PutTagRule creates or replaces the rule that sets a tag automatically, and evaluates it
+    for every member of the mall at once.
+    """
+    ListTagRules: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.ListTagRulesRequest, _member_service_pb2.ListTagRulesResponse]
+    """ListTagRules returns the mall's tag rules, ordered by tag."""
+    DeleteTagRule: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.DeleteTagRuleRequest, _member_service_pb2.DeleteTagRuleResponse]
+    """DeleteTagRule removes a rule and the tags it set. Idempotent."""
+
+@_typing.type_check_only
+class CrmServiceAsyncStub(CrmServiceStub):
+    """CrmService is the open API for a mall's own CRM: read and write member tags, define tagging
+    rules and export members page by page. Every call carries a mall-level CRM credential
+    (x-mall-credential of a credential issued with IssueCredentialRequest.crm) and may only name
+    that credential's mall.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ExportMembers: _aio.UnaryUnaryMultiCallable[_member_service_pb2.ExportMembersRequest, _member_service_pb2.ExportMembersResponse]  # type: ignore[assignment]
+    """ExportMembers pages through the mall's members in a stable order (a cursor in
+    page_token), with their tier, tags and masked phone. Merged members are included with
+    status MERGED and merged_into_member_id, so the CRM can fold its own records.
+    """
+    UpdateMemberTags: _aio.UnaryUnaryMultiCallable[_member_service_pb2.UpdateMemberTagsRequest, _member_service_pb2.UpdateMemberTagsResponse]  # type: ignore[assignment]
+    """UpdateMemberTags adds and removes a member's manual tags. Tags set by a rule are kept
+    (a rule tag removed here stays while its rule holds). Idempotent.
+    """
+    PutTagRule: _aio.UnaryUnaryMultiCallable[_member_service_pb2.PutTagRuleRequest, _member_service_pb2.PutTagRuleResponse]  # type: ignore[assignment]
+    """PutTagRule creates or replaces the rule that sets a tag automatically, and evaluates it
+    for every member of the mall at once.
+    """
+    ListTagRules: _aio.UnaryUnaryMultiCallable[_member_service_pb2.ListTagRulesRequest, _member_service_pb2.ListTagRulesResponse]  # type: ignore[assignment]
+    """ListTagRules returns the mall's tag rules, ordered by tag."""
+    DeleteTagRule: _aio.UnaryUnaryMultiCallable[_member_service_pb2.DeleteTagRuleRequest, _member_service_pb2.DeleteTagRuleResponse]  # type: ignore[assignment]
+    """DeleteTagRule removes a rule and the tags it set. Idempotent."""
+
+class CrmServiceServicer:
+    """CrmService is the open API for a mall's own CRM: read and write member tags, define tagging
+    rules and export members page by page. Every call carries a mall-level CRM credential
+    (x-mall-credential of a credential issued with IssueCredentialRequest.crm) and may only name
+    that credential's mall.
+    """
+
+    def ExportMembers(
+        self,
+        request: _member_service_pb2.ExportMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.ExportMembersResponse, _abc.Awaitable[_member_service_pb2.ExportMembersResponse]]:
+        """ExportMembers pages through the mall's members in a stable order (a cursor in
+        page_token), with their tier, tags and masked phone. Merged members are included with
+        status MERGED and merged_into_member_id, so the CRM can fold its own records.
+        """
+
+    def UpdateMemberTags(
+        self,
+        request: _member_service_pb2.UpdateMemberTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.UpdateMemberTagsResponse, _abc.Awaitable[_member_service_pb2.UpdateMemberTagsResponse]]:
+        """UpdateMemberTags adds and removes a member's manual tags. Tags set by a rule are kept
+        (a rule tag removed here stays while its rule holds). Idempotent.
+        """
+
+    def PutTagRule(
+        self,
+        request: _member_service_pb2.PutTagRuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.PutTagRuleResponse, _abc.Awaitable[_member_service_pb2.PutTagRuleResponse]]:
+        """PutTagRule creates or replaces the rule that sets a tag automatically, and evaluates it
+        for every member of the mall at once.
+        """
+
+    def ListTagRules(
+        self,
+        request: _member_service_pb2.ListTagRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.ListTagRulesResponse, _abc.Awaitable[_member_service_pb2.ListTagRulesResponse]]:
+        """ListTagRules returns the mall's tag rules, ordered by tag."""
+
+    def DeleteTagRule(
+        self,
+        request: _member_service_pb2.DeleteTagRuleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.DeleteTagRuleResponse, _abc.Awaitable[_member_service_pb2.DeleteTagRuleResponse]]:
+        """DeleteTagRule removes a rule and the tags it set. Idempotent."""
+
+def add_CrmServiceServicer_to_server(servicer: CrmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

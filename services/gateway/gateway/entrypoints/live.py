@@ -1,10 +1,15 @@
 """``GET /v1/me/events``: Server-Sent Events for the session's member ("+N points" live).
 
-Events: first ``ready`` (the stream is subscribed: re-read ``/v1/me/points`` now, anything
-earlier is in the ledger), then ``points`` with ``{"type": "points.credited" |
-"points.reversed", "points", "balance", "transaction_id"}``. A heartbeat comment every
-``heartbeat_s`` keeps proxies from closing an idle stream and finds clients that left; the
-subscription is removed as soon as the stream ends, whichever side ends it.
+Events: first ``ready`` (the stream is subscribed: re-read ``/v1/me/card`` now, anything
+earlier is in it), then ``points`` with ``{"type": "points.credited" | "points.reversed",
+"points", "balance", "transaction_id"}``. Every event has an ``id``; a client that reconnects
+with ``Last-Event-ID`` (EventSource does) gets ``ready`` with ``"resumed": true`` and the
+events it missed, in order, then the live ones — or, when this process cannot promise it
+missed nothing (another replica, a restart, away too long: see ``service_layer.live``),
+``ready`` with ``"resumed": false`` and a ``resync`` event: re-read the card and the ledger.
+A heartbeat comment every ``heartbeat_s`` keeps proxies from closing an idle stream and
+finds clients that left; the subscription is removed as soon as the stream ends, whichever
+side ends it.
 """
 
 from __future__ import annotations
@@ -29,23 +34,36 @@ RETRY_MS = 3000
 async def events(request: web.Request) -> web.StreamResponse:
     session, shoppers = request[SESSION], request.app[SHOPPERS]
     member_id = await sessions.member_id_of(session, request.app[BACKENDS])
-    with shoppers.hub.subscribe(session.mall_id, member_id) as sub:
+    hub = shoppers.hub
+    last_event_id = request.headers.get("Last-Event-ID", "")[:64]
+    with hub.subscribe(session.mall_id, member_id) as sub:
+        # Same step as subscribing: nothing published in between is missed or sent twice.
+        missed = hub.resume(session.mall_id, member_id, last_event_id) if last_event_id else None
+        now_id = hub.now_id
         async with sse_response(
             request, ping_interval=shoppers.heartbeat_s, headers={"Cache-Control": "no-store"}
         ) as sse:
             gone = asyncio.ensure_future(sse.wait())  # ends when a heartbeat cannot be written
             try:
-                await sse.send(json.dumps({"type": "ready"}), event="ready", retry=RETRY_MS)
+                ready = json.dumps({"type": "ready", "resumed": missed is not None})
+                # Resuming, the client keeps its last id until a missed event replaces it.
+                await sse.send(
+                    ready, id=None if missed is not None else now_id, event="ready", retry=RETRY_MS
+                )
+                if last_event_id and missed is None:
+                    await sse.send(json.dumps({"type": "resync"}), event="resync")
+                for event_id, event in missed or ():
+                    await sse.send(json.dumps(event), id=event_id, event="points")
                 while True:
                     following = asyncio.ensure_future(sub.next())
                     await asyncio.wait({following, gone}, return_when=asyncio.FIRST_COMPLETED)
                     if not following.done():
                         following.cancel()
                         break
-                    event = following.result()
-                    if event is None:  # dropped as too slow, or the gateway is stopping
+                    item = following.result()
+                    if item is None:  # dropped as too slow, or the gateway is stopping
                         break
-                    await sse.send(json.dumps(event), event="points")
+                    await sse.send(json.dumps(item[1]), id=item[0], event="points")
             except (ConnectionResetError, TimeoutError):
                 pass  # the client left, or stalled past the send timeout
             finally:

@@ -1,4 +1,4 @@
-"""Following member merges on real PostgreSQL (and one run through JetStream): the absorbed
+"""Following member merges on real PostgreSQL (and through JetStream): the absorbed
 member's balance, lots and holds move to the survivor once, and payments or refunds racing
 the merge end on the survivor too, so no point is lost or counted twice."""
 
@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
+import nats
 import pytest
-from eventbus.consumer import Delivery
+from eventbus.consumer import Consumer, Delivery
+from eventbus.streams import ensure_streams
 from kit.migrations import migrate
 from mall.member.v1 import events_pb2 as member_events
 from mall_testing.plugin import FreshDatabase
@@ -235,3 +237,51 @@ async def test_a_survivor_absorbed_later_takes_earlier_merges_along(
 
     assert await balance(conn, mall_id, final) == 150
     assert await balance(conn, mall_id, first) == await balance(conn, mall_id, second) == 0
+
+
+async def test_merges_and_payments_arriving_through_jetstream_end_on_the_survivor(
+    points_db: str, nats_url: str, mall_id: str
+) -> None:
+    """The real consumers on the MEMBER stream, each with its own durable, so the merge may
+    be handled before or after payments published ahead of it."""
+    survivor, gone = str(uuid.uuid4()), str(uuid.uuid4())
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, "MEMBER")
+    pool = await asyncpg.create_pool(points_db, min_size=1, max_size=4)
+    tag = uuid.uuid4().hex[:8]
+    consumers = [
+        Consumer(pool, js, name=f"points-{n}-test-{tag}", stream="MEMBER", subject=s, handler=h)
+        for n, s, h in (
+            ("payment-attributed", PAYMENT_ATTRIBUTED, on_payment_attributed),
+            ("identity-merged", IDENTITY_MERGED, on_identity_merged),
+        )
+    ]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(c.run(stop)) for c in consumers]
+    published = [
+        attributed(mall_id, gone, 30_000),
+        attributed(mall_id, survivor, 20_000),
+        merged(mall_id, survivor, gone),
+        attributed(mall_id, gone, 10_000),  # a payment member attributed just before the merge
+    ]
+    try:
+        for d in published:
+            await js.publish(d.subject, d.data, headers={"Nats-Msg-Id": d.event_id})
+        conn = await asyncpg.connect(points_db)
+        try:
+            for _ in range(200):
+                if await balance(conn, mall_id, survivor) == 600:
+                    break
+                await asyncio.sleep(0.05)
+            assert await balance(conn, mall_id, survivor) == 600
+            assert await balance(conn, mall_id, gone) == 0
+        finally:
+            await conn.close()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        for c in consumers:
+            await js.delete_consumer("MEMBER", c.name)
+        await nc.close()
+        await pool.close()

@@ -112,6 +112,12 @@ def commitment_subscriptions() -> list[Subscription]:
             commitment_events.on_payment_attributed,
         ),
         Subscription(
+            "commitment-refunds",
+            "MEMBER",
+            commitment_events.REFUND_ATTRIBUTED,
+            commitment_events.on_refund_attributed,
+        ),
+        Subscription(
             "commitment-credentials",
             "MEMBER",
             commitment_events.CREDENTIAL_UPSERTED,

@@ -709,3 +709,64 @@ async def test_the_relay_role_collects_clawbacks_through_the_configured_platform
     ):
         orders = (await resp.json())["orders"]
     assert [o["total_amount"] for o in orders] == [150]
+
+
+async def refund(
+    world: World, mall: Mall, member_id: str, transaction_id: str, amount_fen: int
+) -> None:
+    message = member_events.RefundAttributed(
+        event_id=str(uuid.uuid4()),
+        mall_id=mall.mall_id,
+        member_id=member_id,
+        store_id=mall.store_id,
+        transaction_id=transaction_id,
+        refund_id=f"5030{uuid.uuid4().hex[:24]}",
+        refund_amount_fen=amount_fen,
+        pay_amount_fen=amount_fen,
+    )
+    await world.js.publish(
+        "member.refund.attributed",
+        message.SerializeToString(),
+        headers={"Nats-Msg-Id": message.event_id},
+    )
+
+
+async def test_a_refunded_purchase_stops_counting_with_its_discount(
+    world: World, mall: Mall
+) -> None:
+    o = await offer(world, mall)
+    member, c = await accept(world, mall, o.offer_id)
+    assert await checkout(world, mall, member, 400) == 150
+    counted_once = await counted(world, mall, c.card_id, 1)
+    assert counted_once.discount_given_fen == 150
+    [first] = await fetch_transactions(world, c.card_id)
+
+    await refund(world, mall, member, first, 100)  # partial: 150 paid + 150 off still >= 400
+    await refund(world, mall, member, first, 150)  # now the order is gone
+
+    async def uncounted() -> bool:
+        card = await get_card(world, mall, c.card_id)
+        return (card.purchases_made, card.discount_given_fen) == (0, 0)
+
+    await eventually(uncounted, "the refunded purchase taken off the card")
+    # A refund that comes before its payment: the payment never counts.
+    early = f"4200{uuid.uuid4().hex[:24]}"
+    await refund(world, mall, member, early, 500)
+    await pay(world, mall, member, 500, early)
+    await pay(world, mall, member, 450)  # a marker that counts, after the early one
+    later = await counted(world, mall, c.card_id, 1)
+    assert (later.purchases_made, later.discount_given_fen) == (1, 0)
+    assert len(await fetch_transactions(world, c.card_id)) == 1
+
+
+async def fetch_transactions(world: World, card_id: str) -> list[str]:
+    conn = await asyncpg.connect(world.url)
+    try:
+        rows = await conn.fetch(
+            """SELECT transaction_id FROM commitment_purchases
+                WHERE card_id = $1::uuid AND voided_at IS NULL ORDER BY number""",
+            card_id,
+        )
+    finally:
+        await conn.close()
+    return [r["transaction_id"] for r in rows]

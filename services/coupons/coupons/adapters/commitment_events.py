@@ -29,7 +29,10 @@ def progressed(
     made: int,
     discount_fen: int,
     headers: dict[str, str] | None = None,
+    *,
+    refund_id: str = "",
 ) -> OutgoingEvent:
+    """A purchase counted, or (``refund_id``) a counted one refunded."""
     message = events_pb2.CommitmentProgressed(
         card_id=row.card_id,
         member_id=row.member_id,
@@ -44,7 +47,7 @@ def progressed(
         PROGRESSED,
         message,
         mall_id=row.mall_id,
-        event_id=_id(row.mall_id, row.card_id, "progressed", transaction_id),
+        event_id=_id(row.mall_id, row.card_id, "progressed", transaction_id, refund_id),
         headers=headers,
     )
 

@@ -449,3 +449,89 @@ async def mark_reminders(
         limit,
     )
     return [_card(r) for r in rows]
+
+
+# -- refunds --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CountedPurchase:
+    card_id: str
+    amount_fen: int
+    discount_fen: int
+    refunded_fen: int
+
+
+async def add_refund(
+    conn: Connection, mall_id: str, refund_id: str, transaction_id: str, amount_fen: int
+) -> bool:
+    """Record a refund; False if seen before."""
+    done = await conn.fetchval(
+        """INSERT INTO commitment_refunds (mall_id, refund_id, transaction_id, amount_fen)
+           VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true""",
+        mall_id,
+        refund_id,
+        transaction_id,
+        amount_fen,
+    )
+    return bool(done)
+
+
+async def refunded_fen(conn: Connection, mall_id: str, transaction_id: str) -> int:
+    """What has been refunded of a payment so far (refunds can precede their payment)."""
+    total = await conn.fetchval(
+        """SELECT COALESCE(sum(amount_fen), 0) FROM commitment_refunds
+            WHERE mall_id = $1 AND transaction_id = $2""",
+        mall_id,
+        transaction_id,
+    )
+    return int(total)
+
+
+async def refund_purchases(
+    conn: Connection, mall_id: str, transaction_id: str, amount_fen: int
+) -> list[CountedPurchase]:
+    """Add a refund to every counted purchase of the payment; the purchases after it."""
+    rows = await conn.fetch(
+        """UPDATE commitment_purchases SET refunded_fen = refunded_fen + $3
+            WHERE mall_id = $1 AND transaction_id = $2 AND voided_at IS NULL
+           RETURNING card_id, amount_fen, discount_fen, refunded_fen""",
+        mall_id,
+        transaction_id,
+        amount_fen,
+    )
+    return [
+        CountedPurchase(str(r["card_id"]), r["amount_fen"], r["discount_fen"], r["refunded_fen"])
+        for r in rows
+    ]
+
+
+async def lock_card(conn: Connection, mall_id: str, card_id: str) -> CardRow | None:
+    row = await conn.fetchrow(
+        "SELECT * FROM commitment_cards WHERE mall_id = $1 AND card_id = $2 FOR UPDATE",
+        mall_id,
+        uuid.UUID(card_id),
+    )
+    return None if row is None else _card(row)
+
+
+async def void_purchase(
+    conn: Connection, mall_id: str, card_id: str, transaction_id: str, discount_fen: int
+) -> None:
+    """A purchase that no longer counts: voided, taken off its (active) card's progress."""
+    await conn.execute(
+        """UPDATE commitment_purchases SET voided_at = now()
+            WHERE mall_id = $1 AND card_id = $2 AND transaction_id = $3""",
+        mall_id,
+        uuid.UUID(card_id),
+        transaction_id,
+    )
+    await conn.execute(
+        """UPDATE commitment_cards
+              SET purchases_made = purchases_made - 1,
+                  discount_given_fen = discount_given_fen - $3
+            WHERE mall_id = $1 AND card_id = $2""",
+        mall_id,
+        uuid.UUID(card_id),
+        discount_fen,
+    )

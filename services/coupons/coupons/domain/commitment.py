@@ -116,6 +116,15 @@ def count_purchase(card: Card, discount_fen: int) -> Progress:
     return Progress(made, card.discount_given_fen + discount_fen, made >= card.purchases_required)
 
 
+def still_counts(card: Card, amount_fen: int, discount_fen: int, refunded_fen: int) -> bool:
+    """Whether a counted purchase still counts after refunds: what is left paid, plus the
+    discount it got, still reaches the minimum. Only an active card gives one back: a
+    fulfilled card was earned, and a failed one has been settled."""
+    if card.status is not CardStatus.ACTIVE:
+        return True
+    return amount_fen - refunded_fen + discount_fen >= card.min_amount_fen
+
+
 def clawback_fen(card: Card) -> int:
     """What a card that failed owes back: every discount it gave, nothing more."""
     return card.discount_given_fen

@@ -11,9 +11,10 @@ from kit.proto import to_datetime
 from mall.member.v1 import events_pb2 as member_events
 
 from coupons.adapters import commitment_repository as repo
-from coupons.service_layer.commitment import Payment, count_payments
+from coupons.service_layer.commitment import Payment, Refund, count_payments, refund_payments
 
 PAYMENT_ATTRIBUTED = "member.payment.attributed"
+REFUND_ATTRIBUTED = "member.refund.attributed"
 CREDENTIAL_UPSERTED = "member.directory.credential_upserted"
 STORE_UPSERTED = "member.directory.store_upserted"
 
@@ -35,6 +36,16 @@ def _payment(d: Delivery) -> Payment:
 async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
     """``coupons-commitment-payments``: count each payment on its payer's cards."""
     await count_payments(conn, [(_payment(d), d.context) for d in deliveries])
+
+
+async def on_refund_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    """``coupons-commitment-refunds``: a refunded purchase stops counting on active cards."""
+    refunds = []
+    for d in deliveries:
+        msg = d.decode(member_events.RefundAttributed)
+        refund = Refund(msg.mall_id, msg.refund_id, msg.transaction_id, msg.refund_amount_fen)
+        refunds.append((refund, d.context))
+    await refund_payments(conn, refunds)
 
 
 async def on_credential_upserted(conn: Connection, deliveries: Sequence[Delivery]) -> None:

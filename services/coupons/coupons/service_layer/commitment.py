@@ -27,6 +27,7 @@ from coupons.domain.commitment import (
     OfferTerms,
     clawback_fen,
     count_purchase,
+    still_counts,
 )
 
 DEFAULT_BATCH = 500
@@ -44,6 +45,16 @@ class Payment:
     transaction_id: str
     amount_fen: int
     paid_at: datetime
+
+
+@dataclass(frozen=True)
+class Refund:
+    """What un-counting needs of ``member.refund.attributed``."""
+
+    mall_id: str
+    refund_id: str
+    transaction_id: str
+    refund_amount_fen: int
 
 
 @dataclass(frozen=True)
@@ -142,7 +153,9 @@ async def count_payments(
                 payment.amount_fen,
                 payment.transaction_id,
             )
-            if not row.card.counts(payment.store_id, payment.amount_fen, discount, payment.paid_at):
+            refunded = await repo.refunded_fen(conn, payment.mall_id, payment.transaction_id)
+            paid = payment.amount_fen - refunded
+            if not row.card.counts(payment.store_id, paid, discount, payment.paid_at):
                 continue
             progress = count_purchase(row.card, discount)
             if not await repo.add_purchase(
@@ -175,6 +188,44 @@ async def count_payments(
                 out.append(events.fulfilled(row, progress.discount_given_fen, headers))
     await add_events(conn, out)
     return counted
+
+
+async def refund_payments(
+    conn: Connection, refunds: Sequence[tuple[Refund, dict[str, str]]]
+) -> int:
+    """Take refunded purchases off active cards (inside the consumer's transaction); a refund
+    that comes before its payment is kept and applied when the payment counts. Return how
+    many purchases stopped counting."""
+    voided = 0
+    out: list[OutgoingEvent] = []
+    for refund, headers in refunds:
+        if not await repo.add_refund(
+            conn, refund.mall_id, refund.refund_id, refund.transaction_id, refund.refund_amount_fen
+        ):
+            continue
+        purchases = await repo.refund_purchases(
+            conn, refund.mall_id, refund.transaction_id, refund.refund_amount_fen
+        )
+        for p in sorted(purchases, key=lambda p: p.card_id):
+            row = await repo.lock_card(conn, refund.mall_id, p.card_id)
+            if row is None or still_counts(row.card, p.amount_fen, p.discount_fen, p.refunded_fen):
+                continue
+            await repo.void_purchase(
+                conn, refund.mall_id, p.card_id, refund.transaction_id, p.discount_fen
+            )
+            voided += 1
+            out.append(
+                events.progressed(
+                    row,
+                    refund.transaction_id,
+                    row.card.purchases_made - 1,
+                    0,
+                    headers,
+                    refund_id=refund.refund_id,
+                )
+            )
+    await add_events(conn, out)
+    return voided
 
 
 async def _locked(conn: Connection, exclusive: bool) -> bool:

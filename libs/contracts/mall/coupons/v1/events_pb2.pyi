@@ -453,8 +453,9 @@ Global___StockExhausted: _TypeAlias = StockExhausted  # noqa: Y015
 
 @_typing.final
 class CommitmentProgressed(_message.Message):
-    """CommitmentProgressed announces that a purchase counted on a commitment card (支付分先享卡),
-    so the shopper sees "2 of 3 done".
+    """CommitmentProgressed announces a change of progress on a commitment card (支付分先享卡), so
+    the shopper sees "2 of 3 done": a purchase counted, or a counted purchase refunded (then
+    purchases_made goes down and discount_fen is 0).
     Subject: coupons.commitment.progressed
     """
 

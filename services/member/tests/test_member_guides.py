@@ -16,6 +16,7 @@ import pytest
 from kit.cli import serving
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
+from kit.proto import timestamp
 from mall.common.v1 import common_pb2
 from mall.member.v1 import events_pb2, member_pb2, member_service_pb2, member_service_pb2_grpc
 from mall_testing.plugin import FreshDatabase
@@ -328,3 +329,61 @@ async def test_merge_members_over_grpc_answers_a_repeat_and_then_shows_the_merge
     assert gone.member.merged_into_member_id == survivor
     assert found.member.member_id == survivor
     assert missing == (grpc.StatusCode.INVALID_ARGUMENT, "missing_field")
+
+
+async def test_after_a_merge_the_absorbed_members_id_still_pays_and_binds_the_survivor(
+    api: Api, mall: Mall
+) -> None:
+    await register(api, mall, mall.sports, "sports-l1", "g-merge")
+    survivor = await pay(api, mall, "SHOP-002", "o-keep-me")
+    merged = await pay(api, mall, "SHOP-001", "o-fold-me")
+    await api.members.BindGuide(bind(mall, merged, "g-merge"), timeout=10)
+    await api.members.MergeMembers(
+        member_service_pb2.MergeMembersRequest(
+            mall_id=mall.mall_id,
+            survivor_member_id=survivor,
+            merged_member_id=merged,
+            merge_request_id=f"m-{uuid.uuid4().hex[:8]}",
+            operator="ops:wang",
+            reason="same phone",
+        ),
+        timeout=10,
+    )
+
+    reported = await api.members.ReportPayment(
+        member_service_pb2.ReportPaymentRequest(
+            mall_id=mall.mall_id,
+            store_id="sports-l1",
+            member_id=merged,  # a POS that identified the shopper before the merge
+            receipt_no="R-after-merge",
+            amount_fen=4_200,
+            source=common_pb2.PAYMENT_SOURCE_POS_CASH,
+            paid_at=timestamp(datetime.now(UTC)),
+        ),
+        metadata=mall.sports,
+        timeout=10,
+    )
+    code = await api.members.IssueCheckoutCode(
+        member_service_pb2.IssueCheckoutCodeRequest(mall_id=mall.mall_id, member_id=merged),
+        timeout=10,
+    )
+    identified = await api.members.IdentifyMember(
+        member_service_pb2.IdentifyMemberRequest(
+            mall_id=mall.mall_id, store_id="sports-l1", checkout_code=code.code
+        ),
+        metadata=mall.sports,
+        timeout=10,
+    )
+    guide_members = await api.members.ListGuideMembers(
+        listing(mall, "g-merge"), metadata=mall.sports, timeout=10
+    )
+
+    attributed = events_pb2.PaymentAttributed.FromString(
+        (await outbox(api, mall.mall_id, "member.payment.attributed"))[-1]
+    )
+    assert (attributed.transaction_id, attributed.member_id) == (
+        reported.transaction_id,
+        survivor,
+    )
+    assert identified.member.member_id == survivor
+    assert [m.member_id for m in guide_members.members] == [survivor]

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from kit.errors import Conflict, InvalidInput, NotFound
 from kit.migrations import migrate
 from mall.member.v1 import events_pb2
@@ -163,6 +165,32 @@ def test_benefit_changes_name_what_was_gained_lost_and_changed() -> None:
         (Change.CHANGED, Benefit("points", "1.5x")),
     ]
     assert benefit_changes(before, before) == []
+
+
+_LINES = st.lists(
+    st.builds(
+        Benefit,
+        st.sampled_from(["points", "parking", "lounge", "birthday", "gift"]),
+        st.sampled_from(["A", "B"]),
+    ),
+    unique_by=lambda b: b.benefit_code,
+)
+
+
+@given(_LINES, _LINES)
+def test_benefit_changes_turn_the_old_lines_into_the_new(
+    before: list[Benefit], after: list[Benefit]
+) -> None:
+    lines = {b.benefit_code: b for b in before}
+    for change, line in benefit_changes(before, after):
+        if change is Change.LOST:
+            assert lines.pop(line.benefit_code) == line
+        else:
+            assert (line.benefit_code in lines) == (change is Change.CHANGED)
+            lines[line.benefit_code] = line
+    assert sorted(lines.values(), key=lambda b: b.benefit_code) == sorted(
+        after, key=lambda b: b.benefit_code
+    )
 
 
 # -- linking identities -----------------------------------------------------------------------

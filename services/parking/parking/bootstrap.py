@@ -28,6 +28,7 @@ from parking.entrypoints.grpc_admin import ParkingAdminServicer
 from parking.entrypoints.grpc_api import ParkingServicer
 from parking.entrypoints.grpc_carpark import CarParkServicer
 from parking.entrypoints.jobs import holds_job
+from parking.service_layer.config_cache import ConfigCache
 
 NAME = "parking"
 MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]
@@ -42,6 +43,7 @@ SUBSCRIPTIONS = [
 
 @contextlib.asynccontextmanager
 async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
+    config = ConfigCache(settings.config_cache_s)
     async with (
         points_client(settings.points_grpc_target, settings.points_timeout_s) as points,
         assemble(
@@ -52,15 +54,15 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             servicers=lambda pool: [
                 (
                     parking_service_pb2_grpc.add_ParkingServiceServicer_to_server,
-                    ParkingServicer(pool),
+                    ParkingServicer(pool, config),
                 ),
                 (
                     parking_service_pb2_grpc.add_CarParkServiceServicer_to_server,
-                    CarParkServicer(pool, points),
+                    CarParkServicer(pool, config, points),
                 ),
                 (
                     parking_service_pb2_grpc.add_ParkingAdminServiceServicer_to_server,
-                    ParkingAdminServicer(pool),
+                    ParkingAdminServicer(pool, config),
                 ),
             ],
             descriptor=parking_service_pb2.DESCRIPTOR,

@@ -16,3 +16,5 @@ class Settings(ServiceSettings):
     holds_interval_s: float = Field(default=5.0, gt=0)
     #: How long a verified car-park credential is trusted without checking it again.
     credential_cache_s: float = Field(default=30.0, ge=0)
+    #: How long a replica reuses a mall's policy and fee schedules before reading them again.
+    config_cache_s: float = Field(default=5.0, ge=0, le=300)

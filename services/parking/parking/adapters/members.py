@@ -87,3 +87,26 @@ async def spend(
         until,
     )
     return int(value)
+
+
+async def facts(
+    conn: Connection, mall_id: str, member_id: str, since: datetime, until: datetime
+) -> tuple[str, int]:
+    """(tier code, net spend in [since, until]) in one round trip, for a quote."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT tier_code FROM member_tiers WHERE mall_id = $1 AND member_id = $2),
+                  (SELECT coalesce(sum(greatest(p.amount_fen - coalesce(r.refunded, 0), 0)), 0)
+                     FROM member_payments p
+                     LEFT JOIN LATERAL (
+                         SELECT sum(amount_fen) AS refunded FROM member_refunds
+                          WHERE mall_id = p.mall_id AND transaction_id = p.transaction_id
+                     ) r ON true
+                    WHERE p.mall_id = $1 AND p.member_id = $2
+                      AND p.paid_at BETWEEN $3 AND $4)""",
+        mall_id,
+        member_id,
+        since,
+        until,
+    )
+    assert row is not None
+    return str(row[0] or ""), int(row[1])

@@ -54,6 +54,49 @@ async def find_open(
     return _session(row) if row else None
 
 
+async def find_open_with_facts(
+    conn: Connection,
+    mall_id: str,
+    car_park_id: str,
+    plate_number: str,
+    *,
+    time_zone: str,
+    until: datetime,
+) -> tuple[Session, str, int] | None:
+    """The plate's open session with its member's tier and net spend from the start of the
+    entry day (mall time zone) to ``until``: everything a quote reads, in one round trip."""
+    row = await conn.fetchrow(
+        f"""SELECT {_COLUMNS}, f.tier_code AS _tier, coalesce(f.spent, 0) AS _spent
+              FROM sessions s
+              LEFT JOIN LATERAL (
+                  SELECT (SELECT tier_code FROM member_tiers t
+                           WHERE t.mall_id = s.mall_id AND t.member_id = s.member_id) AS tier_code,
+                         (SELECT sum(greatest(p.amount_fen - coalesce(
+                                     (SELECT sum(r.amount_fen) FROM member_refunds r
+                                       WHERE r.mall_id = p.mall_id
+                                         AND r.transaction_id = p.transaction_id), 0), 0))
+                            FROM member_payments p
+                           WHERE p.mall_id = s.mall_id AND p.member_id = s.member_id
+                             AND p.paid_at >= (date_trunc('day', s.entered_at AT TIME ZONE $4)
+                                               AT TIME ZONE $4)
+                             AND p.paid_at <= $5) AS spent
+                   WHERE s.member_id IS NOT NULL
+              ) f ON true
+             WHERE s.mall_id = $1 AND s.car_park_id = $2 AND s.plate_number = $3
+               AND s.status = 'open'""",
+        mall_id,
+        car_park_id,
+        plate_number,
+        time_zone,
+        until,
+    )
+    if row is None:
+        return None
+    fields = dict(row)
+    tier, spent = fields.pop("_tier"), fields.pop("_spent")
+    return _session(fields), str(tier or ""), int(spent)
+
+
 async def find_open_for_plates(
     conn: Connection, mall_id: str, plate_numbers: list[str]
 ) -> Session | None:
@@ -228,14 +271,23 @@ async def insert_quote(
     schedule_version: int,
     hold_id: str | None,
     quote_id: str | None = None,
-) -> QuoteRow:
+) -> tuple[QuoteRow, int]:
+    """Store a quote and, in the same statement, mark every other held quote of the session
+    for release (a newer quote replaces them); returns the quote and how many were marked."""
     row = await conn.fetchrow(
-        f"""INSERT INTO quotes (mall_id, quote_id, session_id, member_id, quoted_at, valid_until,
-                parked_minutes, gross_fee_fen, discount_fen, payable_fen, benefits,
-                schedule_version, hold_id, hold_points, hold_state, hold_next_at)
-            VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13,
-                    $14, $15, $6)
-            RETURNING {_QUOTE_COLUMNS}""",
+        f"""WITH superseded AS (
+                UPDATE quotes SET hold_state = 'release', hold_next_at = now()
+                 WHERE mall_id = $1 AND session_id = $3::uuid AND hold_state = 'held'
+                RETURNING 1
+            ), created AS (
+                INSERT INTO quotes (mall_id, quote_id, session_id, member_id, quoted_at,
+                    valid_until, parked_minutes, gross_fee_fen, discount_fen, payable_fen,
+                    benefits, schedule_version, hold_id, hold_points, hold_state, hold_next_at)
+                VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12,
+                        $13, $14, $15, $6)
+                RETURNING {_QUOTE_COLUMNS}
+            )
+            SELECT created.*, (SELECT count(*) FROM superseded) AS superseded FROM created""",
         session.mall_id,
         quote_id or str(uuid.uuid4()),
         session.session_id,
@@ -252,7 +304,10 @@ async def insert_quote(
         priced.points if hold_id else 0,
         "held" if hold_id else "none",
     )
-    return _quote(row)
+    assert row is not None
+    fields = dict(row)
+    superseded = int(fields.pop("superseded"))
+    return _quote(fields), superseded
 
 
 async def get_quote(

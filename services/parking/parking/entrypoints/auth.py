@@ -51,6 +51,7 @@ class CarParkAuthenticator:
         self._pool = pool
         self._cache_s = cache_s
         self._verified: dict[bytes, tuple[float, CarParkCaller]] = {}
+        self._checking: dict[bytes, asyncio.Future[CarParkCaller]] = {}
 
     async def __call__(self, method: str, metadata: Metadata) -> dict[str, str]:
         _caller.set(None)
@@ -75,6 +76,29 @@ class CarParkAuthenticator:
         hit = self._verified.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
+        pending = self._checking.get(key)
+        if pending is not None:  # a gate's burst at start pays the scrypt check once
+            return await asyncio.shield(pending)
+        future: asyncio.Future[CarParkCaller] = asyncio.get_running_loop().create_future()
+        self._checking[key] = future
+        try:
+            caller = await self._check(presented)
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            self._checking.pop(key, None)
+        future.set_result(caller)
+        if len(self._verified) >= _MAX_CACHED:
+            self._verified.clear()
+        self._verified[key] = (now + self._cache_s, caller)
+        return caller
+
+    async def _check(self, presented: str) -> CarParkCaller:
         credential_id, secret = parse_presented(presented)
         async with self._pool.acquire() as conn:
             row = await find_credential(conn, credential_id)
@@ -86,8 +110,4 @@ class CarParkAuthenticator:
             raise Unauthenticated("invalid_credential", "unknown, revoked or wrong credential")
         if not row.car_park_id:
             raise Forbidden("not_a_car_park_credential", "this API needs a car-park credential")
-        caller = CarParkCaller(row.mall_id, row.car_park_id, row.credential_id)
-        if len(self._verified) >= _MAX_CACHED:
-            self._verified.clear()
-        self._verified[key] = (now + self._cache_s, caller)
-        return caller
+        return CarParkCaller(row.mall_id, row.car_park_id, row.credential_id)

@@ -16,6 +16,7 @@ from parking.adapters import directory, figures, sessions, tariffs, wechat_calls
 from parking.domain.benefits import ParkingPolicy
 from parking.domain.fees import FeeSchedule
 from parking.entrypoints import messages as m
+from parking.service_layer.config_cache import ConfigCache
 from parking.service_layer.gates import day_start
 
 _SYNC_KINDS = {
@@ -76,8 +77,9 @@ def policy_message(
 
 
 class ParkingAdminServicer(parking_service_pb2_grpc.ParkingAdminServiceServicer):
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, config: ConfigCache) -> None:
         self._pool = pool
+        self._config = config
 
     async def PutFeeSchedule(
         self, request: api.PutFeeScheduleRequest, context: Any
@@ -99,6 +101,7 @@ class ParkingAdminServicer(parking_service_pb2_grpc.ParkingAdminServiceServicer)
             stored, at = await tariffs.add_schedule(
                 conn, s.mall_id, s.car_park_id, schedule, datetime.now(UTC)
             )
+        self._config.invalidate(s.mall_id)
         return api.PutFeeScheduleResponse(
             schedule=schedule_message(s.mall_id, s.car_park_id, stored, at)
         )
@@ -135,6 +138,7 @@ class ParkingAdminServicer(parking_service_pb2_grpc.ParkingAdminServiceServicer)
         )
         async with self._pool.acquire() as conn, conn.transaction():
             stored, at = await tariffs.put_policy(conn, p.mall_id, policy)
+        self._config.invalidate(p.mall_id)
         return api.PutParkingPolicyResponse(policy=policy_message(p.mall_id, stored, at))
 
     async def GetParkingPolicy(

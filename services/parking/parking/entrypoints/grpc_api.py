@@ -13,12 +13,14 @@ from parking.adapters import plates, sessions
 from parking.domain.plates import validate_plate
 from parking.entrypoints import messages as m
 from parking.service_layer import gates
+from parking.service_layer.config_cache import ConfigCache
 from parking.service_layer.plates import bind_plate, new_plate, unbind_plate
 
 
 class ParkingServicer(parking_service_pb2_grpc.ParkingServiceServicer):
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, config: ConfigCache) -> None:
         self._pool = pool
+        self._config = config
 
     async def BindPlate(self, request: api.BindPlateRequest, context: Any) -> api.BindPlateResponse:
         m.required(mall_id=request.mall_id)
@@ -73,7 +75,7 @@ class ParkingServicer(parking_service_pb2_grpc.ParkingServiceServicer):
             )
             if session is None:
                 return api.GetSessionForMemberResponse()
-            priced, version, minutes = await gates.preview(conn, session, now)
+            priced, version, minutes = await gates.preview(conn, self._config, session, now)
         preview = parking_pb2.ExitQuote(
             session_id=session.session_id,
             parked_minutes=minutes,

@@ -14,6 +14,7 @@ from mall.parking.v1 import parking_service_pb2_grpc
 from parking.entrypoints import messages as m
 from parking.entrypoints.auth import car_park_caller
 from parking.service_layer import gates
+from parking.service_layer.config_cache import ConfigCache
 from parking.service_layer.holds import settle_holds
 from parking.service_layer.ports import PointsPort
 
@@ -22,8 +23,9 @@ HOLD_CALL_TIMEOUT_S = 3.0
 
 
 class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, points: PointsPort | None) -> None:
+    def __init__(self, pool: asyncpg.Pool, config: ConfigCache, points: PointsPort | None) -> None:
         self._pool = pool
+        self._config = config
         self._points = points
         self._background: set[asyncio.Task[None]] = set()
 
@@ -59,7 +61,7 @@ class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
             exit_at=m.when(request.exit_at),
             gate_id=request.gate_id,
         )
-        quoted, release = await gates.quote_exit(self._pool, self._points, query)
+        quoted, release = await gates.quote_exit(self._pool, self._config, self._points, query)
         if release:
             self._after(request.mall_id, quoted.session.session_id)
         return api.QuoteExitResponse(

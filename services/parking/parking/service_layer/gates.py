@@ -13,7 +13,7 @@ from eventbus.outbox import add_events
 from kit.db import Connection
 from kit.errors import AppError, Conflict, NotFound
 
-from parking.adapters import directory, members, plates, sessions, tariffs, wechat_calls
+from parking.adapters import members, plates, sessions, wechat_calls
 from parking.adapters.events import session_settled, session_started
 from parking.adapters.sessions import QuoteRow
 from parking.domain.benefits import Benefit, Priced, price
@@ -26,6 +26,7 @@ from parking.domain.sessions import (
     Status,
     settlement_anomaly,
 )
+from parking.service_layer.config_cache import ConfigCache
 from parking.service_layer.ports import PointsPort
 
 log = structlog.get_logger(__name__)
@@ -135,11 +136,25 @@ def day_start(at: datetime, tz: ZoneInfo) -> datetime:
     return datetime.combine(at.astimezone(tz).date(), time(0), tzinfo=tz)
 
 
-async def _session_at_exit(conn: Connection, query: ExitQuery) -> Session:
-    """The open session of the plate; for a vehicle with no entry record, one opened now."""
-    found = await sessions.find_open(conn, query.mall_id, query.car_park_id, query.plate_number)
+async def _session_at_exit(
+    conn: Connection, query: ExitQuery, time_zone: str
+) -> tuple[Session, tuple[str, int] | None]:
+    """The open session of the plate with its member's (tier, spend); for a vehicle with no
+    entry record, a session opened now."""
+    found = await sessions.find_open_with_facts(
+        conn,
+        query.mall_id,
+        query.car_park_id,
+        query.plate_number,
+        time_zone=time_zone,
+        until=query.exit_at,
+    )
     if found is not None:
-        return found
+        return found[0], found[1:]
+    return await _open_at_exit(conn, query), None
+
+
+async def _open_at_exit(conn: Connection, query: ExitQuery) -> Session:
     async with conn.transaction():
         plate = await plates.find(conn, query.mall_id, query.plate_number)
         session = Session(
@@ -173,13 +188,18 @@ async def _session_at_exit(conn: Connection, query: ExitQuery) -> Session:
 
 
 async def _price(
-    conn: Connection, session: Session, exit_at: datetime, *, allow_points: bool
+    conn: Connection,
+    config: ConfigCache,
+    session: Session,
+    exit_at: datetime,
+    *,
+    allow_points: bool,
+    facts: tuple[str, int] | None = None,
 ) -> tuple[Priced, int, int, int]:
     """(priced stay, schedule version, parked minutes, quote validity in minutes)."""
-    mall = await directory.get_mall(conn, session.mall_id)
-    tz = ZoneInfo(mall.time_zone)
-    policy, _ = await tariffs.get_policy(conn, session.mall_id)
-    schedule = await tariffs.schedule_at(
+    mall = await config.mall(conn, session.mall_id)
+    tz, policy = mall.time_zone, mall.policy
+    schedule = await config.schedule_at(
         conn, session.mall_id, session.car_park_id, session.entered_at
     )
     minutes = parked_minutes(session.entered_at, exit_at)
@@ -190,13 +210,13 @@ async def _price(
     benefits: list[Benefit] = []
     use_points = False
     if session.member_id:
-        tier = policy.tier_benefit(await members.tier(conn, session.mall_id, session.member_id))
-        spent = await members.spend(
+        tier_code, spent = facts or await members.facts(
             conn, session.mall_id, session.member_id, day_start(session.entered_at, tz), exit_at
         )
+        tier = policy.tier_benefit(tier_code)
         spend = policy.spend_benefit(spent)
         benefits = [b for b in (tier, spend) if b is not None]
-        if allow_points:
+        if allow_points and policy.points_enabled:
             plate = await plates.find(conn, session.mall_id, session.plate_number)
             use_points = bool(
                 plate and plate.member_id == session.member_id and plate.pay_with_points
@@ -207,20 +227,23 @@ async def _price(
     return priced, version, minutes, policy.quote_valid_minutes
 
 
-async def preview(conn: Connection, session: Session, at: datetime) -> tuple[Priced, int, int]:
+async def preview(
+    conn: Connection, config: ConfigCache, session: Session, at: datetime
+) -> tuple[Priced, int, int]:
     """What leaving at ``at`` would cost, points not used (nothing is held or stored)."""
-    priced, version, minutes, _ = await _price(conn, session, at, allow_points=False)
+    priced, version, minutes, _ = await _price(conn, config, session, at, allow_points=False)
     return priced, version, minutes
 
 
 async def quote_exit(
-    pool: asyncpg.Pool, points: PointsPort | None, query: ExitQuery
+    pool: asyncpg.Pool, config: ConfigCache, points: PointsPort | None, query: ExitQuery
 ) -> tuple[Quoted, bool]:
     """The quote, and whether an earlier quote's points hold is now to be released."""
     async with pool.acquire() as conn:
-        session = await _session_at_exit(conn, query)
+        mall = await config.mall(conn, query.mall_id)
+        session, facts = await _session_at_exit(conn, query, mall.time_zone.key)
         priced, version, minutes, valid_minutes = await _price(
-            conn, session, query.exit_at, allow_points=points is not None
+            conn, config, session, query.exit_at, allow_points=points is not None, facts=facts
         )
         quote_id = str(uuid.uuid4())
         hold_id: str | None = None
@@ -239,22 +262,18 @@ async def quote_exit(
                 log.warning("points_unavailable", error=repr(exc), session_id=session.session_id)
             if hold_id is None:
                 priced = priced.without_points()
-        async with conn.transaction():
-            quote = await sessions.insert_quote(
-                conn,
-                session=session,
-                quoted_at=query.exit_at,
-                valid_until=query.exit_at + timedelta(minutes=valid_minutes),
-                parked_minutes=minutes,
-                priced=priced,
-                schedule_version=version,
-                hold_id=hold_id,
-                quote_id=quote_id,
-            )
-            released = await sessions.decide_holds(
-                conn, session.mall_id, session.session_id, keep_quote_id=quote_id, confirm=False
-            )
-        return Quoted(session, quote), released > (1 if hold_id else 0)
+        quote, superseded = await sessions.insert_quote(
+            conn,
+            session=session,
+            quoted_at=query.exit_at,
+            valid_until=query.exit_at + timedelta(minutes=valid_minutes),
+            parked_minutes=minutes,
+            priced=priced,
+            schedule_version=version,
+            hold_id=hold_id,
+            quote_id=quote_id,
+        )
+        return Quoted(session, quote), superseded > 0
 
 
 @dataclass(frozen=True)

@@ -437,3 +437,34 @@ async def test_codes_record_channel_and_guide_in_the_figures(api: Api) -> None:
     assert await refused(api.stub.GetStockStats(
         pb.GetStockStatsRequest(mall_id=api.mall_id, stock_id=s.stock_id), metadata=api.b
     )) == (grpc.StatusCode.NOT_FOUND, "stock_not_found")  # fmt: skip
+
+
+async def test_concurrent_uses_of_one_coupon_redeem_it_once(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    s = await create(api, api.a)
+    coupon = await claimed(api, s)
+    same = redeem(api, coupon, "a1", 20_000, use="lane-1")
+    others = [redeem(api, coupon, "a1", 20_000) for _ in range(5)]
+
+    async def attempt(request: pb.RedeemCouponRequest) -> str:
+        try:
+            await api.stub.RedeemCoupon(request, metadata=api.a)
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc)
+            return error.code if error is not None else str(exc.code())
+        return request.use_request_id
+
+    answers = await asyncio.gather(*(attempt(r) for r in [same, same, same, *others]))
+
+    winners = {a for a in answers if a != "coupon_used"}
+    assert len(winners) == 1
+    row = await db.fetchrow(
+        "SELECT use_request_id FROM coupons WHERE mall_id = $1 AND coupon_id = $2",
+        api.mall_id,
+        coupon.coupon_id,
+    )
+    assert row is not None
+    assert winners == {row["use_request_id"]}
+    if winners == {"lane-1"}:
+        assert answers[:3] == ["lane-1"] * 3

@@ -3,11 +3,13 @@ after refunds, and a stock's figures."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from eventbus.outbox import NOTIFY_CHANNEL, OutgoingEvent
 from kit.db import Connection
 
 from coupons.adapters.claims import COUPON_FROM, coupon_of
@@ -186,3 +188,77 @@ async def figures(conn: Connection, mall_id: str, stock_id: str) -> list[Figures
         stock_id,
     )
     return [Figures(r["channel"], r["guide_id"], r["claimed"], r["redeemed"]) for r in rows]
+
+
+async def read_many(
+    conn: Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], Locked]:
+    """Coupons with their stocks' terms, unlocked (the redemption batch's first look)."""
+    rows = await conn.fetch(
+        f"""{_LOCKED_FROM}
+             WHERE (c.mall_id, c.coupon_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {
+        (r["mall_id"], r["coupon_id"]): Locked(_held(r), coupon_of(r), r["order_transaction_id"])
+        for r in rows
+    }
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One coupon to mark used, with the event that says so."""
+
+    mall_id: str
+    coupon_id: str
+    store_id: str
+    use_request_id: str
+    order_amount_fen: int
+    discount_fen: int
+    transaction_id: str
+    event: OutgoingEvent
+
+
+async def use_if_available(conn: Connection, usages: Sequence[Usage], at: datetime) -> set[str]:
+    """Mark coupons used and queue their events in ONE statement (atomic on its own: no
+    BEGIN / COMMIT round trips on the POS's hot path), each only if it is still available and
+    valid at ``at``. The coupon ids used; the others changed under the caller (a concurrent
+    use won) and are answered through the locked path."""
+    rows = await conn.fetch(
+        f"""WITH k AS (
+                SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[],
+                                     $6::bigint[], $7::bigint[], $8::text[], $9::text[],
+                                     $10::text[], $11::bytea[], $12::text[])
+                       AS k(m, id, store, use_id, amount, off, tx, event_id, subject, payload,
+                            headers)),
+            used AS (
+                UPDATE coupons c SET status = 'used', redeemed_at = $1, redeemed_store_id = k.store,
+                       use_request_id = k.use_id, order_amount_fen = k.amount,
+                       discount_fen = k.off, order_transaction_id = k.tx
+                  FROM k
+                 WHERE c.mall_id = k.m AND c.coupon_id = k.id AND c.status = 'available'
+                   AND c.valid_from <= $1 AND c.valid_until > $1
+                RETURNING c.mall_id, c.coupon_id),
+            queued AS (
+                INSERT INTO outbox (event_id, mall_id, subject, payload, headers)
+                SELECT k.event_id, k.m, k.subject, k.payload, k.headers::jsonb
+                  FROM k JOIN used ON used.mall_id = k.m AND used.coupon_id = k.id
+                RETURNING 1)
+            SELECT coupon_id, (SELECT count(*) FROM queued) AS queued,
+                   pg_notify('{NOTIFY_CHANNEL}', '') AS notified
+              FROM used""",
+        at,
+        [u.mall_id for u in usages],
+        [u.coupon_id for u in usages],
+        [u.store_id for u in usages],
+        [u.use_request_id for u in usages],
+        [u.order_amount_fen for u in usages],
+        [u.discount_fen for u in usages],
+        [u.transaction_id for u in usages],
+        [u.event.event_id for u in usages],
+        [u.event.subject for u in usages],
+        [u.event.payload for u in usages],
+        [json.dumps(u.event.headers) for u in usages],
+    )
+    return {r["coupon_id"] for r in rows}

@@ -70,6 +70,7 @@ class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
         self._pool = pool
         self._directory = directory
         self._memory = memory or SoldOutMemory()
+        self._redeemer = redemptions.Redeemer(pool)
 
     # -- stocks -------------------------------------------------------------------------------
 
@@ -224,8 +225,7 @@ class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
             order_amount_fen=request.order_amount_fen,
             transaction_id=request.transaction_id,
         )
-        async with self._pool.acquire() as conn:
-            coupon, off = await redemptions.redeem(conn, use)
+        coupon, off = await self._redeemer.redeem(use)
         return pb.RedeemCouponResponse(
             coupon=translate.coupon_message(coupon, datetime.now(UTC)), discount_fen=off
         )

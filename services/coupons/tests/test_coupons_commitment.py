@@ -736,27 +736,46 @@ async def test_a_refunded_purchase_stops_counting_with_its_discount(
 ) -> None:
     o = await offer(world, mall)
     member, c = await accept(world, mall, o.offer_id)
-    assert await checkout(world, mall, member, 400) == 150
+    assert await checkout(world, mall, member, 600) == 150  # pays 450
     counted_once = await counted(world, mall, c.card_id, 1)
     assert counted_once.discount_given_fen == 150
     [first] = await fetch_transactions(world, c.card_id)
 
-    await refund(world, mall, member, first, 100)  # partial: 150 paid + 150 off still >= 400
-    await refund(world, mall, member, first, 150)  # now the order is gone
+    await refund(world, mall, member, first, 100)  # 350 paid + 150 off: still >= 400
+    await refunds_seen(world, mall, first, 1)
+    assert (await get_card(world, mall, c.card_id)).purchases_made == 1
+    await refund(world, mall, member, first, 250)  # 100 paid + 150 off: no longer
 
     async def uncounted() -> bool:
         card = await get_card(world, mall, c.card_id)
         return (card.purchases_made, card.discount_given_fen) == (0, 0)
 
     await eventually(uncounted, "the refunded purchase taken off the card")
+    assert await fetch_transactions(world, c.card_id) == []
+
     # A refund that comes before its payment: the payment never counts.
     early = f"4200{uuid.uuid4().hex[:24]}"
     await refund(world, mall, member, early, 500)
+    await refunds_seen(world, mall, early, 1)
     await pay(world, mall, member, 500, early)
     await pay(world, mall, member, 450)  # a marker that counts, after the early one
     later = await counted(world, mall, c.card_id, 1)
     assert (later.purchases_made, later.discount_given_fen) == (1, 0)
     assert len(await fetch_transactions(world, c.card_id)) == 1
+
+
+async def refunds_seen(world: World, mall: Mall, transaction_id: str, count: int) -> None:
+    async def seen() -> bool:
+        found = await fetchval(
+            world,
+            """SELECT count(*) FROM commitment_refunds
+                WHERE mall_id = $1 AND transaction_id = $2""",
+            mall.mall_id,
+            transaction_id,
+        )
+        return bool(found == count)
+
+    await eventually(seen, f"{count} refunds of {transaction_id} recorded")
 
 
 async def fetch_transactions(world: World, card_id: str) -> list[str]:
@@ -770,3 +789,25 @@ async def fetch_transactions(world: World, card_id: str) -> list[str]:
     finally:
         await conn.close()
     return [r["transaction_id"] for r in rows]
+
+
+async def test_a_card_gives_no_more_discounts_than_purchases_while_orders_await_payment(
+    world: World, mall: Mall
+) -> None:
+    o = await offer(world, mall)
+    member, _ = await accept(world, mall, o.offer_id)
+
+    async def ask() -> int:
+        reply = await world.api.ApplyCommitmentDiscount(
+            pb.ApplyCommitmentDiscountRequest(
+                mall_id=mall.mall_id,
+                member_id=member,
+                store_id=mall.store_id,
+                order_amount_fen=500,
+                request_id=str(uuid.uuid4()),
+            ),
+            metadata=tenant(mall),
+        )
+        return reply.discount_fen
+
+    assert [await ask() for _ in range(4)] == [150, 150, 150, 0]

@@ -318,6 +318,18 @@ async def find_application(
     )
 
 
+async def open_applications(conn: Connection, mall_id: str, card_id: str, since: datetime) -> int:
+    """Discounts applied on the card since ``since`` whose payment has not come yet."""
+    count = await conn.fetchval(
+        """SELECT count(*) FROM commitment_applications
+            WHERE mall_id = $1 AND card_id = $2 AND transaction_id IS NULL AND applied_at > $3""",
+        mall_id,
+        uuid.UUID(card_id),
+        since,
+    )
+    return int(count)
+
+
 async def add_application(
     conn: Connection,
     mall_id: str,

@@ -31,6 +31,8 @@ from coupons.domain.commitment import (
 )
 
 DEFAULT_BATCH = 500
+#: A discount applied at checkout whose payment never came stops holding a purchase after this.
+UNPAID_DISCOUNT_LAPSES = timedelta(days=1)
 #: pg_try_advisory_xact_lock key of the periodic sweep: one replica works, the others skip.
 SWEEP_LOCK = "coupons.commitment-sweep"
 
@@ -117,6 +119,13 @@ async def apply_discount(
         for row in await repo.lock_active_cards(conn, mall_id, member_id, store_id):
             discount = row.card.discount_for(store_id, order_amount_fen, now)
             if discount:
+                # Orders discounted but not paid yet hold their purchases: a card never gives
+                # more discounts than the purchases it commits to (unpaid ones lapse in a day).
+                awaited = await repo.open_applications(
+                    conn, mall_id, row.card_id, now - UNPAID_DISCOUNT_LAPSES
+                )
+                if row.card.purchases_made + awaited >= row.card.purchases_required:
+                    continue
                 await repo.add_application(
                     conn,
                     mall_id,

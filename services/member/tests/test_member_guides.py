@@ -386,4 +386,6 @@ async def test_after_a_merge_the_absorbed_members_id_still_pays_and_binds_the_su
         survivor,
     )
     assert identified.member.member_id == survivor
+    assert (identified.tier.tier_code, identified.tier.name) == ("basic", "普通会员")
+    assert [b.benefit_code for b in identified.tier.benefits] == ["points_1x"]  # for the POS
     assert [m.member_id for m in guide_members.members] == [survivor]

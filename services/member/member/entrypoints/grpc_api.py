@@ -13,13 +13,14 @@ from mall.member.v1 import directory_pb2, member_pb2, member_service_pb2, member
 from member.adapters import profiles, repository
 from member.adapters.credentials import credential_message
 from member.adapters.events import mall_message
+from member.adapters.join_events import tier_message
 from member.domain.checkout import CheckoutPolicy
 from member.domain.model import JoinChannel, Member, PaymentSource
 from member.entrypoints.auth import tenant_caller
 from member.entrypoints.grpc_guides import GuideRpcs
 from member.entrypoints.grpc_identity import IDENTITY_KINDS, IdentityRpcs
 from member.entrypoints.member_messages import profile_message
-from member.service_layer import checkout, credentials, directory, joining, pos, tags
+from member.service_layer import checkout, credentials, directory, joining, pos, tags, tiers
 
 _IDENTITY_KINDS = IDENTITY_KINDS
 _POS_SOURCES = {
@@ -95,8 +96,10 @@ class MemberServicer(IdentityRpcs, GuideRpcs, member_service_pb2_grpc.MemberServ
                 )
         else:
             raise InvalidInput("missing_field", "required: checkout_code or identity")
+        async with self._pool.acquire() as conn:
+            ladder, lines = await tiers.tier_card(conn, request.mall_id, found.tier_code)
         return member_service_pb2.IdentifyMemberResponse(
-            member=_member(found), tier=member_pb2.Tier(tier_code=found.tier_code)
+            member=_member(found), tier=tier_message(ladder, found.tier_code, lines)
         )
 
     async def ReportPayment(

@@ -14,7 +14,7 @@ from kit.errors import InvalidInput, NotFound
 from member.adapters import join_events, tiers
 from member.domain.benefits import Benefit
 from member.domain.model import Attribution
-from member.domain.tiers import next_review, spend_window_start
+from member.domain.tiers import TierLadder, next_review, spend_window_start
 
 log = structlog.get_logger(__name__)
 
@@ -114,3 +114,11 @@ async def set_tier_benefits(
     await tiers.ladders(conn, [mall_id])  # a mall's default ladder is seeded on first use
     if not await tiers.replace_benefits(conn, mall_id, tier_code, lines):
         raise NotFound("unknown_tier", f"mall {mall_id} has no tier {tier_code}")
+
+
+async def tier_card(
+    conn: Connection, mall_id: str, tier_code: str
+) -> tuple[TierLadder, tuple[Benefit, ...]]:
+    """The mall's ladder and what ``tier_code`` gives (for the POS and the shopper's card)."""
+    ladder = (await tiers.ladders(conn, [mall_id]))[mall_id]
+    return ladder, (await tiers.benefits(conn, mall_id)).get(tier_code, ())

@@ -159,7 +159,7 @@ async def world(fresh_database: FreshDatabase, nats_url: str) -> AsyncIterator[W
     merchant_key = signing.generate_private_key()
     sim_settings = SimulatorSettings.create([Merchant(MCHID, public_key=merchant_key.public_key())])
     settings = Settings(database_url=url, nats_url=nats_url, grpc_port=0, log_level="warning")
-    commitments = CommitmentSettings(commitment_sweep_interval_s=3600)
+    commitments = CommitmentSettings(commitment_sweep_interval_s=3600, wechatpay_api_base="")
     nc = await nats.connect(nats_url)
     async with (
         serve(sim_settings) as sim,

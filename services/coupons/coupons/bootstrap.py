@@ -1,8 +1,9 @@
 """The coupons service's composition root.
 
-Its gRPC contract is served (every RPC answers UNIMPLEMENTED until its issue lands), with
-health, reflection, its outbox relay and its own COUPONS stream, so that `make run` and the
-deploy bring up the whole suite from day one.
+CouponsService (stocks, claims, the flash grab's batch claim, redemption, rules, figures) and
+CommitmentService over gRPC with health and reflection; post-payment and refund consumers on
+member's events; the outbox relay and periodic jobs; the directory (stores, tenant
+credentials) mirrored from member's DIRECTORY bucket in the serve role.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import eventbus
 from eventbus.service import Extras, Subscription, assemble
 from kit.cli import Roles, Service
 from kit.jetstream import connect
-from kit.kvmirror import DIRECTORY_BUCKET, KvMirror
 from mall.coupons.v1 import (
     commitments_service_pb2_grpc,
     coupons_service_pb2,
@@ -82,9 +82,7 @@ async def bootstrap(
             descriptor=coupons_service_pb2.DESCRIPTOR,
             extras=lambda pool: Extras(
                 components={
-                    "serve": [
-                        KvMirror(directory_nc.jetstream(), DIRECTORY_BUCKET, directory.apply).run
-                    ],
+                    "serve": [directory.mirrored(directory_nc.jetstream())],
                     "relay": [
                         sweep_job(pool, commitments.commitment_sweep_interval_s, remind_before),
                         clawback_job(commitments, pool),

@@ -9,9 +9,13 @@ the redemption path asks member or the database who a caller is.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
+from kit.kvmirror import DIRECTORY_BUCKET, KvMirror
+from kit.lifecycle import Component
 from mall.member.v1 import directory_pb2
+from nats.js.client import JetStreamContext
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,23 @@ class Directory:
     def __init__(self) -> None:
         self._store_tenants: dict[tuple[str, str], str] = {}
         self._credentials: dict[str, CredentialEntry] = {}
+        self._ready: asyncio.Event | None = None
+
+    def mirrored(self, js: JetStreamContext) -> Component:
+        """Component: keep this copy current from the DIRECTORY bucket."""
+
+        async def run(stop: asyncio.Event) -> None:
+            mirror = KvMirror(js, DIRECTORY_BUCKET, self.apply)
+            self._ready = mirror.ready
+            await mirror.run(stop)
+
+        return run
+
+    @property
+    def ready(self) -> bool:
+        """True once the bucket's content has been replayed (a directory built by hand, with
+        no mirror, is ready at once)."""
+        return self._ready is None or self._ready.is_set()
 
     def apply(self, key: str, value: bytes | None) -> None:
         kind, _, rest = key.partition(".")

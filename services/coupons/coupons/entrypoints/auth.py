@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from kit.credentials import CREDENTIAL_HEADER, parse_presented, verify_secret
-from kit.errors import Forbidden, Unauthenticated
+from kit.errors import Forbidden, Unauthenticated, Unavailable
 from kit.grpc_server import Metadata
 
 from coupons.adapters.directory import Directory
@@ -79,6 +79,8 @@ class CredentialAuthenticator:
             if method in TENANT_ONLY:
                 raise Unauthenticated("invalid_credential", f"{CREDENTIAL_HEADER} is required")
             return {}
+        if not self._directory.ready:
+            raise Unavailable("directory_not_ready", "the directory is loading; retry shortly")
         caller = self.verify(presented)
         _caller.set(caller)
         return {"mall_id": caller.mall_id, "tenant_id": caller.tenant_id}

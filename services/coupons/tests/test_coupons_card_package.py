@@ -37,12 +37,15 @@ from coupons.entrypoints.card_package import card_package_commands
 from coupons.service_layer.card_package import CardPackageWorker, MirrorPolicy
 from kit.cli import serving
 from kit.errors import InvalidInput
+from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.common.v1 import common_pb2
 from mall.coupons.v1 import coupons_pb2, coupons_service_pb2, coupons_service_pb2_grpc, events_pb2
+from mall.member.v1 import directory_pb2
 from mall.member.v1 import events_pb2 as member_events
 from mall_testing.plugin import FreshDatabase
+from member.domain.credentials import hash_secret
 from nats.js.client import JetStreamContext
 from wechatpay import signing
 from wechatpay.client import WeChatPayClient
@@ -284,14 +287,9 @@ async def test_a_flagged_stocks_coupon_is_sent_used_and_another_deactivated(
         APPID,
     )
 
-    # Used at a store (the core's coupons.coupon.redeemed), revoked (coupons.coupon.revoked).
-    await publish(
-        world,
-        "coupons.coupon.redeemed",
-        events_pb2.CouponRedeemed(
-            mall_id=mall_id, coupon_id=kept, stock_id=stock_id, member_id=buyer, store_id="s1"
-        ),
-    )
+    # Used at the tenant's store through the core's RedeemCoupon (its coupons.coupon.redeemed),
+    # revoked (coupons.coupon.revoked, as the core publishes it after a refund).
+    await redeem(world, mall_id, kept)
     await publish(
         world,
         "coupons.coupon.revoked",
@@ -311,6 +309,41 @@ async def test_a_flagged_stocks_coupon_is_sent_used_and_another_deactivated(
     assert [c["coupon_state"] for c in await platform_coupons(world, f"o-{quitter[:8]}")] == [
         "DEACTIVATED"
     ]
+
+
+async def redeem(world: World, mall_id: str, coupon_id: str) -> None:
+    """The tenant's POS redeems the coupon (核销); its store and credential reach coupons the
+    way they do in production, through member's DIRECTORY bucket."""
+    secret, credential_id = uuid.uuid4().hex, f"cred-{uuid.uuid4().hex[:12]}"
+    kv = await open_bucket(world.js, DIRECTORY_BUCKET)
+    store = directory_pb2.Store(mall_id=mall_id, tenant_id="tea", store_id="s1")
+    await kv.put(f"store.{mall_id}.s1", store.SerializeToString())
+    credential = directory_pb2.Credential(
+        mall_id=mall_id,
+        credential_id=credential_id,
+        tenant_id="tea",
+        secret_hash=await asyncio.to_thread(hash_secret, secret),
+    )
+    await kv.put(f"credential.{mall_id}.{credential_id}", credential.SerializeToString())
+    request = coupons_service_pb2.RedeemCouponRequest(
+        mall_id=mall_id,
+        coupon_id=coupon_id,
+        store_id="s1",
+        use_request_id=str(uuid.uuid4()),
+        order_amount_fen=12000,
+    )
+    metadata = (("x-mall-credential", f"{credential_id}.{secret}"),)
+
+    async def redeemed() -> bool:
+        try:
+            reply = await world.coupons.RedeemCoupon(request, metadata=metadata)
+        except grpc.aio.AioRpcError as error:  # until the directory copy has the credential
+            if error.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            return False
+        return bool(reply.discount_fen == 1000)
+
+    await eventually(redeemed, "the redemption")
 
 
 async def mirror_stock(world: World, mall_id: str, stock_id: str) -> asyncpg.Record:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -17,12 +18,25 @@ from typing import IO, Any
 
 import aiohttp
 import asyncpg
+from mall_testing.demo import DemoMall
 from mall_testing.embedded import free_port
 from mall_testing.plugin import Nats
 from prometheus_client.parser import text_string_to_metric_families
+from wechatpay_simulator.cli import parser, settings_from
+from wechatpay_simulator.config import Settings as SimulatorSettings
+from wechatpay_simulator.keyfolder import KeyFolder
 
 #: Bounded waits (each poll is 0.05-0.1 s): generous for a loaded 2-core machine.
 POLLS = 1200
+#: The platform's retry gaps (15 s, 15 s, 30 s, 3 min, ...) times this, for the simulator.
+RETRY_SCALE = "0.02"
+#: The durable consumers of the payment path, by stream.
+DURABLES = (
+    ("PAYMENTS", "member-payment-captured"),
+    ("PAYMENTS", "member-payment-refunded"),
+    ("MEMBER", "points-payment-attributed"),
+    ("MEMBER", "points-refund-attributed"),
+)
 
 
 @dataclass
@@ -229,3 +243,45 @@ async def stream_subjects(jetstream: Nats, stream: str) -> dict[str, int]:
 async def consumer_settled(jetstream: Nats, stream: str, durable: str) -> bool:
     info = await jetstream.js.consumer_info(stream, durable)
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+# -- the WeChat Pay simulator as the platform of a process suite --------------------------
+
+
+def simulator_settings(key_dir: Path, mall: DemoMall, notify_url: str) -> SimulatorSettings:
+    """The simulator's settings with its key folder written, as ``make run`` does it."""
+    args = parser().parse_args(
+        [
+            "--write-keys",
+            str(key_dir),
+            "--mchid",
+            mall.mchid,
+            "--notify-url",
+            notify_url,
+            "--retry-scale",
+            RETRY_SCALE,
+        ]
+    )
+    settings = settings_from(args)
+    KeyFolder(key_dir).write(settings)
+    return settings
+
+
+def points_wechatpay_env(key_dir: Path, sim_url: str) -> dict[str, str]:
+    [merchant] = json.loads((key_dir / "merchant_credentials.json").read_text())
+    return {
+        "WECHATPAY_API_BASE": sim_url,
+        "WECHATPAY_MCHID": merchant["mchid"],
+        "WECHATPAY_MERCHANT_SERIAL": merchant["serial_no"],
+        "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE": merchant["private_key"],
+        "WECHATPAY_PLATFORM_PUBLIC_KEYS": json.dumps(
+            {merchant["platform_serial"]: merchant["platform_public_key"]}
+        ),
+        "WECHATPAY_BILL_URL": f"{sim_url}/control/bill",
+        # A killed worker's claimed reports wait for its lease: short here.
+        "WECHATPAY_TIMEOUT_S": "2",
+        "WECHATPAY_SYNC_LEASE_S": "5",
+        "WECHATPAY_SYNC_POLL_INTERVAL_S": "0.2",
+        "WECHATPAY_SYNC_RETRY_BASE_S": "0.2",
+        "WECHATPAY_SYNC_RETRY_MAX_S": "2",
+    }

@@ -41,12 +41,19 @@ from mall_testing.plugin import FreshDatabase, Nats
 from member.bootstrap import MIGRATIONS as MEMBER_MIGRATIONS
 from points.bootstrap import MIGRATIONS as POINTS_MIGRATIONS
 from wechatpay_simulator.app import Running, serve
-from wechatpay_simulator.cli import parser, settings_from
-from wechatpay_simulator.keyfolder import KeyFolder
 from wechatpay_simulator.state import DeliveryStatus
 
 from tests.conftest import fetchval
-from tests.suite_processes import Fleet, Replica, consumer_settled, fleet, wait_until
+from tests.suite_processes import (
+    DURABLES,
+    Fleet,
+    Replica,
+    consumer_settled,
+    fleet,
+    points_wechatpay_env,
+    simulator_settings,
+    wait_until,
+)
 
 PAYMENTS = 300
 REFUNDS = 8
@@ -55,14 +62,6 @@ SHOPPERS = 40
 PAYMENT_GAP_S = 0.06
 #: Down time of a killed process before it is started again.
 DOWN_S = 0.5
-#: The platform's retry gaps (15 s, 15 s, 30 s, 3 min, ...) times this.
-RETRY_SCALE = "0.02"
-DURABLES = (
-    ("PAYMENTS", "member-payment-captured"),
-    ("PAYMENTS", "member-payment-refunded"),
-    ("MEMBER", "points-payment-attributed"),
-    ("MEMBER", "points-refund-attributed"),
-)
 #: Killed in this order, each once.
 VICTIMS = (
     "points-relay",
@@ -73,45 +72,6 @@ VICTIMS = (
     "member-serve",
     "points-serve",
 )
-
-
-def simulator_settings(key_dir: Path, mall: DemoMall, notify_url: str) -> Any:
-    """The simulator's settings with its key folder written, as ``make run`` does it."""
-    args = parser().parse_args(
-        [
-            "--write-keys",
-            str(key_dir),
-            "--mchid",
-            mall.mchid,
-            "--notify-url",
-            notify_url,
-            "--retry-scale",
-            RETRY_SCALE,
-        ]
-    )
-    settings = settings_from(args)
-    KeyFolder(key_dir).write(settings)
-    return settings
-
-
-def points_wechatpay_env(key_dir: Path, sim_url: str) -> dict[str, str]:
-    [merchant] = json.loads((key_dir / "merchant_credentials.json").read_text())
-    return {
-        "WECHATPAY_API_BASE": sim_url,
-        "WECHATPAY_MCHID": merchant["mchid"],
-        "WECHATPAY_MERCHANT_SERIAL": merchant["serial_no"],
-        "WECHATPAY_MERCHANT_PRIVATE_KEY_FILE": merchant["private_key"],
-        "WECHATPAY_PLATFORM_PUBLIC_KEYS": json.dumps(
-            {merchant["platform_serial"]: merchant["platform_public_key"]}
-        ),
-        "WECHATPAY_BILL_URL": f"{sim_url}/control/bill",
-        # A killed worker's claimed reports wait for its lease: short here.
-        "WECHATPAY_TIMEOUT_S": "2",
-        "WECHATPAY_SYNC_LEASE_S": "5",
-        "WECHATPAY_SYNC_POLL_INTERVAL_S": "0.2",
-        "WECHATPAY_SYNC_RETRY_BASE_S": "0.2",
-        "WECHATPAY_SYNC_RETRY_MAX_S": "2",
-    }
 
 
 async def chaos(procs: Fleet, http: aiohttp.ClientSession, log: list[dict[str, Any]]) -> None:

@@ -28,8 +28,9 @@ from member.entrypoints.directory_kv import DIRECTORY_CHANGED, directory_project
 from member.entrypoints.grpc_api import DirectoryServicer, MemberServicer
 from member.entrypoints.grpc_crm import CrmServicer
 from member.entrypoints.ops import ops_extras
-from member.entrypoints.tag_jobs import PAYMENT_ATTRIBUTED
+from member.entrypoints.tag_jobs import PAYMENT_ATTRIBUTED, REFUND_ATTRIBUTED
 from member.entrypoints.tag_jobs import on_payment_attributed as tag_payers
+from member.entrypoints.tag_jobs import on_refund_attributed as untag_refunded
 
 NAME = "member"
 MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]
@@ -45,6 +46,7 @@ async def subscriptions(js: JetStreamContext) -> list[Subscription]:
         ),
         Subscription("directory-kv", "MEMBER", DIRECTORY_CHANGED, directory_projection(directory)),
         Subscription("tag-rules", "MEMBER", PAYMENT_ATTRIBUTED, tag_payers),
+        Subscription("tag-rules-refunds", "MEMBER", REFUND_ATTRIBUTED, untag_refunded),
     ]
 
 

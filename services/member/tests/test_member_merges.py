@@ -4,6 +4,7 @@ person merge (audited, once), and payments racing a merge all land on the surviv
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -19,10 +20,13 @@ from mall_testing.plugin import FreshDatabase
 from member.bootstrap import MIGRATIONS
 from member.domain.benefits import Benefit, Change, benefit_changes
 from member.domain.merges import MergeRequest
-from member.domain.model import Attribution, CapturedPayment
-from member.service_layer import directory, tags
+from member.domain.model import Attribution, CapturedPayment, CapturedRefund
+from member.domain.tag_rules import TagRule
+from member.entrypoints.ops import tier_commands
+from member.service_layer import directory, tag_rules, tags
 from member.service_layer.merges import link_identity, merge_members
 from member.service_layer.payments import attribute_payments
+from member.service_layer.refunds import attribute_refunds
 
 GOLD = 2_000_000
 
@@ -454,3 +458,65 @@ async def test_a_review_date_of_the_merged_member_does_not_linger(
         mall,
         uuid.UUID(survivor),
     )
+
+
+async def test_the_merge_audit_trail_lists_who_why_and_when(
+    member_db: str, conn: asyncpg.Connection, mall: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    survivor = await member_of(conn, mall, "o-audit-1")
+    merged = await member_of(conn, mall, "o-audit-2")
+    req = request(mall, survivor, merged, "ticket-9")
+    await merge(conn, req)
+    pool = await asyncpg.create_pool(member_db, min_size=1, max_size=2)
+    try:
+        code = await tier_commands(pool)["list-merges"]([mall])
+        usage = await tier_commands(pool)["list-merges"]([])
+    finally:
+        await pool.close()
+
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    row = json.loads(line)
+    assert (code, usage) == (0, 2)
+    assert (row["merge_request_id"], row["operator"], row["reason"]) == (
+        "ticket-9",
+        "ops:alice",
+        req.reason,
+    )
+    assert (row["survivor_member_id"], row["merged_member_id"]) == (survivor, merged)
+    assert row["merged_at"]
+
+
+async def test_rule_tags_follow_merges_and_refunds(conn: asyncpg.Connection, mall: str) -> None:
+    async with conn.transaction():
+        await tag_rules.put_rule(conn, mall, TagRule("sporty", "sports", 30, 10_000))
+    [a] = await pay(conn, captured(mall, "o-half-1", 6_000))
+    [b] = await pay(conn, captured(mall, "o-half-2", 6_000))
+    assert await rule_tagged(conn, mall) == []
+
+    await merge(conn, request(mall, a.member.member_id, b.member.member_id))
+    together = await rule_tagged(conn, mall)
+    async with conn.transaction():
+        await attribute_refunds(conn, [(refund_of(b), {})])
+        await tag_rules.tag_payers(conn, [(mall, a.member.member_id)])  # as its consumer does
+
+    assert together == [a.member.member_id]
+    assert await rule_tagged(conn, mall) == []
+
+
+def refund_of(a: Attribution) -> CapturedRefund:
+    return CapturedRefund(
+        event_id=str(uuid.uuid4()),
+        refund_id=f"5030{uuid.uuid4().hex[:20]}",
+        transaction_id=a.payment.transaction_id,
+        appid=a.payment.appid,
+        openid=a.payment.openid,
+        refund_amount_fen=a.payment.amount_fen,
+        refunded_at=datetime.now(UTC),
+    )
+
+
+async def rule_tagged(conn: asyncpg.Connection, mall_id: str) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT member_id FROM member_tags WHERE mall_id = $1 AND source = 'rule'", mall_id
+    )
+    return [str(r["member_id"]) for r in rows]

@@ -222,3 +222,16 @@ async def follow_merges(
             else replace(member, member_id=to, tier_code=tiers[(member.mall_id, to)])
         )
     return out
+
+
+async def audit(conn: Connection, mall_id: str, limit: int) -> list[dict[str, str]]:
+    """The mall's merges, newest first: who asked, why, when, and what moved."""
+    rows = await conn.fetch(
+        """SELECT merge_request_id, survivor_member_id::text, merged_member_id::text, operator,
+                  reason, survivor_tier, merged_tier, moved_payments::text, merged_at::text
+             FROM member_merges WHERE mall_id = $1
+            ORDER BY merged_at DESC, merge_request_id LIMIT $2""",
+        mall_id,
+        limit,
+    )
+    return [dict(r) for r in rows]

@@ -1,7 +1,11 @@
-"""member's own ops commands: ``python -m member review-tiers [MALL_ID ...]``,
-``python -m member set-join-policy MALL_ID always|authorized [WINDOW_DAYS]``,
-``python -m member set-tier-benefits MALL_ID TIER [CODE=TITLE[:DESCRIPTION] ...]`` and
-``python -m member evaluate-tag-rules``; the relay role also evaluates tag rules periodically."""
+"""member's own ops commands (``python -m member <command>``):
+
+- ``review-tiers [MALL_ID ...]``
+- ``set-join-policy MALL_ID always|authorized [WINDOW_DAYS]``
+- ``set-tier-benefits MALL_ID TIER [CODE=TITLE[:DESCRIPTION] ...]``
+- ``evaluate-tag-rules`` (the relay role also does it every ``TAG_RULES_INTERVAL_S``)
+- ``list-merges MALL_ID [LIMIT]`` (the merge audit trail, JSON lines)
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import asyncpg
 from eventbus.service import Extras
 from kit.cli import Command
 
-from member.adapters import repository
+from member.adapters import merges, repository
 from member.domain.benefits import parse_benefit
 from member.domain.joining import JoinOnPayment, JoinPolicy
 from member.entrypoints.tag_jobs import tag_rule_commands, tag_rules_job
@@ -65,7 +69,19 @@ def tier_commands(pool: asyncpg.Pool) -> dict[str, Command]:
         sys.stdout.write(f"{args[0]} {args[1]}: {len(lines)} benefits\n")
         return 0
 
+    async def list_merges(args: Sequence[str]) -> int:
+        """One JSON line per merge of the mall, newest first (the audit trail)."""
+        if len(args) not in (1, 2) or not all(a.isdigit() for a in args[1:]):
+            sys.stderr.write("usage: list-merges MALL_ID [LIMIT]\n")
+            return 2
+        async with pool.acquire() as conn:
+            rows = await merges.audit(conn, args[0], int(args[1]) if len(args) == 2 else 100)
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return 0
+
     return {
+        "list-merges": list_merges,
         "review-tiers": review,
         "set-join-policy": set_policy,
         "set-tier-benefits": set_benefits,

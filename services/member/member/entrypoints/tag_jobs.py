@@ -1,6 +1,6 @@
-"""Rule tags outside the gRPC API: the consumer of member's own ``member.payment.attributed``
-(re-evaluate the payer), the periodic job of the relay role (windows running out) and the
-``evaluate-tag-rules`` ops command."""
+"""Rule tags outside the gRPC API: consumers of member's own ``member.payment.attributed``
+and ``member.refund.attributed`` (re-evaluate the payer), the periodic job of the relay role
+(windows running out) and the ``evaluate-tag-rules`` ops command."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from member.service_layer.tag_rules import evaluate_all, tag_payers
 log = structlog.get_logger(__name__)
 
 PAYMENT_ATTRIBUTED = "member.payment.attributed"
+REFUND_ATTRIBUTED = "member.refund.attributed"
 
 
 async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
@@ -31,6 +32,15 @@ async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]
         msg = d.decode(events_pb2.PaymentAttributed)
         payers.append((msg.mall_id, msg.member_id))
     await tag_payers(conn, payers)
+
+
+async def on_refund_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    """A refund lowers the spend a rule counts: its tag may come off at once."""
+    refunded = []
+    for d in deliveries:
+        msg = d.decode(events_pb2.RefundAttributed)
+        refunded.append((msg.mall_id, msg.member_id))
+    await tag_payers(conn, refunded)
 
 
 def tag_rules_job(pool: asyncpg.Pool, interval_s: float) -> Component:

@@ -12,7 +12,7 @@ from kit.errors import Conflict, NotFound
 from kit.proto import timestamp
 from mall.member.v1 import events_pb2
 
-from member.adapters import join_events, merges, profiles, repository, tiers
+from member.adapters import join_events, merges, profiles, repository, tag_rules, tiers
 from member.domain.joining import normalise_phone
 from member.domain.merges import MergeRequest, check_identity, merged_tier
 from member.domain.tags import MemberProfile
@@ -119,6 +119,7 @@ async def merge_members(
     ]
     outgoing += await _survivor_tier(conn, mall_id, survivor, merged, now)
     await add_events(conn, outgoing)
+    await tag_rules.evaluate(conn, mall_id, now, [survivor_id])  # their spend is one now
     log.info(
         "members_merged",
         mall_id=mall_id,

@@ -70,7 +70,9 @@ def test_each_step_moves_the_platform_one_call_closer() -> None:
     assert next_action("deactivated", "sent") is Action.DEACTIVATE
     assert next_action("deactivated", "none") is Action.SKIP  # never sent: nothing to undo
     assert next_action("sent", "sent") is None
-    assert next_action("deactivated", "used") is None  # final at the platform
+    assert next_action("deactivated", "used") is None  # used is used
+    assert next_action("sent", "used") is Action.RETURN  # its order refunded: usable again
+    assert next_action("sent", "deactivated") is None  # final at the platform
 
 
 def test_stock_requests_follow_the_platforms_kinds() -> None:
@@ -310,6 +312,36 @@ async def test_a_flagged_stocks_coupon_is_sent_used_and_another_deactivated(
         "DEACTIVATED"
     ]
 
+    # The order it was used on is refunded: the coupon is usable again (coupons.coupon.returned),
+    # so it is returned at the platform (退券), then used once more with a new use request.
+    await publish(
+        world,
+        "coupons.coupon.returned",
+        events_pb2.CouponReturned(
+            mall_id=mall_id, coupon_id=kept, stock_id=stock_id, member_id=buyer
+        ),
+    )
+
+    async def returned() -> bool:
+        row = await mirror_row(world, mall_id, kept)
+        return row is not None and row["wanted"] == "sent"
+
+    await eventually(returned, "the return recorded")
+    await synced(world, mall_id, kept, "sent")
+    assert [c["coupon_state"] for c in await platform_coupons(world, f"o-{buyer[:8]}")] == [
+        "SENDED"
+    ]
+    await publish(
+        world,
+        "coupons.coupon.redeemed",
+        events_pb2.CouponRedeemed(
+            mall_id=mall_id, coupon_id=kept, stock_id=stock_id, member_id=buyer, store_id="s1"
+        ),
+    )
+    await eventually(lambda: wanted_is(world, mall_id, kept, "used"), "the second use recorded")
+    await synced(world, mall_id, kept, "used")
+    assert [c["coupon_state"] for c in await platform_coupons(world, f"o-{buyer[:8]}")] == ["USED"]
+
 
 async def redeem(world: World, mall_id: str, coupon_id: str) -> None:
     """The tenant's POS redeems the coupon (核销); its store and credential reach coupons the
@@ -344,6 +376,11 @@ async def redeem(world: World, mall_id: str, coupon_id: str) -> None:
         return bool(reply.discount_fen == 1000)
 
     await eventually(redeemed, "the redemption")
+
+
+async def wanted_is(world: World, mall_id: str, coupon_id: str, wanted: str) -> bool:
+    row = await mirror_row(world, mall_id, coupon_id)
+    return row is not None and row["wanted"] == wanted
 
 
 async def mirror_stock(world: World, mall_id: str, stock_id: str) -> asyncpg.Record:

@@ -13,11 +13,14 @@ shopper's WeChat card package (卡包). Behind the simulator's merchant-signatur
 - ``POST /v3/marketing/busifavor/coupons/deactivate`` ``{coupon_code, stock_id,
   deactivate_request_no, deactivate_reason?}``: ``DEACTIVATED`` → ``{wechatpay_deactivate_time}``;
   idempotent on ``deactivate_request_no``.
+- ``POST /v3/marketing/busifavor/coupons/return`` ``{coupon_code, stock_id,
+  return_request_no}``: a ``USED`` coupon is ``SENDED`` again (退券) →
+  ``{wechatpay_return_time}``; idempotent on ``return_request_no``.
 - ``GET /v3/marketing/busifavor/users/{openid}/coupons/{coupon_code}/appids/{appid}``: one coupon.
 
 Control: ``GET /control/busifavor/stocks``, ``GET /control/busifavor/coupons[?openid&stock_id]``,
-``POST /control/busifavor/faults`` ``{operation: create_stock|send|use|deactivate, fail_next,
-status?}`` (the next calls of that operation fail, 500 by default).
+``POST /control/busifavor/faults`` ``{operation: create_stock|send|use|deactivate|return,
+fail_next, status?}`` (the next calls of that operation fail, 500 by default).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from wechatpay_simulator.inbound import fault_error
 from wechatpay_simulator.keys import MERCHANT, STATE
 from wechatpay_simulator.state import Fault, now, rfc3339
 
-OPERATIONS = ("create_stock", "send", "use", "deactivate")
+OPERATIONS = ("create_stock", "send", "use", "deactivate", "return")
 STOCK_TYPES = {
     "NORMAL": "fixed_normal_coupon",
     "DISCOUNT": "discount_coupon",
@@ -67,6 +70,9 @@ class Coupon:
     deactivated: str | None = None
     use_request_no: str | None = None
     deactivate_request_no: str | None = None
+    return_request_nos: set[str] = field(default_factory=set)
+    use_request_nos: set[str] = field(default_factory=set)
+    returned: str | None = None
 
     def answer(self) -> dict[str, Any]:
         data = {
@@ -199,10 +205,13 @@ async def use_coupon(request: web.Request) -> web.Response:
     use_request_no = f.string("use_request_no", max_len=128)
     if coupon.state == USED and coupon.use_request_no == use_request_no:
         pass  # the same use again: the same answer
+    elif use_request_no in coupon.use_request_nos:
+        raise ApiError(400, "INVALID_REQUEST", "use_request_no was used for an earlier use")
     elif coupon.state != SENDED:
         raise ApiError(400, "INVALID_REQUEST", f"the coupon is {coupon.state}, not SENDED")
     else:
         coupon.state, coupon.used, coupon.use_request_no = USED, rfc3339(now()), use_request_no
+        coupon.use_request_nos.add(use_request_no)
     return web.json_response(
         {"stock_id": coupon.stock_id, "openid": coupon.openid, "wechatpay_use_time": coupon.used}
     )
@@ -222,6 +231,22 @@ async def deactivate_coupon(request: web.Request) -> web.Response:
         coupon.state, coupon.deactivated = DEACTIVATED, rfc3339(now())
         coupon.deactivate_request_no = request_no
     return web.json_response({"wechatpay_deactivate_time": coupon.deactivated})
+
+
+async def return_coupon(request: web.Request) -> web.Response:
+    _fault(request, "return")
+    f = Fields(await json_object(request))
+    coupon = _coupon(request, f.string("stock_id", max_len=20), f.string("coupon_code"))
+    request_no = f.string("return_request_no", max_len=128)
+    if request_no in coupon.return_request_nos:
+        pass  # the same return again: the same answer
+    elif coupon.state != USED:
+        raise ApiError(400, "INVALID_REQUEST", f"the coupon is {coupon.state}, not USED")
+    else:
+        coupon.state, coupon.used, coupon.use_request_no = SENDED, None, None
+        coupon.returned = rfc3339(now())
+        coupon.return_request_nos.add(request_no)
+    return web.json_response({"wechatpay_return_time": coupon.returned})
 
 
 async def query_coupon(request: web.Request) -> web.Response:
@@ -272,6 +297,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post(f"{api}/coupons/send", send_coupon)
     app.router.add_post(f"{api}/coupons/use", use_coupon)
     app.router.add_post(f"{api}/coupons/deactivate", deactivate_coupon)
+    app.router.add_post(f"{api}/coupons/return", return_coupon)
     app.router.add_get(
         f"{api}/users/{{openid}}/coupons/{{coupon_code}}/appids/{{appid}}", query_coupon
     )

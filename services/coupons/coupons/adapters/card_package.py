@@ -35,6 +35,7 @@ class CouponClaim:
     wanted: str
     platform: str
     use_time: datetime | None
+    cycle: int
     attempts: int
     failures: int
     platform_stock_id: str
@@ -216,6 +217,20 @@ async def want(
     return bool(done)
 
 
+async def want_returned(conn: Connection, mall_id: str, coupon_id: str) -> bool:
+    """A used coupon is usable again: the platform should show it available (a new cycle)."""
+    done = await conn.fetchval(
+        """UPDATE card_package_coupons
+              SET wanted = 'sent', use_time = NULL, cycle = cycle + 1, status = 'pending',
+                  failures = 0, next_attempt_at = now(), updated_at = now()
+            WHERE mall_id = $1 AND coupon_id = $2 AND wanted = 'used'
+           RETURNING true""",
+        mall_id,
+        coupon_id,
+    )
+    return bool(done)
+
+
 async def claim_coupons(conn: Connection, limit: int, lease_s: float) -> list[CouponClaim]:
     """Due coupons whose stock exists at the platform and whose holder it knows."""
     rows = await conn.fetch(
@@ -233,7 +248,8 @@ async def claim_coupons(conn: Connection, limit: int, lease_s: float) -> list[Co
               SET attempts = c.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
              FROM due WHERE c.mall_id = due.mall_id AND c.coupon_id = due.coupon_id
            RETURNING c.mall_id, c.coupon_id, c.coupon_code, c.wanted, c.platform, c.use_time,
-                     c.attempts, c.failures, due.platform_stock_id, due.appid, due.openid""",
+                     c.cycle, c.attempts, c.failures, due.platform_stock_id, due.appid,
+                     due.openid""",
         limit,
         lease_s,
     )
@@ -245,6 +261,7 @@ async def claim_coupons(conn: Connection, limit: int, lease_s: float) -> list[Co
             r["wanted"],
             r["platform"],
             r["use_time"],
+            r["cycle"],
             r["attempts"],
             r["failures"],
             r["platform_stock_id"],

@@ -33,6 +33,10 @@ class MerchantCoupons(Protocol):
         self, *, stock_id: str, coupon_code: str, deactivate_request_no: str, reason: str
     ) -> None: ...
 
+    async def return_coupon(
+        self, *, stock_id: str, coupon_code: str, return_request_no: str
+    ) -> None: ...
+
 
 class WeChatMerchantCoupons:
     def __init__(self, client: WeChatPayClient) -> None:
@@ -86,3 +90,13 @@ class WeChatMerchantCoupons:
             "deactivate_reason": reason,
         }
         await self._client.request("POST", f"{API}/coupons/deactivate", body)
+
+    async def return_coupon(
+        self, *, stock_id: str, coupon_code: str, return_request_no: str
+    ) -> None:
+        body = {
+            "coupon_code": coupon_code,
+            "stock_id": stock_id,
+            "return_request_no": return_request_no,
+        }
+        await self._client.request("POST", f"{API}/coupons/return", body)

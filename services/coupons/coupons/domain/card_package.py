@@ -30,15 +30,20 @@ class Action(enum.StrEnum):
     SEND = "send"
     USE = "use"
     DEACTIVATE = "deactivate"
+    #: A used coupon made usable again (退券).
+    RETURN = "return"
     #: Revoked before it was ever sent: nothing to take back at the platform.
     SKIP = "skip"
 
 
 def next_action(wanted: str, platform: str) -> Action | None:
     """The call that brings the platform closer to ``wanted``; None when nothing can
-    (in line already, or the platform's coupon is final: used or deactivated)."""
-    if wanted == platform or platform in (Wanted.USED, Wanted.DEACTIVATED):
+    (in line already, or the platform's coupon is final: deactivated, or used while the
+    mall wants it deactivated)."""
+    if wanted == platform or platform == Wanted.DEACTIVATED:
         return None
+    if platform == Wanted.USED:
+        return Action.RETURN if wanted == Wanted.SENT else None
     if platform == NONE:
         return Action.SKIP if wanted == Wanted.DEACTIVATED else Action.SEND
     return Action.USE if wanted == Wanted.USED else Action.DEACTIVATE
@@ -51,6 +56,7 @@ def after(action: Action, platform: str) -> str:
         Action.USE: Wanted.USED.value,
         Action.DEACTIVATE: Wanted.DEACTIVATED.value,
         Action.SKIP: Wanted.DEACTIVATED.value,
+        Action.RETURN: Wanted.SENT.value,
     }.get(action, platform)
 
 

@@ -1,6 +1,7 @@
 """Entrypoints of the WeChat card package mirror: the coupons core's own events (claimed,
-redeemed, revoked) record what the platform should show; WeChat Pay payments tell who a member
-is at WeChat; the worker (relay role); ``card-package-enable`` and ``card-package-status``."""
+redeemed, revoked, returned) record what the platform should show; WeChat Pay payments tell
+who a member is at WeChat; the worker (relay role); ``card-package-enable`` and
+``card-package-status``."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ Connect = Callable[[], AbstractAsyncContextManager[Connection]]
 
 
 async def on_coupon_events(conn: Connection, deliveries: Sequence[Delivery]) -> None:
-    """``coupons-card-package``: in stream order, what each coupon should be at the platform."""
+    """``coupons-card-package``: in stream order, what each coupon should be at the platform
+    (claimed: sent; redeemed: used; revoked: deactivated; returned: available again)."""
     for d in deliveries:
         kind = d.subject.rsplit(".", 1)[-1]
         use_time = None
@@ -52,8 +54,12 @@ async def on_coupon_events(conn: Connection, deliveries: Sequence[Delivery]) -> 
         elif kind == "revoked":
             v = d.decode(events_pb2.CouponRevoked)
             key, wanted = (v.mall_id, v.coupon_id, v.stock_id, v.member_id), Wanted.DEACTIVATED
+        elif kind == "returned":
+            back = d.decode(events_pb2.CouponReturned)
+            await sql.want_returned(conn, back.mall_id, back.coupon_id)
+            continue
         else:
-            continue  # expiring, expired, returned: the platform expires coupons itself
+            continue  # expiring, expired: the platform expires its coupons itself
         mall_id, coupon_id, stock_id, member_id = key
         await sql.want(
             conn,

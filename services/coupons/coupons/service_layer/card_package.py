@@ -111,7 +111,8 @@ class CardPackageWorker:
         log.info("card_package_stock_created", **fields, platform_stock_id=platform_stock_id)
 
     async def _call(self, action: Action, c: CouponClaim) -> None:
-        key = f"{c.coupon_id}/{action}"
+        # Sending happens once; each use/return cycle has request numbers of its own.
+        key = f"{c.coupon_id}/{action}" + (f"/{c.cycle}" if c.cycle else "")
         if action is Action.SEND:
             await self._platform.send(
                 stock_id=c.platform_stock_id,
@@ -129,6 +130,12 @@ class CardPackageWorker:
                 coupon_code=c.coupon_code,
                 use_request_no=request_no("use", c.mall_id, key),
                 use_time=c.use_time,
+            )
+        elif action is Action.RETURN:
+            await self._platform.return_coupon(
+                stock_id=c.platform_stock_id,
+                coupon_code=c.coupon_code,
+                return_request_no=request_no("return", c.mall_id, key),
             )
         elif action is Action.DEACTIVATE:
             await self._platform.deactivate(

@@ -12,6 +12,7 @@ from kit.cli import Roles, Service
 from mall.parking.v1 import parking_service_pb2, parking_service_pb2_grpc
 
 from parking.adapters.points import points_client
+from parking.adapters.wechatpay import client_from_settings
 from parking.config import Settings
 from parking.entrypoints.auth import CarParkAuthenticator
 from parking.entrypoints.consumers import (
@@ -27,7 +28,7 @@ from parking.entrypoints.consumers import (
 from parking.entrypoints.grpc_admin import ParkingAdminServicer
 from parking.entrypoints.grpc_api import ParkingServicer
 from parking.entrypoints.grpc_carpark import CarParkServicer
-from parking.entrypoints.jobs import holds_job
+from parking.entrypoints.jobs import holds_job, wechat_job
 from parking.service_layer.config_cache import ConfigCache
 
 NAME = "parking"
@@ -44,6 +45,7 @@ SUBSCRIPTIONS = [
 @contextlib.asynccontextmanager
 async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
     config = ConfigCache(settings.config_cache_s)
+    wechat = client_from_settings(settings)  # keys load now: a bad file stops the start
     async with (
         points_client(settings.points_grpc_target, settings.points_timeout_s) as points,
         assemble(
@@ -67,7 +69,17 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             ],
             descriptor=parking_service_pb2.DESCRIPTOR,
             extras=lambda pool: Extras(
-                components={"relay": [holds_job(pool, points, settings.holds_interval_s)]}
+                components={
+                    "relay": [
+                        holds_job(pool, points, settings.holds_interval_s),
+                        wechat_job(
+                            pool,
+                            wechat,
+                            interval_s=settings.wechatpay_poll_interval_s,
+                            retry_max_s=settings.wechatpay_retry_max_s,
+                        ),
+                    ]
+                }
             ),
             authenticate=lambda pool: CarParkAuthenticator(
                 pool, cache_s=settings.credential_cache_s

@@ -18,13 +18,13 @@ import hashlib
 import time
 
 import asyncpg
+from kit.credentials import CREDENTIAL_HEADER, parse_presented, verify_secret
 from kit.errors import Forbidden, Unauthenticated
 from kit.grpc_server import Metadata
 
 from parking.adapters.directory import find_credential
-from parking.domain.credentials import CarParkCaller, parse_presented, verify_secret
+from parking.domain.credentials import CarParkCaller
 
-CREDENTIAL_HEADER = "x-mall-credential"
 CAR_PARK_PREFIX = "/mall.parking.v1.CarParkService/"
 _MAX_CACHED = 10_000
 

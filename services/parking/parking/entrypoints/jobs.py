@@ -8,9 +8,12 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 from kit.lifecycle import Component, sleep_or_stop
+from wechatpay.client import WeChatPayClient
 
+from parking.adapters.wechatpay import ParkingPlatform
 from parking.service_layer.holds import settle_holds
 from parking.service_layer.ports import PointsPort
+from parking.service_layer.wechat_parking import send_due
 
 log = structlog.get_logger(__name__)
 
@@ -29,5 +32,38 @@ def holds_job(pool: asyncpg.Pool, points: PointsPort | None, interval_s: float) 
                 log.warning("points_holds_job_failed", error=repr(exc))
             if await sleep_or_stop(stop, interval_s):
                 return
+
+    return run
+
+
+def wechat_job(
+    pool: asyncpg.Pool,
+    client: WeChatPayClient | None,
+    *,
+    interval_s: float,
+    retry_max_s: float,
+) -> Component:
+    """The worker that sends parking state syncs and pay-score calls (relay role)."""
+
+    async def run(stop: asyncio.Event) -> None:
+        if client is None:
+            log.warning(
+                "wechat_parking_disabled",
+                reason="WECHATPAY_API_BASE is not set: parking calls are queued, not sent",
+            )
+            return
+        async with client:
+            platform = ParkingPlatform(client)
+            while not stop.is_set():
+                try:
+                    result = await send_due(pool, platform, retry_max_s=retry_max_s)
+                    busy = result.sent + result.skipped + result.failed + result.retrying
+                except Exception as exc:  # database away: try again next round
+                    log.warning("wechat_parking_job_failed", error=repr(exc))
+                    busy = 0
+                if busy:
+                    continue  # more may be due: no sleep while there is work
+                if await sleep_or_stop(stop, interval_s):
+                    return
 
     return run

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from wechatpay_simulator import bill, busifavor, miniprogram, payscore, views
+from wechatpay_simulator import bill, busifavor, miniprogram, parking, payscore, views
 
 
 def setup_routes(app: web.Application) -> None:
@@ -38,3 +38,5 @@ def setup_routes(app: web.Application) -> None:
     payscore.setup_routes(app)
     # Merchant coupons (商家券) mirrored into the card package: routes and state of their own.
     busifavor.setup_routes(app)
+    # Parking state sync and pay-score parking (car-park side): routes and state of their own.
+    parking.setup_routes(app)

@@ -29,7 +29,7 @@ from gateway.adapters.tokens import SessionTokens
 from gateway.config import Settings
 from gateway.entrypoints.app import HttpServer, create_app
 from gateway.entrypoints.keys import Shoppers, Webhooks
-from gateway.entrypoints.shoppers import render_card
+from gateway.entrypoints.shoppers import count_card_read, render_card
 from gateway.entrypoints.throttle import RateLimits
 from gateway.service_layer.card import CardReader, SectionSource
 from gateway.service_layer.live import LiveHub
@@ -90,6 +90,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 render_card,
                 ttl_s=settings.card_ttl_s,
                 degraded_ttl_s=settings.card_degraded_ttl_s,
+                counted=count_card_read,
             )
             feed = PointsFeed(nc, hub, changed=cards.invalidate)
             components.append(feed.run)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from gateway.domain.shoppers import Session
 from gateway.entrypoints.keys import SHOPPERS
 from gateway.service_layer.card import CardReader, SectionSource
 from kit.cli import Roles, running
-from kit.errors import NotFound, Unavailable
+from kit.errors import NotFound, Unauthenticated, Unavailable
 from kit.migrations import migrate
 from mall_testing.demo import DemoMall, payment_notification, seed
 from mall_testing.plugin import FreshDatabase
@@ -511,3 +512,21 @@ async def test_no_member_no_card_and_a_failing_section_is_an_error() -> None:
     }
     with pytest.raises(ValueError, match="unknown card sections"):
         CardReader([SectionSource("wallet", None)], lambda card: b"")
+
+
+# -- remembered access tokens ------------------------------------------------------------------
+
+
+def test_a_remembered_access_token_still_expires_and_a_changed_one_is_verified_afresh() -> None:
+    now = [time.time()]
+    tokens = SessionTokens("k" * 32, access_ttl_s=60, refresh_ttl_s=600, clock=lambda: now[0])
+    pair = tokens.issue(Session("mall-1", "o-1", "m-1"))
+    assert tokens.read_access(pair.access_token).member_id == "m-1"
+    assert tokens.read_access(pair.access_token).member_id == "m-1"  # remembered
+
+    head, payload, signature = pair.access_token.split(".")
+    with pytest.raises(Unauthenticated):
+        tokens.read_access(f"{head}.{payload}.{signature[:-2]}AA")
+    now[0] += 61
+    with pytest.raises(Unauthenticated, match="expired"):
+        tokens.read_access(pair.access_token)

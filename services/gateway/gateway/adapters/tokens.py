@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -38,10 +39,13 @@ class SessionTokens:
         access_ttl_s: int,
         refresh_ttl_s: int,
         clock: Callable[[], float] = time.time,
+        remember: int = 50_000,
     ) -> None:
         if len(key.encode()) < 32:
             raise ValueError("the session signing key must be at least 32 bytes")
         self._key = key
+        self._remember = remember
+        self._verified: OrderedDict[str, tuple[Session, float]] = OrderedDict()
         self.access_ttl_s = access_ttl_s
         self.refresh_ttl_s = refresh_ttl_s
         self._clock = clock
@@ -73,6 +77,9 @@ class SessionTokens:
         )
 
     def _decode(self, token: str, kind: str) -> tuple[Session, str]:
+        return self._decode_claims(token, kind)[:2]
+
+    def _decode_claims(self, token: str, kind: str) -> tuple[Session, str, float]:
         try:
             claims = jwt.decode(
                 token,
@@ -81,6 +88,8 @@ class SessionTokens:
                 audience=AUDIENCE,
                 issuer=ISSUER,
                 options={"require": ["exp", "iat", "jti", "sub", "aud", "iss"]},
+                # The token's exp is checked against our clock (below), not PyJWT's.
+                leeway=0,
             )
         except jwt.ExpiredSignatureError:
             raise invalid_session("the session has expired") from None
@@ -98,10 +107,23 @@ class SessionTokens:
             member_id if isinstance(member_id, str) and member_id else None,
             unionid if isinstance(unionid, str) and unionid else None,
         )
-        return session, str(token_id)
+        return session, str(token_id), float(claims["exp"])
 
     def read_access(self, token: str) -> Session:
-        return self._decode(token, ACCESS)[0]
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            session, expires = remembered
+            if self._clock() < expires:
+                return session
+            del self._verified[token]
+            raise invalid_session("the session has expired")
+        session, _, expires = self._decode_claims(token, ACCESS)
+        if self._clock() >= expires:
+            raise invalid_session("the session has expired")
+        self._verified[token] = (session, expires)
+        if len(self._verified) > self._remember:
+            self._verified.popitem(last=False)
+        return session
 
     def read_refresh(self, token: str) -> tuple[Session, str]:
         """The session and the refresh token's id (for rotation)."""

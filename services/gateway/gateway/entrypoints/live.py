@@ -43,7 +43,10 @@ async def events(request: web.Request) -> web.StreamResponse:
         async with sse_response(
             request, ping_interval=shoppers.heartbeat_s, headers={"Cache-Control": "no-store"}
         ) as sse:
-            gone = asyncio.ensure_future(sse.wait())  # ends when a heartbeat cannot be written
+            # Ends when a heartbeat cannot be written; then the subscription ends too, which
+            # wakes the loop below (one waiting task per stream, not one per event).
+            gone = asyncio.ensure_future(sse.wait())
+            gone.add_done_callback(lambda _: sub.close())
             try:
                 ready = json.dumps({"type": "ready", "resumed": missed is not None})
                 # Resuming, the client keeps its last id until a missed event replaces it.
@@ -55,13 +58,8 @@ async def events(request: web.Request) -> web.StreamResponse:
                 for event_id, event in missed or ():
                     await sse.send(json.dumps(event), id=event_id, event="points")
                 while True:
-                    following = asyncio.ensure_future(sub.next())
-                    await asyncio.wait({following, gone}, return_when=asyncio.FIRST_COMPLETED)
-                    if not following.done():
-                        following.cancel()
-                        break
-                    item = following.result()
-                    if item is None:  # dropped as too slow, or the gateway is stopping
+                    item = await sub.next()
+                    if item is None:  # gone, dropped as too slow, or the gateway is stopping
                         break
                     await sse.send(json.dumps(item[1]), id=item[0], event="points")
             except (ConnectionResetError, TimeoutError):

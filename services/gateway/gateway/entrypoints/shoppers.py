@@ -9,11 +9,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from gateway.domain.card import Card
 from gateway.entrypoints import schemas
 from gateway.entrypoints.keys import BACKENDS, SESSION, SHOPPERS
 from gateway.service_layer import sessions
+
+CARD_READS = Counter(
+    "mall_gateway_card_reads_total",
+    "Member card reads by how they were answered: memory, joined (a fan-out under way), fanout",
+    ["outcome"],
+)
+
+
+def count_card_read(outcome: str) -> None:
+    CARD_READS.labels(outcome).inc()
 
 
 def render_card(card: Card) -> bytes:

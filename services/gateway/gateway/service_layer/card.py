@@ -90,7 +90,10 @@ class CardReader:
         degraded_ttl_s: float = 1.0,
         max_entries: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        counted: Callable[[str], None] = lambda outcome: None,
     ) -> None:
+        """``counted(outcome)`` hears of every read: ``memory`` (answered from the cache),
+        ``joined`` (shared a fan-out under way) or ``fanout`` (started one)."""
         unknown = {s.name for s in sources} - set(SECTIONS)
         if unknown:
             raise ValueError(f"unknown card sections: {sorted(unknown)}")
@@ -100,6 +103,7 @@ class CardReader:
         self._degraded_ttl_s = degraded_ttl_s
         self._max_entries = max_entries
         self._clock = clock
+        self._counted = counted
         self._cache: OrderedDict[Key, _Entry] = OrderedDict()
         self._flights: dict[Key, _Flight] = {}
         self.fanouts = 0
@@ -110,10 +114,14 @@ class CardReader:
         entry = self._cache.get(key)
         if entry is not None and entry.expires > self._clock():
             self.hits += 1
+            self._counted("memory")
             return entry.answer
         flight = self._flights.get(key)
         if flight is None:
             flight = self._start(key)
+            self._counted("fanout")
+        else:
+            self._counted("joined")
         return await asyncio.shield(flight.future)
 
     def invalidate(self, mall_id: str, member_id: str) -> None:

@@ -30,7 +30,7 @@ Key = tuple[str, str]  # (mall_id, member_id)
 Item = tuple[str, Event]  # (event id, event)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Recent:
     """One member's last events; every event after ``since`` is in ``events`` unless its
     sequence is at most ``evicted``."""
@@ -42,6 +42,8 @@ class _Recent:
 
 
 class Subscription:
+    __slots__ = ("_hub", "_items", "_limit", "_wake", "closed", "key")
+
     def __init__(self, hub: LiveHub, key: Key, limit: int) -> None:
         self.key = key
         self._hub = hub

@@ -49,6 +49,7 @@ async def bootstrap(
     expiry = expiry or ExpirySettings()
     expiry_reminder = timedelta(days=expiry.coupon_expiry_reminder_days)
     remind_before = timedelta(hours=commitments.commitment_reminder_hours)
+    settle_grace = timedelta(seconds=commitments.commitment_settle_grace_s)
     directory = Directory()  # stores and tenant credentials, mirrored from member's bucket
     async with (
         connect(settings.nats_url, name=f"{NAME}-directory") as directory_nc,
@@ -84,13 +85,18 @@ async def bootstrap(
                 components={
                     "serve": [directory.mirrored(directory_nc.jetstream())],
                     "relay": [
-                        sweep_job(pool, commitments.commitment_sweep_interval_s, remind_before),
+                        sweep_job(
+                            pool,
+                            commitments.commitment_sweep_interval_s,
+                            remind_before,
+                            settle_grace,
+                        ),
                         clawback_job(commitments, pool),
                         expiry_job(pool, expiry.coupon_expiry_interval_s, expiry_reminder),
                         card_package.card_package_job(commitments, pool),
                     ],
                 },
-                commands=commitment_commands(pool.acquire, remind_before)
+                commands=commitment_commands(pool.acquire, remind_before, settle_grace)
                 | expiry_commands(pool.acquire, expiry_reminder)
                 | card_package.card_package_commands(pool.acquire, commitments.wechatpay_mchid),
             ),

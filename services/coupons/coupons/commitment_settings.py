@@ -19,6 +19,9 @@ class CommitmentSettings(BaseSettings):
     commitment_sweep_interval_s: float = Field(default=60.0, gt=0)
     #: Hours before its deadline that an unfulfilled card's holder is reminded (once).
     commitment_reminder_hours: int = Field(default=48, ge=1, le=24 * 30)
+    #: Seconds after its deadline that an unfulfilled card fails, so a payment made before the
+    #: deadline that reaches coupons a little later still counts.
+    commitment_settle_grace_s: float = Field(default=1800.0, ge=0, le=86_400)
 
     wechatpay_api_base: str = Field(default="", pattern=r"^(https?://[^?#]+)?$")
     wechatpay_mchid: str = ""

@@ -30,6 +30,7 @@ from coupons.commitment_settings import CommitmentSettings
 from coupons.config import Settings
 from coupons.domain.commitment import Card, CardStatus, OfferTerms, count_purchase, reminder_due
 from coupons.entrypoints.commitment_jobs import commitment_commands
+from coupons.service_layer.commitment import DEFAULT_SETTLE_GRACE as GRACE
 from coupons.service_layer.commitment import sweep
 from coupons.service_layer.commitment_clawbacks import ClawbackPolicy, ClawbackWorker
 from hypothesis import given
@@ -317,7 +318,12 @@ async def checkout(world: World, mall: Mall, member_id: str, order_fen: int) -> 
 
 
 async def pay(
-    world: World, mall: Mall, member_id: str, amount_fen: int, transaction_id: str | None = None
+    world: World,
+    mall: Mall,
+    member_id: str,
+    amount_fen: int,
+    transaction_id: str | None = None,
+    paid_at: datetime | None = None,
 ) -> str:
     transaction_id = transaction_id or f"4200{uuid.uuid4().hex[:24]}"
     message = member_events.PaymentAttributed(
@@ -328,7 +334,7 @@ async def pay(
         store_id=mall.store_id,
         amount_fen=amount_fen,
         transaction_id=transaction_id,
-        paid_at=timestamp(datetime.now(UTC)),
+        paid_at=timestamp(paid_at or datetime.now(UTC)),
     )
     await world.js.publish(
         "member.payment.attributed",
@@ -406,7 +412,7 @@ async def test_three_buys_in_15_days_one_card_fulfilled_another_clawed_back(
     # The deadline passes: the sweep fails the card and queues the clawback of 1.5 yuan.
     conn = await asyncpg.connect(world.url)
     try:
-        done = await sweep(conn, to_datetime(quitter_card.deadline) + timedelta(seconds=1))
+        done = await sweep(conn, to_datetime(quitter_card.deadline) + GRACE)
     finally:
         await conn.close()
     assert done is not None
@@ -580,7 +586,7 @@ async def test_two_sweeps_at_once_fail_and_remind_each_card_once(world: World, m
     async def run(moment: datetime, limit: int) -> None:
         conn = await asyncpg.connect(world.url)
         try:
-            await sweep(conn, moment, limit=limit)
+            await sweep(conn, moment, limit=limit, grace=timedelta(0))
         finally:
             await conn.close()
 
@@ -626,7 +632,7 @@ async def fail_one_card(world: World, mall: Mall) -> tuple[str, str]:
     await counted(world, mall, c.card_id, 1)
     conn = await asyncpg.connect(world.url)
     try:
-        await sweep(conn, to_datetime(c.deadline))
+        await sweep(conn, to_datetime(c.deadline), grace=timedelta(0))
     finally:
         await conn.close()
     return member, c.card_id
@@ -663,7 +669,7 @@ async def test_a_refused_clawback_waits_for_ops_who_list_and_send_it_again(
         await worker.deliver_due()  # a refused clawback is not retried by itself
         assert (await get_card(world, mall, card_id)).clawback.attempts == 1
 
-        commands = commitment_commands(pool.acquire, timedelta(days=2))
+        commands = commitment_commands(pool.acquire, timedelta(days=2), GRACE)
         capsys.readouterr()
         assert await commands["commitment-clawbacks"]([]) == 0
         listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -811,3 +817,30 @@ async def test_a_card_gives_no_more_discounts_than_purchases_while_orders_await_
         return reply.discount_fen
 
     assert [await ask() for _ in range(4)] == [150, 150, 150, 0]
+
+
+async def test_a_payment_made_before_the_deadline_that_arrives_late_still_counts(
+    world: World, mall: Mall
+) -> None:
+    o = await offer(world, mall)
+    member, c = await accept(world, mall, o.offer_id)
+    for i in (1, 2):
+        assert await checkout(world, mall, member, 400) == 150
+        await counted(world, mall, c.card_id, i)
+    deadline = to_datetime(c.deadline)
+    conn = await asyncpg.connect(world.url)
+    try:
+        # Within the grace after the deadline the card is not settled yet ...
+        await sweep(conn, deadline + GRACE - timedelta(seconds=1))
+        assert (await get_card(world, mall, c.card_id)).status == (pb.COMMITMENT_CARD_STATUS_ACTIVE)
+        # ... so the third purchase, paid a minute before the deadline, reaching coupons late,
+        # still counts; a payment made after the deadline does not.
+        await pay(world, mall, member, 500, paid_at=deadline + timedelta(seconds=1))
+        await pay(world, mall, member, 500, paid_at=deadline - timedelta(minutes=1))
+        done = await counted(world, mall, c.card_id, 3)
+        assert done.status == pb.COMMITMENT_CARD_STATUS_FULFILLED
+        assert await sweep(conn, deadline + GRACE) is not None
+    finally:
+        await conn.close()
+    assert (await get_card(world, mall, c.card_id)).status == (pb.COMMITMENT_CARD_STATUS_FULFILLED)
+    assert len(await fetch_transactions(world, c.card_id)) == 3

@@ -422,20 +422,24 @@ async def add_purchase(
 # -- the deadline sweep and reminders (across malls, like the outbox relay) ------------------
 
 
-async def fail_due(conn: Connection, now: datetime, limit: int) -> list[CardRow]:
-    """Mark up to ``limit`` active cards whose deadline passed as failed; the rows locked
-    with SKIP LOCKED, so concurrent sweeps take different cards."""
+async def fail_due(
+    conn: Connection, now: datetime, deadline_before: datetime, limit: int
+) -> list[CardRow]:
+    """Mark up to ``limit`` active cards whose deadline is at or before ``deadline_before``
+    as failed (at ``now``); the rows locked with SKIP LOCKED, so concurrent sweeps take
+    different cards."""
     rows = await conn.fetch(
         """WITH due AS (
              SELECT mall_id, card_id FROM commitment_cards
-              WHERE status = 'active' AND deadline <= $1
+              WHERE status = 'active' AND deadline <= $2
               ORDER BY deadline
-              LIMIT $2
+              LIMIT $3
                 FOR UPDATE SKIP LOCKED)
            UPDATE commitment_cards c SET status = 'failed', settled_at = $1
              FROM due WHERE c.mall_id = due.mall_id AND c.card_id = due.card_id
            RETURNING c.*""",
         now,
+        deadline_before,
         limit,
     )
     return [_card(r) for r in rows]

@@ -28,7 +28,9 @@ log = structlog.get_logger(__name__)
 Connect = Callable[[], AbstractAsyncContextManager[Connection]]
 
 
-def sweep_job(pool: asyncpg.Pool, interval_s: float, remind_before: timedelta) -> Component:
+def sweep_job(
+    pool: asyncpg.Pool, interval_s: float, remind_before: timedelta, grace: timedelta
+) -> Component:
     """Every ``interval_s``: fail cards past their deadline (queueing their clawbacks), then
     remind of cards near it; one replica at a time (advisory lock), each card once."""
 
@@ -37,7 +39,11 @@ def sweep_job(pool: asyncpg.Pool, interval_s: float, remind_before: timedelta) -
             try:
                 async with pool.acquire() as conn:
                     done = await sweep(
-                        conn, datetime.now(UTC), remind_before=remind_before, exclusive=True
+                        conn,
+                        datetime.now(UTC),
+                        remind_before=remind_before,
+                        grace=grace,
+                        exclusive=True,
                     )
                 if done is None:
                     log.debug("commitment_sweep_skipped", reason="another replica runs it")
@@ -83,14 +89,16 @@ def clawback_job(settings: CommitmentSettings, pool: asyncpg.Pool) -> Component:
     return run
 
 
-def commitment_commands(connect: Connect, remind_before: timedelta) -> dict[str, Command]:
+def commitment_commands(
+    connect: Connect, remind_before: timedelta, grace: timedelta
+) -> dict[str, Command]:
     async def commitment_sweep(args: Sequence[str]) -> int:
         """``commitment-sweep``: fail due cards and send due reminders now; prints counts."""
         if args:
             sys.stderr.write("usage: commitment-sweep\n")
             return 2
         async with connect() as conn:
-            done = await sweep(conn, datetime.now(UTC), remind_before=remind_before)
+            done = await sweep(conn, datetime.now(UTC), remind_before=remind_before, grace=grace)
         failed, reminded = done or (0, 0)
         sys.stdout.write(json.dumps({"failed": failed, "reminded": reminded}) + "\n")
         return 0

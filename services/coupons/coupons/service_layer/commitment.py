@@ -31,6 +31,9 @@ from coupons.domain.commitment import (
 )
 
 DEFAULT_BATCH = 500
+#: How long after its deadline a card is settled: a payment made before the deadline still
+#: counts when it reaches coupons a little later (consumer lag, a redelivery, member's queue).
+DEFAULT_SETTLE_GRACE = timedelta(minutes=30)
 #: A discount applied at checkout whose payment never came stops holding a purchase after this.
 UNPAID_DISCOUNT_LAPSES = timedelta(days=1)
 #: pg_try_advisory_xact_lock key of the periodic sweep: one replica works, the others skip.
@@ -245,10 +248,15 @@ async def _locked(conn: Connection, exclusive: bool) -> bool:
     )
 
 
-async def fail_due(conn: Connection, now: datetime, limit: int = DEFAULT_BATCH) -> list[CardRow]:
-    """One batch, in the caller's transaction: fail cards past their deadline, queue the
-    clawback of what each gave, announce each."""
-    failed = await repo.fail_due(conn, now, limit)
+async def fail_due(
+    conn: Connection,
+    now: datetime,
+    limit: int = DEFAULT_BATCH,
+    grace: timedelta = DEFAULT_SETTLE_GRACE,
+) -> list[CardRow]:
+    """One batch, in the caller's transaction: fail cards whose deadline passed ``grace``
+    ago, queue the clawback of what each gave, announce each."""
+    failed = await repo.fail_due(conn, now, now - grace, limit)
     out = []
     for row in failed:
         owed = clawback_fen(row.card)
@@ -273,17 +281,19 @@ async def sweep(
     now: datetime,
     *,
     remind_before: timedelta = DEFAULT_REMINDER,
+    grace: timedelta = DEFAULT_SETTLE_GRACE,
     limit: int = DEFAULT_BATCH,
     exclusive: bool = False,
 ) -> tuple[int, int] | None:
-    """Fail every card due by ``now``, then remind of the cards whose deadline is within
-    ``remind_before``; ``(failed, reminded)``, or None when another replica holds the lock."""
+    """Fail every card whose deadline passed ``grace`` before ``now``, then remind of the
+    cards whose deadline is within ``remind_before``; ``(failed, reminded)``, or None when
+    another replica holds the lock."""
     failed = reminded = 0
     while True:
         async with conn.transaction():
             if not await _locked(conn, exclusive):
                 return None if not (failed or reminded) else (failed, reminded)
-            batch = await fail_due(conn, now, limit)
+            batch = await fail_due(conn, now, limit, grace)
         failed += len(batch)
         if len(batch) < limit:
             break

@@ -16,10 +16,14 @@ from parking.adapters.wechatpay import client_from_settings
 from parking.config import Settings
 from parking.entrypoints.auth import CarParkAuthenticator
 from parking.entrypoints.consumers import (
+    COUPON_CLAIMED,
+    COUPON_REVOKED,
     DIRECTORY_CHANGED,
     PAYMENT_ATTRIBUTED,
     REFUND_ATTRIBUTED,
     TIER_CHANGED,
+    on_coupon_claimed,
+    on_coupon_revoked,
     on_directory_changed,
     on_payment_attributed,
     on_refund_attributed,
@@ -39,6 +43,8 @@ SUBSCRIPTIONS = [
     Subscription("refund-attributed", "MEMBER", REFUND_ATTRIBUTED, on_refund_attributed),
     Subscription("tier-changed", "MEMBER", TIER_CHANGED, on_tier_changed),
     Subscription("directory", "MEMBER", DIRECTORY_CHANGED, on_directory_changed),
+    Subscription("coupon-claimed", "COUPONS", COUPON_CLAIMED, on_coupon_claimed),
+    Subscription("coupon-revoked", "COUPONS", COUPON_REVOKED, on_coupon_revoked),
 ]
 
 
@@ -51,7 +57,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
         assemble(
             NAME,
             settings,
-            streams=["MEMBER", "PARKING"],
+            streams=["MEMBER", "COUPONS", "PARKING"],
             subscriptions=SUBSCRIPTIONS,
             servicers=lambda pool: [
                 (

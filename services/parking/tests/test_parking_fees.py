@@ -237,3 +237,16 @@ def test_points_buy_only_the_hours_still_needed() -> None:
     )
     assert unused.points == 0
     assert unused.applied == ()
+
+
+def test_coupons_are_used_only_while_they_take_something_off() -> None:
+    entered = local(2026, 11, 26, 10, 0)
+    exited = entered + timedelta(minutes=100)  # 2 started hours: 10 yuan
+    half_hours = [Benefit(BenefitKind.COUPON, f"c{i}", 30, coupon_id=f"c{i}") for i in range(6)]
+
+    priced = price(HOURLY, entered, exited, SH, half_hours)
+
+    # Two half hours make one hour; four cover the stay; the last two are kept.
+    assert priced.coupon_ids == ["c0", "c1", "c2", "c3"]
+    assert [a.discount_fen for a in priced.applied] == [0, 500, 0, 500]
+    assert priced.payable_fen == 0

@@ -20,8 +20,11 @@ from kit.cli import serving
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
 from kit.proto import timestamp
+from mall.coupons.v1 import coupons_pb2
+from mall.coupons.v1 import events_pb2 as coupon_events
 from mall.member.v1 import directory_pb2
 from mall.member.v1 import events_pb2 as member_events
+from mall.parking.v1 import events_pb2 as parking_events
 from mall.parking.v1 import parking_pb2 as pb
 from mall.parking.v1 import parking_service_pb2 as api
 from mall.parking.v1 import parking_service_pb2_grpc as stubs
@@ -66,7 +69,7 @@ async def world(fresh_database: FreshDatabase, nats_url: str) -> AsyncIterator[W
     try:
         async with (
             bootstrap(settings) as roles,
-            serving(roles, ("serve", "consume")) as target,
+            serving(roles, ("serve", "consume", "relay")) as target,
             grpc.aio.insecure_channel(target) as channel,
         ):
             yield World(
@@ -594,3 +597,82 @@ async def test_a_payment_made_while_the_car_waits_at_the_exit_counts(
     (day,) = figures.car_parks
     assert (day.sessions_settled, day.benefit_minutes, day.revenue_fen) == (1, 360, 0)
     assert (day.gross_fee_fen, day.discount_fen, day.visitor_sessions) == (3000, 3000, 0)
+
+
+# -- parking-hour coupons ---------------------------------------------------------------------
+
+
+async def claim_coupon(
+    world: World, mall_id: str, member_id: str, minutes: int, *, revoke: bool = False
+) -> str:
+    coupon_id = f"cp-{uuid.uuid4().hex[:12]}"
+    await world.publish(
+        "coupons.coupon.claimed",
+        coupon_events.CouponClaimed(
+            mall_id=mall_id,
+            coupon_id=coupon_id,
+            member_id=member_id,
+            coupon_type=coupons_pb2.COUPON_TYPE_PARKING,
+            parking_minutes=minutes,
+            valid_from=timestamp(datetime(2026, 1, 1, tzinfo=UTC)),
+            valid_until=timestamp(datetime(2027, 1, 1, tzinfo=UTC)),
+        ),
+    )
+    if revoke:
+        await world.publish(
+            "coupons.coupon.revoked",
+            coupon_events.CouponRevoked(mall_id=mall_id, coupon_id=coupon_id, member_id=member_id),
+        )
+    return coupon_id
+
+
+async def settled_event(world: World, session_id: str) -> parking_events.SessionSettled:
+    sub = await world.js.subscribe("parking.session.settled", ordered_consumer=True)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=10)
+            event = parking_events.SessionSettled.FromString(msg.data)
+            if event.session_id == session_id:
+                return event
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_parking_coupons_cover_what_they_can_and_are_named_in_the_settled_event(
+    world: World, unique_id: str
+) -> None:
+    park = await car_park(world, unique_id)
+    member = str(uuid.uuid4())
+    plate = plate_for(unique_id)
+    await world.parking.BindPlate(bind(park, member, plate))
+    first = await claim_coupon(world, park.mall_id, member, 60)
+    revoked = await claim_coupon(world, park.mall_id, member, 600, revoke=True)
+    await enter(world, park, plate, local(20, 10))
+    exit_at = local(20, 11, 40)  # 2 started hours: 10 yuan
+
+    one = await eventually(
+        lambda: quote(world, park, plate, exit_at),
+        lambda r: [b.coupon_id for b in r.quote.benefits] == [first],
+    )
+    second = await claim_coupon(world, park.mall_id, member, 60)
+    spare = await claim_coupon(world, park.mall_id, member, 60)
+    both = await eventually(
+        lambda: quote(world, park, plate, exit_at),
+        lambda r: r.quote.payable_fen == 0,
+    )
+    settled = await settle(world, park, both, pb.PAYMENT_METHOD_BENEFITS_ONLY)
+
+    assert one.quote.payable_fen == 500
+    used = sorted(b.coupon_id for b in both.quote.benefits)
+    assert len(used) == 2
+    assert set(used) < {first, second, spare}  # never the revoked one
+    assert all(b.kind == pb.BENEFIT_KIND_COUPON for b in both.quote.benefits)
+    assert settled.session.discount_fen == 1000
+    event = await settled_event(world, settled.session.session_id)
+    assert sorted(b.coupon_id for b in event.benefits) == used
+    assert (event.discount_fen, event.paid_fen) == (1000, 0)
+    # The coupon left over serves the next stay; the used ones do not.
+    await enter(world, park, plate, local(21, 10))
+    later = await quote(world, park, plate, local(21, 11))
+    assert [b.coupon_id for b in later.quote.benefits] == list({first, second, spare} - set(used))
+    assert revoked not in [b.coupon_id for b in later.quote.benefits]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from kit.db import Connection
 
@@ -89,24 +92,51 @@ async def spend(
     return int(value)
 
 
+@dataclass(frozen=True)
+class MemberFacts:
+    """What a quote needs to know about a member: tier, net spend, usable parking coupons
+    as (coupon_id, minutes), soonest to expire first."""
+
+    tier_code: str = ""
+    spend_fen: int = 0
+    coupons: tuple[tuple[str, int], ...] = ()
+
+
+#: The member-facts columns of a quote's query: $1 is the mall; the member, the start of the
+#: spend window and the exit (spend up to it, coupons usable at it) are SQL filled in.
+FACTS_SQL = """
+    (SELECT tier_code FROM member_tiers t
+      WHERE t.mall_id = $1 AND t.member_id = {member}) AS _tier,
+    (SELECT coalesce(sum(greatest(p.amount_fen - coalesce(
+                (SELECT sum(r.amount_fen) FROM member_refunds r
+                  WHERE r.mall_id = p.mall_id AND r.transaction_id = p.transaction_id), 0), 0)), 0)
+       FROM member_payments p
+      WHERE p.mall_id = $1 AND p.member_id = {member}
+        AND p.paid_at >= {since} AND p.paid_at <= {until}) AS _spent,
+    (SELECT coalesce(json_agg(json_build_array(c.coupon_id, c.minutes)
+                              ORDER BY c.valid_until NULLS LAST, c.coupon_id), '[]')
+       FROM member_coupons c
+      WHERE c.mall_id = $1 AND c.member_id = {member} AND c.used_session_id IS NULL
+        AND NOT c.revoked AND c.minutes > 0
+        AND (c.valid_from IS NULL OR c.valid_from <= {until})
+        AND (c.valid_until IS NULL OR c.valid_until > {until})) AS _coupons"""
+
+
+def facts_from(row: Any) -> MemberFacts:
+    coupons = tuple((str(c[0]), int(c[1])) for c in json.loads(row["_coupons"] or "[]"))
+    return MemberFacts(str(row["_tier"] or ""), int(row["_spent"] or 0), coupons)
+
+
 async def facts(
     conn: Connection, mall_id: str, member_id: str, since: datetime, until: datetime
-) -> tuple[str, int]:
-    """(tier code, net spend in [since, until]) in one round trip, for a quote."""
+) -> MemberFacts:
+    """A member's facts for a quote, in one round trip."""
     row = await conn.fetchrow(
-        """SELECT (SELECT tier_code FROM member_tiers WHERE mall_id = $1 AND member_id = $2),
-                  (SELECT coalesce(sum(greatest(p.amount_fen - coalesce(r.refunded, 0), 0)), 0)
-                     FROM member_payments p
-                     LEFT JOIN LATERAL (
-                         SELECT sum(amount_fen) AS refunded FROM member_refunds
-                          WHERE mall_id = p.mall_id AND transaction_id = p.transaction_id
-                     ) r ON true
-                    WHERE p.mall_id = $1 AND p.member_id = $2
-                      AND p.paid_at BETWEEN $3 AND $4)""",
+        "SELECT " + FACTS_SQL.format(member="$2", since="$3", until="$4"),
         mall_id,
         member_id,
         since,
         until,
     )
     assert row is not None
-    return str(row[0] or ""), int(row[1])
+    return facts_from(row)

@@ -10,6 +10,7 @@ from typing import Any
 
 from kit.db import Connection
 
+from parking.adapters.members import FACTS_SQL, MemberFacts, facts_from
 from parking.domain.benefits import Applied, BenefitKind, Priced
 from parking.domain.sessions import PaymentMethod, Session, Status
 
@@ -62,26 +63,18 @@ async def find_open_with_facts(
     *,
     time_zone: str,
     until: datetime,
-) -> tuple[Session, str, int] | None:
-    """The plate's open session with its member's tier and net spend from the start of the
-    entry day (mall time zone) to ``until``: everything a quote reads, in one round trip."""
+) -> tuple[Session, MemberFacts | None] | None:
+    """The plate's open session with its member's facts (tier, spend from the start of the
+    entry day in the mall's time zone to ``until``, usable coupons): all a quote reads, in one
+    round trip."""
+    facts_sql = FACTS_SQL.format(
+        member="s.member_id",
+        since="(date_trunc('day', s.entered_at AT TIME ZONE $4) AT TIME ZONE $4)",
+        until="$5",
+    )
     row = await conn.fetchrow(
-        f"""SELECT {_COLUMNS}, f.tier_code AS _tier, coalesce(f.spent, 0) AS _spent
+        f"""SELECT {_COLUMNS}, {facts_sql}
               FROM sessions s
-              LEFT JOIN LATERAL (
-                  SELECT (SELECT tier_code FROM member_tiers t
-                           WHERE t.mall_id = s.mall_id AND t.member_id = s.member_id) AS tier_code,
-                         (SELECT sum(greatest(p.amount_fen - coalesce(
-                                     (SELECT sum(r.amount_fen) FROM member_refunds r
-                                       WHERE r.mall_id = p.mall_id
-                                         AND r.transaction_id = p.transaction_id), 0), 0))
-                            FROM member_payments p
-                           WHERE p.mall_id = s.mall_id AND p.member_id = s.member_id
-                             AND p.paid_at >= (date_trunc('day', s.entered_at AT TIME ZONE $4)
-                                               AT TIME ZONE $4)
-                             AND p.paid_at <= $5) AS spent
-                   WHERE s.member_id IS NOT NULL
-              ) f ON true
              WHERE s.mall_id = $1 AND s.car_park_id = $2 AND s.plate_number = $3
                AND s.status = 'open'""",
         mall_id,
@@ -93,8 +86,10 @@ async def find_open_with_facts(
     if row is None:
         return None
     fields = dict(row)
-    tier, spent = fields.pop("_tier"), fields.pop("_spent")
-    return _session(fields), str(tier or ""), int(spent)
+    member_facts = facts_from(fields) if fields["member_id"] else None
+    for key in ("_tier", "_spent", "_coupons"):
+        fields.pop(key)
+    return _session(fields), member_facts
 
 
 async def find_open_for_plates(

@@ -3,7 +3,8 @@ parking-hour coupons, and hours bought with points. Pure code.
 
 Benefits are applied in that order (free ones first, points last since they cost the member),
 each as free minutes covering whole units from the start of the stay; the quote shows what each
-one took off. Points buy only the hours still needed, up to the mall's limit.
+one took off. A coupon that would take nothing off is not used (the member keeps it); points
+buy only the hours still needed, up to the mall's limit.
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ class Priced:
     def points(self) -> int:
         return sum(a.benefit.points for a in self.applied)
 
+    @property
+    def coupon_ids(self) -> list[str]:
+        return [a.benefit.coupon_id for a in self.applied if a.benefit.kind == BenefitKind.COUPON]
+
     def without_points(self) -> Priced:
         return Priced(
             self.gross_fen, tuple(a for a in self.applied if a.benefit.kind != BenefitKind.POINTS)
@@ -154,6 +159,11 @@ def price(
         after = owed(covered)
         applied.append(Applied(benefit, before - after))
         before = after
+    # Coupons after the last one that took something off are not used: the member keeps them.
+    while (
+        applied and applied[-1].benefit.kind == BenefitKind.COUPON and not applied[-1].discount_fen
+    ):
+        covered -= applied.pop().benefit.free_minutes
     if use_points and policy is not None and policy.points_enabled and before > 0:
         hours = 0
         while hours < policy.points_max_hours and owed(covered + 60 * hours) > 0:

@@ -8,9 +8,11 @@ import structlog
 from eventbus.consumer import Delivery
 from kit.db import Connection
 from kit.proto import to_datetime
+from mall.coupons.v1 import coupons_pb2
+from mall.coupons.v1 import events_pb2 as coupon_events
 from mall.member.v1 import events_pb2 as member_events
 
-from parking.adapters import directory, members
+from parking.adapters import coupons, directory, members
 
 log = structlog.get_logger(__name__)
 
@@ -18,6 +20,8 @@ PAYMENT_ATTRIBUTED = "member.payment.attributed"
 REFUND_ATTRIBUTED = "member.refund.attributed"
 TIER_CHANGED = "member.tier.changed"
 DIRECTORY_CHANGED = "member.directory.>"
+COUPON_CLAIMED = "coupons.coupon.claimed"
+COUPON_REVOKED = "coupons.coupon.revoked"
 
 
 async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
@@ -77,3 +81,32 @@ async def on_directory_changed(conn: Connection, deliveries: Sequence[Delivery])
                 secret_hash=cred.secret_hash,
                 revoked_at=to_datetime(cred.revoked_at) if cred.HasField("revoked_at") else None,
             )
+
+
+async def on_coupon_claimed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    """Parking-hour coupons a member now holds (other coupon types are not parking's)."""
+    claimed = []
+    for d in deliveries:
+        msg = d.decode(coupon_events.CouponClaimed)
+        if msg.coupon_type != coupons_pb2.COUPON_TYPE_PARKING or msg.parking_minutes <= 0:
+            continue
+        claimed.append(
+            (
+                msg.mall_id,
+                msg.coupon_id,
+                msg.member_id,
+                msg.parking_minutes,
+                to_datetime(msg.valid_from) if msg.HasField("valid_from") else None,
+                to_datetime(msg.valid_until) if msg.HasField("valid_until") else None,
+            )
+        )
+    await coupons.add(conn, claimed)
+
+
+async def on_coupon_revoked(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    """A revoked coupon (its payment refunded) no longer gives free parking."""
+    revoked = []
+    for d in deliveries:
+        msg = d.decode(coupon_events.CouponRevoked)
+        revoked.append((msg.mall_id, msg.coupon_id, msg.member_id))
+    await coupons.revoke(conn, revoked)

@@ -13,10 +13,11 @@ from eventbus.outbox import add_events
 from kit.db import Connection
 from kit.errors import AppError, Conflict, NotFound
 
-from parking.adapters import members, plates, sessions, wechat_calls
+from parking.adapters import coupons, members, plates, sessions, wechat_calls
 from parking.adapters.events import session_settled, session_started
+from parking.adapters.members import MemberFacts
 from parking.adapters.sessions import QuoteRow
-from parking.domain.benefits import Benefit, Priced, price
+from parking.domain.benefits import Benefit, BenefitKind, Priced, price
 from parking.domain.fees import parked_minutes
 from parking.domain.plates import Color
 from parking.domain.sessions import (
@@ -138,7 +139,7 @@ def day_start(at: datetime, tz: ZoneInfo) -> datetime:
 
 async def _session_at_exit(
     conn: Connection, query: ExitQuery, time_zone: str
-) -> tuple[Session, tuple[str, int] | None]:
+) -> tuple[Session, MemberFacts | None]:
     """The open session of the plate with its member's (tier, spend); for a vehicle with no
     entry record, a session opened now."""
     found = await sessions.find_open_with_facts(
@@ -150,7 +151,7 @@ async def _session_at_exit(
         until=query.exit_at,
     )
     if found is not None:
-        return found[0], found[1:]
+        return found
     return await _open_at_exit(conn, query), None
 
 
@@ -194,7 +195,7 @@ async def _price(
     exit_at: datetime,
     *,
     allow_points: bool,
-    facts: tuple[str, int] | None = None,
+    facts: MemberFacts | None = None,
 ) -> tuple[Priced, int, int, int]:
     """(priced stay, schedule version, parked minutes, quote validity in minutes)."""
     mall = await config.mall(conn, session.mall_id)
@@ -210,12 +211,16 @@ async def _price(
     benefits: list[Benefit] = []
     use_points = False
     if session.member_id:
-        tier_code, spent = facts or await members.facts(
+        known = facts or await members.facts(
             conn, session.mall_id, session.member_id, day_start(session.entered_at, tz), exit_at
         )
-        tier = policy.tier_benefit(tier_code)
-        spend = policy.spend_benefit(spent)
+        tier = policy.tier_benefit(known.tier_code)
+        spend = policy.spend_benefit(known.spend_fen)
         benefits = [b for b in (tier, spend) if b is not None]
+        benefits += [
+            Benefit(BenefitKind.COUPON, f"停车券 免费{minutes}分钟", minutes, coupon_id=coupon_id)
+            for coupon_id, minutes in known.coupons
+        ]
         if allow_points and policy.points_enabled:
             plate = await plates.find(conn, session.mall_id, session.plate_number)
             use_points = bool(
@@ -311,6 +316,11 @@ async def settle_exit(conn: Connection, settlement: Settlement) -> tuple[Session
             raise Conflict("pay_score_not_enabled", "this vehicle is not in pay-score parking")
         if s.method == PaymentMethod.POINTS and quote.hold_points == 0:
             raise Conflict("no_points_on_quote", "the quote does not use points")
+        coupon_ids = [b["coupon_id"] for b in quote.benefits if b["kind"] == "coupon"]
+        if await coupons.use(conn, s.mall_id, coupon_ids, s.session_id, s.exited_at) != len(
+            coupon_ids
+        ):
+            raise Conflict("coupon_used", "a coupon on the quote was used meanwhile; quote again")
         settled = await sessions.settle(
             conn,
             s.mall_id,

@@ -14,7 +14,9 @@ a tenant credential written to the DIRECTORY key-value bucket (as member writes 
   claim waits for its batch's answer), and the proof from the database: exactly ``--coupons``
   coupons, oversold = 0, no member holding two;
 * redemption: ``-k`` coupons claimed, then RedeemCoupon with the tenant credential at
-  ``--concurrency`` in flight: RPC/s, p50/p99, ratio to the empty unary call.
+  ``--concurrency`` in flight, in ``--rounds`` rounds alternating with rounds of the empty
+  unary call (a second empty server kept up for this), so both see the same machine: RPC/s,
+  p50/p99, ratio to the empty unary call.
 
 Results: printed as a table and written to bench/results/coupons-<time>.json.
 """
@@ -27,8 +29,11 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +42,7 @@ import asyncpg
 import grpc
 import nats
 import uvloop
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.proto import timestamp
 from mall.coupons.v1 import coupons_pb2 as cpb
@@ -48,10 +54,10 @@ from member.domain.credentials import hash_secret
 
 if TYPE_CHECKING:  # mypy sees bench/ as a namespace package from the repository root
     from bench.consumers import grpc_empty_unary, latency_summary, timed
-    from bench.payments import RESULTS, create_database, servers, spawn, wait_http
+    from bench.payments import RESULTS, ROOT, create_database, servers, spawn, wait_http
 else:  # `python bench/coupons.py` puts bench/ itself on sys.path
     from consumers import grpc_empty_unary, latency_summary, timed
-    from payments import RESULTS, create_database, servers, spawn, wait_http
+    from payments import RESULTS, ROOT, create_database, servers, spawn, wait_http
 
 MALL = "bench-coupons-mall"
 TENANT = "bench-coffee"
@@ -202,12 +208,22 @@ def _pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def _shifted(
+    one: Callable[[int], Awaitable[None]], offset: int
+) -> Callable[[int], Awaitable[None]]:
+    return lambda i: one(offset + i)
+
+
 async def redemption(
     stub: pb_grpc.CouponsServiceAsyncStub,
     metadata: tuple[tuple[str, str], ...],
+    empty: health_pb2_grpc.HealthStub,
     k: int,
     concurrency: int,
+    rounds: int,
 ) -> dict[str, Any]:
+    """RedeemCoupon and the empty unary call in alternating rounds, so that both see the same
+    machine (other work on a shared box moves the figures by 2x within a minute)."""
     warmup = 200
     stock_id = await create_stock(stub, k + warmup, per_member=0)
     coupon_ids: list[str] = []
@@ -236,10 +252,31 @@ async def redemption(
         if reply.discount_fen != 5000:
             raise RuntimeError(f"coupon {coupon_ids[i]} took off {reply.discount_fen}")
 
+    check = health_pb2.HealthCheckRequest()
+
+    async def nothing(_: int) -> None:
+        await empty.Check(check)
+
     # Warm-up: the first call pays the credential's scrypt check; later ones hit the cache.
     await timed(warmup, concurrency, lambda i: redeem(k + i))
-    rate, latencies = await timed(k, concurrency, redeem)
-    return {"redemptions": k, "concurrency": concurrency, **latency_summary(rate, latencies)}
+    await timed(warmup, concurrency, nothing)
+    per_round = k // rounds
+    spent = {"redeem": 0.0, "empty": 0.0}
+    latencies: dict[str, list[float]] = {"redeem": [], "empty": []}
+    for r in range(rounds):
+        offset = r * per_round
+        for name, one in (("empty", nothing), ("redeem", redeem)):
+            rate, lat = await timed(per_round, concurrency, _shifted(one, offset))
+            spent[name] += per_round / rate
+            latencies[name].extend(lat)
+    calls = per_round * rounds
+    return {
+        "redemptions": calls,
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "empty_unary": latency_summary(calls / spent["empty"], latencies["empty"]),
+        "redeem": latency_summary(calls / spent["redeem"], latencies["redeem"]),
+    }
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -248,6 +285,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         aiohttp.ClientSession() as session,
     ):
         empty = await grpc_empty_unary(args.baseline_n, args.concurrency)
+        empty_port = free_port()
+        empty_proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
+            [
+                sys.executable,
+                str(ROOT / "bench" / "empty_servers.py"),
+                str(free_port()),
+                str(empty_port),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert empty_proc.stdout is not None
+        await asyncio.to_thread(empty_proc.stdout.readline)
         db = await create_database(pg_url, "bench_coupons")
         # `python -m coupons migrate`, not an import: this file is itself named coupons.py.
         migrating = spawn("coupons-migrate", ["-m", "coupons", "migrate"], {"DATABASE_URL": db})
@@ -262,7 +311,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         try:
             await wait_http(session, f"http://127.0.0.1:{server.metrics_port}/metrics")
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            async with (
+                grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+                grpc.aio.insecure_channel(f"127.0.0.1:{empty_port}") as empty_channel,
+            ):
                 stub = pb_grpc.CouponsServiceStub(channel)
                 await directory_ready(stub, metadata)
                 grab = await flash_grab(
@@ -274,10 +326,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     args.batch,
                     args.batches_in_flight,
                 )
-                redeem = await redemption(stub, metadata, args.k, args.concurrency)
+                redeem = await redemption(
+                    stub,
+                    metadata,
+                    health_pb2_grpc.HealthStub(empty_channel),
+                    args.k,
+                    args.concurrency,
+                    args.rounds,
+                )
         finally:
             server.proc.send_signal(signal.SIGTERM)
             server.proc.wait(timeout=30)
+            empty_proc.terminate()
+            empty_proc.wait()
     return {
         "when": datetime.now(UTC).isoformat(),
         "cores": os.cpu_count(),
@@ -291,25 +352,28 @@ def report(result: dict[str, Any]) -> str:
     empty = result["baselines"]["grpc_empty_unary_latency"]
     g, r = result["flash_grab"], result["redemption"]
     c = r["concurrency"]
+    e, rd = r["empty_unary"], r["redeem"]
     sold_out = f"{g['sold_out_p99_ms']:.1f} ms" if g["sold_out_p99_ms"] is not None else "—"
     return "\n".join(
         [
             "| measure | value | ratio | p50 / p99 |",
             "|---|---|---|---|",
-            f"| empty grpc.aio unary, {c} in flight (baseline) | {empty['per_s']:,.0f}/s | 1 | "
-            f"{empty['p50_ms']:.1f} / {empty['p99_ms']:.1f} ms |",
+            f"| empty grpc.aio unary, {c} in flight (baseline, before the grab) | "
+            f"{empty['per_s']:,.0f}/s | 1 | {empty['p50_ms']:.1f} / {empty['p99_ms']:.1f} ms |",
             f"| flash grab: {g['claims']:,} claims ({g['shoppers']:,} shoppers + "
             f"{g['claims'] - g['shoppers']:,} second presses) for {g['coupons']:,} coupons, "
-            f"batches of {g['batch']} × {g['batches_in_flight']} in flight | "
+            f"ClaimCoupons of {g['batch']} × {g['batches_in_flight']} in flight | "
             f"{g['claims_per_s']:,.0f} claims/s | {g['claims_per_s'] / empty['per_s']:.2f} "
             f"of empty unary | {g['p50_ms']:.1f} / {g['p99_ms']:.1f} ms |",
             f"| flash grab outcome | claimed {g['answered_claimed']:,}, sold out "
             f"{g['answered_sold_out']:,}, limit {g['answered_limit_reached']:,}; oversold "
-            f"{g['oversold']}, duplicates {g['duplicates']} | | sold-out batches p99 "
+            f"{g['oversold']}, duplicates {g['duplicates']} | | sold-out-only batches p99 "
             f"{sold_out} |",
-            f"| RedeemCoupon (核销), tenant credential, {c} in flight | {r['per_s']:,.0f}/s | "
-            f"{r['per_s'] / empty['per_s']:.2f} of empty unary | "
-            f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms |",
+            f"| empty grpc.aio unary, {c} in flight, rounds alternating with the next row | "
+            f"{e['per_s']:,.0f}/s | 1 | {e['p50_ms']:.1f} / {e['p99_ms']:.1f} ms |",
+            f"| RedeemCoupon (核销), tenant credential, {c} in flight | {rd['per_s']:,.0f}/s | "
+            f"{rd['per_s'] / e['per_s']:.2f} of empty unary | "
+            f"{rd['p50_ms']:.1f} / {rd['p99_ms']:.1f} ms |",
         ]
     )
 
@@ -324,6 +388,7 @@ if __name__ == "__main__":
     parser.add_argument("-k", type=int, default=5_000, help="RedeemCoupon calls measured")
     parser.add_argument("-c", "--concurrency", type=int, default=32, help="RPCs in flight")
     parser.add_argument("--baseline-n", type=int, default=5_000, help="empty unary calls")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating redeem/empty rounds")
     args = parser.parse_args()
     outcome = uvloop.run(main(args))
     RESULTS.mkdir(parents=True, exist_ok=True)

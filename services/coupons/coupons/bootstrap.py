@@ -34,6 +34,8 @@ from coupons.entrypoints.commitment_jobs import clawback_job, commitment_command
 from coupons.entrypoints.expiry import expiry_commands, expiry_job
 from coupons.entrypoints.grpc_api import CouponsServicer
 from coupons.expiry_settings import ExpirySettings
+from coupons.service_layer.claims import SoldOutMemory
+from coupons.service_layer.redemptions import Redeemer
 
 NAME = "coupons"
 MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]
@@ -73,7 +75,16 @@ async def bootstrap(
             servicers=lambda pool: [
                 (
                     coupons_service_pb2_grpc.add_CouponsServiceServicer_to_server,
-                    CouponsServicer(pool, directory),
+                    CouponsServicer(
+                        pool,
+                        directory,
+                        SoldOutMemory(settings.sold_out_memory_s),
+                        Redeemer(
+                            pool,
+                            max_batch=settings.redemption_batch_max,
+                            workers=settings.redemption_batch_workers,
+                        ),
+                    ),
                 ),
                 (
                     commitments_service_pb2_grpc.add_CommitmentServiceServicer_to_server,

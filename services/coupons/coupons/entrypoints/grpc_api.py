@@ -65,12 +65,16 @@ def _caller() -> tuple[str, str] | None:
 
 class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
     def __init__(
-        self, pool: asyncpg.Pool, directory: Directory, memory: SoldOutMemory | None = None
+        self,
+        pool: asyncpg.Pool,
+        directory: Directory,
+        memory: SoldOutMemory | None = None,
+        redeemer: redemptions.Redeemer | None = None,
     ) -> None:
         self._pool = pool
         self._directory = directory
         self._memory = memory or SoldOutMemory()
-        self._redeemer = redemptions.Redeemer(pool)
+        self._redeemer = redeemer or redemptions.Redeemer(pool)
 
     # -- stocks -------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,10 @@ import nats
 import pytest
 from coupons.bootstrap import MIGRATIONS, bootstrap
 from coupons.config import Settings
+from coupons.domain.redemption import Use
+from coupons.service_layer.redemptions import Redeemer
 from kit.cli import serving
+from kit.errors import AppError
 from kit.grpc_errors import from_rpc_error
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
@@ -468,3 +471,22 @@ async def test_concurrent_uses_of_one_coupon_redeem_it_once(
     assert winners == {row["use_request_id"]}
     if winners == {"lane-1"}:
         assert answers[:3] == ["lane-1"] * 3
+
+
+async def test_the_redeemer_answers_concurrent_callers_in_batches(api: Api) -> None:
+    s = await create(api, api.a)
+    coupons = [await claimed(api, s) for _ in range(40)]
+    async with asyncpg.create_pool(api.url, min_size=1, max_size=4) as pool:
+        redeemer = Redeemer(pool, max_batch=16, workers=2)
+        calls = [
+            Use(api.mall_id, c.coupon_id, "a1", "coffee", f"lane-{i}", 10_000 + i)
+            for i, c in enumerate(coupons)
+        ]
+        calls.append(replace(calls[0], use_request_id="lane-other"))  # the same coupon again
+        answers = await asyncio.gather(*(redeemer.redeem(u) for u in calls), return_exceptions=True)
+    used = [a for a in answers if isinstance(a, tuple)]
+    refused = [a for a in answers if isinstance(a, AppError)]
+    assert len(used) == 40
+    assert [r.code for r in refused] == ["coupon_used"]
+    assert {coupon.coupon_id for coupon, _ in used} == {c.coupon_id for c in coupons}
+    assert all(off == 2000 for _, off in used)

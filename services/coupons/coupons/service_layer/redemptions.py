@@ -172,34 +172,49 @@ class Redeemer:
     async def redeem(self, use: Use) -> tuple[Coupon, int]:
         waiting = _Waiting(use, context.current())
         self._queue.append(waiting)
-        if self._running < self._workers:
+        self._kick()
+        return await waiting.answer
+
+    def _kick(self) -> None:
+        """Start a drain if work waits and fewer than ``workers`` run."""
+        if self._queue and self._running < self._workers:
             self._running += 1
             task = asyncio.create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await waiting.answer
 
     async def _drain(self) -> None:
+        # One connection for the whole drain: a pool release costs a reset round trip.
         try:
-            while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                try:
-                    async with self._pool.acquire() as conn:
-                        answers = await redeem_batch(
-                            conn, [w.use for w in batch], [w.headers for w in batch]
-                        )
-                except Exception as exc:  # the database is away: every caller hears it
-                    for w in batch:
-                        if not w.answer.done():
-                            w.answer.set_exception(exc)
-                    continue
-                for w, answer in zip(batch, answers, strict=True):
-                    if w.answer.done():  # the caller gave up (deadline, cancellation)
-                        continue
-                    if isinstance(answer, AppError):
-                        w.answer.set_exception(answer)
-                    else:
-                        w.answer.set_result(answer)
+            async with self._pool.acquire() as conn:
+                while self._queue:
+                    batch = self._queue[: self._max_batch]
+                    del self._queue[: self._max_batch]
+                    if not await self._answer(conn, batch):
+                        break  # the next drain takes a fresh connection
+        except Exception as exc:  # no connection at all: every waiting caller hears it
+            for w in self._queue:
+                if not w.answer.done():
+                    w.answer.set_exception(exc)
+            self._queue.clear()
         finally:
             self._running -= 1
+            self._kick()  # a caller may have queued while this drain released its connection
+
+    async def _answer(self, conn: Connection, batch: list[_Waiting]) -> bool:
+        """Answer a batch; False when it failed as a whole (its callers hear why)."""
+        try:
+            answers = await redeem_batch(conn, [w.use for w in batch], [w.headers for w in batch])
+        except Exception as exc:
+            for w in batch:
+                if not w.answer.done():
+                    w.answer.set_exception(exc)
+            return False
+        for w, answer in zip(batch, answers, strict=True):
+            if w.answer.done():  # the caller gave up (deadline, cancellation)
+                continue
+            if isinstance(answer, AppError):
+                w.answer.set_exception(answer)
+            else:
+                w.answer.set_result(answer)
+        return True

@@ -1,10 +1,10 @@
-"""SQL for commitment cards: offers, cards, applied discounts, counted purchases, and the
-local copy of the directory slice (credentials, stores) the commitment RPCs check against."""
+"""SQL for commitment cards: offers, cards, and the deadline sweep and reminders (applied
+discounts and counted purchases: ``commitment_purchases``; the directory slice:
+``commitment_directory``)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,70 +35,6 @@ class CardRow:
     card: Card
     settled_at: datetime | None
     reminded_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Application:
-    application_id: str
-    card_id: str
-    discount_fen: int
-    order_amount_fen: int
-
-
-# -- directory slice ------------------------------------------------------------------------
-
-
-async def put_credential(
-    conn: Connection,
-    credential_id: str,
-    mall_id: str,
-    tenant_id: str,
-    secret_hash: str,
-    revoked: bool,
-) -> None:
-    await conn.execute(
-        """INSERT INTO commitment_credentials
-               (credential_id, mall_id, tenant_id, secret_hash, revoked)
-           VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (credential_id) DO UPDATE
-              SET mall_id = EXCLUDED.mall_id, tenant_id = EXCLUDED.tenant_id,
-                  secret_hash = EXCLUDED.secret_hash, revoked = EXCLUDED.revoked""",
-        credential_id,
-        mall_id,
-        tenant_id,
-        secret_hash,
-        revoked,
-    )
-
-
-async def get_credential(conn: Connection, credential_id: str) -> tuple[str, str, str] | None:
-    """``(mall_id, tenant_id, secret_hash)`` of a valid credential, None if unknown/revoked."""
-    row = await conn.fetchrow(
-        """SELECT mall_id, tenant_id, secret_hash FROM commitment_credentials
-            WHERE credential_id = $1 AND NOT revoked""",
-        credential_id,
-    )
-    return None if row is None else (row["mall_id"], row["tenant_id"], row["secret_hash"])
-
-
-async def put_store(conn: Connection, mall_id: str, store_id: str, tenant_id: str) -> None:
-    await conn.execute(
-        """INSERT INTO commitment_stores (mall_id, store_id, tenant_id) VALUES ($1, $2, $3)
-           ON CONFLICT (mall_id, store_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id""",
-        mall_id,
-        store_id,
-        tenant_id,
-    )
-
-
-async def store_tenants(conn: Connection, mall_id: str, store_ids: Sequence[str]) -> dict[str, str]:
-    rows = await conn.fetch(
-        """SELECT store_id, tenant_id FROM commitment_stores
-            WHERE mall_id = $1 AND store_id = ANY($2::text[])""",
-        mall_id,
-        list(store_ids),
-    )
-    return {r["store_id"]: r["tenant_id"] for r in rows}
 
 
 # -- offers ---------------------------------------------------------------------------------
@@ -294,129 +230,13 @@ async def record_progress(
     )
 
 
-# -- applied discounts and purchases --------------------------------------------------------
-
-
-async def find_application(
-    conn: Connection, mall_id: str, store_id: str, request_id: str
-) -> Application | None:
+async def lock_card(conn: Connection, mall_id: str, card_id: str) -> CardRow | None:
     row = await conn.fetchrow(
-        """SELECT application_id, card_id, discount_fen, order_amount_fen
-             FROM commitment_applications
-            WHERE mall_id = $1 AND store_id = $2 AND request_id = $3""",
-        mall_id,
-        store_id,
-        request_id,
-    )
-    if row is None:
-        return None
-    return Application(
-        str(row["application_id"]),
-        str(row["card_id"]),
-        row["discount_fen"],
-        row["order_amount_fen"],
-    )
-
-
-async def open_applications(conn: Connection, mall_id: str, card_id: str, since: datetime) -> int:
-    """Discounts applied on the card since ``since`` whose payment has not come yet."""
-    count = await conn.fetchval(
-        """SELECT count(*) FROM commitment_applications
-            WHERE mall_id = $1 AND card_id = $2 AND transaction_id IS NULL AND applied_at > $3""",
+        "SELECT * FROM commitment_cards WHERE mall_id = $1 AND card_id = $2 FOR UPDATE",
         mall_id,
         uuid.UUID(card_id),
-        since,
     )
-    return int(count)
-
-
-async def add_application(
-    conn: Connection,
-    mall_id: str,
-    card_id: str,
-    store_id: str,
-    request_id: str,
-    order_amount_fen: int,
-    discount_fen: int,
-    applied_at: datetime,
-) -> Application:
-    application_id = uuid.uuid4()
-    await conn.execute(
-        """INSERT INTO commitment_applications
-               (mall_id, application_id, card_id, store_id, request_id, order_amount_fen,
-                discount_fen, applied_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-        mall_id,
-        application_id,
-        uuid.UUID(card_id),
-        store_id,
-        request_id,
-        order_amount_fen,
-        discount_fen,
-        applied_at,
-    )
-    return Application(str(application_id), card_id, discount_fen, order_amount_fen)
-
-
-async def take_application(
-    conn: Connection,
-    mall_id: str,
-    card_id: str,
-    store_id: str,
-    amount_paid_fen: int,
-    transaction_id: str,
-) -> int:
-    """Match the payment to the oldest open discount applied on this card at this store for an
-    order that the payment settles (order − discount = amount paid); the discount given, or
-    0 when the POS applied none."""
-    discount = await conn.fetchval(
-        """WITH hit AS (
-             SELECT application_id FROM commitment_applications
-              WHERE mall_id = $1 AND card_id = $2 AND store_id = $3 AND transaction_id IS NULL
-                AND order_amount_fen - discount_fen = $4
-              ORDER BY applied_at, application_id
-              LIMIT 1
-                FOR UPDATE)
-           UPDATE commitment_applications a SET transaction_id = $5
-             FROM hit WHERE a.mall_id = $1 AND a.application_id = hit.application_id
-           RETURNING a.discount_fen""",
-        mall_id,
-        uuid.UUID(card_id),
-        store_id,
-        amount_paid_fen,
-        transaction_id,
-    )
-    return int(discount or 0)
-
-
-async def add_purchase(
-    conn: Connection,
-    mall_id: str,
-    card_id: str,
-    transaction_id: str,
-    store_id: str,
-    amount_fen: int,
-    discount_fen: int,
-    paid_at: datetime,
-    number: int,
-) -> bool:
-    """Record a counted purchase; False if this payment already counted on this card."""
-    inserted = await conn.fetchval(
-        """INSERT INTO commitment_purchases
-               (mall_id, card_id, transaction_id, store_id, amount_fen, discount_fen, paid_at,
-                number)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-           ON CONFLICT DO NOTHING RETURNING true""",
-        mall_id,
-        uuid.UUID(card_id),
-        transaction_id,
-        store_id,
-        amount_fen,
-        discount_fen,
-        paid_at,
-        number,
-    )
-    return bool(inserted)
+    return None if row is None else _card(row)
 
 
 # -- the deadline sweep and reminders (across malls, like the outbox relay) ------------------
@@ -465,89 +285,3 @@ async def mark_reminders(
         limit,
     )
     return [_card(r) for r in rows]
-
-
-# -- refunds --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CountedPurchase:
-    card_id: str
-    amount_fen: int
-    discount_fen: int
-    refunded_fen: int
-
-
-async def add_refund(
-    conn: Connection, mall_id: str, refund_id: str, transaction_id: str, amount_fen: int
-) -> bool:
-    """Record a refund; False if seen before."""
-    done = await conn.fetchval(
-        """INSERT INTO commitment_refunds (mall_id, refund_id, transaction_id, amount_fen)
-           VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true""",
-        mall_id,
-        refund_id,
-        transaction_id,
-        amount_fen,
-    )
-    return bool(done)
-
-
-async def refunded_fen(conn: Connection, mall_id: str, transaction_id: str) -> int:
-    """What has been refunded of a payment so far (refunds can precede their payment)."""
-    total = await conn.fetchval(
-        """SELECT COALESCE(sum(amount_fen), 0) FROM commitment_refunds
-            WHERE mall_id = $1 AND transaction_id = $2""",
-        mall_id,
-        transaction_id,
-    )
-    return int(total)
-
-
-async def refund_purchases(
-    conn: Connection, mall_id: str, transaction_id: str, amount_fen: int
-) -> list[CountedPurchase]:
-    """Add a refund to every counted purchase of the payment; the purchases after it."""
-    rows = await conn.fetch(
-        """UPDATE commitment_purchases SET refunded_fen = refunded_fen + $3
-            WHERE mall_id = $1 AND transaction_id = $2 AND voided_at IS NULL
-           RETURNING card_id, amount_fen, discount_fen, refunded_fen""",
-        mall_id,
-        transaction_id,
-        amount_fen,
-    )
-    return [
-        CountedPurchase(str(r["card_id"]), r["amount_fen"], r["discount_fen"], r["refunded_fen"])
-        for r in rows
-    ]
-
-
-async def lock_card(conn: Connection, mall_id: str, card_id: str) -> CardRow | None:
-    row = await conn.fetchrow(
-        "SELECT * FROM commitment_cards WHERE mall_id = $1 AND card_id = $2 FOR UPDATE",
-        mall_id,
-        uuid.UUID(card_id),
-    )
-    return None if row is None else _card(row)
-
-
-async def void_purchase(
-    conn: Connection, mall_id: str, card_id: str, transaction_id: str, discount_fen: int
-) -> None:
-    """A purchase that no longer counts: voided, taken off its (active) card's progress."""
-    await conn.execute(
-        """UPDATE commitment_purchases SET voided_at = now()
-            WHERE mall_id = $1 AND card_id = $2 AND transaction_id = $3""",
-        mall_id,
-        uuid.UUID(card_id),
-        transaction_id,
-    )
-    await conn.execute(
-        """UPDATE commitment_cards
-              SET purchases_made = purchases_made - 1,
-                  discount_given_fen = discount_given_fen - $3
-            WHERE mall_id = $1 AND card_id = $2""",
-        mall_id,
-        uuid.UUID(card_id),
-        discount_fen,
-    )

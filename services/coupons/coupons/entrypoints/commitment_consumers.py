@@ -10,7 +10,7 @@ from kit.db import Connection
 from kit.proto import to_datetime
 from mall.member.v1 import events_pb2 as member_events
 
-from coupons.adapters import commitment_repository as repo
+from coupons.adapters import commitment_directory as directory
 from coupons.service_layer.commitment import Payment, Refund, count_payments, refund_payments
 
 PAYMENT_ATTRIBUTED = "member.payment.attributed"
@@ -51,7 +51,7 @@ async def on_refund_attributed(conn: Connection, deliveries: Sequence[Delivery])
 async def on_credential_upserted(conn: Connection, deliveries: Sequence[Delivery]) -> None:
     for d in deliveries:
         c = d.decode(member_events.CredentialUpserted).credential
-        await repo.put_credential(
+        await directory.put_credential(
             conn,
             c.credential_id,
             c.mall_id,
@@ -64,4 +64,4 @@ async def on_credential_upserted(conn: Connection, deliveries: Sequence[Delivery
 async def on_store_upserted(conn: Connection, deliveries: Sequence[Delivery]) -> None:
     for d in deliveries:
         s = d.decode(member_events.StoreUpserted).store
-        await repo.put_store(conn, s.mall_id, s.store_id, s.tenant_id)
+        await directory.put_store(conn, s.mall_id, s.store_id, s.tenant_id)

@@ -26,6 +26,7 @@ from mall.coupons.v1 import commitments_service_pb2 as pb
 from mall.coupons.v1 import commitments_service_pb2_grpc as pb_grpc
 
 from coupons.adapters import commitment_clawbacks as clawbacks
+from coupons.adapters import commitment_directory as directory
 from coupons.adapters import commitment_repository as repo
 from coupons.adapters.commitment_repository import CardRow, Offer
 from coupons.domain.commitment import CardStatus, OfferTerms
@@ -134,7 +135,7 @@ class CommitmentServicer(pb_grpc.CommitmentServiceServicer):
         else:
             credential_id, secret = parse_presented(presented)
             async with self._pool.acquire() as conn:
-                found = await repo.get_credential(conn, credential_id)
+                found = await directory.get_credential(conn, credential_id)
             if found is None or not await asyncio.to_thread(verify_secret, secret, found[2]):
                 raise Unauthenticated("invalid_credential", "unknown or revoked credential")
             if not found[1]:
@@ -212,7 +213,7 @@ class CommitmentServicer(pb_grpc.CommitmentServiceServicer):
         member_id = _uuid(request.member_id, "member_id")
         tenant = await self._tenant(context, request.mall_id)
         async with self._pool.acquire() as conn:
-            owners = await repo.store_tenants(conn, request.mall_id, [request.store_id])
+            owners = await directory.store_tenants(conn, request.mall_id, [request.store_id])
             if owners.get(request.store_id) != tenant.tenant_id:
                 raise Forbidden(
                     "store_not_yours", f"store {request.store_id} is not a store of this tenant"

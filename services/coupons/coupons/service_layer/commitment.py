@@ -19,7 +19,9 @@ from kit.db import Connection
 from kit.errors import Forbidden, InvalidInput, NotFound
 
 from coupons.adapters import commitment_clawbacks as clawbacks
+from coupons.adapters import commitment_directory as directory
 from coupons.adapters import commitment_events as events
+from coupons.adapters import commitment_purchases as purchases
 from coupons.adapters import commitment_repository as repo
 from coupons.adapters.commitment_repository import CardRow, Offer
 from coupons.domain.commitment import (
@@ -73,7 +75,7 @@ async def create_offer(
 ) -> Offer:
     if not request_id or len(request_id) > 128:
         raise InvalidInput("invalid_request_id", "request_id is 1..128 characters")
-    owners = await repo.store_tenants(conn, mall_id, terms.store_ids)
+    owners = await directory.store_tenants(conn, mall_id, terms.store_ids)
     for store_id in terms.store_ids:
         if owners.get(store_id) != tenant_id:
             raise Forbidden("store_not_yours", f"store {store_id} is not a store of this tenant")
@@ -116,7 +118,7 @@ async def apply_discount(
     if not request_id or len(request_id) > 128:
         raise InvalidInput("invalid_request_id", "request_id is 1..128 characters")
     async with conn.transaction():
-        seen = await repo.find_application(conn, mall_id, store_id, request_id)
+        seen = await purchases.find_application(conn, mall_id, store_id, request_id)
         if seen is not None:
             return Discount(seen.discount_fen, await repo.get_card(conn, mall_id, seen.card_id))
         for row in await repo.lock_active_cards(conn, mall_id, member_id, store_id):
@@ -124,12 +126,12 @@ async def apply_discount(
             if discount:
                 # Orders discounted but not paid yet hold their purchases: a card never gives
                 # more discounts than the purchases it commits to (unpaid ones lapse in a day).
-                awaited = await repo.open_applications(
+                awaited = await purchases.open_applications(
                     conn, mall_id, row.card_id, now - UNPAID_DISCOUNT_LAPSES
                 )
                 if row.card.purchases_made + awaited >= row.card.purchases_required:
                     continue
-                await repo.add_application(
+                await purchases.add_application(
                     conn,
                     mall_id,
                     row.card_id,
@@ -157,7 +159,7 @@ async def count_payments(
         for row in rows:
             if not row.card.open_at(payment.paid_at):
                 continue
-            discount = await repo.take_application(
+            discount = await purchases.take_application(
                 conn,
                 payment.mall_id,
                 row.card_id,
@@ -165,12 +167,12 @@ async def count_payments(
                 payment.amount_fen,
                 payment.transaction_id,
             )
-            refunded = await repo.refunded_fen(conn, payment.mall_id, payment.transaction_id)
+            refunded = await purchases.refunded_fen(conn, payment.mall_id, payment.transaction_id)
             paid = payment.amount_fen - refunded
             if not row.card.counts(payment.store_id, paid, discount, payment.paid_at):
                 continue
             progress = count_purchase(row.card, discount)
-            if not await repo.add_purchase(
+            if not await purchases.add_purchase(
                 conn,
                 payment.mall_id,
                 row.card_id,
@@ -211,18 +213,18 @@ async def refund_payments(
     voided = 0
     out: list[OutgoingEvent] = []
     for refund, headers in refunds:
-        if not await repo.add_refund(
+        if not await purchases.add_refund(
             conn, refund.mall_id, refund.refund_id, refund.transaction_id, refund.refund_amount_fen
         ):
             continue
-        purchases = await repo.refund_purchases(
+        refunded = await purchases.refund_purchases(
             conn, refund.mall_id, refund.transaction_id, refund.refund_amount_fen
         )
-        for p in sorted(purchases, key=lambda p: p.card_id):
+        for p in sorted(refunded, key=lambda p: p.card_id):
             row = await repo.lock_card(conn, refund.mall_id, p.card_id)
             if row is None or still_counts(row.card, p.amount_fen, p.discount_fen, p.refunded_fen):
                 continue
-            await repo.void_purchase(
+            await purchases.void_purchase(
                 conn, refund.mall_id, p.card_id, refund.transaction_id, p.discount_fen
             )
             voided += 1

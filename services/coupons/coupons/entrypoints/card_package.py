@@ -24,6 +24,7 @@ from mall.coupons.v1 import events_pb2
 from mall.member.v1 import events_pb2 as member_events
 
 from coupons.adapters import card_package as sql
+from coupons.adapters import card_package_stocks as stocks_sql
 from coupons.adapters.card_package_platform import WeChatMerchantCoupons
 from coupons.adapters.commitment_payscore import client_from_settings
 from coupons.commitment_settings import CommitmentSettings
@@ -80,7 +81,7 @@ async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]
         p = d.decode(member_events.PaymentAttributed)
         if p.source == common_pb2.PAYMENT_SOURCE_WECHAT_PAY and p.appid and p.openid:
             payers.append((p.mall_id, p.member_id, p.appid, p.openid))
-    await sql.put_payers(conn, payers)
+    await stocks_sql.put_payers(conn, payers)
 
 
 def card_package_job(settings: CommitmentSettings, pool: asyncpg.Pool) -> Component:

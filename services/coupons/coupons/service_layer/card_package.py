@@ -21,8 +21,10 @@ from kit.lifecycle import sleep_or_stop
 from wechatpay.client import PlatformRefused, PlatformUnavailable
 
 from coupons.adapters import card_package as sql
-from coupons.adapters.card_package import CouponClaim, StockClaim
+from coupons.adapters import card_package_stocks as stocks_sql
+from coupons.adapters.card_package import CouponClaim
 from coupons.adapters.card_package_platform import MerchantCoupons
+from coupons.adapters.card_package_stocks import StockClaim
 from coupons.domain.card_package import Action, after, next_action, request_no, stock_request
 from coupons.service_layer.commitment_clawbacks import retry_delay
 
@@ -32,13 +34,13 @@ log = structlog.get_logger(__name__)
 async def flag_stock(conn: Connection, mall_id: str, stock_id: str, mchid: str) -> bool:
     """Mirror a stock's coupons into the card package from now on (its creation at the
     platform is queued); False if it was flagged before."""
-    terms = await sql.stock_terms(conn, mall_id, stock_id)
+    terms = await stocks_sql.stock_terms(conn, mall_id, stock_id)
     if terms is None:
         raise NotFound("stock_not_found", f"no stock {stock_id} in mall {mall_id}")
     request = stock_request(
         terms, mchid=mchid, out_request_no=request_no("stock", mall_id, stock_id)
     )
-    return await sql.flag_stock(conn, mall_id, stock_id, request)
+    return await stocks_sql.flag_stock(conn, mall_id, stock_id, request)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class CardPackageWorker:
         """One round: create due stocks, then move due coupons one step; how many rows."""
         p = self._policy
         async with self._pool.acquire() as conn:
-            stocks = await sql.claim_stocks(conn, p.batch_size, p.lease_s)
+            stocks = await stocks_sql.claim_stocks(conn, p.batch_size, p.lease_s)
         await asyncio.gather(*(self._create(s) for s in stocks))
         async with self._pool.acquire() as conn:
             coupons = await sql.claim_coupons(conn, p.batch_size, p.lease_s)
@@ -97,17 +99,19 @@ class CardPackageWorker:
         except PlatformRefused as exc:
             log.error("card_package_stock_refused", **fields, code=exc.code, error=exc.message)
             async with self._pool.acquire() as conn:
-                await sql.save_stock(conn, claim, refused=True, code=exc.code, error=exc.message)
+                await stocks_sql.save_stock(
+                    conn, claim, refused=True, code=exc.code, error=exc.message
+                )
             return
         except Exception as exc:
             delay = self._delay(claim.failures)
             log.warning("card_package_stock_retry", **fields, retry_in_s=delay, error=repr(exc))
             code, text = _error(exc)
             async with self._pool.acquire() as conn:
-                await sql.save_stock(conn, claim, retry_in_s=delay, code=code, error=text)
+                await stocks_sql.save_stock(conn, claim, retry_in_s=delay, code=code, error=text)
             return
         async with self._pool.acquire() as conn, conn.transaction():
-            await sql.save_stock(conn, claim, platform_stock_id=platform_stock_id)
+            await stocks_sql.save_stock(conn, claim, platform_stock_id=platform_stock_id)
         log.info("card_package_stock_created", **fields, platform_stock_id=platform_stock_id)
 
     async def _call(self, action: Action, c: CouponClaim) -> None:

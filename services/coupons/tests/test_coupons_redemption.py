@@ -29,6 +29,7 @@ from mall.common.v1 import common_pb2
 from mall.coupons.v1 import coupons_pb2 as cpb
 from mall.coupons.v1 import coupons_service_pb2 as pb
 from mall.coupons.v1 import coupons_service_pb2_grpc as pb_grpc
+from mall.coupons.v1 import events_pb2
 from mall.member.v1 import directory_pb2
 from mall_testing.plugin import FreshDatabase
 from member.domain.credentials import hash_secret
@@ -490,3 +491,66 @@ async def test_the_redeemer_answers_concurrent_callers_in_batches(api: Api) -> N
     assert [r.code for r in refused] == ["coupon_used"]
     assert {coupon.coupon_id for coupon, _ in used} == {c.coupon_id for c in coupons}
     assert all(off == 2000 for _, off in used)
+
+
+async def test_parking_coupons_announce_their_kind_and_minutes(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    s = await create(
+        api,
+        None,
+        coupon_type=cpb.COUPON_TYPE_PARKING,
+        parking_minutes=120,
+        discount_fen=0,
+        threshold_fen=0,
+        title="停车2小时",
+    )
+    coupon = await claimed(api, s)
+    payloads = await db.fetch(
+        "SELECT payload FROM outbox WHERE mall_id = $1 AND subject = 'coupons.coupon.claimed'",
+        api.mall_id,
+    )
+    (event,) = [
+        e
+        for e in (events_pb2.CouponClaimed.FromString(p["payload"]) for p in payloads)
+        if e.coupon_id == coupon.coupon_id
+    ]
+    assert (event.coupon_type, event.parking_minutes) == (cpb.COUPON_TYPE_PARKING, 120)
+    assert event.channel == cpb.CLAIM_CHANNEL_MINI_PROGRAM
+    assert event.valid_until == coupon.valid_until
+
+
+async def test_rules_belong_to_their_tenant_and_stocks_list_by_state(api: Api) -> None:
+    s = await create(api, api.a)
+    rule = cpb.PostPaymentRule(
+        mall_id=api.mall_id,
+        rule_id=f"rule-{s.stock_id}",
+        stock_id=s.stock_id,
+        min_amount_fen=5000,
+        enabled=True,
+    )
+    first = await api.stub.PutPostPaymentRule(
+        pb.PutPostPaymentRuleRequest(rule=rule), metadata=api.a
+    )
+    again = await api.stub.PutPostPaymentRule(
+        pb.PutPostPaymentRuleRequest(rule=rule), metadata=api.a
+    )
+    assert (first.rule.version, again.rule.version) == (1, 2)
+    assert await refused(
+        api.stub.PutPostPaymentRule(pb.PutPostPaymentRuleRequest(rule=rule), metadata=api.b)
+    ) == (grpc.StatusCode.NOT_FOUND, "stock_not_found")
+
+    empty = await create(api, api.a, max_coupons=1, title="仅一张")
+    await claimed(api, empty)
+    listed = await api.stub.ListStocks(
+        pb.ListStocksRequest(
+            mall_id=api.mall_id, tenant_id="coffee", status=cpb.STOCK_STATUS_EXHAUSTED
+        )
+    )
+    exhausted = {x.stock_id: x for x in listed.stocks}  # other tests' stocks share the mall
+    assert empty.stock_id in exhausted
+    assert s.stock_id not in exhausted
+    assert exhausted[empty.stock_id].claimed_count == 1
+    assert {x.status for x in listed.stocks} == {cpb.STOCK_STATUS_EXHAUSTED}
+    fetched = await api.stub.GetStock(pb.GetStockRequest(mall_id=api.mall_id, stock_id=s.stock_id))
+    assert fetched.stock.status == cpb.STOCK_STATUS_ACTIVE

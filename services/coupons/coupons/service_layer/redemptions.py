@@ -10,14 +10,14 @@ idle service runs a batch of one at once: batching adds no wait.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
 from eventbus.outbox import add_events
 from kit import context
+from kit.batching import Batcher
 from kit.db import Connection
 from kit.errors import AppError, NotFound
 
@@ -148,73 +148,21 @@ async def redeem_locked(conn: Connection, use: Use, now: datetime) -> tuple[Coup
     return coupon, off
 
 
-@dataclass
-class _Waiting:
-    use: Use
-    headers: dict[str, str]
-    answer: asyncio.Future[tuple[Coupon, int]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-
 class Redeemer:
-    """Batches concurrent redemptions: callers wait on a future; up to ``workers`` batches of at
-    most ``max_batch`` run at once, each taking whatever is queued when it starts."""
+    """Answers concurrent redemptions in batches (``kit.batching.Batcher``): up to ``workers``
+    batches of at most ``max_batch`` at once, each worker keeping one pooled connection across
+    the batches it drains."""
 
     def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 100, workers: int = 2) -> None:
-        self._pool = pool
-        self._max_batch = max_batch
-        self._workers = workers
-        self._running = 0
-        self._queue: list[_Waiting] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batcher: Batcher[tuple[Use, dict[str, str]], tuple[Coupon, int]] = Batcher(
+            self._handle, session=pool.acquire, max_batch=max_batch, workers=workers
+        )
 
     async def redeem(self, use: Use) -> tuple[Coupon, int]:
-        waiting = _Waiting(use, context.current())
-        self._queue.append(waiting)
-        self._kick()
-        return await waiting.answer
+        return await self._batcher.submit((use, context.current()))
 
-    def _kick(self) -> None:
-        """Start a drain if work waits and fewer than ``workers`` run."""
-        if self._queue and self._running < self._workers:
-            self._running += 1
-            task = asyncio.create_task(self._drain())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _drain(self) -> None:
-        # One connection for the whole drain: a pool release costs a reset round trip.
-        try:
-            async with self._pool.acquire() as conn:
-                while self._queue:
-                    batch = self._queue[: self._max_batch]
-                    del self._queue[: self._max_batch]
-                    if not await self._answer(conn, batch):
-                        break  # the next drain takes a fresh connection
-        except Exception as exc:  # no connection at all: every waiting caller hears it
-            for w in self._queue:
-                if not w.answer.done():
-                    w.answer.set_exception(exc)
-            self._queue.clear()
-        finally:
-            self._running -= 1
-            self._kick()  # a caller may have queued while this drain released its connection
-
-    async def _answer(self, conn: Connection, batch: list[_Waiting]) -> bool:
-        """Answer a batch; False when it failed as a whole (its callers hear why)."""
-        try:
-            answers = await redeem_batch(conn, [w.use for w in batch], [w.headers for w in batch])
-        except Exception as exc:
-            for w in batch:
-                if not w.answer.done():
-                    w.answer.set_exception(exc)
-            return False
-        for w, answer in zip(batch, answers, strict=True):
-            if w.answer.done():  # the caller gave up (deadline, cancellation)
-                continue
-            if isinstance(answer, AppError):
-                w.answer.set_exception(answer)
-            else:
-                w.answer.set_result(answer)
-        return True
+    @staticmethod
+    async def _handle(
+        conn: Connection, items: Sequence[tuple[Use, dict[str, str]]]
+    ) -> list[tuple[Coupon, int] | BaseException]:
+        return list(await redeem_batch(conn, [u for u, _ in items], [h for _, h in items]))

@@ -554,3 +554,32 @@ async def test_rules_belong_to_their_tenant_and_stocks_list_by_state(api: Api) -
     assert {x.status for x in listed.stocks} == {cpb.STOCK_STATUS_EXHAUSTED}
     fetched = await api.stub.GetStock(pb.GetStockRequest(mall_id=api.mall_id, stock_id=s.stock_id))
     assert fetched.stock.status == cpb.STOCK_STATUS_ACTIVE
+
+
+async def test_200_concurrent_claim_calls_for_50_coupons_over_grpc(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    s = await create(api, api.a, max_coupons=50, max_per_member=1)
+    shoppers = [str(uuid.uuid4()) for _ in range(150)]
+    presses = shoppers + shoppers[:50]  # 50 shoppers press twice
+
+    async def press(member_id: str) -> str:
+        try:
+            await claimed(api, s, member_id)
+        except grpc.aio.AioRpcError as exc:
+            error = from_rpc_error(exc)
+            return error.code if error is not None else str(exc.code())
+        return "claimed"
+
+    answers = await asyncio.gather(*(press(m) for m in presses))
+
+    assert answers.count("claimed") == 50
+    assert set(answers) <= {"claimed", "stock_sold_out", "member_limit_reached"}
+    row = await db.fetchrow(
+        """SELECT count(*) AS n, count(DISTINCT member_id) AS members FROM coupons
+            WHERE mall_id = $1 AND stock_id = $2""",
+        api.mall_id,
+        s.stock_id,
+    )
+    assert row is not None
+    assert (row["n"], row["members"]) == (50, 50)

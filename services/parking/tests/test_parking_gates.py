@@ -676,3 +676,58 @@ async def test_parking_coupons_cover_what_they_can_and_are_named_in_the_settled_
     later = await quote(world, park, plate, local(21, 11))
     assert [b.coupon_id for b in later.quote.benefits] == list({first, second, spare} - set(used))
     assert revoked not in [b.coupon_id for b in later.quote.benefits]
+
+
+async def test_a_merge_moves_plates_and_spend_to_the_survivor_who_sees_the_stay(
+    world: World, unique_id: str
+) -> None:
+    park = await car_park(world, unique_id)
+    await policy(
+        world, park.mall_id, spend_step_fen=10_000, spend_step_minutes=60, spend_max_minutes=240
+    )
+    absorbed, survivor = str(uuid.uuid4()), str(uuid.uuid4())
+    plate = plate_for(unique_id)
+    await world.parking.BindPlate(bind(park, absorbed, plate))
+    entered_at = datetime.now(UTC) - timedelta(minutes=170)
+    await pay(world, park.mall_id, absorbed, 20_000, entered_at + timedelta(minutes=5))
+    await world.publish(
+        "member.identity.merged",
+        member_events.IdentityMerged(
+            mall_id=park.mall_id,
+            survivor_member_id=survivor,
+            merged_member_id=absorbed,
+            merge_request_id=uuid.uuid4().hex,
+        ),
+    )
+    plates = await eventually(
+        lambda: world.parking.ListPlates(
+            api.ListPlatesRequest(mall_id=park.mall_id, member_id=survivor)
+        ),
+        lambda r: len(r.plates) == 1,
+    )
+    entry = await enter(world, park, plate, entered_at)
+
+    stay = await eventually(
+        lambda: world.parking.GetSessionForMember(
+            api.GetSessionForMemberRequest(mall_id=park.mall_id, member_id=survivor)
+        ),
+        lambda r: bool(r.preview.benefits),
+    )
+
+    assert plates.plates[0].plate_number == plate
+    assert entry.session.member_id == survivor
+    assert stay.session.session_id == entry.session.session_id
+    assert [(b.kind, b.free_minutes) for b in stay.preview.benefits] == [
+        (pb.BENEFIT_KIND_SPEND, 120)
+    ]
+    assert stay.preview.payable_fen == stay.preview.gross_fee_fen - 1000
+    nothing = await world.parking.GetSessionForMember(
+        api.GetSessionForMemberRequest(mall_id=park.mall_id, member_id=absorbed)
+    )
+    assert not nothing.HasField("session")
+    conn = await asyncpg.connect(world.database_url)
+    try:
+        trail = await plates_sql.history(conn, park.mall_id, plate)
+    finally:
+        await conn.close()
+    assert trail == [(absorbed, "bound"), (survivor, "moved")]

@@ -8,6 +8,8 @@ from datetime import datetime
 
 from kit.db import Connection
 
+from parking.adapters.merges import SURVIVOR_SQL, lock_members
+
 
 @dataclass(frozen=True)
 class ParkingCoupon:
@@ -23,10 +25,13 @@ async def add(
     """(mall_id, coupon_id, member_id, minutes, valid_from, valid_until); once per coupon."""
     if not coupons:
         return
+    await lock_members(conn, [(c[0], c[2]) for c in coupons])
     await conn.executemany(
         """INSERT INTO member_coupons (mall_id, coupon_id, member_id, minutes, valid_from,
                 valid_until)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (mall_id, coupon_id) DO NOTHING""",
+           VALUES ($1, $2, """
+        + SURVIVOR_SQL.format(mall="$1", member="$3::text")
+        + """, $4, $5, $6) ON CONFLICT (mall_id, coupon_id) DO NOTHING""",
         list(coupons),
     )
 

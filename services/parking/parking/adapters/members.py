@@ -10,14 +10,25 @@ from typing import Any
 
 from kit.db import Connection
 
+from parking.adapters.merges import SURVIVOR_SQL, lock_members
+
 
 async def set_tiers(conn: Connection, changes: Sequence[tuple[str, str, str, datetime]]) -> None:
     """(mall_id, member_id, tier_code, as_of): a later fact wins; an older one is ignored."""
+    latest: dict[tuple[str, str], tuple[str, str, str, datetime]] = {}
+    for change in changes:  # one row per member: a statement cannot update a row twice
+        known = latest.get(change[:2])
+        if known is None or known[3] <= change[3]:
+            latest[change[:2]] = change
+    changes = list(latest.values())
     if not changes:
         return
     await conn.execute(
         """INSERT INTO member_tiers (mall_id, member_id, tier_code, as_of)
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                    AS u(m, who, code, at)
+            WHERE NOT EXISTS (SELECT 1 FROM member_merges
+                               WHERE mall_id = u.m AND merged_member_id = u.who)
            ON CONFLICT (mall_id, member_id) DO UPDATE
                SET tier_code = excluded.tier_code, as_of = excluded.as_of
              WHERE member_tiers.as_of <= excluded.as_of""",
@@ -40,13 +51,18 @@ async def tier(conn: Connection, mall_id: str, member_id: str) -> str:
 async def add_payments(
     conn: Connection, payments: Sequence[tuple[str, str, str, int, datetime]]
 ) -> None:
-    """(mall_id, transaction_id, member_id, amount_fen, paid_at); a payment counts once."""
+    """(mall_id, transaction_id, member_id, amount_fen, paid_at); a payment counts once, on
+    the survivor when its member was merged."""
     if not payments:
         return
+    await lock_members(conn, [(p[0], p[2]) for p in payments])
     await conn.execute(
         """INSERT INTO member_payments (mall_id, transaction_id, member_id, amount_fen, paid_at)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
-                                $5::timestamptz[])
+           SELECT m, t, """
+        + SURVIVOR_SQL.format(mall="u.m", member="u.who")
+        + """, a, p
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[])
+                  AS u(m, t, who, a, p)
            ON CONFLICT (mall_id, transaction_id) DO NOTHING""",
         [p[0] for p in payments],
         [p[1] for p in payments],
@@ -60,9 +76,14 @@ async def add_refunds(conn: Connection, refunds: Sequence[tuple[str, str, str, s
     """(mall_id, refund_id, transaction_id, member_id, amount_fen); a refund counts once."""
     if not refunds:
         return
+    await lock_members(conn, [(r[0], r[3]) for r in refunds])
     await conn.execute(
         """INSERT INTO member_refunds (mall_id, refund_id, transaction_id, member_id, amount_fen)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+           SELECT m, r, t, """
+        + SURVIVOR_SQL.format(mall="u.m", member="u.who")
+        + """, a
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                  AS u(m, r, t, who, a)
            ON CONFLICT (mall_id, refund_id) DO NOTHING""",
         [r[0] for r in refunds],
         [r[1] for r in refunds],

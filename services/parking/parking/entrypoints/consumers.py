@@ -12,7 +12,7 @@ from mall.coupons.v1 import coupons_pb2
 from mall.coupons.v1 import events_pb2 as coupon_events
 from mall.member.v1 import events_pb2 as member_events
 
-from parking.adapters import coupons, directory, members
+from parking.adapters import coupons, directory, members, merges
 
 log = structlog.get_logger(__name__)
 
@@ -20,6 +20,7 @@ PAYMENT_ATTRIBUTED = "member.payment.attributed"
 REFUND_ATTRIBUTED = "member.refund.attributed"
 TIER_CHANGED = "member.tier.changed"
 DIRECTORY_CHANGED = "member.directory.>"
+IDENTITY_MERGED = "member.identity.merged"
 COUPON_CLAIMED = "coupons.coupon.claimed"
 COUPON_REVOKED = "coupons.coupon.revoked"
 
@@ -110,3 +111,14 @@ async def on_coupon_revoked(conn: Connection, deliveries: Sequence[Delivery]) ->
         msg = d.decode(coupon_events.CouponRevoked)
         revoked.append((msg.mall_id, msg.coupon_id, msg.member_id))
     await coupons.revoke(conn, revoked)
+
+
+async def on_identity_merged(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+    """Two members were one person: the absorbed one's plates and benefit facts move."""
+    for d in deliveries:
+        msg = d.decode(member_events.IdentityMerged)
+        if msg.merged_member_id and msg.survivor_member_id:
+            moved = await merges.move_member(
+                conn, msg.mall_id, msg.merged_member_id, msg.survivor_member_id
+            )
+            log.info("member_merged", mall_id=msg.mall_id, plates_moved=moved)

@@ -731,3 +731,90 @@ async def test_a_merge_moves_plates_and_spend_to_the_survivor_who_sees_the_stay(
     finally:
         await conn.close()
     assert trail == [(absorbed, "bound"), (survivor, "moved")]
+
+
+async def test_a_refund_that_arrives_before_its_payment_still_lowers_the_spend(
+    world: World, unique_id: str
+) -> None:
+    park = await car_park(world, unique_id)
+    await policy(
+        world, park.mall_id, spend_step_fen=10_000, spend_step_minutes=60, spend_max_minutes=240
+    )
+    member = str(uuid.uuid4())
+    plate = plate_for(unique_id)
+    await world.parking.BindPlate(bind(park, member, plate))
+    await enter(world, park, plate, local(20, 10))
+    transaction_id = f"4200{uuid.uuid4().hex[:20]}"
+    await refund(world, park.mall_id, member, transaction_id, 15_000)
+    kept = await pay(world, park.mall_id, member, 10_000, local(20, 11))  # another payment
+    await world.publish(
+        "member.payment.attributed",
+        member_events.PaymentAttributed(
+            mall_id=park.mall_id,
+            member_id=member,
+            amount_fen=30_000,
+            transaction_id=transaction_id,
+            paid_at=timestamp(local(20, 11)),
+            occurred_at=timestamp(local(20, 11)),
+        ),
+    )
+
+    reply = await eventually(
+        lambda: quote(world, park, plate, local(20, 16)),
+        lambda r: minutes_by_kind(r).get(pb.BENEFIT_KIND_SPEND, 0) > 60,
+    )
+
+    assert kept != transaction_id
+    # 100 yuan + (300 - 150) yuan = 250 yuan: two steps.
+    assert minutes_by_kind(reply) == {pb.BENEFIT_KIND_SPEND: 120}
+
+
+async def test_two_members_binding_one_plate_at_once_end_with_one_holder(
+    world: World, unique_id: str
+) -> None:
+    park = CarPark(f"mall-{unique_id}", "", "")
+    plate = plate_for(unique_id)
+    members = [str(uuid.uuid4()) for _ in range(6)]
+
+    outcomes = await asyncio.gather(
+        *(world.parking.BindPlate(bind(park, m, plate)) for m in members),
+        return_exceptions=True,
+    )
+
+    winners = [o for o in outcomes if isinstance(o, api.BindPlateResponse)]
+    losers = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(winners) == 1
+    assert len(losers) == len(members) - 1
+    errors = [from_rpc_error(e) for e in losers]
+    assert {e.code if e else "" for e in errors} == {"plate_bound_elsewhere"}
+
+
+async def test_a_stay_is_priced_by_the_schedule_in_force_at_its_entry(
+    world: World, unique_id: str
+) -> None:
+    park = await car_park(world, unique_id)  # v1: 5 yuan an hour since 2020
+    await world.admin.PutFeeSchedule(
+        api.PutFeeScheduleRequest(
+            schedule=pb.FeeSchedule(
+                mall_id=park.mall_id,
+                car_park_id=park.car_park_id,
+                free_minutes=0,
+                unit_minutes=30,
+                unit_fee_fen=400,
+                effective_from=timestamp(local(20, 12)),
+            )
+        )
+    )
+    before, after = plate_for(unique_id, "沪"), plate_for(unique_id, "京")
+    await enter(world, park, before, local(20, 11))
+    await enter(world, park, after, local(20, 12))
+
+    old = await quote(world, park, before, local(20, 13))
+    new = await quote(world, park, after, local(20, 13))
+
+    assert (old.quote.schedule_version, old.quote.gross_fee_fen) == (1, 1000)
+    assert (new.quote.schedule_version, new.quote.gross_fee_fen) == (2, 800)
+    versions = await world.admin.ListFeeSchedules(
+        api.ListFeeSchedulesRequest(mall_id=park.mall_id, car_park_id=park.car_park_id)
+    )
+    assert [s.version for s in versions.schedules] == [2, 1]

@@ -128,6 +128,9 @@ async def test_a_retried_claim_returns_the_same_coupon_even_once_sold_out(
 
     assert first.outcome is Outcome.CLAIMED
     assert first.coupon is not None
+    assert memory.holders((stock.mall_id, stock.stock_id)) == frozenset(
+        {(c.member_id, c.request_id)}
+    )
     assert again.coupon == first.coupon
     assert [r.coupon for r in together] == [first.coupon, first.coupon]
     assert await counts(pool, stock) == (1, 1, 1)

@@ -226,7 +226,9 @@ def test_post_payment_rules_match_tenant_amount_and_window() -> None:
 def test_sold_out_memory_forgets_after_its_ttl() -> None:
     clock = [0.0]
     memory = SoldOutMemory(ttl_s=5, clock=lambda: clock[0])
-    memory.remember(("m", "s"))
+    memory.remember(("m", "s"), frozenset({("member", "r1")}))
     assert memory.known(("m", "s"))
+    assert memory.holders(("m", "s")) == frozenset({("member", "r1")})
     clock[0] = 5.1
     assert not memory.known(("m", "s"))
+    assert memory.holders(("m", "s")) is None

@@ -64,6 +64,17 @@ async def earlier(
     return {(r["mall_id"], r["member_id"], r["request_id"]): coupon_of(r) for r in rows}
 
 
+async def holders(conn: Connection, mall_id: str, stock_id: str) -> frozenset[tuple[str, str]]:
+    """(member, request id) of every coupon of a stock."""
+    rows = await conn.fetch(
+        """SELECT member_id::text AS member_id, request_id FROM coupons
+            WHERE mall_id = $1 AND stock_id = $2""",
+        mall_id,
+        stock_id,
+    )
+    return frozenset((r["member_id"], r["request_id"]) for r in rows)
+
+
 async def lock_member_counts(
     conn: Connection, keys: Sequence[tuple[str, str, str]]
 ) -> dict[tuple[str, str, str], int]:

@@ -65,12 +65,21 @@ def mall_day(mall_id: str, now: datetime) -> date:
 
 class SoldOutMemory:
     """Stocks (and stock days) this process has seen exhausted. A hint with a short life, so a
-    stock another replica or ops changes is seen again soon; the database is the truth."""
+    stock another replica or ops changes is seen again soon; the database is the truth.
+
+    With an exhausted stock it may keep its holders' (member, request id) keys: complete once
+    the counter is at its end (no coupon of it can be added), so a claim that is not a retry
+    of one of them is answered "sold out" without asking the database at all."""
 
     def __init__(self, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl_s = ttl_s
         self._clock = clock
         self._until: dict[tuple[str, ...], float] = {}
+        self._holders: dict[tuple[str, ...], frozenset[tuple[str, str]]] = {}
+
+    @property
+    def disabled(self) -> bool:
+        return self._ttl_s <= 0
 
     def known(self, key: tuple[str, ...]) -> bool:
         until = self._until.get(key)
@@ -78,11 +87,35 @@ class SoldOutMemory:
             return False
         if until < self._clock():
             del self._until[key]
+            self._holders.pop(key, None)
             return False
         return True
 
-    def remember(self, key: tuple[str, ...]) -> None:
+    def remember(
+        self, key: tuple[str, ...], holders: frozenset[tuple[str, str]] | None = None
+    ) -> None:
         self._until[key] = self._clock() + self._ttl_s
+        if holders is not None:
+            self._holders[key] = holders
+
+    def holders(self, key: tuple[str, ...]) -> frozenset[tuple[str, str]] | None:
+        """The (member, request id) keys holding a coupon of an exhausted stock, if known."""
+        return self._holders.get(key) if self.known(key) else None
+
+
+#: Exhausted stocks up to this size keep their holders' keys in memory (a few MB at most).
+HOLDERS_IN_MEMORY = 50_000
+
+
+async def _remember_exhausted(
+    conn: Connection, memory: SoldOutMemory, key: tuple[str, str], issuable: int
+) -> None:
+    if memory.holders(key) is not None or memory.disabled:
+        return
+    if issuable <= HOLDERS_IN_MEMORY:
+        memory.remember(key, await sql.holders(conn, key[0], key[1]))
+    else:
+        memory.remember(key)
 
 
 class _Collision(Exception):
@@ -138,10 +171,21 @@ async def _answer(
     headers: Sequence[dict[str, str]] | None,
     day_of: Callable[[str, datetime], date],
 ) -> None:
-    # A retried claim gets its coupon back, whatever the stock's state now.
-    found = await sql.earlier(conn, [claims[i].key for i in live])
-    pending: list[int] = []
+    # A retried claim gets its coupon back, whatever the stock's state now; on a stock known
+    # exhausted with its holders in memory, any other claim is sold out without a query.
+    lookups: list[int] = []
     for i in live:
+        claim = claims[i]
+        holders = memory.holders((claim.mall_id, claim.stock_id))
+        if holders is not None and (claim.member_id, claim.request_id) not in holders:
+            results[i] = Result.refused(SOLD_OUT)
+        else:
+            lookups.append(i)
+    if not lookups:
+        return
+    found = await sql.earlier(conn, [claims[i].key for i in lookups])
+    pending: list[int] = []
+    for i in lookups:
         claim = claims[i]
         coupon = found.get(claim.key)
         if coupon is not None:
@@ -166,8 +210,8 @@ async def _answer(
         claim = claims[i]
         stock = stocks.get((claim.mall_id, claim.stock_id))
         refusal = judge(claim, stock, now)
-        if refusal is SOLD_OUT:
-            memory.remember((claim.mall_id, claim.stock_id))
+        if refusal is SOLD_OUT and stock is not None:
+            await _remember_exhausted(conn, memory, (stock.mall_id, stock.stock_id), stock.issuable)
         elif refusal is None and stock is not None and stock.max_per_day:
             day_key = (claim.mall_id, claim.stock_id, day_of(claim.mall_id, now).isoformat())
             if memory.known(day_key):
@@ -277,10 +321,10 @@ async def _compete(
             await sql.add_stock_counts(conn, dict(more_stock))
             await add_events(conn, outgoing)
     for stock in exhausted:
-        memory.remember((stock.mall_id, stock.stock_id))
+        await _remember_exhausted(conn, memory, (stock.mall_id, stock.stock_id), stock.issuable)
     for mall_id, stock_id, day in days_out:
         memory.remember((mall_id, stock_id, day.isoformat()))
     for skey in stock_counts:
         claimed, issuable = stock_counts[skey]
         if claimed >= issuable:
-            memory.remember(skey)
+            await _remember_exhausted(conn, memory, skey, issuable)

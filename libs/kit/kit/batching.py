@@ -75,6 +75,7 @@ class Batcher(Generic[T, R]):
         try:
             async with self._session() as session:
                 while self._queue:
+                    await asyncio.sleep(0)  # callers already on their way join this batch
                     batch = self._queue[: self._max_batch]
                     del self._queue[: self._max_batch]
                     if not await self._answer(session, batch):

@@ -35,6 +35,7 @@ from parking.entrypoints.grpc_admin import ParkingAdminServicer
 from parking.entrypoints.grpc_api import ParkingServicer
 from parking.entrypoints.grpc_carpark import CarParkServicer
 from parking.entrypoints.jobs import holds_job, wechat_job
+from parking.entrypoints.ops import ops_commands
 from parking.service_layer.config_cache import ConfigCache
 
 NAME = "parking"
@@ -88,7 +89,8 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                             retry_max_s=settings.wechatpay_retry_max_s,
                         ),
                     ]
-                }
+                },
+                commands=ops_commands(pool.acquire),
             ),
             authenticate=lambda pool: CarParkAuthenticator(
                 pool, cache_s=settings.credential_cache_s

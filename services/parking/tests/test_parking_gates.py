@@ -4,6 +4,9 @@ benefits from member's events, anomalies for the operator and the day's figures.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -818,3 +821,39 @@ async def test_a_stay_is_priced_by_the_schedule_in_force_at_its_entry(
         api.ListFeeSchedulesRequest(mall_id=park.mall_id, car_park_id=park.car_park_id)
     )
     assert [s.version for s in versions.schedules] == [2, 1]
+
+
+async def test_ops_read_a_plates_history_from_the_command_line(
+    world: World, unique_id: str, nats_url: str
+) -> None:
+    park = CarPark(f"mall-{unique_id}", "", "")
+    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    plate = plate_for(unique_id)
+    await world.parking.BindPlate(bind(park, alice, plate))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await world.parking.BindPlate(bind(park, bob, plate))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "parking",
+        "plate-history",
+        park.mall_id,
+        plate.lower(),
+        stdout=asyncio.subprocess.PIPE,
+        env={
+            **os.environ,
+            "DATABASE_URL": world.database_url,
+            "NATS_URL": nats_url,
+            "LOG_LEVEL": "error",
+            "POINTS_GRPC_TARGET": "",
+        },
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert [(x["member_id"], x["action"], x["holder_member_id"]) for x in lines] == [
+        (alice, "bound", None),
+        (bob, "refused", alice),
+    ]

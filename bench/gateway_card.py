@@ -42,6 +42,7 @@ import grpc
 import uvloop
 from gateway.adapters.tokens import SessionTokens
 from gateway.domain.shoppers import Session
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kit.migrations import migrate
 from mall.member.v1 import member_pb2, member_service_pb2, member_service_pb2_grpc
 from mall_testing.demo import DemoMall, seed
@@ -221,6 +222,11 @@ async def main(n: int, concurrency: int, m: int, k: int) -> dict[str, Any]:
             )
         )
         try:
+            for port in (member_port, points_port):  # a loaded box may take a while
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    await health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=120, wait_for_ready=True
+                    )
             mall = await seed(f"127.0.0.1:{member_port}", DemoMall.unique())
             members = await join_members(member_port, mall, m)
             key = secrets.token_urlsafe(48)

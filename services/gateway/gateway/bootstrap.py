@@ -30,6 +30,7 @@ from gateway.config import Settings
 from gateway.entrypoints.app import HttpServer, create_app
 from gateway.entrypoints.keys import Shoppers, Webhooks
 from gateway.entrypoints.shoppers import count_card_read, render_card
+from gateway.entrypoints.streams import Streams
 from gateway.entrypoints.throttle import RateLimits
 from gateway.service_layer.card import CardReader, SectionSource
 from gateway.service_layer.live import LiveHub
@@ -93,7 +94,8 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 counted=count_card_read,
             )
             feed = PointsFeed(nc, hub, changed=cards.invalidate)
-            components.append(feed.run)
+            streams = Streams(heartbeat_s=settings.sse_heartbeat_s)
+            components += [feed.run, streams.run]
             shoppers = Shoppers(
                 malls=directory,
                 wechat=WechatLogin(
@@ -111,8 +113,8 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 ),
                 hub=hub,
                 cards=cards,
+                streams=streams,
                 directory_ready=mirror.ready.is_set,
-                heartbeat_s=settings.sse_heartbeat_s,
             )
         else:
             log.warning("no_miniprogram_login", hint="set MINIPROGRAM_SECRETS_FILE")

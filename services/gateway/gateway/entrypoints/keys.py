@@ -15,6 +15,7 @@ from gateway.adapters.services import Backends
 from gateway.adapters.spent import SpentRefreshTokens
 from gateway.adapters.tokens import SessionTokens
 from gateway.domain.shoppers import Session
+from gateway.entrypoints.streams import Streams
 from gateway.service_layer.card import CardReader
 from gateway.service_layer.live import LiveHub
 from gateway.service_layer.notifications import ShopDirectory
@@ -49,9 +50,9 @@ class Shoppers:
     hub: LiveHub
     #: The member cards (fan-out, single flight, cache invalidated by the live feed).
     cards: CardReader
+    #: The open SSE streams and their heartbeat (a component the composition root runs).
+    streams: Streams
     directory_ready: Callable[[], bool] = _always
-    #: Seconds between SSE heartbeats (comments), which also find disconnected clients.
-    heartbeat_s: float = 15.0
 
 
 PUBLISHER = web.AppKey("publisher", PaymentsPublisher)

@@ -7,65 +7,67 @@ with ``Last-Event-ID`` (EventSource does) gets ``ready`` with ``"resumed": true`
 events it missed, in order, then the live ones — or, when this process cannot promise it
 missed nothing (another replica, a restart, away too long: see ``service_layer.live``),
 ``ready`` with ``"resumed": false`` and a ``resync`` event: re-read the card and the ledger.
-A heartbeat comment every ``heartbeat_s`` keeps proxies from closing an idle stream and
-finds clients that left; the subscription is removed as soon as the stream ends, whichever
-side ends it.
+A heartbeat comment (``entrypoints.streams``: one loop for all streams) keeps proxies from
+closing an idle stream and finds clients that left; the subscription is removed as soon as
+the stream ends, whichever side ends it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 
 import structlog
 from aiohttp import web
-from aiohttp_sse import sse_response
 
 from gateway.entrypoints.keys import BACKENDS, SESSION, SHOPPERS
+from gateway.entrypoints.streams import GONE, frame
 from gateway.service_layer import sessions
 
 log = structlog.get_logger(__name__)
 
 #: How long the client should wait before reconnecting, in milliseconds.
 RETRY_MS = 3000
+#: How long one event may take to be written before the client counts as stalled.
+SEND_TIMEOUT_S = 10.0
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     session, shoppers = request[SESSION], request.app[SHOPPERS]
     member_id = await sessions.member_id_of(session, request.app[BACKENDS])
-    hub = shoppers.hub
+    hub, streams = shoppers.hub, shoppers.streams
     last_event_id = request.headers.get("Last-Event-ID", "")[:64]
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # nginx-style proxies: do not hold events back
+        }
+    )
     with hub.subscribe(session.mall_id, member_id) as sub:
         # Same step as subscribing: nothing published in between is missed or sent twice.
         missed = hub.resume(session.mall_id, member_id, last_event_id) if last_event_id else None
         now_id = hub.now_id
-        async with sse_response(
-            request, ping_interval=shoppers.heartbeat_s, headers={"Cache-Control": "no-store"}
-        ) as sse:
-            # Ends when a heartbeat cannot be written; then the subscription ends too, which
-            # wakes the loop below (one waiting task per stream, not one per event).
-            gone = asyncio.ensure_future(sse.wait())
-            gone.add_done_callback(lambda _: sub.close())
-            try:
+        await response.prepare(request)
+        streams.add(request, response, sub)
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
                 ready = json.dumps({"type": "ready", "resumed": missed is not None})
                 # Resuming, the client keeps its last id until a missed event replaces it.
-                await sse.send(
-                    ready, id=None if missed is not None else now_id, event="ready", retry=RETRY_MS
-                )
+                ready_id = None if missed is not None else now_id
+                message = frame(ready, event="ready", event_id=ready_id, retry_ms=RETRY_MS)
                 if last_event_id and missed is None:
-                    await sse.send(json.dumps({"type": "resync"}), event="resync")
+                    message += frame(json.dumps({"type": "resync"}), event="resync")
                 for event_id, event in missed or ():
-                    await sse.send(json.dumps(event), id=event_id, event="points")
-                while True:
-                    item = await sub.next()
-                    if item is None:  # gone, dropped as too slow, or the gateway is stopping
-                        break
-                    await sse.send(json.dumps(item[1]), id=item[0], event="points")
-            except (ConnectionResetError, TimeoutError):
-                pass  # the client left, or stalled past the send timeout
-            finally:
-                gone.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await gone
-    return sse
+                    message += frame(json.dumps(event), event="points", event_id=event_id)
+                await response.write(message)
+            while (item := await sub.next()) is not None:  # None: gone, dropped, stopping
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await response.write(
+                        frame(json.dumps(item[1]), event="points", event_id=item[0])
+                    )
+        except (*GONE, TimeoutError):
+            pass  # the client left, or stalled past the send timeout
+        finally:
+            streams.discard(response)
+    return response

@@ -22,7 +22,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 Event = dict[str, Any]
@@ -37,39 +37,52 @@ class _Recent:
 
     since: int
     touched: float
-    events: deque[tuple[int, Event]] = field(default_factory=deque)
+    events: deque[tuple[int, Event]] | None = None  # made on the first event
     evicted: int = 0
 
 
 class Subscription:
-    __slots__ = ("_hub", "_items", "_limit", "_wake", "closed", "key")
+    # Idle streams are most streams: no queue and no waiter object until there is a use for
+    # one (an empty deque alone is ~600 bytes; see bench/gateway_card.py for the total).
+    __slots__ = ("_hub", "_items", "_limit", "_waiter", "closed", "key")
 
     def __init__(self, hub: LiveHub, key: Key, limit: int) -> None:
         self.key = key
         self._hub = hub
         self._limit = limit
-        self._items: deque[Item] = deque()
-        self._wake = asyncio.Event()
+        self._items: deque[Item] | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self.closed = False
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def offer(self, item: Item) -> bool:
         """Queue the event; False (and nothing queued) when the queue is full."""
-        if self.closed or len(self._items) >= self._limit:
+        if self.closed:
+            return False
+        if self._items is None:
+            self._items = deque()
+        elif len(self._items) >= self._limit:
             return False
         self._items.append(item)
-        self._wake.set()
+        self._wake()
         return True
 
     def close(self) -> None:
         self.closed = True
-        self._wake.set()
+        self._wake()
 
     async def next(self) -> Item | None:
         """The next (id, event), or None once the stream is closed (dropped, or shutting down)."""
         while not self._items and not self.closed:
-            self._wake.clear()
-            await self._wake.wait()
-        if self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.closed or not self._items:
             return None
         return self._items.popleft()
 
@@ -121,7 +134,8 @@ class LiveHub:
         recent = self._recent.get((mall_id, member_id))
         if recent is None or after < recent.since or after < recent.evicted:
             return None
-        return [(f"{self._tag}-{seq}", event) for seq, event in recent.events if seq > after]
+        events = recent.events or ()
+        return [(f"{self._tag}-{seq}", event) for seq, event in events if seq > after]
 
     def _touch(self, key: Key) -> _Recent:
         now = self._clock()
@@ -161,6 +175,8 @@ class LiveHub:
         recent = self._recent.get(key)
         if recent is not None:
             if subs or self._clock() - recent.touched <= self._resume_window_s:
+                if recent.events is None:
+                    recent.events = deque()
                 recent.events.append((self._seq, event))
                 if len(recent.events) > self._replay_limit:
                     recent.evicted = recent.events.popleft()[0]

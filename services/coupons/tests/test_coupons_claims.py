@@ -16,6 +16,8 @@ from coupons.bootstrap import MIGRATIONS
 from coupons.domain.claims import Channel, Claim, Outcome
 from coupons.domain.stocks import Kind, NewStock, Stock, Terms, validate
 from coupons.service_layer.claims import SoldOutMemory, claim_batch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kit.migrations import migrate
 from mall_testing.plugin import FreshDatabase
 
@@ -238,3 +240,45 @@ async def test_validity_window_or_days_after_claim(pool: asyncpg.Pool, unique_id
     assert b.coupon is not None
     assert a.coupon.valid_until == until
     assert b.coupon.valid_until - b.coupon.valid_from == timedelta(days=7)
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    issuable=st.integers(1, 12),
+    per_member=st.integers(0, 3),
+    presses=st.lists(st.integers(0, 5), min_size=1, max_size=40),
+    batch=st.integers(1, 8),
+)
+async def test_limits_hold_for_any_presses_and_batching(
+    pool: asyncpg.Pool, issuable: int, per_member: int, presses: list[int], batch: int
+) -> None:
+    """Whatever the presses (member index each) and however they are batched and raced, the
+    stock never issues more than it holds, nobody more than the per-member limit, and coupons
+    are given while any member may still take one (first come, first served)."""
+    stock = await create(
+        pool,
+        new_stock(f"mall-{uuid.uuid4().hex[:12]}", max_coupons=issuable, max_per_member=per_member),
+    )
+    members = [str(uuid.uuid4()) for _ in range(6)]
+    claims = [claim(stock, members[m]) for m in presses]
+    batches = [claims[i : i + batch] for i in range(0, len(claims), batch)]
+
+    async def run(b: list[Claim]) -> list[Outcome]:
+        async with pool.acquire() as conn:
+            return [r.outcome for r in await claim_batch(conn, b, memory=SoldOutMemory())]
+
+    outcomes = [o for b in await asyncio.gather(*(run(b) for b in batches)) for o in b]
+
+    per = {m: presses.count(i) for i, m in enumerate(members)}
+    wanted = sum(min(n, per_member) if per_member else n for n in per.values())
+    rows = await pool.fetch(
+        "SELECT member_id::text AS m, count(*) AS n FROM coupons WHERE mall_id = $1 GROUP BY 1",
+        stock.mall_id,
+    )
+    held = {r["m"]: r["n"] for r in rows}
+    assert sum(held.values()) == outcomes.count(Outcome.CLAIMED) == min(issuable, wanted)
+    if per_member:
+        assert all(n <= per_member for n in held.values())
+    assert set(outcomes) <= {Outcome.CLAIMED, Outcome.SOLD_OUT, Outcome.LIMIT_REACHED}

@@ -317,8 +317,18 @@ async def test_with_points_down_the_card_answers_with_points_unavailable(stack: 
         assert card["points"] == {"status": "unavailable", "reason": "error"}
         status, problem = await stack.call("GET", "/v1/me/points/ledger", token=token)
         assert (status, problem["code"]) == (503, "upstream_unavailable")
+        # Readiness says so, without taking the gateway out (payments only need NATS).
+        status, ready = await stack.call("GET", "/readyz")
+        assert (status, ready["status"]) == (200, "ready")
+        assert ready["backends"] == {"member": "reachable", "points": "unreachable"}
     finally:
         await stack.start_points_api()
+    for _ in range(200):
+        status, ready = await stack.call("GET", "/readyz")
+        if ready["backends"]["points"] == "reachable":
+            break
+        await asyncio.sleep(0.05)
+    assert ready["backends"] == {"member": "reachable", "points": "reachable"}
     # A degraded card is kept only briefly: points is back on the next reads.
     for _ in range(200):
         status, card = await stack.call("GET", "/v1/me/card", token=token)
@@ -382,6 +392,49 @@ async def test_a_reconnect_with_last_event_id_gets_the_points_it_missed(stack: S
         kind, ready, _ = await next_event_with_id(events)
         assert (kind, ready["resumed"]) == ("ready", False)
         assert (await next_event(events))[0] == "resync"
+
+
+# -- access: the token is the only way in ---------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/me/card", "/v1/me/points/ledger", "/v1/me/events"])
+async def test_forged_expired_refresh_or_missing_tokens_are_refused(
+    stack: Stack, path: str
+) -> None:
+    session = Session(stack.mall.mall_id, openid(), str(uuid.uuid4()))
+    forged = SessionTokens("f" * 32, access_ttl_s=60, refresh_ttl_s=600).issue(session)
+    expired = SessionTokens(
+        stack.signing_key, access_ttl_s=60, refresh_ttl_s=600, clock=lambda: time.time() - 3600
+    ).issue(session)
+
+    for bad in (forged.access_token, expired.access_token, expired.refresh_token, None):
+        status, problem = await stack.call("GET", path, token=bad)
+        assert (status, problem["code"]) == (401, "invalid_session"), bad
+        assert str(session.member_id) not in json.dumps(problem)
+
+
+async def test_a_spent_refresh_token_is_refused_and_prometheus_metrics_are_served(
+    stack: Stack,
+) -> None:
+    token, _ = await stack.member(openid())
+    await stack.call("GET", "/v1/me/card", token=token)
+    body = {"appid": stack.mall.appid, "openid": openid()}
+    async with stack.http.post(f"{stack.sim.url}/control/login-codes", json=body) as resp:
+        code = (await resp.json())["code"]
+    _, login = await stack.call(
+        "POST", "/v1/session", body={"appid": stack.mall.appid, "code": code}
+    )
+    refresh = {"refresh_token": login["refresh_token"]}
+    assert (await stack.call("POST", "/v1/session/refresh", body=refresh))[0] == 200
+
+    status, problem = await stack.call("POST", "/v1/session/refresh", body=refresh)
+
+    assert (status, problem["code"]) == (401, "refresh_token_reused")
+    async with stack.http.get(stack.url + "/metrics") as resp:
+        metrics = await resp.text()
+    assert resp.status == 200
+    assert 'mall_http_requests_total{route="/v1/me/card",status="200"}' in metrics
+    assert "mall_gateway_card_reads_total" in metrics
 
 
 # -- the ledger --------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Chinese plate validation (pure domain)."""
+"""Chinese plate validation and settlement checks (pure domain)."""
 
 from __future__ import annotations
 
 import pytest
 from kit.errors import InvalidInput
 from parking.domain.plates import Color, validate_plate
+from parking.domain.sessions import PaymentMethod, settlement_anomaly
 
 
 @pytest.mark.parametrize(
@@ -37,3 +38,21 @@ def test_what_is_not_a_plate_is_refused(typed: str, color: Color | None) -> None
     with pytest.raises(InvalidInput) as caught:
         validate_plate(typed, color)
     assert caught.value.code == "invalid_plate"
+
+
+@pytest.mark.parametrize(
+    ("method", "payable", "paid", "flagged"),
+    [
+        (PaymentMethod.CASH, 1000, 1000, False),
+        (PaymentMethod.CASH, 1000, 500, True),
+        (PaymentMethod.PAID_AT_EXIT, 1000, 1200, False),
+        (PaymentMethod.BENEFITS_ONLY, 0, 0, False),
+        (PaymentMethod.BENEFITS_ONLY, 300, 0, True),
+        (PaymentMethod.POINTS, 200, 0, True),
+        (PaymentMethod.PAY_SCORE, 1500, 0, False),  # deducted after the exit
+    ],
+)
+def test_settlements_that_leave_money_owed_are_flagged(
+    method: PaymentMethod, payable: int, paid: int, flagged: bool
+) -> None:
+    assert (settlement_anomaly(method, payable, paid) is not None) == flagged

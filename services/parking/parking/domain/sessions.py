@@ -51,10 +51,8 @@ class Session:
 
 
 def settlement_anomaly(method: PaymentMethod, payable_fen: int, paid_fen: int) -> str | None:
-    """Why a settlement needs a look, or None. Cash and exit payments must cover the quote;
-    benefits-only needs nothing payable; points and pay-score settle what is owed later."""
-    if method in (PaymentMethod.CASH, PaymentMethod.PAID_AT_EXIT) and paid_fen < payable_fen:
-        return f"paid {paid_fen} fen of {payable_fen} fen"
-    if method == PaymentMethod.BENEFITS_ONLY and payable_fen > 0:
-        return f"settled as benefits only with {payable_fen} fen payable"
+    """Why a settlement needs a look, or None. Pay-score collects what is payable after the
+    exit; every other way must have covered the quote at the gate."""
+    if method != PaymentMethod.PAY_SCORE and paid_fen < payable_fen:
+        return f"{method.value}: paid {paid_fen} fen of {payable_fen} fen payable"
     return None

@@ -754,8 +754,9 @@ class Anomaly(_message.Message):
     anomaly_id: _builtins.str
     """Id of the record."""
     kind: _builtins.str
-    """What happened: "exit_without_entry", "entry_while_inside", "quote_expired_at_settle",
-    "underpaid".
+    """What happened: "exit_without_entry" (charged the schedule's missing-entry fee),
+    "entry_while_inside" (the earlier session was closed unpaid) or "underpaid" (settled with
+    less than the quote's payable amount).
     """
     car_park_id: _builtins.str
     """Car park."""

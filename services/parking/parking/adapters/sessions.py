@@ -11,6 +11,7 @@ from typing import Any
 from kit.db import Connection
 
 from parking.adapters.members import FACTS_SQL, MemberFacts, facts_from
+from parking.adapters.plates import PlateRow
 from parking.domain.benefits import Applied, BenefitKind, Priced
 from parking.domain.sessions import PaymentMethod, Session, Status
 
@@ -39,6 +40,49 @@ async def find_by_ref(
         entry_ref,
     )
     return _session(row) if row else None
+
+
+@dataclass(frozen=True)
+class EntryContext:
+    """What an entry needs to know, read in one round trip without locks."""
+
+    known_session_id: str | None
+    inside_session_id: str | None
+    plate: PlateRow | None
+
+
+async def entry_context(
+    conn: Connection, mall_id: str, car_park_id: str, entry_ref: str, plate_number: str
+) -> EntryContext:
+    row = await conn.fetchrow(
+        """SELECT k.session_id::text AS known, i.session_id::text AS inside,
+                  p.member_id, p.plate_color, p.pay_with_points, p.appid, p.openid, p.bound_at
+             FROM (SELECT 1) AS one
+             LEFT JOIN sessions k
+                    ON k.mall_id = $1 AND k.car_park_id = $2 AND k.entry_ref = $3
+             LEFT JOIN sessions i
+                    ON i.mall_id = $1 AND i.car_park_id = $2 AND i.plate_number = $4
+                   AND i.status = 'open'
+             LEFT JOIN plates p ON p.mall_id = $1 AND p.plate_number = $4""",
+        mall_id,
+        car_park_id,
+        entry_ref,
+        plate_number,
+    )
+    assert row is not None
+    plate = None
+    if row["member_id"] is not None:
+        plate = PlateRow(
+            mall_id,
+            plate_number,
+            row["member_id"],
+            row["plate_color"],
+            row["pay_with_points"],
+            row["appid"],
+            row["openid"],
+            row["bound_at"],
+        )
+    return EntryContext(row["known"], row["inside"], plate)
 
 
 async def find_open(

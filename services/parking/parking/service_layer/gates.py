@@ -46,30 +46,15 @@ class Entry:
 
 async def record_entry(conn: Connection, entry: Entry) -> tuple[Session, bool]:
     """The session of this entry and whether it had been recorded before (a gate resend)."""
+    found = await sessions.entry_context(
+        conn, entry.mall_id, entry.car_park_id, entry.entry_ref, entry.plate_number
+    )
+    if found.known_session_id is not None:
+        return await _known(conn, entry), True
+    plate = found.plate
     async with conn.transaction():
-        known = await sessions.find_by_ref(conn, entry.mall_id, entry.car_park_id, entry.entry_ref)
-        if known is not None:
-            return known, True
-        inside = await sessions.find_open(
-            conn, entry.mall_id, entry.car_park_id, entry.plate_number, lock=True
-        )
-        if inside is not None:
-            # The exit camera missed the vehicle: close the old stay, keep it for the operator.
-            await sessions.abandon(conn, entry.mall_id, inside.session_id)
-            await sessions.decide_holds(
-                conn, entry.mall_id, inside.session_id, keep_quote_id=None, confirm=False
-            )
-            await sessions.record_anomaly(
-                conn,
-                mall_id=entry.mall_id,
-                car_park_id=entry.car_park_id,
-                plate_number=entry.plate_number,
-                session_id=inside.session_id,
-                kind=AnomalyKind.ENTRY_WHILE_INSIDE.value,
-                detail=f"entered again at {entry.entered_at.isoformat()} without an exit since "
-                f"{inside.entered_at.isoformat()}; the earlier session was closed unpaid",
-            )
-        plate = await plates.find(conn, entry.mall_id, entry.plate_number)
+        if found.inside_session_id is not None:
+            await _close_missed_exit(conn, entry)
         session = Session(
             mall_id=entry.mall_id,
             session_id=str(uuid.uuid4()),
@@ -82,19 +67,48 @@ async def record_entry(conn: Connection, entry: Entry) -> tuple[Session, bool]:
             status=Status.OPEN,
             entered_at=entry.entered_at,
         )
-        created = await sessions.insert(
-            conn, session, entry_ref=entry.entry_ref, entry_gate=entry.gate_id
-        )
-        if created is None:  # the same entry_ref committed meanwhile
-            raced = await sessions.find_by_ref(
-                conn, entry.mall_id, entry.car_park_id, entry.entry_ref
+        try:
+            created = await sessions.insert(
+                conn, session, entry_ref=entry.entry_ref, entry_gate=entry.gate_id
             )
-            assert raced is not None
-            return raced, True
+        except asyncpg.UniqueViolationError:  # another entry of this plate at the same moment
+            raise Conflict("retry", "the vehicle's session changed meanwhile; send again") from None
+        if created is None:  # the same entry_ref committed meanwhile
+            return await _known(conn, entry), True
         await add_events(conn, [session_started(created)])
         if plate is not None and plate.openid:
             await _queue_entry_calls(conn, created, plate)
         return created, False
+
+
+async def _known(conn: Connection, entry: Entry) -> Session:
+    known = await sessions.find_by_ref(conn, entry.mall_id, entry.car_park_id, entry.entry_ref)
+    assert known is not None
+    return known
+
+
+async def _close_missed_exit(conn: Connection, entry: Entry) -> None:
+    """The plate is still inside: the exit camera missed it. Close the old stay unpaid and
+    keep it for the operator."""
+    inside = await sessions.find_open(
+        conn, entry.mall_id, entry.car_park_id, entry.plate_number, lock=True
+    )
+    if inside is None:
+        return
+    await sessions.abandon(conn, entry.mall_id, inside.session_id)
+    await sessions.decide_holds(
+        conn, entry.mall_id, inside.session_id, keep_quote_id=None, confirm=False
+    )
+    await sessions.record_anomaly(
+        conn,
+        mall_id=entry.mall_id,
+        car_park_id=entry.car_park_id,
+        plate_number=entry.plate_number,
+        session_id=inside.session_id,
+        kind=AnomalyKind.ENTRY_WHILE_INSIDE.value,
+        detail=f"entered again at {entry.entered_at.isoformat()} without an exit since "
+        f"{inside.entered_at.isoformat()}; the earlier session was closed unpaid",
+    )
 
 
 async def _queue_entry_calls(conn: Connection, session: Session, plate: plates.PlateRow) -> None:

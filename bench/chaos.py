@@ -8,11 +8,16 @@ data dirs and fixed ports, so a killed server comes back with its data), the WeC
 simulator in this process (retries on the platform's schedule, scaled down), and member,
 points and the gateway as one process per role (tests/suite_processes.py).
 
+A process that exits on its own (not one this run killed) is started again, as Kubernetes
+would, and reported as a crash with the fault it followed: the path should survive its
+servers' restarts without one.
+
 Reported, per fault: what was killed, how long it was down, how long until the path worked
 again (a probe payment posted right after the restart, until points credited it), and in
 all: payments, refunds, notifications the platform had to send more than once, JetStream
-redeliveries per durable consumer, and the reconciliation's differences (zero is the only
-green; the exit code is 1 otherwise). Results: bench/results/chaos-<time>.json.
+redeliveries per durable consumer (deliveries beyond its subject's messages), and the
+reconciliation's differences (zero is the only green; the exit code is 1 otherwise).
+Results: bench/results/chaos-<time>.json.
 
     python bench/chaos.py [--rate 40] [--duration 90] [--gap 8]
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -89,7 +95,6 @@ class Fault:
     killed_at: float
     down_s: float = 0.0
     recovered_s: float | None = None
-    note: str = ""
 
 
 @dataclass
@@ -154,7 +159,7 @@ async def main(base: Path, rate: float, duration_s: float, gap_s: float) -> dict
         ns.stop()
         pg.stop()
         clean = outcome and not outcome["reconciliation"]["differences"]
-        if clean and set(outcome["exit_codes"].values()) == {0}:
+        if clean and not outcome["crashes"] and set(outcome["exit_codes"].values()) == {0}:
             shutil.rmtree(base, ignore_errors=True)
         else:
             print(f"logs and data kept in {base}", flush=True)
@@ -189,7 +194,13 @@ async def storm(
             "member-serve", "member", "serve", DATABASE_URL=member_db, GRPC_PORT=str(member_grpc)
         )
         await procs.start(
-            "points-serve", "points", "serve", GRPC_PORT=str(points_grpc), **points_env
+            "points-serve",
+            "points",
+            "serve",
+            GRPC_PORT=str(points_grpc),
+            # The reconciliation of a long storm reads every event since it began.
+            GRPC_DEFAULT_DEADLINE_S="120",
+            **points_env,
         )
         await procs.wait_serving_metrics(http)
         for role in ("consume", "relay"):
@@ -264,23 +275,55 @@ async def storm(
             await until(f"probe after {fault.target}", credited)
             fault.recovered_s = round(time.monotonic() - fault.killed_at, 3)
 
+        crashes: list[dict[str, Any]] = []
+        killing: set[str] = set()
+        current = [""]  # the fault in progress, for the crash report
+
+        async def served(replica: Replica) -> None:
+            async def answers() -> bool:
+                return bool(await procs.metrics(http, replica))
+
+            await until(f"{replica.name} serving", answers)
+
+        async def supervise() -> None:
+            """What Kubernetes does for a process that exits on its own: start it again.
+            Every such exit is a finding, reported as a crash with the fault it followed."""
+            while True:
+                for r in list(procs.replicas):
+                    if r.name in killing or r.process.returncode is None:
+                        continue
+                    crash = {
+                        "process": r.name,
+                        "exit_code": r.process.returncode,
+                        "after_fault": current[0],
+                        "at_s": round(time.monotonic() - storm_started, 1),
+                    }
+                    crashes.append(crash)
+                    print(json.dumps({"crashed": crash}), flush=True)
+                    r.log_file.close()
+                    await served(await procs.restart(r))
+                await asyncio.sleep(0.5)
+
         async def chaos(stop: asyncio.Event) -> None:
             targets = [*PROCESSES, *SERVERS]
             for target in targets:
                 await asyncio.sleep(gap_s)
                 fault = Fault(target, time.monotonic())
                 faults.append(fault)
+                current[0] = target
                 if target in SERVERS:
                     server: EmbeddedPostgres | EmbeddedNats = pg if target == "postgres" else ns
                     await asyncio.to_thread(kill_server, server)
                     await asyncio.sleep(1.0)
                     await asyncio.to_thread(restart_server, server)
                 else:
+                    killing.add(target)
                     [victim] = procs.named(target)
                     await procs.kill(victim)
                     await asyncio.sleep(1.0)
                     again: Replica = await procs.restart(victim)
-                    await procs.wait_serving_metrics(http, [again])
+                    killing.discard(target)
+                    await served(again)
                 fault.down_s = round(time.monotonic() - fault.killed_at, 3)
                 await probe(fault)
                 shown = {k: v for k, v in fault.__dict__.items() if k != "killed_at"}
@@ -291,6 +334,7 @@ async def storm(
 
         stop = asyncio.Event()
         storm_started = time.monotonic()
+        supervisor = asyncio.create_task(supervise())
         await asyncio.gather(flow(stop), chaos(stop))
         storm_s = time.monotonic() - storm_started
 
@@ -307,7 +351,13 @@ async def storm(
 
             async def drained(stream: str = stream, durable: str = durable) -> bool:
                 info = await js.consumer_info(stream, durable)
-                redelivered[durable] = int(info.num_redelivered or 0)
+                subject = info.config.filter_subject or ">"
+                held = await js.stream_info(stream, subjects_filter=subject)
+                # Every delivery counts in delivered.consumer_seq, redeliveries too: what
+                # exceeds the subject's messages was delivered more than once.
+                deliveries = info.delivered.consumer_seq if info.delivered else 0
+                messages = (held.state.subjects or {}).get(subject, 0)
+                redelivered[durable] = int(deliveries or 0) - int(messages)
                 return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
             await until(f"{durable} drained", drained)
@@ -329,6 +379,7 @@ async def storm(
 
         await until("every points report sent", synced)
         quiet_s = time.monotonic() - quiet_started
+        reconcile_started = time.monotonic()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{points_grpc}") as channel:
             report = await points_service_pb2_grpc.ReconciliationServiceStub(
                 channel
@@ -341,7 +392,11 @@ async def storm(
                 timeout=120,
                 wait_for_ready=True,
             )
+        reconcile_s = time.monotonic() - reconcile_started
         attempts = Counter(len(d.attempts) for d in sim.state.deliveries.values())
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await supervisor
         codes = await procs.stop()
     return {
         "rate_per_s": rate,
@@ -351,10 +406,12 @@ async def storm(
         "refunds": len(state.refunded),
         "refunds_refused": dict(state.refused),
         "faults": [{k: v for k, v in f.__dict__.items() if k != "killed_at"} for f in faults],
+        "crashes": crashes,
         "notifications_by_attempts": {str(k): v for k, v in sorted(attempts.items())},
         "notifications_redelivered": sum(n for a, n in attempts.items() if a > 1),
         "jetstream_redelivered": redelivered,
         "reconciliation": {
+            "seconds": round(reconcile_s, 2),
             "payments_checked": report.payments_checked,
             "refunds_checked": report.refunds_checked,
             "sources": {s.name: [s.payments, s.refunds] for s in report.sources},
@@ -392,7 +449,10 @@ def cli() -> int:
     path.write_text(json.dumps(outcome, indent=2, ensure_ascii=False))
     differences = outcome["reconciliation"]["differences"]
     print(json.dumps({k: v for k, v in outcome.items() if k != "reconciliation"}, indent=1))
-    print(f"reconciliation: {len(differences)} difference(s); written to {path}")
+    print(
+        f"reconciliation: {len(differences)} difference(s); "
+        f"{len(outcome['crashes'])} crash(es); written to {path}"
+    )
     return 1 if differences else 0
 
 

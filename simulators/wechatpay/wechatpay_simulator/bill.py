@@ -32,21 +32,17 @@ def _moment(query: dict[str, str], name: str) -> datetime | None:
     return moment
 
 
-def _synced_points(state: PlatformState, transaction_id: str) -> int | None:
-    """Points of the first accepted sync of the payment (its credit; later ones report
-    refunds)."""
+def _synced_points(state: PlatformState) -> dict[str, int]:
+    """Points of each payment's first accepted sync (its credit; later ones report refunds)."""
+    first: dict[str, int] = {}
     for sync in state.points_syncs:
         body = sync.body
-        if (
-            sync.status == 204
-            and isinstance(body, dict)
-            and body.get("transaction_id") == transaction_id
-        ):
-            return int(body.get("increased_points", 0))
-    return None
+        if sync.status == 204 and isinstance(body, dict):
+            first.setdefault(str(body.get("transaction_id")), int(body.get("increased_points", 0)))
+    return first
 
 
-def _payment(state: PlatformState, p: Payment) -> dict[str, Any]:
+def _payment(state: PlatformState, p: Payment, synced: dict[str, int]) -> dict[str, Any]:
     return {
         "transaction_id": p.transaction_id,
         "mchid": p.mchid,
@@ -57,15 +53,16 @@ def _payment(state: PlatformState, p: Payment) -> dict[str, Any]:
         "refunded": p.refunded,
         "time_end": rfc3339(p.time_end),
         "points_synced": state.points_synced(p.transaction_id),
-        "synced_points": _synced_points(state, p.transaction_id),
+        "synced_points": synced.get(p.transaction_id),
     }
 
 
 def statement(
     state: PlatformState, since: datetime, until: datetime, mchid: str | None = None
 ) -> dict[str, Any]:
+    synced = _synced_points(state)
     payments = [
-        _payment(state, p)
+        _payment(state, p, synced)
         for p in state.payments.values()
         if since <= p.time_end < until and (mchid is None or p.mchid == mchid)
     ]

@@ -365,7 +365,11 @@ async def settle_exit(conn: Connection, settlement: Settlement) -> tuple[Session
 
 
 async def _queue_exit_calls(conn: Connection, session: Session, quote: QuoteRow) -> None:
-    plate = await plates.find(conn, session.mall_id, session.plate_number)
+    plate = (
+        await plates.find(conn, session.mall_id, session.plate_number)
+        if session.member_id
+        else None  # a visitor: nobody to tell
+    )
     assert session.exited_at is not None
     if plate is not None and plate.openid and plate.member_id == session.member_id:
         await wechat_calls.enqueue(

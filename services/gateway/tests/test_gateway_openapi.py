@@ -179,6 +179,10 @@ CHECKS = [
     checks.content_type_conformance,
     checks.response_headers_conformance,
     checks.response_schema_conformance,
+    # Schema-valid requests are accepted. (Not negative_data_rejection: unknown query
+    # parameters are ignored on purpose, e.g. a mini-program's cache-buster, or a member id
+    # that must not matter: the member comes from the token.)
+    checks.positive_data_acceptance,
 ]
 
 

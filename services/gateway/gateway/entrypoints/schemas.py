@@ -43,13 +43,20 @@ class RefreshSessionBody(Wire):
 class JoinBody(Wire):
     """Become a member of the session's mall with the phone number the shopper consented to."""
 
-    phone: Annotated[str, Field(pattern=r"^\+?[0-9]{6,15}$", description="E.164 phone number")]
+    phone: Annotated[
+        str,
+        Field(
+            pattern=r"^(\+86|0086)?1[3-9][0-9]{9}$",
+            description="Mainland mobile number, bare or with +86",
+        ),
+    ]
 
 
 class PointsQuery(Wire):
     page_size: Annotated[int, Field(ge=1, le=100, description="Ledger entries on the page")] = 20
     page_token: Annotated[
-        str, Field(max_length=64, description="next_page_token of the previous page")
+        str,
+        Field(pattern=r"^[0-9]{0,18}$", description="next_page_token of the previous page"),
     ] = ""
 
 
@@ -57,7 +64,7 @@ class LedgerQuery(Wire):
     cursor: Annotated[
         str,
         Field(
-            pattern=r"^[0-9]{0,19}$",
+            pattern=r"^[0-9]{0,18}$",
             description="next_cursor of the previous page; empty for the newest entries",
         ),
     ] = ""

@@ -583,3 +583,28 @@ async def test_200_concurrent_claim_calls_for_50_coupons_over_grpc(
     )
     assert row is not None
     assert (row["n"], row["members"]) == (50, 50)
+
+
+async def test_wallet_summary_counts_coupons_still_to_use(api: Api) -> None:
+    s = await create(api, api.a, valid_days=3)
+    later = await create(api, api.a, valid_days=10)
+    member_id = str(uuid.uuid4())
+    soon, used, far = (
+        await claimed(api, s, member_id),
+        await claimed(api, s, member_id),
+        await claimed(api, later, member_id),
+    )
+    await api.stub.RedeemCoupon(redeem(api, used, "a1", 20_000), metadata=api.a)
+
+    summary = await api.stub.GetWalletSummary(
+        pb.GetWalletSummaryRequest(mall_id=api.mall_id, member_id=member_id)
+    )
+    nobody = await api.stub.GetWalletSummary(
+        pb.GetWalletSummaryRequest(mall_id=api.mall_id, member_id=str(uuid.uuid4()))
+    )
+
+    assert summary.available == 2
+    assert summary.next_expiry == soon.valid_until
+    assert far.valid_until.seconds > soon.valid_until.seconds
+    assert nobody.available == 0
+    assert not nobody.HasField("next_expiry")

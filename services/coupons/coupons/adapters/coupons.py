@@ -262,3 +262,19 @@ async def use_if_available(conn: Connection, usages: Sequence[Usage], at: dateti
         [json.dumps(u.event.headers) for u in usages],
     )
     return {r["coupon_id"] for r in rows}
+
+
+async def wallet_summary(
+    conn: Connection, mall_id: str, member_id: str, now: datetime
+) -> tuple[int, datetime | None]:
+    """(coupons available and not past their validity, the soonest end of validity)."""
+    row = await conn.fetchrow(
+        """SELECT count(*) AS n, min(valid_until) AS next_expiry FROM coupons
+            WHERE mall_id = $1 AND member_id = $2::uuid AND status = 'available'
+              AND valid_until > $3""",
+        mall_id,
+        member_id,
+        now,
+    )
+    assert row is not None  # an aggregate always answers one row
+    return row["n"], row["next_expiry"]

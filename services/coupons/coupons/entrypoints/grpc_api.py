@@ -12,6 +12,7 @@ import asyncpg
 from kit.batching import Batcher
 from kit.db import Connection
 from kit.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound
+from kit.proto import timestamp
 from mall.common.v1 import common_pb2
 from mall.coupons.v1 import coupons_service_pb2 as pb
 from mall.coupons.v1 import coupons_service_pb2_grpc
@@ -219,6 +220,24 @@ class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
                 next_page_token=_token(page[-1].claimed_at, page[-1].coupon_id) if more else ""
             ),
         )
+
+    async def GetWalletSummary(
+        self, request: pb.GetWalletSummaryRequest, context: Any
+    ) -> pb.GetWalletSummaryResponse:
+        if not request.mall_id:
+            raise InvalidInput("missing_field", "mall_id is required")
+        try:
+            uuid.UUID(request.member_id)
+        except ValueError:
+            raise InvalidInput("invalid_member_id", "member_id must be a UUID") from None
+        async with self._pool.acquire() as conn:
+            available, next_expiry = await coupons_sql.wallet_summary(
+                conn, request.mall_id, request.member_id, datetime.now(UTC)
+            )
+        answer = pb.GetWalletSummaryResponse(available=available)
+        if next_expiry is not None:
+            answer.next_expiry.CopyFrom(timestamp(next_expiry))
+        return answer
 
     # -- redemption ---------------------------------------------------------------------------
 

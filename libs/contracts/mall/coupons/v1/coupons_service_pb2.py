@@ -23,64 +23,69 @@ _sym_db = _symbol_database.Default()
 
 
 from mall.common.v1 import common_pb2 as mall_dot_common_dot_v1_dot_common__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mall.coupons.v1 import coupons_pb2 as mall_dot_coupons_dot_v1_dot_coupons__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mall/coupons/v1/coupons_service.proto\x12\x0fmall.coupons.v1\x1a\x1bmall/common/v1/common.proto\x1a\x1dmall/coupons/v1/coupons.proto\"O\n\x12\x43reateStockRequest\x12%\n\x05stock\x18\x01 \x01(\x0b\x32\x16.mall.coupons.v1.Stock\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"<\n\x13\x43reateStockResponse\x12%\n\x05stock\x18\x01 \x01(\x0b\x32\x16.mall.coupons.v1.Stock\"4\n\x0fGetStockRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x10\n\x08stock_id\x18\x02 \x01(\t\"9\n\x10GetStockResponse\x12%\n\x05stock\x18\x01 \x01(\x0b\x32\x16.mall.coupons.v1.Stock\"\x90\x01\n\x11ListStocksRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12)\n\x04page\x18\x02 \x01(\x0b\x32\x1b.mall.common.v1.PageRequest\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.mall.coupons.v1.StockStatus\"h\n\x12ListStocksResponse\x12&\n\x06stocks\x18\x01 \x03(\x0b\x32\x16.mall.coupons.v1.Stock\x12*\n\x04page\x18\x02 \x01(\x0b\x32\x1c.mall.common.v1.PageResponse\"\xc7\x01\n\x12\x43laimCouponRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x10\n\x08stock_id\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x11\n\ttier_code\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12.\n\x07\x63hannel\x18\x07 \x01(\x0e\x32\x1d.mall.coupons.v1.ClaimChannel\x12\x16\n\x0epoints_hold_id\x18\x08 \x01(\t\">\n\x13\x43laimCouponResponse\x12\'\n\x06\x63oupon\x18\x01 \x01(\x0b\x32\x17.mall.coupons.v1.Coupon\"J\n\x13\x43laimCouponsRequest\x12\x33\n\x06\x63laims\x18\x01 \x03(\x0b\x32#.mall.coupons.v1.ClaimCouponRequest\"v\n\x0b\x43laimResult\x12.\n\x07outcome\x18\x01 \x01(\x0e\x32\x1d.mall.coupons.v1.ClaimOutcome\x12\'\n\x06\x63oupon\x18\x02 \x01(\x0b\x32\x17.mall.coupons.v1.Coupon\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\x14\x43laimCouponsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.mall.coupons.v1.ClaimResult\"\x81\x01\n\x18\x43laimCouponByCodeRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x11\n\ttier_code\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\"D\n\x19\x43laimCouponByCodeResponse\x12\'\n\x06\x63oupon\x18\x01 \x01(\x0b\x32\x17.mall.coupons.v1.Coupon\"\x98\x01\n\x18ListMemberCouponsRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x1d.mall.coupons.v1.CouponStatus\x12)\n\x04page\x18\x04 \x01(\x0b\x32\x1b.mall.common.v1.PageRequest\"q\n\x19ListMemberCouponsResponse\x12(\n\x07\x63oupons\x18\x01 \x03(\x0b\x32\x17.mall.coupons.v1.Coupon\x12*\n\x04page\x18\x02 \x01(\x0b\x32\x1c.mall.common.v1.PageResponse\"\x95\x01\n\x13RedeemCouponRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x11\n\tcoupon_id\x18\x02 \x01(\t\x12\x10\n\x08store_id\x18\x03 \x01(\t\x12\x16\n\x0euse_request_id\x18\x04 \x01(\t\x12\x18\n\x10order_amount_fen\x18\x05 \x01(\x03\x12\x16\n\x0etransaction_id\x18\x06 \x01(\t\"U\n\x14RedeemCouponResponse\x12\'\n\x06\x63oupon\x18\x01 \x01(\x0b\x32\x17.mall.coupons.v1.Coupon\x12\x14\n\x0c\x64iscount_fen\x18\x02 \x01(\x03\"K\n\x19PutPostPaymentRuleRequest\x12.\n\x04rule\x18\x01 \x01(\x0b\x32 .mall.coupons.v1.PostPaymentRule\"L\n\x1aPutPostPaymentRuleResponse\x12.\n\x04rule\x18\x01 \x01(\x0b\x32 .mall.coupons.v1.PostPaymentRule\"H\n\x16\x43reateClaimCodeRequest\x12.\n\nclaim_code\x18\x01 \x01(\x0b\x32\x1a.mall.coupons.v1.ClaimCode\"I\n\x17\x43reateClaimCodeResponse\x12.\n\nclaim_code\x18\x01 \x01(\x0b\x32\x1a.mall.coupons.v1.ClaimCode\"9\n\x14GetStockStatsRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x10\n\x08stock_id\x18\x02 \x01(\t\"\x8b\x01\n\x15GetStockStatsResponse\x12\x0f\n\x07\x63laimed\x18\x01 \x01(\x03\x12\x10\n\x08redeemed\x18\x02 \x01(\x03\x12\x1a\n\x12redemption_rate_bp\x18\x03 \x01(\x05\x12\x33\n\nby_channel\x18\x04 \x03(\x0b\x32\x1f.mall.coupons.v1.ChannelFigures*\xfe\x01\n\x0c\x43laimOutcome\x12\x1d\n\x19\x43LAIM_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LAIM_OUTCOME_CLAIMED\x10\x01\x12\x1a\n\x16\x43LAIM_OUTCOME_SOLD_OUT\x10\x02\x12\x1f\n\x1b\x43LAIM_OUTCOME_LIMIT_REACHED\x10\x03\x12\x1f\n\x1b\x43LAIM_OUTCOME_NOT_CLAIMABLE\x10\x04\x12\x1e\n\x1a\x43LAIM_OUTCOME_NOT_ELIGIBLE\x10\x05\x12\x1b\n\x17\x43LAIM_OUTCOME_NOT_FOUND\x10\x06\x12\x19\n\x15\x43LAIM_OUTCOME_INVALID\x10\x07\x32\xb3\x08\n\x0e\x43ouponsService\x12X\n\x0b\x43reateStock\x12#.mall.coupons.v1.CreateStockRequest\x1a$.mall.coupons.v1.CreateStockResponse\x12O\n\x08GetStock\x12 .mall.coupons.v1.GetStockRequest\x1a!.mall.coupons.v1.GetStockResponse\x12U\n\nListStocks\x12\".mall.coupons.v1.ListStocksRequest\x1a#.mall.coupons.v1.ListStocksResponse\x12X\n\x0b\x43laimCoupon\x12#.mall.coupons.v1.ClaimCouponRequest\x1a$.mall.coupons.v1.ClaimCouponResponse\x12[\n\x0c\x43laimCoupons\x12$.mall.coupons.v1.ClaimCouponsRequest\x1a%.mall.coupons.v1.ClaimCouponsResponse\x12j\n\x11\x43laimCouponByCode\x12).mall.coupons.v1.ClaimCouponByCodeRequest\x1a*.mall.coupons.v1.ClaimCouponByCodeResponse\x12j\n\x11ListMemberCoupons\x12).mall.coupons.v1.ListMemberCouponsRequest\x1a*.mall.coupons.v1.ListMemberCouponsResponse\x12[\n\x0cRedeemCoupon\x12$.mall.coupons.v1.RedeemCouponRequest\x1a%.mall.coupons.v1.RedeemCouponResponse\x12m\n\x12PutPostPaymentRule\x12*.mall.coupons.v1.PutPostPaymentRuleRequest\x1a+.mall.coupons.v1.PutPostPaymentRuleResponse\x12\x64\n\x0f\x43reateClaimCode\x12\'.mall.coupons.v1.CreateClaimCodeRequest\x1a(.mall.coupons.v1.CreateClaimCodeResponse\x12^\n\rGetStockStats\x12%.mall.coupons.v1.GetStockStatsRequest\x1a&.mall.coupons.v1.GetStockStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mall/coupons/v1/coupons_service.proto\x12\x0fmall.coupons.v1\x1a\x1bmall/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dmall/coupons/v1/coupons.proto\"O\n\x12\x43reateStockRequest\x12%\n\x05stock\x18\x01 \x01(\x0b\x32\x16.mall.coupons.v1.Stock\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"<\n\x13\x43reateStockResponse\x12%\n\x05stock\x18\x01 \x01(\x0b\x32\x16.mall.coupons.v1.Stock\"4\n\x0fGetStockRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x10\n\x08stock_id\x18\x02 \x01(\t\"9\n\x10GetStockResponse\x12%\n\x05stock\x18\x01 \x01(\x0b\x32\x16.mall.coupons.v1.Stock\"\x90\x01\n\x11ListStocksRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12)\n\x04page\x18\x02 \x01(\x0b\x32\x1b.mall.common.v1.PageRequest\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.mall.coupons.v1.StockStatus\"h\n\x12ListStocksResponse\x12&\n\x06stocks\x18\x01 \x03(\x0b\x32\x16.mall.coupons.v1.Stock\x12*\n\x04page\x18\x02 \x01(\x0b\x32\x1c.mall.common.v1.PageResponse\"\xc7\x01\n\x12\x43laimCouponRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x10\n\x08stock_id\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x11\n\ttier_code\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12.\n\x07\x63hannel\x18\x07 \x01(\x0e\x32\x1d.mall.coupons.v1.ClaimChannel\x12\x16\n\x0epoints_hold_id\x18\x08 \x01(\t\">\n\x13\x43laimCouponResponse\x12\'\n\x06\x63oupon\x18\x01 \x01(\x0b\x32\x17.mall.coupons.v1.Coupon\"J\n\x13\x43laimCouponsRequest\x12\x33\n\x06\x63laims\x18\x01 \x03(\x0b\x32#.mall.coupons.v1.ClaimCouponRequest\"v\n\x0b\x43laimResult\x12.\n\x07outcome\x18\x01 \x01(\x0e\x32\x1d.mall.coupons.v1.ClaimOutcome\x12\'\n\x06\x63oupon\x18\x02 \x01(\x0b\x32\x17.mall.coupons.v1.Coupon\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\x14\x43laimCouponsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.mall.coupons.v1.ClaimResult\"\x81\x01\n\x18\x43laimCouponByCodeRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x11\n\tmember_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x11\n\ttier_code\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\"D\n\x19\x43laimCouponByCodeResponse\x12\'\n\x06\x63oupon\x18\x01 \x01(\x0b\x32\x17.mall.coupons.v1.Coupon\"\x98\x01\n\x18ListMemberCouponsRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x1d.mall.coupons.v1.CouponStatus\x12)\n\x04page\x18\x04 \x01(\x0b\x32\x1b.mall.common.v1.PageRequest\"q\n\x19ListMemberCouponsResponse\x12(\n\x07\x63oupons\x18\x01 \x03(\x0b\x32\x17.mall.coupons.v1.Coupon\x12*\n\x04page\x18\x02 \x01(\x0b\x32\x1c.mall.common.v1.PageResponse\"=\n\x17GetWalletSummaryRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x11\n\tmember_id\x18\x02 \x01(\t\"^\n\x18GetWalletSummaryResponse\x12\x11\n\tavailable\x18\x01 \x01(\x05\x12/\n\x0bnext_expiry\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x95\x01\n\x13RedeemCouponRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x11\n\tcoupon_id\x18\x02 \x01(\t\x12\x10\n\x08store_id\x18\x03 \x01(\t\x12\x16\n\x0euse_request_id\x18\x04 \x01(\t\x12\x18\n\x10order_amount_fen\x18\x05 \x01(\x03\x12\x16\n\x0etransaction_id\x18\x06 \x01(\t\"U\n\x14RedeemCouponResponse\x12\'\n\x06\x63oupon\x18\x01 \x01(\x0b\x32\x17.mall.coupons.v1.Coupon\x12\x14\n\x0c\x64iscount_fen\x18\x02 \x01(\x03\"K\n\x19PutPostPaymentRuleRequest\x12.\n\x04rule\x18\x01 \x01(\x0b\x32 .mall.coupons.v1.PostPaymentRule\"L\n\x1aPutPostPaymentRuleResponse\x12.\n\x04rule\x18\x01 \x01(\x0b\x32 .mall.coupons.v1.PostPaymentRule\"H\n\x16\x43reateClaimCodeRequest\x12.\n\nclaim_code\x18\x01 \x01(\x0b\x32\x1a.mall.coupons.v1.ClaimCode\"I\n\x17\x43reateClaimCodeResponse\x12.\n\nclaim_code\x18\x01 \x01(\x0b\x32\x1a.mall.coupons.v1.ClaimCode\"9\n\x14GetStockStatsRequest\x12\x0f\n\x07mall_id\x18\x01 \x01(\t\x12\x10\n\x08stock_id\x18\x02 \x01(\t\"\x8b\x01\n\x15GetStockStatsResponse\x12\x0f\n\x07\x63laimed\x18\x01 \x01(\x03\x12\x10\n\x08redeemed\x18\x02 \x01(\x03\x12\x1a\n\x12redemption_rate_bp\x18\x03 \x01(\x05\x12\x33\n\nby_channel\x18\x04 \x03(\x0b\x32\x1f.mall.coupons.v1.ChannelFigures*\xfe\x01\n\x0c\x43laimOutcome\x12\x1d\n\x19\x43LAIM_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LAIM_OUTCOME_CLAIMED\x10\x01\x12\x1a\n\x16\x43LAIM_OUTCOME_SOLD_OUT\x10\x02\x12\x1f\n\x1b\x43LAIM_OUTCOME_LIMIT_REACHED\x10\x03\x12\x1f\n\x1b\x43LAIM_OUTCOME_NOT_CLAIMABLE\x10\x04\x12\x1e\n\x1a\x43LAIM_OUTCOME_NOT_ELIGIBLE\x10\x05\x12\x1b\n\x17\x43LAIM_OUTCOME_NOT_FOUND\x10\x06\x12\x19\n\x15\x43LAIM_OUTCOME_INVALID\x10\x07\x32\x9c\t\n\x0e\x43ouponsService\x12X\n\x0b\x43reateStock\x12#.mall.coupons.v1.CreateStockRequest\x1a$.mall.coupons.v1.CreateStockResponse\x12O\n\x08GetStock\x12 .mall.coupons.v1.GetStockRequest\x1a!.mall.coupons.v1.GetStockResponse\x12U\n\nListStocks\x12\".mall.coupons.v1.ListStocksRequest\x1a#.mall.coupons.v1.ListStocksResponse\x12X\n\x0b\x43laimCoupon\x12#.mall.coupons.v1.ClaimCouponRequest\x1a$.mall.coupons.v1.ClaimCouponResponse\x12[\n\x0c\x43laimCoupons\x12$.mall.coupons.v1.ClaimCouponsRequest\x1a%.mall.coupons.v1.ClaimCouponsResponse\x12j\n\x11\x43laimCouponByCode\x12).mall.coupons.v1.ClaimCouponByCodeRequest\x1a*.mall.coupons.v1.ClaimCouponByCodeResponse\x12j\n\x11ListMemberCoupons\x12).mall.coupons.v1.ListMemberCouponsRequest\x1a*.mall.coupons.v1.ListMemberCouponsResponse\x12g\n\x10GetWalletSummary\x12(.mall.coupons.v1.GetWalletSummaryRequest\x1a).mall.coupons.v1.GetWalletSummaryResponse\x12[\n\x0cRedeemCoupon\x12$.mall.coupons.v1.RedeemCouponRequest\x1a%.mall.coupons.v1.RedeemCouponResponse\x12m\n\x12PutPostPaymentRule\x12*.mall.coupons.v1.PutPostPaymentRuleRequest\x1a+.mall.coupons.v1.PutPostPaymentRuleResponse\x12\x64\n\x0f\x43reateClaimCode\x12\'.mall.coupons.v1.CreateClaimCodeRequest\x1a(.mall.coupons.v1.CreateClaimCodeResponse\x12^\n\rGetStockStats\x12%.mall.coupons.v1.GetStockStatsRequest\x1a&.mall.coupons.v1.GetStockStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mall.coupons.v1.coupons_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLAIMOUTCOME']._serialized_start=2377
-  _globals['_CLAIMOUTCOME']._serialized_end=2631
-  _globals['_CREATESTOCKREQUEST']._serialized_start=118
-  _globals['_CREATESTOCKREQUEST']._serialized_end=197
-  _globals['_CREATESTOCKRESPONSE']._serialized_start=199
-  _globals['_CREATESTOCKRESPONSE']._serialized_end=259
-  _globals['_GETSTOCKREQUEST']._serialized_start=261
-  _globals['_GETSTOCKREQUEST']._serialized_end=313
-  _globals['_GETSTOCKRESPONSE']._serialized_start=315
-  _globals['_GETSTOCKRESPONSE']._serialized_end=372
-  _globals['_LISTSTOCKSREQUEST']._serialized_start=375
-  _globals['_LISTSTOCKSREQUEST']._serialized_end=519
-  _globals['_LISTSTOCKSRESPONSE']._serialized_start=521
-  _globals['_LISTSTOCKSRESPONSE']._serialized_end=625
-  _globals['_CLAIMCOUPONREQUEST']._serialized_start=628
-  _globals['_CLAIMCOUPONREQUEST']._serialized_end=827
-  _globals['_CLAIMCOUPONRESPONSE']._serialized_start=829
-  _globals['_CLAIMCOUPONRESPONSE']._serialized_end=891
-  _globals['_CLAIMCOUPONSREQUEST']._serialized_start=893
-  _globals['_CLAIMCOUPONSREQUEST']._serialized_end=967
-  _globals['_CLAIMRESULT']._serialized_start=969
-  _globals['_CLAIMRESULT']._serialized_end=1087
-  _globals['_CLAIMCOUPONSRESPONSE']._serialized_start=1089
-  _globals['_CLAIMCOUPONSRESPONSE']._serialized_end=1158
-  _globals['_CLAIMCOUPONBYCODEREQUEST']._serialized_start=1161
-  _globals['_CLAIMCOUPONBYCODEREQUEST']._serialized_end=1290
-  _globals['_CLAIMCOUPONBYCODERESPONSE']._serialized_start=1292
-  _globals['_CLAIMCOUPONBYCODERESPONSE']._serialized_end=1360
-  _globals['_LISTMEMBERCOUPONSREQUEST']._serialized_start=1363
-  _globals['_LISTMEMBERCOUPONSREQUEST']._serialized_end=1515
-  _globals['_LISTMEMBERCOUPONSRESPONSE']._serialized_start=1517
-  _globals['_LISTMEMBERCOUPONSRESPONSE']._serialized_end=1630
-  _globals['_REDEEMCOUPONREQUEST']._serialized_start=1633
-  _globals['_REDEEMCOUPONREQUEST']._serialized_end=1782
-  _globals['_REDEEMCOUPONRESPONSE']._serialized_start=1784
-  _globals['_REDEEMCOUPONRESPONSE']._serialized_end=1869
-  _globals['_PUTPOSTPAYMENTRULEREQUEST']._serialized_start=1871
-  _globals['_PUTPOSTPAYMENTRULEREQUEST']._serialized_end=1946
-  _globals['_PUTPOSTPAYMENTRULERESPONSE']._serialized_start=1948
-  _globals['_PUTPOSTPAYMENTRULERESPONSE']._serialized_end=2024
-  _globals['_CREATECLAIMCODEREQUEST']._serialized_start=2026
-  _globals['_CREATECLAIMCODEREQUEST']._serialized_end=2098
-  _globals['_CREATECLAIMCODERESPONSE']._serialized_start=2100
-  _globals['_CREATECLAIMCODERESPONSE']._serialized_end=2173
-  _globals['_GETSTOCKSTATSREQUEST']._serialized_start=2175
-  _globals['_GETSTOCKSTATSREQUEST']._serialized_end=2232
-  _globals['_GETSTOCKSTATSRESPONSE']._serialized_start=2235
-  _globals['_GETSTOCKSTATSRESPONSE']._serialized_end=2374
-  _globals['_COUPONSSERVICE']._serialized_start=2634
-  _globals['_COUPONSSERVICE']._serialized_end=3709
+  _globals['_CLAIMOUTCOME']._serialized_start=2569
+  _globals['_CLAIMOUTCOME']._serialized_end=2823
+  _globals['_CREATESTOCKREQUEST']._serialized_start=151
+  _globals['_CREATESTOCKREQUEST']._serialized_end=230
+  _globals['_CREATESTOCKRESPONSE']._serialized_start=232
+  _globals['_CREATESTOCKRESPONSE']._serialized_end=292
+  _globals['_GETSTOCKREQUEST']._serialized_start=294
+  _globals['_GETSTOCKREQUEST']._serialized_end=346
+  _globals['_GETSTOCKRESPONSE']._serialized_start=348
+  _globals['_GETSTOCKRESPONSE']._serialized_end=405
+  _globals['_LISTSTOCKSREQUEST']._serialized_start=408
+  _globals['_LISTSTOCKSREQUEST']._serialized_end=552
+  _globals['_LISTSTOCKSRESPONSE']._serialized_start=554
+  _globals['_LISTSTOCKSRESPONSE']._serialized_end=658
+  _globals['_CLAIMCOUPONREQUEST']._serialized_start=661
+  _globals['_CLAIMCOUPONREQUEST']._serialized_end=860
+  _globals['_CLAIMCOUPONRESPONSE']._serialized_start=862
+  _globals['_CLAIMCOUPONRESPONSE']._serialized_end=924
+  _globals['_CLAIMCOUPONSREQUEST']._serialized_start=926
+  _globals['_CLAIMCOUPONSREQUEST']._serialized_end=1000
+  _globals['_CLAIMRESULT']._serialized_start=1002
+  _globals['_CLAIMRESULT']._serialized_end=1120
+  _globals['_CLAIMCOUPONSRESPONSE']._serialized_start=1122
+  _globals['_CLAIMCOUPONSRESPONSE']._serialized_end=1191
+  _globals['_CLAIMCOUPONBYCODEREQUEST']._serialized_start=1194
+  _globals['_CLAIMCOUPONBYCODEREQUEST']._serialized_end=1323
+  _globals['_CLAIMCOUPONBYCODERESPONSE']._serialized_start=1325
+  _globals['_CLAIMCOUPONBYCODERESPONSE']._serialized_end=1393
+  _globals['_LISTMEMBERCOUPONSREQUEST']._serialized_start=1396
+  _globals['_LISTMEMBERCOUPONSREQUEST']._serialized_end=1548
+  _globals['_LISTMEMBERCOUPONSRESPONSE']._serialized_start=1550
+  _globals['_LISTMEMBERCOUPONSRESPONSE']._serialized_end=1663
+  _globals['_GETWALLETSUMMARYREQUEST']._serialized_start=1665
+  _globals['_GETWALLETSUMMARYREQUEST']._serialized_end=1726
+  _globals['_GETWALLETSUMMARYRESPONSE']._serialized_start=1728
+  _globals['_GETWALLETSUMMARYRESPONSE']._serialized_end=1822
+  _globals['_REDEEMCOUPONREQUEST']._serialized_start=1825
+  _globals['_REDEEMCOUPONREQUEST']._serialized_end=1974
+  _globals['_REDEEMCOUPONRESPONSE']._serialized_start=1976
+  _globals['_REDEEMCOUPONRESPONSE']._serialized_end=2061
+  _globals['_PUTPOSTPAYMENTRULEREQUEST']._serialized_start=2063
+  _globals['_PUTPOSTPAYMENTRULEREQUEST']._serialized_end=2138
+  _globals['_PUTPOSTPAYMENTRULERESPONSE']._serialized_start=2140
+  _globals['_PUTPOSTPAYMENTRULERESPONSE']._serialized_end=2216
+  _globals['_CREATECLAIMCODEREQUEST']._serialized_start=2218
+  _globals['_CREATECLAIMCODEREQUEST']._serialized_end=2290
+  _globals['_CREATECLAIMCODERESPONSE']._serialized_start=2292
+  _globals['_CREATECLAIMCODERESPONSE']._serialized_end=2365
+  _globals['_GETSTOCKSTATSREQUEST']._serialized_start=2367
+  _globals['_GETSTOCKSTATSREQUEST']._serialized_end=2424
+  _globals['_GETSTOCKSTATSRESPONSE']._serialized_start=2427
+  _globals['_GETSTOCKSTATSRESPONSE']._serialized_end=2566
+  _globals['_COUPONSSERVICE']._serialized_start=2826
+  _globals['_COUPONSSERVICE']._serialized_end=4006
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,7 @@ mall's ops API (inside the cluster, behind the network policy): any tenant, or t
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mall.common.v1 import common_pb2 as _common_pb2
@@ -527,6 +528,60 @@ class ListMemberCouponsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMemberCouponsResponse: _TypeAlias = ListMemberCouponsResponse  # noqa: Y015
+
+@_typing.final
+class GetWalletSummaryRequest(_message.Message):
+    """GetWalletSummaryRequest names the member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the member."""
+    member_id: _builtins.str
+    """Member holding the coupons (UUID)."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWalletSummaryRequest: _TypeAlias = GetWalletSummaryRequest  # noqa: Y015
+
+@_typing.final
+class GetWalletSummaryResponse(_message.Message):
+    """GetWalletSummaryResponse counts a member's coupons still to use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    NEXT_EXPIRY_FIELD_NUMBER: _builtins.int
+    available: _builtins.int
+    """Coupons AVAILABLE and not past their validity (some may not be valid yet)."""
+    @_builtins.property
+    def next_expiry(self) -> _timestamp_pb2.Timestamp:
+        """The soonest end of validity among them; unset when there are none."""
+
+    def __init__(
+        self,
+        *,
+        available: _builtins.int = ...,
+        next_expiry: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_expiry", b"next_expiry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "next_expiry", b"next_expiry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWalletSummaryResponse: _TypeAlias = GetWalletSummaryResponse  # noqa: Y015
 
 @_typing.final
 class RedeemCouponRequest(_message.Message):

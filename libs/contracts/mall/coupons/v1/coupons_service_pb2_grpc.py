@@ -71,6 +71,11 @@ class CouponsServiceStub:
                 request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ListMemberCouponsRequest.SerializeToString,
                 response_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ListMemberCouponsResponse.FromString,
                 _registered_method=True)
+        self.GetWalletSummary = channel.unary_unary(
+                '/mall.coupons.v1.CouponsService/GetWalletSummary',
+                request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetWalletSummaryRequest.SerializeToString,
+                response_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetWalletSummaryResponse.FromString,
+                _registered_method=True)
         self.RedeemCoupon = channel.unary_unary(
                 '/mall.coupons.v1.CouponsService/RedeemCoupon',
                 request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponRequest.SerializeToString,
@@ -150,6 +155,13 @@ class CouponsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWalletSummary(self, request, context):
+        """GetWalletSummary counts a member's coupons still to use (the member card's badge).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RedeemCoupon(self, request, context):
         """RedeemCoupon uses a coupon at a store (核销), tenant POS only. Idempotent on
         use_request_id: a retry returns the same outcome.
@@ -216,6 +228,11 @@ def add_CouponsServiceServicer_to_server(servicer, server):
                     servicer.ListMemberCoupons,
                     request_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ListMemberCouponsRequest.FromString,
                     response_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ListMemberCouponsResponse.SerializeToString,
+            ),
+            'GetWalletSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWalletSummary,
+                    request_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetWalletSummaryRequest.FromString,
+                    response_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetWalletSummaryResponse.SerializeToString,
             ),
             'RedeemCoupon': grpc.unary_unary_rpc_method_handler(
                     servicer.RedeemCoupon,
@@ -429,6 +446,33 @@ class CouponsService:
             '/mall.coupons.v1.CouponsService/ListMemberCoupons',
             mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ListMemberCouponsRequest.SerializeToString,
             mall_dot_coupons_dot_v1_dot_coupons__service__pb2.ListMemberCouponsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWalletSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.coupons.v1.CouponsService/GetWalletSummary',
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetWalletSummaryRequest.SerializeToString,
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.GetWalletSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

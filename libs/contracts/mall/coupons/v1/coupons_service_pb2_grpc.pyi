@@ -60,6 +60,8 @@ class CouponsServiceStub:
     """ClaimCouponByCode claims with a package-card or shopping-guide code."""
     ListMemberCoupons: _grpc.UnaryUnaryMultiCallable[_coupons_service_pb2.ListMemberCouponsRequest, _coupons_service_pb2.ListMemberCouponsResponse]
     """ListMemberCoupons pages through a member's coupons (the wallet), newest first."""
+    GetWalletSummary: _grpc.UnaryUnaryMultiCallable[_coupons_service_pb2.GetWalletSummaryRequest, _coupons_service_pb2.GetWalletSummaryResponse]
+    """GetWalletSummary counts a member's coupons still to use (the member card's badge)."""
     RedeemCoupon: _grpc.UnaryUnaryMultiCallable[_coupons_service_pb2.RedeemCouponRequest, _coupons_service_pb2.RedeemCouponResponse]
     """RedeemCoupon uses a coupon at a store (核销), tenant POS only. Idempotent on
     use_request_id: a retry returns the same outcome.
@@ -98,6 +100,8 @@ class CouponsServiceAsyncStub(CouponsServiceStub):
     """ClaimCouponByCode claims with a package-card or shopping-guide code."""
     ListMemberCoupons: _aio.UnaryUnaryMultiCallable[_coupons_service_pb2.ListMemberCouponsRequest, _coupons_service_pb2.ListMemberCouponsResponse]  # type: ignore[assignment]
     """ListMemberCoupons pages through a member's coupons (the wallet), newest first."""
+    GetWalletSummary: _aio.UnaryUnaryMultiCallable[_coupons_service_pb2.GetWalletSummaryRequest, _coupons_service_pb2.GetWalletSummaryResponse]  # type: ignore[assignment]
+    """GetWalletSummary counts a member's coupons still to use (the member card's badge)."""
     RedeemCoupon: _aio.UnaryUnaryMultiCallable[_coupons_service_pb2.RedeemCouponRequest, _coupons_service_pb2.RedeemCouponResponse]  # type: ignore[assignment]
     """RedeemCoupon uses a coupon at a store (核销), tenant POS only. Idempotent on
     use_request_id: a retry returns the same outcome.
@@ -168,6 +172,13 @@ class CouponsServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_coupons_service_pb2.ListMemberCouponsResponse, _abc.Awaitable[_coupons_service_pb2.ListMemberCouponsResponse]]:
         """ListMemberCoupons pages through a member's coupons (the wallet), newest first."""
+
+    def GetWalletSummary(
+        self,
+        request: _coupons_service_pb2.GetWalletSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coupons_service_pb2.GetWalletSummaryResponse, _abc.Awaitable[_coupons_service_pb2.GetWalletSummaryResponse]]:
+        """GetWalletSummary counts a member's coupons still to use (the member card's badge)."""
 
     def RedeemCoupon(
         self,

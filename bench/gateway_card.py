@@ -5,7 +5,8 @@ and ``points all`` as separate processes, seeds a mall and joins M members throu
 gRPC API, then measures, with one aiohttp client process at C requests in flight:
 
 * baseline: an empty aiohttp handler (``bench/empty_servers.py``), same client, same run;
-* plain fan-out: ``GET /v1/me/card`` on a gateway whose card cache is off (``CARD_TTL_S=0``):
+* plain fan-out: ``GET /v1/me/card`` on a gateway whose card cache is off (``CARD_TTL_S=0``,
+  ``CARD_STALE_S=0``):
   every read calls member and points (the card's two connected sections) concurrently;
 * card: ``GET /v1/me/card`` on a gateway as deployed (cache on, default TTL), reads spread
   uniformly over the M members after one warm-up read each; reads/s, p50/p99, and how the
@@ -286,7 +287,7 @@ async def main(n: int, concurrency: int, m: int, k: int) -> dict[str, Any]:
 
             # Plain fan-out: the card with its cache off.
             port = free_port()
-            plain = start_gateway({**gateway_env, "CARD_TTL_S": "0"}, port)
+            plain = start_gateway({**gateway_env, "CARD_TTL_S": "0", "CARD_STALE_S": "0"}, port)
             procs.append(plain)
             await wait_http(session, f"http://127.0.0.1:{port}/readyz")
             result["card_plain_fanout"] = await reads(port)
@@ -306,7 +307,8 @@ async def main(n: int, concurrency: int, m: int, k: int) -> dict[str, Any]:
             result["card"] = await reads(port)
             after = await card_reads(session, port)
             result["card"]["answered"] = {
-                k: int(after.get(k, 0) - before.get(k, 0)) for k in ("memory", "joined", "fanout")
+                k: int(after.get(k, 0) - before.get(k, 0))
+                for k in ("memory", "stale", "joined", "fanout")
             }
             result["card"]["vs_empty"] = round(
                 result["card"]["per_s"] / result["baseline_empty_aiohttp"]["per_s"], 2

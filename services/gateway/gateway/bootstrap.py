@@ -91,6 +91,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 render_card,
                 ttl_s=settings.card_ttl_s,
                 degraded_ttl_s=settings.card_degraded_ttl_s,
+                stale_s=settings.card_stale_s,
                 counted=count_card_read,
             )
             feed = PointsFeed(nc, hub, changed=cards.invalidate)

@@ -576,6 +576,29 @@ async def test_a_section_past_its_deadline_is_unavailable_and_not_kept() -> None
     assert (await cards.read("m", "a")).card.sections["points"].data is not None  # ... only
 
 
+async def test_past_its_ttl_a_card_is_answered_at_once_while_one_fan_out_refreshes_it() -> None:
+    fake = FakeSections(balance=10)
+    fake.gate.set()
+    clock = [0.0]
+    cards = reader(fake, ttl_s=5, stale_s=30, clock=lambda: clock[0])
+    first = await cards.read("m", "a")
+    fake.balance = 12  # changed without an event reaching us (the TTL's case)
+
+    clock[0] = 6.0  # past the TTL, within the stale window
+    assert await cards.read("m", "a") is first  # at once; a refresh started
+    assert await cards.read("m", "a") is first  # no second refresh: one is under way
+    await asyncio.sleep(0.01)
+    assert fake.calls == 2
+    assert (await cards.read("m", "a")).card.sections["points"].data["balance"] == 12  # type: ignore[index]
+
+    cards.invalidate("m", "a")  # an announced change is never answered stale
+    fake.balance = 15
+    assert (await cards.read("m", "a")).card.sections["points"].data["balance"] == 15  # type: ignore[index]
+    clock[0] = 6.0 + 5 + 31  # past TTL and stale window: wait for a fresh one
+    fake.balance = 16
+    assert (await cards.read("m", "a")).card.sections["points"].data["balance"] == 16  # type: ignore[index]
+
+
 async def test_no_member_no_card_and_a_failing_section_is_an_error() -> None:
     fake = FakeSections()
     fake.gate.set()

@@ -18,7 +18,8 @@ from gateway.service_layer import sessions
 
 CARD_READS = Counter(
     "mall_gateway_card_reads_total",
-    "Member card reads by how they were answered: memory, joined (a fan-out under way), fanout",
+    "Member card reads by how they were answered: memory, stale (refresh under way), joined "
+    "(a fan-out under way), fanout",
     ["outcome"],
 )
 

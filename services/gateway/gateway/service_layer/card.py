@@ -20,12 +20,15 @@ the first of:
   event after committing it);
 * the TTL passes (``ttl_s``, a few seconds: the safety net for an event this process missed,
   e.g. while disconnected from NATS; a card with a section that failed transiently is kept
-  only ``degraded_ttl_s``).
+  only ``degraded_ttl_s``). For ``stale_s`` after that, a read still answers the card at once
+  while one fan-out refreshes it in the background (stale-while-revalidate: the safety net's
+  refresh never makes a shopper wait); later, a read waits for a fresh fan-out.
 
 A fan-out that was in flight when an invalidation arrived still answers the readers that were
 waiting for it, but is not kept, and later readers start a fresh one: a card read before a
-change is never served after the change was announced. So a card is at most ``ttl_s`` old, and
-never older than the last change event this process received for that member.
+change is never served after the change was announced. So a card never predates the last
+change event this process received for that member, and is never answered more than
+``ttl_s + stale_s`` after it was read from the services.
 """
 
 from __future__ import annotations
@@ -88,12 +91,14 @@ class CardReader:
         *,
         ttl_s: float = 5.0,
         degraded_ttl_s: float = 1.0,
+        stale_s: float = 0.0,
         max_entries: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         counted: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         """``counted(outcome)`` hears of every read: ``memory`` (answered from the cache),
-        ``joined`` (shared a fan-out under way) or ``fanout`` (started one)."""
+        ``stale`` (answered from it past the TTL, a refresh under way), ``joined`` (shared a
+        fan-out under way) or ``fanout`` (started one)."""
         unknown = {s.name for s in sources} - set(SECTIONS)
         if unknown:
             raise ValueError(f"unknown card sections: {sorted(unknown)}")
@@ -101,6 +106,7 @@ class CardReader:
         self._render = render
         self._ttl_s = ttl_s
         self._degraded_ttl_s = degraded_ttl_s
+        self._stale_s = stale_s
         self._max_entries = max_entries
         self._clock = clock
         self._counted = counted
@@ -112,10 +118,17 @@ class CardReader:
     async def read(self, mall_id: str, member_id: str) -> CardAnswer:
         key = (mall_id, member_id)
         entry = self._cache.get(key)
-        if entry is not None and entry.expires > self._clock():
-            self.hits += 1
-            self._counted("memory")
-            return entry.answer
+        if entry is not None:
+            now = self._clock()
+            if entry.expires > now:
+                self.hits += 1
+                self._counted("memory")
+                return entry.answer
+            if entry.expires + self._stale_s > now:
+                if key not in self._flights:
+                    self._start(key)  # lands in the cache; its waiters are only later reads
+                self._counted("stale")
+                return entry.answer
         flight = self._flights.get(key)
         if flight is None:
             flight = self._start(key)

@@ -34,8 +34,8 @@ from coupons.entrypoints.commitment_jobs import clawback_job, commitment_command
 from coupons.entrypoints.expiry import expiry_commands, expiry_job
 from coupons.entrypoints.grpc_api import CouponsServicer
 from coupons.expiry_settings import ExpirySettings
-from coupons.service_layer.claims import SoldOutMemory
 from coupons.service_layer.redemptions import Redeemer
+from coupons.service_layer.sold_out import SoldOutMemory
 
 NAME = "coupons"
 MIGRATIONS = [eventbus.MIGRATIONS, (NAME, Path(__file__).parent / "migrations")]

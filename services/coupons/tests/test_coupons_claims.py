@@ -15,7 +15,8 @@ from coupons.adapters import stocks as stocks_sql
 from coupons.bootstrap import MIGRATIONS
 from coupons.domain.claims import Channel, Claim, Outcome
 from coupons.domain.stocks import Kind, NewStock, Stock, Terms, validate
-from coupons.service_layer.claims import SoldOutMemory, claim_batch
+from coupons.service_layer.claims import claim_batch
+from coupons.service_layer.sold_out import SoldOutMemory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kit.migrations import migrate

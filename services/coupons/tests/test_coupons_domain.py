@@ -12,7 +12,7 @@ from coupons.domain.claims import Channel, Claim, Outcome, judge, malformed, new
 from coupons.domain.post_payment import Payment, Rule, claims_for
 from coupons.domain.redemption import Held, Use, check, discount, usable_at
 from coupons.domain.stocks import Kind, NewStock, Stock, Terms, validate
-from coupons.service_layer.claims import SoldOutMemory
+from coupons.service_layer.sold_out import SoldOutMemory
 from hypothesis import given
 from hypothesis import strategies as st
 from kit.errors import AppError

@@ -27,7 +27,8 @@ from coupons.domain.redemption import Use
 from coupons.entrypoints import translate
 from coupons.entrypoints.auth import current_caller, tenant_caller
 from coupons.service_layer import offers, redemptions
-from coupons.service_layer.claims import Result, SoldOutMemory, claim_batch
+from coupons.service_layer.claims import Result, claim_batch
+from coupons.service_layer.sold_out import SoldOutMemory
 
 MAX_PAGE = 100
 

@@ -31,6 +31,7 @@ from aiohttp import web
 from eventbus.streams import ensure_streams
 from kit.cli import running, serving
 from kit.db import open_pool
+from kit.errors import Unavailable
 from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.common.v1 import common_pb2
@@ -326,6 +327,12 @@ async def test_a_clean_run_reconciles_to_zero_and_each_planted_fault_is_named(
             )
         assert blind.differences == []
         platform = next(s for s in blind.sources if s.name == "platform")
+        # A platform that does not answer is a clear UNAVAILABLE, not a list of differences.
+        async with open_pool(db, min_size=1, max_size=2) as pool:
+            gone = Reconciler(pool, nats_url, platform_from("http://127.0.0.1:9/bill", MCHID))
+            with pytest.raises(Unavailable) as unavailable:
+                await gone(mall_id, start, datetime.now(UTC))
+        assert unavailable.value.code == "platform_bill_unavailable"
         assert not platform.consulted
         assert "not configured" in platform.note
 

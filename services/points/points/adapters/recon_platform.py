@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+from kit.errors import Unavailable
 
 from points.domain.recon import Payment, PlatformSync, Refund
 
@@ -59,9 +60,14 @@ async def fetch_bill(url: str, mchid: str, since: datetime, until: datetime) -> 
     if mchid:
         params["mchid"] = mchid
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as http,
-        http.get(url, params=params) as resp,
-    ):
-        resp.raise_for_status()
-        return parse_bill(await resp.json())
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(url, params=params) as resp,
+        ):
+            resp.raise_for_status()
+            return parse_bill(await resp.json())
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+        raise Unavailable(
+            "platform_bill_unavailable", f"the platform's bill ({url}) could not be read: {exc!r}"
+        ) from exc

@@ -226,6 +226,18 @@ async def seed(db: str, nats_url: str, target: str, members: list[tuple[str, str
     return f"{credential_id}.{secret}"
 
 
+async def outbox_drained(db: str) -> None:
+    conn = await asyncpg.connect(db)
+    try:
+        for _ in range(600):
+            if not await conn.fetchval("SELECT count(*) FROM outbox"):
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError("the outbox never drained")
+    finally:
+        await conn.close()
+
+
 def plates(n: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     found: dict[str, str] = {}
@@ -276,6 +288,7 @@ async def gates(
                 await gate.enter(plate, color, now - timedelta(minutes=30 + i % 400))
 
             entries = await closed_loop(len(inside), concurrency, enter)
+            await outbox_drained(db)  # the relay's publishing is not part of the quote figure
             exit_at = datetime.now(UTC)
 
             async def quote(i: int) -> None:

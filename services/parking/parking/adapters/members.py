@@ -39,15 +39,6 @@ async def set_tiers(conn: Connection, changes: Sequence[tuple[str, str, str, dat
     )
 
 
-async def tier(conn: Connection, mall_id: str, member_id: str) -> str:
-    code = await conn.fetchval(
-        "SELECT tier_code FROM member_tiers WHERE mall_id = $1 AND member_id = $2",
-        mall_id,
-        member_id,
-    )
-    return str(code or "")
-
-
 async def add_payments(
     conn: Connection, payments: Sequence[tuple[str, str, str, int, datetime]]
 ) -> None:
@@ -91,26 +82,6 @@ async def add_refunds(conn: Connection, refunds: Sequence[tuple[str, str, str, s
         [r[3] for r in refunds],
         [r[4] for r in refunds],
     )
-
-
-async def spend(
-    conn: Connection, mall_id: str, member_id: str, since: datetime, until: datetime
-) -> int:
-    """Net fen a member paid in [since, until]: payments less their refunds, never negative."""
-    value = await conn.fetchval(
-        """SELECT coalesce(sum(greatest(p.amount_fen - coalesce(r.refunded, 0), 0)), 0)
-             FROM member_payments p
-             LEFT JOIN LATERAL (
-                 SELECT sum(amount_fen) AS refunded FROM member_refunds
-                  WHERE mall_id = p.mall_id AND transaction_id = p.transaction_id
-             ) r ON true
-            WHERE p.mall_id = $1 AND p.member_id = $2 AND p.paid_at BETWEEN $3 AND $4""",
-        mall_id,
-        member_id,
-        since,
-        until,
-    )
-    return int(value)
 
 
 @dataclass(frozen=True)

@@ -299,10 +299,17 @@ async def main(n: int, concurrency: int, m: int, k: int) -> dict[str, Any]:
             gateway = start_gateway(gateway_env, port)
             procs.append(gateway)
             await wait_http(session, f"http://127.0.0.1:{port}/readyz")
-            for i in range(m):  # one warm-up read per member
-                headers = {"Authorization": f"Bearer {member_tokens[i]}"}
-                async with session.get(f"http://127.0.0.1:{port}/v1/me/card", headers=headers):
-                    pass
+            warm = iter(range(m))
+
+            async def warm_up() -> None:  # one read per member, C at a time
+                for i in warm:
+                    headers = {"Authorization": f"Bearer {member_tokens[i]}"}
+                    async with session.get(
+                        f"http://127.0.0.1:{port}/v1/me/card", headers=headers
+                    ) as resp:
+                        await resp.read()
+
+            await asyncio.gather(*(warm_up() for _ in range(concurrency)))
             before = await card_reads(session, port)
             result["card"] = await reads(port)
             after = await card_reads(session, port)

@@ -92,6 +92,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 ttl_s=settings.card_ttl_s,
                 degraded_ttl_s=settings.card_degraded_ttl_s,
                 stale_s=settings.card_stale_s,
+                max_refreshing=settings.card_max_refreshing,
                 counted=count_card_read,
             )
             feed = PointsFeed(nc, hub, changed=cards.invalidate)

@@ -49,6 +49,8 @@ class Settings(ServiceSettings):
     card_degraded_ttl_s: float = Field(default=1.0, ge=0, le=60)
     #: How long past its TTL a card is still answered while one fan-out refreshes it.
     card_stale_s: float = Field(default=30.0, ge=0, le=600)
+    #: Background refreshes of stale cards running at once, at most.
+    card_max_refreshing: int = Field(default=8, ge=1, le=1000)
     #: Each card section's deadline (one backend call).
     card_section_deadline_s: float = Field(default=0.3, gt=0, le=10)
     #: Rate limits per client address and per shopper ("<count>/<period>", e.g. "200/second");

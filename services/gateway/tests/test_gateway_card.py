@@ -599,6 +599,28 @@ async def test_past_its_ttl_a_card_is_answered_at_once_while_one_fan_out_refresh
     assert (await cards.read("m", "a")).card.sections["points"].data["balance"] == 16  # type: ignore[index]
 
 
+async def test_stale_cards_are_refreshed_a_few_at_a_time() -> None:
+    fake = FakeSections()
+    fake.gate.set()
+    clock = [0.0]
+    cards = reader(fake, ttl_s=5, stale_s=30, max_refreshing=1, clock=lambda: clock[0])
+    for member in ("a", "b"):
+        await cards.read("m", member)
+    fake.gate.clear()  # refreshes hang until let go
+    clock[0] = 6.0
+
+    await cards.read("m", "a")  # stale: starts the one refresh allowed
+    await cards.read("m", "b")  # stale too, but answered without a refresh of its own
+    await asyncio.sleep(0.01)
+
+    assert fake.calls == 3
+    fake.gate.set()
+    await asyncio.sleep(0.01)
+    await cards.read("m", "b")  # the slot is free again: b's turn
+    await asyncio.sleep(0.01)
+    assert fake.calls == 4
+
+
 async def test_no_member_no_card_and_a_failing_section_is_an_error() -> None:
     fake = FakeSections()
     fake.gate.set()

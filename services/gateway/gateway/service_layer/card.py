@@ -22,7 +22,10 @@ the first of:
   e.g. while disconnected from NATS; a card with a section that failed transiently is kept
   only ``degraded_ttl_s``). For ``stale_s`` after that, a read still answers the card at once
   while one fan-out refreshes it in the background (stale-while-revalidate: the safety net's
-  refresh never makes a shopper wait); later, a read waits for a fresh fan-out.
+  refresh never makes a shopper wait); later, a read waits for a fresh fan-out. At most
+  ``max_refreshing`` such background fan-outs run at once (many cards going stale together
+  must not flood member and points); past that, the stale card is answered and a later read
+  refreshes it.
 
 A fan-out that was in flight when an invalidation arrived still answers the readers that were
 waiting for it, but is not kept, and later readers start a fresh one: a card read before a
@@ -76,10 +79,11 @@ class _Entry:
 
 
 class _Flight:
-    __slots__ = ("future", "stale")
+    __slots__ = ("background", "future", "stale")
 
-    def __init__(self, future: asyncio.Future[CardAnswer]) -> None:
+    def __init__(self, future: asyncio.Future[CardAnswer], *, background: bool) -> None:
         self.future = future
+        self.background = background
         self.stale = False
 
 
@@ -92,6 +96,7 @@ class CardReader:
         ttl_s: float = 5.0,
         degraded_ttl_s: float = 1.0,
         stale_s: float = 0.0,
+        max_refreshing: int = 8,
         max_entries: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         counted: Callable[[str], None] = lambda outcome: None,
@@ -107,6 +112,8 @@ class CardReader:
         self._ttl_s = ttl_s
         self._degraded_ttl_s = degraded_ttl_s
         self._stale_s = stale_s
+        self._max_refreshing = max_refreshing
+        self._refreshing = 0
         self._max_entries = max_entries
         self._clock = clock
         self._counted = counted
@@ -125,8 +132,8 @@ class CardReader:
                 self._counted("memory")
                 return entry.answer
             if entry.expires + self._stale_s > now:
-                if key not in self._flights:
-                    self._start(key)  # lands in the cache; its waiters are only later reads
+                if key not in self._flights and self._refreshing < self._max_refreshing:
+                    self._start(key, background=True)  # lands in the cache for later reads
                 self._counted("stale")
                 return entry.answer
         flight = self._flights.get(key)
@@ -155,13 +162,15 @@ class CardReader:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def _start(self, key: Key) -> _Flight:
-        flight = _Flight(asyncio.ensure_future(self._build(*key)))
+    def _start(self, key: Key, *, background: bool = False) -> _Flight:
+        flight = _Flight(asyncio.ensure_future(self._build(*key)), background=background)
+        self._refreshing += background
         self._flights[key] = flight
         flight.future.add_done_callback(lambda f: self._landed(key, flight))
         return flight
 
     def _landed(self, key: Key, flight: _Flight) -> None:
+        self._refreshing -= flight.background
         if self._flights.get(key) is flight:
             del self._flights[key]
         if flight.stale or flight.future.cancelled() or flight.future.exception() is not None:
@@ -191,7 +200,8 @@ class CardReader:
             async with asyncio.timeout(source.deadline_s):
                 return Section.ok(await source.fetch(mall_id, member_id, source.deadline_s))
         except TimeoutError:
-            log.warning("card_section_late", section=source.name, deadline_s=source.deadline_s)
+            # info, not warning: under overload every fan-out would log one
+            log.info("card_section_late", section=source.name, deadline_s=source.deadline_s)
             return Section.missing(Unavailability.TIMEOUT)
         except AppError as exc:
             if source.name == "member" and exc.kind is ErrorKind.NOT_FOUND:

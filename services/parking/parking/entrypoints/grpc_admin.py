@@ -12,12 +12,12 @@ from kit.proto import timestamp
 from mall.parking.v1 import parking_pb2, parking_service_pb2_grpc
 from mall.parking.v1 import parking_service_pb2 as api
 
-from parking.adapters import directory, figures, sessions, tariffs, wechat_calls
+from parking.adapters import anomalies, directory, figures, sessions, tariffs, wechat_calls
 from parking.domain.benefits import ParkingPolicy
 from parking.domain.fees import FeeSchedule
 from parking.entrypoints import messages as m
 from parking.service_layer.config_cache import ConfigCache
-from parking.service_layer.gates import day_start
+from parking.service_layer.quotes import day_start
 
 _SYNC_KINDS = {
     name.removeprefix("SYNC_KIND_").lower(): number
@@ -183,7 +183,7 @@ class ParkingAdminServicer(parking_service_pb2_grpc.ParkingAdminServiceServicer)
         if not 0 < limit <= 500:
             raise InvalidInput("invalid_limit", "limit must be 1..500")
         async with self._pool.acquire() as conn:
-            rows = await sessions.list_anomalies(conn, request.mall_id, request.car_park_id, limit)
+            rows = await anomalies.list_anomalies(conn, request.mall_id, request.car_park_id, limit)
         return api.ListAnomaliesResponse(
             anomalies=[api.Anomaly(**{**r, "created_at": timestamp(r["created_at"])}) for r in rows]
         )

@@ -10,9 +10,10 @@ from mall.parking.v1 import parking_pb2, parking_service_pb2_grpc
 from mall.parking.v1 import parking_service_pb2 as api
 
 from parking.adapters import plates, sessions
+from parking.adapters import quotes as quote_sql
 from parking.domain.plates import validate_plate
 from parking.entrypoints import messages as m
-from parking.service_layer import gates
+from parking.service_layer import quotes as quoting
 from parking.service_layer.config_cache import ConfigCache
 from parking.service_layer.plates import bind_plate, new_plate, unbind_plate
 
@@ -75,14 +76,14 @@ class ParkingServicer(parking_service_pb2_grpc.ParkingServiceServicer):
             )
             if session is None:
                 return api.GetSessionForMemberResponse()
-            priced, version, minutes = await gates.preview(conn, self._config, session, now)
+            priced, version, minutes = await quoting.preview(conn, self._config, session, now)
         preview = parking_pb2.ExitQuote(
             session_id=session.session_id,
             parked_minutes=minutes,
             gross_fee_fen=priced.gross_fen,
             discount_fen=priced.discount_fen,
             payable_fen=priced.payable_fen,
-            benefits=m.benefits_messages(sessions.benefit_lines(priced.applied)),
+            benefits=m.benefits_messages(quote_sql.benefit_lines(priced.applied)),
             schedule_version=version,
         )
         preview.quoted_at.FromDatetime(now)

@@ -13,7 +13,7 @@ from mall.parking.v1 import parking_service_pb2_grpc
 
 from parking.entrypoints import messages as m
 from parking.entrypoints.auth import car_park_caller
-from parking.service_layer import gates
+from parking.service_layer import entries, quotes, settlements
 from parking.service_layer.config_cache import ConfigCache
 from parking.service_layer.holds import settle_holds
 from parking.service_layer.ports import PointsPort
@@ -35,7 +35,7 @@ class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
         car_park_caller(request.mall_id, request.car_park_id)
         m.required(entry_ref=request.entry_ref)
         plate, color = m.plate(request.plate_number, request.plate_color, color_required=False)
-        entry = gates.Entry(
+        entry = entries.Entry(
             mall_id=request.mall_id,
             car_park_id=request.car_park_id,
             plate_number=plate,
@@ -45,7 +45,7 @@ class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
             gate_id=request.gate_id,
         )
         async with self._pool.acquire() as conn:
-            session, duplicate = await gates.record_entry(conn, entry)
+            session, duplicate = await entries.record_entry(conn, entry)
         if not duplicate:
             self._after(request.mall_id, session.session_id)  # a missed exit's hold, if any
         return api.RecordEntryResponse(session=m.session_message(session), duplicate=duplicate)
@@ -53,7 +53,7 @@ class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
     async def QuoteExit(self, request: api.QuoteExitRequest, context: Any) -> api.QuoteExitResponse:
         car_park_caller(request.mall_id, request.car_park_id)
         plate, color = m.plate(request.plate_number, request.plate_color, color_required=False)
-        query = gates.ExitQuery(
+        query = quotes.ExitQuery(
             mall_id=request.mall_id,
             car_park_id=request.car_park_id,
             plate_number=plate,
@@ -61,7 +61,7 @@ class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
             exit_at=m.when(request.exit_at),
             gate_id=request.gate_id,
         )
-        quoted, release = await gates.quote_exit(self._pool, self._config, self._points, query)
+        quoted, release = await quotes.quote_exit(self._pool, self._config, self._points, query)
         if release:
             self._after(request.mall_id, quoted.session.session_id)
         return api.QuoteExitResponse(
@@ -75,7 +75,7 @@ class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
     ) -> api.SettleExitResponse:
         car_park_caller(request.mall_id, request.car_park_id)
         m.required(session_id=request.session_id, quote_id=request.quote_id)
-        settlement = gates.Settlement(
+        settlement = settlements.Settlement(
             mall_id=request.mall_id,
             car_park_id=request.car_park_id,
             session_id=request.session_id,
@@ -86,7 +86,7 @@ class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
             gate_id=request.gate_id,
         )
         async with self._pool.acquire() as conn:
-            session, holds = await gates.settle_exit(conn, settlement)
+            session, holds = await settlements.settle_exit(conn, settlement)
         if holds:
             self._after(request.mall_id, session.session_id)
         return api.SettleExitResponse(session=m.session_message(session), gate_may_open=True)

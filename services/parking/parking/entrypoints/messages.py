@@ -13,7 +13,7 @@ from mall.parking.v1 import parking_pb2
 
 from parking.adapters.events import COLORS, METHODS, applied_benefit
 from parking.adapters.plates import PlateRow
-from parking.adapters.sessions import QuoteRow
+from parking.adapters.quotes import QuoteRow
 from parking.domain.plates import Color, validate_plate
 from parking.domain.sessions import PaymentMethod, Session, Status
 

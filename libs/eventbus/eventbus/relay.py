@@ -10,6 +10,7 @@ counts as success) and by every consumer's inbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import asyncpg
@@ -42,6 +43,7 @@ class OutboxRelay:
         self._poll_interval_s = poll_interval_s
         self._max_backoff_s = max_backoff_s
         self._wake = asyncio.Event()
+        self._listener_lost = False
         self.published = 0
 
     async def publish_pending(self) -> int:
@@ -79,20 +81,22 @@ class OutboxRelay:
         await self._js.publish(row["subject"], row["payload"], headers=headers, timeout=5)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Component: relay until asked to stop. Woken by NOTIFY, polling as a fallback."""
-        listener = await self._pool.acquire()
+        """Component: relay until asked to stop. Woken by NOTIFY, polling as a fallback.
 
-        def wake(*_: object) -> None:
-            self._wake.set()
-
-        await listener.add_listener(NOTIFY_CHANNEL, wake)
+        A database or NATS outage never ends the loop: the LISTEN connection is dropped and
+        taken again once the database answers (a restarted PostgreSQL forgets listeners)."""
+        listener: asyncpg.pool.PoolConnectionProxy | None = None
         backoff = 0.1
         try:
             while not stop.is_set():
                 # Cleared before the claim so that a NOTIFY arriving mid-batch is not lost.
                 self._wake.clear()
                 try:
+                    if listener is None or self._listener_lost:
+                        listener = await self._listen(listener)
                     count = await self.publish_pending()
+                    if count < self._batch_size:
+                        await self._sample_backlog()
                     backoff = 0.1
                 except Exception as exc:  # a NATS or database outage: never give up
                     log.warning("outbox_publish_failed", error=repr(exc), retry_in_s=backoff)
@@ -102,7 +106,6 @@ class OutboxRelay:
                     continue
                 if count == self._batch_size:
                     continue  # more waiting: keep going without sleeping
-                await self._sample_backlog()
                 waiter = asyncio.ensure_future(self._wake.wait())
                 stopper = asyncio.ensure_future(stop.wait())
                 await asyncio.wait(
@@ -113,5 +116,36 @@ class OutboxRelay:
                 waiter.cancel()
                 stopper.cancel()
         finally:
-            await listener.remove_listener(NOTIFY_CHANNEL, wake)
-            await self._pool.release(listener)
+            await self._unlisten(listener)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    def _on_lost(self, *_: object) -> None:
+        self._listener_lost = True
+        self._wake.set()
+
+    async def _listen(
+        self, previous: asyncpg.pool.PoolConnectionProxy | None
+    ) -> asyncpg.pool.PoolConnectionProxy:
+        """A connection LISTENing for commits; its loss wakes the loop to take a new one."""
+        await self._unlisten(previous)
+        conn = await self._pool.acquire()
+        self._listener_lost = False
+        try:
+            conn.add_termination_listener(self._on_lost)
+            await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        except BaseException:
+            await self._unlisten(conn)
+            raise
+        return conn
+
+    async def _unlisten(self, conn: asyncpg.pool.PoolConnectionProxy | None) -> None:
+        """Give the connection back; a dead one cannot un-LISTEN, and need not."""
+        if conn is None:
+            return
+        with contextlib.suppress(Exception):
+            conn.remove_termination_listener(self._on_lost)
+            await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+        with contextlib.suppress(Exception):
+            await self._pool.release(conn)

@@ -218,3 +218,50 @@ async def test_the_running_relay_outlasts_a_missing_stream(
             stop.set()
             await asyncio.wait_for(task, timeout=10)
     assert len(await _stream(jetstream)) == 1
+
+
+async def _listening_backends(pool: asyncpg.Pool) -> list[int]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+            " AND pid <> pg_backend_pid()"
+        )
+    return [r["pid"] for r in rows]
+
+
+async def test_the_running_relay_listens_again_after_losing_its_connection(
+    pool: asyncpg.Pool, jetstream: Nats, unique_id: str
+) -> None:
+    """What a PostgreSQL restart does to the LISTEN connection: the relay notices the loss,
+    takes a new connection and is woken by the next commit as before."""
+    await ensure_streams(jetstream.js, "POINTS")
+    relay = OutboxRelay(pool, jetstream.js, poll_interval_s=60)  # only a NOTIFY wakes it
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        first: list[int] = []
+
+        async def listening() -> bool:
+            first[:] = await _listening_backends(pool)
+            return len(first) == 1
+
+        await _eventually(listening, "the relay to LISTEN")
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_terminate_backend($1)", first[0])
+
+        async def listening_again() -> bool:
+            now = await _listening_backends(pool)
+            return len(now) == 1 and now != first
+
+        await _eventually(listening_again, "the relay to LISTEN on a new connection")
+        await _queue(pool, [_credited(unique_id, 1)])
+
+        async def published() -> bool:
+            return len(await _stream(jetstream)) == 1 and not await _outbox(pool)
+
+        await _eventually(published, "the relay to publish the commit after the loss")
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)

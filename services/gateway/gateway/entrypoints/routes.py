@@ -98,6 +98,10 @@ def _mini_program() -> list[Operation]:
             "/v1/me/card",
             shoppers.card,
             "The member card: tier, points, coupons, parking (each section may be unavailable)",
+            description="Served from the gateway's memory until a change event for the member "
+            "(points, tier, coupons, parking) reaches it — before that event is pushed on "
+            "/v1/me/events, so re-reading the card on an SSE event shows it — or the TTL (a "
+            "few seconds) passes; `built_at` says when its sections were read.",
             answer=S.Card,
             auth=True,
             errors=member_errors,

@@ -144,6 +144,8 @@ async def stack(
                     miniprogram_secrets_file=folder / "miniprograms.json",
                     session_signing_key=signing_key,  # type: ignore[arg-type]
                     sse_heartbeat_s=0.1,
+                    rate_limit_per_ip="",  # off here: test_gateway_openapi proves the limits
+                    rate_limit_per_member="",
                     log_format="console",
                     log_level="warning",
                 )

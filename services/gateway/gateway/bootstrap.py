@@ -129,6 +129,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             limits=RateLimits(
                 per_ip=settings.rate_limit_per_ip or None,
                 per_member=settings.rate_limit_per_member or None,
+                client_header=settings.rate_limit_client_header or None,
             ),
             max_body_bytes=settings.http_max_body_bytes,
         )

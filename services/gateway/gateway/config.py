@@ -57,6 +57,9 @@ class Settings(ServiceSettings):
     #: empty: off. Counted per replica.
     rate_limit_per_ip: str = "200/second"
     rate_limit_per_member: str = "20/second"
+    #: Behind an ingress: the header it puts the client address in (e.g. X-Forwarded-For,
+    #: whose last entry is used). Leave empty unless every request comes through it.
+    rate_limit_client_header: str = ""
     #: Largest request body accepted (413 body_too_large above it).
     http_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024**2)
 

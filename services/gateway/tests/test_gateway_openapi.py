@@ -281,3 +281,22 @@ async def test_rate_limits_per_member_then_per_address_answer_429_with_retry_aft
     # Probes and WeChat Pay's webhooks are never limited.
     assert (await limited.get("/healthz")).status == 200
     assert (await limited.get("/wechatpay/notifications/1")).status == 200
+
+
+async def test_behind_a_proxy_the_forwarded_client_is_counted() -> None:
+    throttle = Throttle(RateLimits(per_ip="1/minute", client_header="X-Forwarded-For"))
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application(middlewares=[request_context, throttle.by_address])
+    app.router.add_get("/v1/me/card", ok)
+    async with TestClient(TestServer(app)) as client:
+
+        async def get(forwarded: str) -> int:
+            resp = await client.get("/v1/me/card", headers={"X-Forwarded-For": forwarded})
+            return resp.status
+
+        assert await get("203.0.113.7") == 200
+        assert await get("203.0.113.8") == 200  # another shopper through the same ingress
+        assert await get("198.51.100.1, 203.0.113.7") == 429  # the proxy's entry counts

@@ -4,9 +4,11 @@ Sliding-window counters (the ``limits`` library) kept in this process's memory, 
 replica counts for itself (N replicas admit up to N × the limit: size the limits per replica).
 Over a limit: 429 ``rate_limited`` with ``Retry-After``. WeChat Pay's webhooks, the probes and
 ``/metrics`` are never limited (the platform retries on its own schedule; a limited payment
-only arrives later). Behind a proxy the address is the proxy's unless aiohttp is told the
-forwarded one; malls' shared Wi-Fi puts many shoppers behind one address, so the per-address
-limit is the generous one.
+only arrives later). Behind a proxy (an ingress) the peer is the proxy: name the header it
+sets (``RATE_LIMIT_CLIENT_HEADER``, e.g. ``X-Forwarded-For``; its last entry, the one the
+proxy appended, is the client) — only when the gateway cannot be reached but through that
+proxy, or clients could choose their own key. Malls' shared Wi-Fi puts many shoppers behind
+one address, so the per-address limit is the generous one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class RateLimits:
 
     per_ip: str | None = None
     per_member: str | None = None
+    #: The header a trusted proxy puts the client's address in; None: the peer address.
+    client_header: str | None = None
 
 
 NO_LIMITS = RateLimits()
@@ -44,7 +48,16 @@ class Throttle:
         self._per_member: RateLimitItem | None = (
             parse(limits.per_member) if limits.per_member else None
         )
+        self._client_header = limits.client_header
         self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+
+    def _address(self, request: web.Request) -> str:
+        if self._client_header:
+            forwarded = request.headers.get(self._client_header, "")
+            last = forwarded.rsplit(",", 1)[-1].strip()
+            if last:
+                return last
+        return request.remote or ""
 
     async def _over(self, item: RateLimitItem | None, *key: str) -> web.Response | None:
         if item is None or await self._limiter.hit(item, *key):
@@ -59,7 +72,7 @@ class Throttle:
     async def by_address(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(_EXEMPT):
             return await handler(request)
-        refused = await self._over(self._per_ip, "ip", request.remote or "")
+        refused = await self._over(self._per_ip, "ip", self._address(request))
         return refused or await handler(request)
 
     @web.middleware

@@ -206,6 +206,9 @@ async def read_many(
     }
 
 
+_NOTIFY = f", pg_notify('{NOTIFY_CHANNEL}', '') AS notified"
+
+
 @dataclass(frozen=True)
 class Usage:
     """One coupon to mark used, with the event that says so."""
@@ -220,33 +223,34 @@ class Usage:
     event: OutgoingEvent
 
 
-async def use_if_available(conn: Connection, usages: Sequence[Usage], at: datetime) -> set[str]:
+async def use_if_available(
+    conn: Connection, usages: Sequence[Usage], at: datetime, *, notify: bool = True
+) -> set[str]:
     """Mark coupons used and queue their events in ONE statement (atomic on its own: no
     BEGIN / COMMIT round trips on the POS's hot path), each only if it is still available and
     valid at ``at``. The coupon ids used; the others changed under the caller (a concurrent
     use won) and are answered through the locked path."""
     rows = await conn.fetch(
-        f"""WITH k AS (
-                SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[],
-                                     $6::bigint[], $7::bigint[], $8::text[], $9::text[],
-                                     $10::text[], $11::bytea[], $12::text[])
-                       AS k(m, id, store, use_id, amount, off, tx, event_id, subject, payload,
-                            headers)),
-            used AS (
-                UPDATE coupons c SET status = 'used', redeemed_at = $1, redeemed_store_id = k.store,
-                       use_request_id = k.use_id, order_amount_fen = k.amount,
-                       discount_fen = k.off, order_transaction_id = k.tx
-                  FROM k
-                 WHERE c.mall_id = k.m AND c.coupon_id = k.id AND c.status = 'available'
-                   AND c.valid_from <= $1 AND c.valid_until > $1
+        f"""WITH used AS (
+                UPDATE coupons c SET status = 'used', redeemed_at = $1,
+                       redeemed_store_id = k.store, use_request_id = k.use_id,
+                       order_amount_fen = k.amount, discount_fen = k.off,
+                       order_transaction_id = k.tx
+                  FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                              $7::bigint[], $8::text[]) AS k(m, id, store, use_id, amount, off, tx)
+                 WHERE c.mall_id = k.m AND c.coupon_id = k.id
+                   -- the primary key, whatever the estimates of a generic plan:
+                   AND c.mall_id = ANY($2::text[]) AND c.coupon_id = ANY($3::text[])
+                   AND c.status = 'available' AND c.valid_from <= $1 AND c.valid_until > $1
                 RETURNING c.mall_id, c.coupon_id),
             queued AS (
                 INSERT INTO outbox (event_id, mall_id, subject, payload, headers)
-                SELECT k.event_id, k.m, k.subject, k.payload, k.headers::jsonb
-                  FROM k JOIN used ON used.mall_id = k.m AND used.coupon_id = k.id
+                SELECT e.event_id, e.m, e.subject, e.payload, e.headers::jsonb
+                  FROM unnest($2::text[], $3::text[], $9::text[], $10::text[], $11::bytea[],
+                              $12::text[]) AS e(m, id, event_id, subject, payload, headers)
+                  JOIN used ON used.mall_id = e.m AND used.coupon_id = e.id
                 RETURNING 1)
-            SELECT coupon_id, (SELECT count(*) FROM queued) AS queued,
-                   pg_notify('{NOTIFY_CHANNEL}', '') AS notified
+            SELECT coupon_id, (SELECT count(*) FROM queued) AS queued{_NOTIFY if notify else ""}
               FROM used""",
         at,
         [u.mall_id for u in usages],

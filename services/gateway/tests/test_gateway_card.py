@@ -284,6 +284,8 @@ async def test_a_payment_shows_in_the_card_as_soon_as_its_sse_event_arrives(
 
     assert status == 200
     assert after["points"]["balance"] == pushed["balance"] == 456
+    assert after["points"]["expiring_soon"]["points"] == 456  # the payment's lot
+    assert after["points"]["expiring_soon"]["expires_at"] > after["built_at"]
     assert after["built_at"] > before["built_at"]
 
 

@@ -107,6 +107,9 @@ async def test_get_account_reports_the_balance(api: PointsApi, unique_id: str) -
     assert (account.mall_id, account.member_id) == (mall_id, member_id)
     assert (account.balance, account.available, account.lifetime_earned) == (173, 173, 173)
     assert account.updated_at.seconds > 0
+    # The credit's lot is what expires first, and it expires after the credit.
+    assert reply.next_expiring.points == 173
+    assert reply.next_expiring.expires_at.seconds > account.updated_at.seconds
 
 
 async def test_an_account_never_credited_is_empty(api: PointsApi, unique_id: str) -> None:
@@ -116,6 +119,7 @@ async def test_an_account_never_credited_is_empty(api: PointsApi, unique_id: str
 
     assert (reply.account.balance, reply.account.lifetime_earned) == (0, 0)
     assert reply.account.member_id == member_id
+    assert not reply.HasField("next_expiring")
 
 
 # -- the ledger -----------------------------------------------------------------------------

@@ -160,8 +160,15 @@ class Backends:
         except grpc.aio.AioRpcError as exc:
             raise _reraise(exc) from None
         a = reply.account
-        # points does not tell the lots expiring soon yet (no RPC answers them): null = unknown.
-        return {"balance": a.balance, "available": a.available, "expiring_soon": None}
+        expiring = (
+            {
+                "points": reply.next_expiring.points,
+                "expires_at": _iso(reply.next_expiring.expires_at),
+            }
+            if reply.HasField("next_expiring")
+            else None
+        )
+        return {"balance": a.balance, "available": a.available, "expiring_soon": expiring}
 
     async def ledger_page(
         self, mall_id: str, member_id: str, *, limit: int, cursor: str

@@ -159,7 +159,10 @@ class PointsSection(Out):
     balance: int
     available: int
     expiring_soon: ExpiringPoints | None = Field(
-        description="The next lot to expire; null when unknown or none"
+        description=(
+            "The points that expire first (lots sharing the earliest expiry);"
+            " null when none are due to expire"
+        )
     )
 
 

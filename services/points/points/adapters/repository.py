@@ -30,6 +30,25 @@ class Account:
 
 
 @dataclass(frozen=True)
+class ExpiringPoints:
+    """The open lots that expire first, together (policies often share one expiry date)."""
+
+    points: int
+    expires_at: datetime
+
+
+async def next_expiring(conn: Connection, mall_id: str, member_id: str) -> ExpiringPoints | None:
+    row = await conn.fetchrow(
+        """SELECT expires_at, sum(points_remaining) AS points FROM lots
+            WHERE mall_id = $1 AND member_id = $2 AND points_remaining > 0
+            GROUP BY expires_at ORDER BY expires_at LIMIT 1""",
+        mall_id,
+        uuid.UUID(member_id),
+    )
+    return ExpiringPoints(int(row["points"]), row["expires_at"]) if row else None
+
+
+@dataclass(frozen=True)
 class LedgerEntry:
     entry_id: int
     kind: str

@@ -103,7 +103,12 @@ class PointsServicer(points_service_pb2_grpc.PointsServiceServicer):
         _member_key(request.mall_id, request.member_id)
         async with self._pool.acquire() as conn:
             account = await repository.get_account(conn, request.mall_id, request.member_id)
-        return points_service_pb2.GetAccountResponse(account=_account(account))
+            expiring = await repository.next_expiring(conn, request.mall_id, request.member_id)
+        reply = points_service_pb2.GetAccountResponse(account=_account(account))
+        if expiring is not None:
+            reply.next_expiring.points = expiring.points
+            reply.next_expiring.expires_at.CopyFrom(timestamp(expiring.expires_at))
+        return reply
 
     async def ListLedger(
         self, request: points_service_pb2.ListLedgerRequest, context: Any

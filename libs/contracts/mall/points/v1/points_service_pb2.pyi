@@ -118,22 +118,58 @@ class GetAccountResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
+    NEXT_EXPIRING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def account(self) -> _points_pb2.Account:
         """The account."""
+
+    @_builtins.property
+    def next_expiring(self) -> Global___ExpiringPoints:
+        """The points that expire first (the open lots sharing the earliest expiry); unset when no
+        points are due to expire.
+        """
 
     def __init__(
         self,
         *,
         account: _points_pb2.Account | None = ...,
+        next_expiring: Global___ExpiringPoints | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "next_expiring", b"next_expiring"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "next_expiring", b"next_expiring"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAccountResponse: _TypeAlias = GetAccountResponse  # noqa: Y015
+
+@_typing.final
+class ExpiringPoints(_message.Message):
+    """ExpiringPoints are points that expire together, for "N points expire on …" in the app."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    points: _builtins.int
+    """Points still in those lots."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When they expire."""
+
+    def __init__(
+        self,
+        *,
+        points: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpiringPoints: _TypeAlias = ExpiringPoints  # noqa: Y015
 
 @_typing.final
 class ListLedgerRequest(_message.Message):

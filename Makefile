@@ -67,6 +67,15 @@ bench: install ## Benchmarks with same-run baselines; writes bench/results/*.jso
 	$(VENV)/python bench/payments.py --compare-replicas
 	$(VENV)/python bench/webhook.py
 	$(VENV)/python bench/consumers.py
+	$(VENV)/python bench/gateway_card.py
+
+.PHONY: reconcile
+reconcile: install ## Reconcile a mall's payments end to end: MALL=<mall_id> [START=<iso>] [END=<iso>] (default: last 24 h up to 5 min ago); exit 1 on any difference
+	$(VENV)/python -m points reconcile $(MALL) $(START) $(END)
+
+.PHONY: chaos
+chaos: install ## Long chaos run: a payment storm while every process, nats-server and PostgreSQL are SIGKILLed and restarted; recovery per fault, redeliveries, reconciliation
+	$(VENV)/python bench/chaos.py
 
 .PHONY: clean
 clean: ## Remove caches and local run state

@@ -120,6 +120,8 @@ def write_wechatpay_keys(settings: RunSettings) -> dict[str, str]:
         "WECHATPAY_PLATFORM_PUBLIC_KEYS": json.dumps(
             {merchant["platform_serial"]: merchant["platform_public_key"]}
         ),
+        # The simulator's statement, so `make reconcile` also checks the platform's side.
+        "WECHATPAY_BILL_URL": f"{settings.simulator_url}/control/bill",
     }
 
 

@@ -261,6 +261,7 @@ async def gates(
             "NATS_URL": nats_url,
             "GRPC_PORT": str(port),
             "POINTS_GRPC_TARGET": "",
+            "DB_POOL_MIN": "16",  # opened before measuring, as a production pod would
             "DB_POOL_MAX": "16",
         },
     )

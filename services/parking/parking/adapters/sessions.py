@@ -20,6 +20,9 @@ _COLUMNS = """mall_id, session_id::text, car_park_id, plate_number, plate_color,
     paid_fen, payment_method, settled_quote_id::text"""
 
 
+_S_COLUMNS = ", ".join(f"s.{c.strip()}" for c in _COLUMNS.split(","))
+
+
 def _session(row: Any) -> Session:
     fields = dict(row)
     fields["status"] = Status(fields["status"])
@@ -204,6 +207,17 @@ async def abandon(conn: Connection, mall_id: str, session_id: str) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Settled:
+    session: Session
+    #: Held quotes of the session now decided: the settled one's hold to confirm, others'
+    #: to release.
+    holds_decided: int
+    #: The WeChat identity of the member's binding of this plate, if the shopper linked it.
+    appid: str
+    openid: str
+
+
 async def settle(
     conn: Connection,
     mall_id: str,
@@ -214,14 +228,30 @@ async def settle(
     quote: QuoteRow,
     paid_fen: int,
     method: PaymentMethod,
-) -> Session:
+) -> Settled:
+    """Settle the session on ``quote`` and decide its points holds, in one statement that
+    also reads the member's binding of the plate (for the WeChat calls after the exit)."""
     row = await conn.fetchrow(
-        f"""UPDATE sessions
-               SET status = 'settled', exited_at = $3, exit_gate = $4, gross_fee_fen = $5,
-                   discount_fen = $6, paid_fen = $7, payment_method = $8, benefits = $9::jsonb,
-                   settled_quote_id = $10::uuid
-             WHERE mall_id = $1 AND session_id = $2::uuid
-            RETURNING {_COLUMNS}""",
+        f"""WITH holds AS (
+                UPDATE quotes
+                   SET hold_state = CASE WHEN quote_id = $10::uuid THEN 'confirm'
+                                         ELSE 'release' END,
+                       hold_next_at = now()
+                 WHERE mall_id = $1 AND session_id = $2::uuid AND hold_state = 'held'
+                RETURNING 1
+            ), s AS (
+                UPDATE sessions
+                   SET status = 'settled', exited_at = $3, exit_gate = $4, gross_fee_fen = $5,
+                       discount_fen = $6, paid_fen = $7, payment_method = $8,
+                       benefits = $9::jsonb, settled_quote_id = $10::uuid
+                 WHERE mall_id = $1 AND session_id = $2::uuid
+                RETURNING *
+            )
+            SELECT {_S_COLUMNS}, (SELECT count(*) FROM holds) AS _holds,
+                   coalesce(p.appid, '') AS _appid, coalesce(p.openid, '') AS _openid
+              FROM s LEFT JOIN plates p
+                ON p.mall_id = s.mall_id AND p.plate_number = s.plate_number
+               AND p.member_id = s.member_id""",
         mall_id,
         session_id,
         exited_at,
@@ -234,7 +264,9 @@ async def settle(
         quote.quote_id,
     )
     assert row is not None
-    return _session(row)
+    fields = dict(row)
+    holds, appid, openid = fields.pop("_holds"), fields.pop("_appid"), fields.pop("_openid")
+    return Settled(_session(fields), int(holds), appid, openid)
 
 
 async def session_benefits(conn: Connection, mall_id: str, session_id: str) -> list[dict[str, Any]]:

@@ -10,9 +10,10 @@ from eventbus.outbox import add_events
 from kit.db import Connection
 from kit.errors import Conflict, NotFound
 
-from parking.adapters import anomalies, coupons, plates, quotes, sessions, wechat_calls
+from parking.adapters import anomalies, coupons, quotes, sessions, wechat_calls
 from parking.adapters.events import session_settled
 from parking.adapters.quotes import QuoteRow
+from parking.adapters.sessions import Settled
 from parking.domain.sessions import (
     AnomalyKind,
     PaymentMethod,
@@ -64,7 +65,7 @@ async def settle_exit(conn: Connection, settlement: Settlement) -> tuple[Session
             coupon_ids
         ):
             raise Conflict("coupon_used", "a coupon on the quote was used meanwhile; quote again")
-        settled = await sessions.settle(
+        done = await sessions.settle(
             conn,
             s.mall_id,
             s.session_id,
@@ -74,9 +75,7 @@ async def settle_exit(conn: Connection, settlement: Settlement) -> tuple[Session
             paid_fen=s.paid_fen,
             method=s.method,
         )
-        holds = await quotes.decide_holds(
-            conn, s.mall_id, s.session_id, keep_quote_id=s.quote_id, confirm=True
-        )
+        settled = done.session
         problem = settlement_anomaly(s.method, quote.payable_fen, s.paid_fen)
         if problem:
             await anomalies.record_anomaly(
@@ -89,26 +88,22 @@ async def settle_exit(conn: Connection, settlement: Settlement) -> tuple[Session
                 detail=problem,
             )
         await add_events(conn, [session_settled(settled, quote.benefits)])
-        await _queue_exit_calls(conn, settled, quote)
-        return settled, holds > 0
+        await _queue_exit_calls(conn, done, quote)
+        return settled, done.holds_decided > 0
 
 
-async def _queue_exit_calls(conn: Connection, session: Session, quote: QuoteRow) -> None:
-    plate = (
-        await plates.find(conn, session.mall_id, session.plate_number)
-        if session.member_id
-        else None  # a visitor: nobody to tell
-    )
+async def _queue_exit_calls(conn: Connection, done: Settled, quote: QuoteRow) -> None:
+    session = done.session
     assert session.exited_at is not None
-    if plate is not None and plate.openid and plate.member_id == session.member_id:
+    if done.openid:  # the member linked this plate to WeChat: parking state OUT
         await wechat_calls.enqueue(
             conn,
             session.mall_id,
             session.session_id,
             "state_out",
             {
-                "appid": plate.appid,
-                "openid": plate.openid,
+                "appid": done.appid,
+                "openid": done.openid,
                 "plate_number": session.plate_number,
                 "time": session.exited_at.isoformat(),
             },

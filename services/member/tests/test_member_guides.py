@@ -389,3 +389,71 @@ async def test_after_a_merge_the_absorbed_members_id_still_pays_and_binds_the_su
     assert (identified.tier.tier_code, identified.tier.name) == ("basic", "普通会员")
     assert [b.benefit_code for b in identified.tier.benefits] == ["points_1x"]  # for the POS
     assert [m.member_id for m in guide_members.members] == [survivor]
+
+
+# -- the shopper's own receipts and guides (gateway) -------------------------------------------
+
+
+async def test_a_member_lists_their_payments_and_guides_and_nobody_elses(
+    api: Api, mall: Mall
+) -> None:
+    await register(api, mall, mall.sports, "sports-l1", "g-rec")
+    await register(api, mall, mall.books, "books-l2", "g-lib")
+    shopper = await pay(api, mall, "SHOP-001", "o-receipts")
+    await pay(api, mall, "SHOP-002", "o-receipts")
+    await pay(api, mall, "SHOP-002", "o-receipts")
+    other = await pay(api, mall, "SHOP-001", "o-someone-else")
+    await api.members.BindGuide(bind(mall, shopper, "g-rec"), timeout=10)
+
+    def payments(member_id: str, size: int = 0, token: str = "", tx: str = "") -> Any:
+        return api.members.ListMemberPayments(
+            member_service_pb2.ListMemberPaymentsRequest(
+                mall_id=mall.mall_id,
+                member_id=member_id,
+                page=common_pb2.PageRequest(page_size=size, page_token=token),
+                transaction_id=tx,
+            ),
+            timeout=10,
+        )
+
+    everything = await payments(shopper)
+    first = await payments(shopper, size=2)
+    rest = await payments(shopper, size=2, token=first.page.next_page_token)
+    theirs = await payments(other)
+    one = await payments(shopper, tx=everything.payments[-1].transaction_id)
+    not_mine = await payments(shopper, tx=theirs.payments[0].transaction_id)
+    guides = await api.members.ListMemberGuides(
+        member_service_pb2.ListMemberGuidesRequest(mall_id=mall.mall_id, member_id=shopper),
+        timeout=10,
+    )
+    none = await api.members.ListMemberGuides(
+        member_service_pb2.ListMemberGuidesRequest(mall_id=mall.mall_id, member_id=other),
+        timeout=10,
+    )
+    at_books = await api.members.ListStoreGuides(
+        member_service_pb2.ListStoreGuidesRequest(mall_id=mall.mall_id, store_id="books-l2"),
+        timeout=10,
+    )
+
+    times = [p.paid_at.ToDatetime() for p in everything.payments]
+    assert len(everything.payments) == 3
+    assert times == sorted(times, reverse=True)
+    assert everything.page.next_page_token == ""
+    assert [p.transaction_id for p in [*first.payments, *rest.payments]] == [
+        p.transaction_id for p in everything.payments
+    ]
+    assert rest.page.next_page_token == ""
+    assert {p.store_id for p in everything.payments} == {"sports-l1", "books-l2"}
+    assert all(
+        p.amount_fen == 8_800 and p.source == common_pb2.PAYMENT_SOURCE_WECHAT_PAY
+        for p in everything.payments
+    )
+    assert [p.transaction_id for p in one.payments] == [everything.payments[-1].transaction_id]
+    assert one.payments[0].tenant_id == "sports"
+    assert one.payments[0].refunded_fen == 0
+    assert list(not_mine.payments) == []
+    assert [(g.guide.guide_id, g.guide.store_id) for g in guides.guides] == [("g-rec", "sports-l1")]
+    assert list(none.guides) == []
+    assert [(g.guide_id, g.tenant_id) for g in at_books.guides] == [("g-lib", "books")]
+    bad = await refused(payments(shopper, token="not-a-token"))
+    assert bad == (grpc.StatusCode.INVALID_ARGUMENT, "invalid_page_token")

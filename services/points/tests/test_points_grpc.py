@@ -163,6 +163,26 @@ async def test_one_page_holds_everything_when_it_fits(api: PointsApi, unique_id:
     assert reply.page.next_page_token == ""
 
 
+async def test_the_ledger_narrows_to_one_payment_of_the_member(
+    api: PointsApi, unique_id: str
+) -> None:
+    mall_id, member_id, other = f"mall-{unique_id}", str(uuid.uuid4()), str(uuid.uuid4())
+    first, second = await credit(api, mall_id, member_id, 1_000, 2_500)
+    [theirs] = await credit(api, mall_id, other, 3_000)
+
+    def narrowed(member: str, transaction_id: str) -> points_service_pb2.ListLedgerRequest:
+        request = ledger_request(mall_id, member)
+        request.transaction_id = transaction_id
+        return request
+
+    mine = await api.points.ListLedger(narrowed(member_id, second), timeout=10)
+    not_mine = await api.points.ListLedger(narrowed(member_id, theirs), timeout=10)
+
+    assert [(e.transaction_id, e.points) for e in mine.entries] == [(second, 25)]
+    assert first != second
+    assert list(not_mine.entries) == []
+
+
 async def test_entries_of_another_mall_are_not_visible(api: PointsApi, unique_id: str) -> None:
     member_id = str(uuid.uuid4())
     here, there = f"mall-{unique_id}", f"mall-{unique_id}-b"

@@ -119,3 +119,29 @@ async def guide_members(
     return [
         GuideMember(str(r["member_id"]), r["tier_code"], r["phone"], r["bound_at"]) for r in rows
     ]
+
+
+async def member_guides(
+    conn: Connection, mall_id: str, member_id: str
+) -> list[tuple[Guide, datetime]]:
+    """The guides the member is bound to (one per tenant), most recently bound first."""
+    rows = await conn.fetch(
+        """SELECT g.mall_id, g.guide_id, g.tenant_id, g.store_id, g.name, b.bound_at
+             FROM guide_bindings b
+             JOIN guides g ON g.mall_id = b.mall_id AND g.guide_id = b.guide_id
+            WHERE b.mall_id = $1 AND b.member_id = $2
+            ORDER BY b.bound_at DESC, g.guide_id""",
+        mall_id,
+        uuid.UUID(member_id),
+    )
+    return [(_guide(r), r["bound_at"]) for r in rows]
+
+
+async def store_guides(conn: Connection, mall_id: str, store_id: str) -> list[Guide]:
+    rows = await conn.fetch(
+        """SELECT mall_id, guide_id, tenant_id, store_id, name FROM guides
+            WHERE mall_id = $1 AND store_id = $2 ORDER BY guide_id LIMIT 100""",
+        mall_id,
+        store_id,
+    )
+    return [_guide(r) for r in rows]

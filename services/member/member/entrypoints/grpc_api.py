@@ -19,6 +19,7 @@ from member.domain.model import JoinChannel, Member, PaymentSource
 from member.entrypoints.auth import tenant_caller
 from member.entrypoints.grpc_guides import GuideRpcs
 from member.entrypoints.grpc_identity import IDENTITY_KINDS, IdentityRpcs
+from member.entrypoints.grpc_receipts import ReceiptRpcs
 from member.entrypoints.member_messages import profile_message
 from member.service_layer import checkout, credentials, directory, joining, pos, tags, tiers
 
@@ -47,7 +48,9 @@ def _required(**fields: str) -> None:
         raise InvalidInput("missing_field", f"required: {', '.join(missing)}")
 
 
-class MemberServicer(IdentityRpcs, GuideRpcs, member_service_pb2_grpc.MemberServiceServicer):
+class MemberServicer(
+    IdentityRpcs, GuideRpcs, ReceiptRpcs, member_service_pb2_grpc.MemberServiceServicer
+):
     def __init__(self, pool: asyncpg.Pool, checkout_policy: CheckoutPolicy | None = None) -> None:
         self._pool = pool
         self._checkout = checkout_policy or CheckoutPolicy()

@@ -188,19 +188,28 @@ async def get_account(conn: Connection, mall_id: str, member_id: str) -> Account
 
 
 async def list_ledger(
-    conn: Connection, mall_id: str, member_id: str, *, before: int | None, limit: int
+    conn: Connection,
+    mall_id: str,
+    member_id: str,
+    *,
+    before: int | None,
+    limit: int,
+    transaction_id: str | None = None,
 ) -> list[LedgerEntry]:
-    """Newest first, paged by entry id (a stable cursor while entries keep arriving)."""
+    """Newest first, paged by entry id (a stable cursor while entries keep arriving); with
+    ``transaction_id``, only that payment's entries of this member."""
     rows = await conn.fetch(
         """SELECT entry_id, kind, points, balance_after, transaction_id, reference,
                   description, created_at
              FROM ledger
             WHERE mall_id = $1 AND member_id = $2 AND ($3::bigint IS NULL OR entry_id < $3)
+              AND ($5::text IS NULL OR transaction_id = $5)
             ORDER BY entry_id DESC LIMIT $4""",
         mall_id,
         uuid.UUID(member_id),
         before,
         limit,
+        transaction_id,
     )
     return [LedgerEntry(**dict(r)) for r in rows]
 

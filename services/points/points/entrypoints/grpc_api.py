@@ -124,6 +124,7 @@ class PointsServicer(points_service_pb2_grpc.PointsServiceServicer):
                 request.member_id,
                 before=_cursor(request.page.page_token),
                 limit=size + 1,
+                transaction_id=request.transaction_id or None,
             )
         page, more = entries[:size], len(entries) > size
         return points_service_pb2.ListLedgerResponse(

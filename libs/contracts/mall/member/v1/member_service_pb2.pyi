@@ -586,6 +586,250 @@ class ListGuideMembersResponse(_message.Message):
 Global___ListGuideMembersResponse: _TypeAlias = ListGuideMembersResponse  # noqa: Y015
 
 @_typing.final
+class ListMemberGuidesRequest(_message.Message):
+    """ListMemberGuidesRequest names the member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the member."""
+    member_id: _builtins.str
+    """The shopper."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberGuidesRequest: _TypeAlias = ListMemberGuidesRequest  # noqa: Y015
+
+@_typing.final
+class MemberGuide(_message.Message):
+    """MemberGuide is a guide a member is bound to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GUIDE_FIELD_NUMBER: _builtins.int
+    BOUND_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def guide(self) -> Global___Guide:
+        """The guide."""
+
+    @_builtins.property
+    def bound_at(self) -> _timestamp_pb2.Timestamp:
+        """When the member bound to the guide."""
+
+    def __init__(
+        self,
+        *,
+        guide: Global___Guide | None = ...,
+        bound_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at", "guide", b"guide"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound_at", b"bound_at", "guide", b"guide"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberGuide: _TypeAlias = MemberGuide  # noqa: Y015
+
+@_typing.final
+class ListMemberGuidesResponse(_message.Message):
+    """ListMemberGuidesResponse carries the member's guides (a handful, one per tenant; not paged)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GUIDES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def guides(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberGuide]:
+        """The guides, most recently bound first."""
+
+    def __init__(
+        self,
+        *,
+        guides: _abc.Iterable[Global___MemberGuide] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guides", b"guides"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberGuidesResponse: _TypeAlias = ListMemberGuidesResponse  # noqa: Y015
+
+@_typing.final
+class ListStoreGuidesRequest(_message.Message):
+    """ListStoreGuidesRequest names the store."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the store."""
+    store_id: _builtins.str
+    """The store."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        store_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "store_id", b"store_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStoreGuidesRequest: _TypeAlias = ListStoreGuidesRequest  # noqa: Y015
+
+@_typing.final
+class ListStoreGuidesResponse(_message.Message):
+    """ListStoreGuidesResponse carries the store's guides (a handful; not paged)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GUIDES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def guides(self) -> _containers.RepeatedCompositeFieldContainer[Global___Guide]:
+        """The guides, by guide id."""
+
+    def __init__(
+        self,
+        *,
+        guides: _abc.Iterable[Global___Guide] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["guides", b"guides"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListStoreGuidesResponse: _TypeAlias = ListStoreGuidesResponse  # noqa: Y015
+
+@_typing.final
+class ListMemberPaymentsRequest(_message.Message):
+    """ListMemberPaymentsRequest asks for one page of a member's payments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the member."""
+    member_id: _builtins.str
+    """The member."""
+    transaction_id: _builtins.str
+    """Only this payment (empty: all); the answer is empty when it is not the member's."""
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest:
+        """Paging."""
+
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        page: _common_pb2.PageRequest | None = ...,
+        transaction_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "member_id", b"member_id", "page", b"page", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberPaymentsRequest: _TypeAlias = ListMemberPaymentsRequest  # noqa: Y015
+
+@_typing.final
+class MemberPayment(_message.Message):
+    """MemberPayment is a payment attributed to a member, as an e-receipt shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    STORE_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FEN_FIELD_NUMBER: _builtins.int
+    REFUNDED_FEN_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PAID_AT_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    """The platform's (or the POS receipt's) transaction id."""
+    tenant_id: _builtins.str
+    """Tenant paid."""
+    store_id: _builtins.str
+    """Store paid at."""
+    amount_fen: _builtins.int
+    """Amount paid in fen."""
+    refunded_fen: _builtins.int
+    """Refunded so far in fen."""
+    source: _common_pb2.PaymentSource.ValueType
+    """How it was paid."""
+    @_builtins.property
+    def paid_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was paid."""
+
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        store_id: _builtins.str = ...,
+        amount_fen: _builtins.int = ...,
+        refunded_fen: _builtins.int = ...,
+        source: _common_pb2.PaymentSource.ValueType = ...,
+        paid_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["paid_at", b"paid_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_fen", b"amount_fen", "paid_at", b"paid_at", "refunded_fen", b"refunded_fen", "source", b"source", "store_id", b"store_id", "tenant_id", b"tenant_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberPayment: _TypeAlias = MemberPayment  # noqa: Y015
+
+@_typing.final
+class ListMemberPaymentsResponse(_message.Message):
+    """ListMemberPaymentsResponse carries one page of the member's payments, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENTS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payments(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberPayment]:
+        """The payments of this page."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse:
+        """Paging."""
+
+    def __init__(
+        self,
+        *,
+        payments: _abc.Iterable[Global___MemberPayment] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "payments", b"payments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMemberPaymentsResponse: _TypeAlias = ListMemberPaymentsResponse  # noqa: Y015
+
+@_typing.final
 class IssueCheckoutCodeRequest(_message.Message):
     """IssueCheckoutCodeRequest asks for a checkout code for a member."""
 

@@ -77,6 +77,21 @@ class MemberServiceStub:
                 request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersRequest.SerializeToString,
                 response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersResponse.FromString,
                 _registered_method=True)
+        self.ListMemberGuides = channel.unary_unary(
+                '/mall.member.v1.MemberService/ListMemberGuides',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberGuidesRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberGuidesResponse.FromString,
+                _registered_method=True)
+        self.ListStoreGuides = channel.unary_unary(
+                '/mall.member.v1.MemberService/ListStoreGuides',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListStoreGuidesRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListStoreGuidesResponse.FromString,
+                _registered_method=True)
+        self.ListMemberPayments = channel.unary_unary(
+                '/mall.member.v1.MemberService/ListMemberPayments',
+                request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberPaymentsRequest.SerializeToString,
+                response_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberPaymentsResponse.FromString,
+                _registered_method=True)
         self.IssueCheckoutCode = channel.unary_unary(
                 '/mall.member.v1.MemberService/IssueCheckoutCode',
                 request_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.IssueCheckoutCodeRequest.SerializeToString,
@@ -180,6 +195,30 @@ class MemberServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMemberGuides(self, request, context):
+        """ListMemberGuides lists the guides a member is bound to, one per tenant (the gateway, for
+        the signed-in shopper).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListStoreGuides(self, request, context):
+        """ListStoreGuides lists the guides of one store of the mall (the gateway's "add your guide"
+        offer on an e-receipt).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMemberPayments(self, request, context):
+        """ListMemberPayments pages through a member's attributed payments, newest first (the
+        gateway's e-receipts); transaction_id narrows it to that one payment, if it is the member's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IssueCheckoutCode(self, request, context):
         """IssueCheckoutCode gives the shopper a short-lived code (shown as a QR/bar code in the
         mini-program) that a tenant POS scans to identify them.
@@ -260,6 +299,21 @@ def add_MemberServiceServicer_to_server(servicer, server):
                     servicer.ListGuideMembers,
                     request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersRequest.FromString,
                     response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersResponse.SerializeToString,
+            ),
+            'ListMemberGuides': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMemberGuides,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberGuidesRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberGuidesResponse.SerializeToString,
+            ),
+            'ListStoreGuides': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStoreGuides,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListStoreGuidesRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListStoreGuidesResponse.SerializeToString,
+            ),
+            'ListMemberPayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMemberPayments,
+                    request_deserializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberPaymentsRequest.FromString,
+                    response_serializer=mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberPaymentsResponse.SerializeToString,
             ),
             'IssueCheckoutCode': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueCheckoutCode,
@@ -506,6 +560,87 @@ class MemberService:
             '/mall.member.v1.MemberService/ListGuideMembers',
             mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersRequest.SerializeToString,
             mall_dot_member_dot_v1_dot_member__service__pb2.ListGuideMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMemberGuides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.MemberService/ListMemberGuides',
+            mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberGuidesRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberGuidesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStoreGuides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.MemberService/ListStoreGuides',
+            mall_dot_member_dot_v1_dot_member__service__pb2.ListStoreGuidesRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.ListStoreGuidesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMemberPayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.member.v1.MemberService/ListMemberPayments',
+            mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberPaymentsRequest.SerializeToString,
+            mall_dot_member_dot_v1_dot_member__service__pb2.ListMemberPaymentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,6 +76,18 @@ class MemberServiceStub:
     """ListGuideMembers pages through the members bound to one of the calling tenant's guides
     (tenant credential); a guide of another tenant is refused like an unknown one.
     """
+    ListMemberGuides: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.ListMemberGuidesRequest, _member_service_pb2.ListMemberGuidesResponse]
+    """ListMemberGuides lists the guides a member is bound to, one per tenant (the gateway, for
+    the signed-in shopper).
+    """
+    ListStoreGuides: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.ListStoreGuidesRequest, _member_service_pb2.ListStoreGuidesResponse]
+    """ListStoreGuides lists the guides of one store of the mall (the gateway's "add your guide"
+    offer on an e-receipt).
+    """
+    ListMemberPayments: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.ListMemberPaymentsRequest, _member_service_pb2.ListMemberPaymentsResponse]
+    """ListMemberPayments pages through a member's attributed payments, newest first (the
+    gateway's e-receipts); transaction_id narrows it to that one payment, if it is the member's.
+    """
     IssueCheckoutCode: _grpc.UnaryUnaryMultiCallable[_member_service_pb2.IssueCheckoutCodeRequest, _member_service_pb2.IssueCheckoutCodeResponse]
     """IssueCheckoutCode gives the shopper a short-lived code (shown as a QR/bar code in the
     mini-program) that a tenant POS scans to identify them.
@@ -137,6 +149,18 @@ class MemberServiceAsyncStub(MemberServiceStub):
     ListGuideMembers: _aio.UnaryUnaryMultiCallable[_member_service_pb2.ListGuideMembersRequest, _member_service_pb2.ListGuideMembersResponse]  # type: ignore[assignment]
     """ListGuideMembers pages through the members bound to one of the calling tenant's guides
     (tenant credential); a guide of another tenant is refused like an unknown one.
+    """
+    ListMemberGuides: _aio.UnaryUnaryMultiCallable[_member_service_pb2.ListMemberGuidesRequest, _member_service_pb2.ListMemberGuidesResponse]  # type: ignore[assignment]
+    """ListMemberGuides lists the guides a member is bound to, one per tenant (the gateway, for
+    the signed-in shopper).
+    """
+    ListStoreGuides: _aio.UnaryUnaryMultiCallable[_member_service_pb2.ListStoreGuidesRequest, _member_service_pb2.ListStoreGuidesResponse]  # type: ignore[assignment]
+    """ListStoreGuides lists the guides of one store of the mall (the gateway's "add your guide"
+    offer on an e-receipt).
+    """
+    ListMemberPayments: _aio.UnaryUnaryMultiCallable[_member_service_pb2.ListMemberPaymentsRequest, _member_service_pb2.ListMemberPaymentsResponse]  # type: ignore[assignment]
+    """ListMemberPayments pages through a member's attributed payments, newest first (the
+    gateway's e-receipts); transaction_id narrows it to that one payment, if it is the member's.
     """
     IssueCheckoutCode: _aio.UnaryUnaryMultiCallable[_member_service_pb2.IssueCheckoutCodeRequest, _member_service_pb2.IssueCheckoutCodeResponse]  # type: ignore[assignment]
     """IssueCheckoutCode gives the shopper a short-lived code (shown as a QR/bar code in the
@@ -236,6 +260,33 @@ class MemberServiceServicer:
     ) -> _typing.Union[_member_service_pb2.ListGuideMembersResponse, _abc.Awaitable[_member_service_pb2.ListGuideMembersResponse]]:
         """ListGuideMembers pages through the members bound to one of the calling tenant's guides
         (tenant credential); a guide of another tenant is refused like an unknown one.
+        """
+
+    def ListMemberGuides(
+        self,
+        request: _member_service_pb2.ListMemberGuidesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.ListMemberGuidesResponse, _abc.Awaitable[_member_service_pb2.ListMemberGuidesResponse]]:
+        """ListMemberGuides lists the guides a member is bound to, one per tenant (the gateway, for
+        the signed-in shopper).
+        """
+
+    def ListStoreGuides(
+        self,
+        request: _member_service_pb2.ListStoreGuidesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.ListStoreGuidesResponse, _abc.Awaitable[_member_service_pb2.ListStoreGuidesResponse]]:
+        """ListStoreGuides lists the guides of one store of the mall (the gateway's "add your guide"
+        offer on an e-receipt).
+        """
+
+    def ListMemberPayments(
+        self,
+        request: _member_service_pb2.ListMemberPaymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_member_service_pb2.ListMemberPaymentsResponse, _abc.Awaitable[_member_service_pb2.ListMemberPaymentsResponse]]:
+        """ListMemberPayments pages through a member's attributed payments, newest first (the
+        gateway's e-receipts); transaction_id narrows it to that one payment, if it is the member's.
         """
 
     def IssueCheckoutCode(

@@ -180,10 +180,13 @@ class ListLedgerRequest(_message.Message):
     MALL_ID_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     mall_id: _builtins.str
     """Mall of the account."""
     member_id: _builtins.str
     """Member owning the account."""
+    transaction_id: _builtins.str
+    """Only the entries of this payment (its credit, reversals); empty: every entry."""
     @_builtins.property
     def page(self) -> _common_pb2.PageRequest:
         """Paging."""
@@ -194,10 +197,11 @@ class ListLedgerRequest(_message.Message):
         mall_id: _builtins.str = ...,
         member_id: _builtins.str = ...,
         page: _common_pb2.PageRequest | None = ...,
+        transaction_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "member_id", b"member_id", "page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "member_id", b"member_id", "page", b"page", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -347,3 +347,29 @@ async def test_with_points_unreachable_the_quote_goes_without_points(
     assert list(reply.quote.benefits) == []
     assert (reply.quote.gross_fee_fen, reply.quote.payable_fen) == (500, 500)
     assert await account(world, s) == (500, 0, 500)
+
+
+async def test_a_car_seen_entering_again_gets_its_held_points_back(
+    world: World, unique_id: str
+) -> None:
+    s = await scene(world, unique_id, points=500)
+    now = datetime.now(UTC)
+    held = await enter_and_quote(world, s, now - timedelta(minutes=50), now)
+    assert points_line(held)[1] == 100
+    assert await account(world, s) == (500, 100, 400)
+
+    # The exit camera missed the car; it comes back in later: the old stay is closed unpaid.
+    again = await world.gates.RecordEntry(
+        api.RecordEntryRequest(
+            mall_id=s.mall_id,
+            car_park_id=s.car_park_id,
+            plate_number=s.plate,
+            plate_color=pb.PLATE_COLOR_BLUE,
+            entered_at=timestamp(now + timedelta(hours=1)),
+            entry_ref=uuid.uuid4().hex,
+        ),
+        metadata=s.metadata,
+    )
+
+    assert again.session.session_id != held.session.session_id
+    assert await eventually(lambda: account(world, s), lambda a: a == (500, 0, 500))

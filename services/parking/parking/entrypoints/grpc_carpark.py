@@ -45,10 +45,12 @@ class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
             gate_id=request.gate_id,
         )
         async with self._pool.acquire() as conn:
-            session, duplicate = await entries.record_entry(conn, entry)
-        if not duplicate:
-            self._after(request.mall_id, session.session_id)  # a missed exit's hold, if any
-        return api.RecordEntryResponse(session=m.session_message(session), duplicate=duplicate)
+            entered = await entries.record_entry(conn, entry)
+        if entered.abandoned_session_id:  # release what was held for the missed exit
+            self._after(request.mall_id, entered.abandoned_session_id)
+        return api.RecordEntryResponse(
+            session=m.session_message(entered.session), duplicate=entered.duplicate
+        )
 
     async def QuoteExit(self, request: api.QuoteExitRequest, context: Any) -> api.QuoteExitResponse:
         car_park_caller(request.mall_id, request.car_park_id)

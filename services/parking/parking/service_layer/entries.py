@@ -35,17 +35,28 @@ class Entry:
     gate_id: str = ""
 
 
-async def record_entry(conn: Connection, entry: Entry) -> tuple[Session, bool]:
-    """The session of this entry and whether it had been recorded before (a gate resend)."""
+@dataclass(frozen=True)
+class Entered:
+    session: Session
+    #: The entry had been recorded before (a gate resend).
+    duplicate: bool = False
+    #: The plate's earlier session, closed because its exit was missed (its points holds are
+    #: to be released).
+    abandoned_session_id: str | None = None
+
+
+async def record_entry(conn: Connection, entry: Entry) -> Entered:
+    """The session of this entry (the same one when a gate resends it)."""
     found = await sessions.entry_context(
         conn, entry.mall_id, entry.car_park_id, entry.entry_ref, entry.plate_number
     )
     if found.known_session_id is not None:
-        return await _known(conn, entry), True
+        return Entered(await _known(conn, entry), duplicate=True)
     plate = found.plate
+    abandoned = None
     async with conn.transaction():
         if found.inside_session_id is not None:
-            await _close_missed_exit(conn, entry)
+            abandoned = await _close_missed_exit(conn, entry)
         session = Session(
             mall_id=entry.mall_id,
             session_id=str(uuid.uuid4()),
@@ -65,11 +76,11 @@ async def record_entry(conn: Connection, entry: Entry) -> tuple[Session, bool]:
         except asyncpg.UniqueViolationError:  # another entry of this plate at the same moment
             raise Conflict("retry", "the vehicle's session changed meanwhile; send again") from None
         if created is None:  # the same entry_ref committed meanwhile
-            return await _known(conn, entry), True
+            return Entered(await _known(conn, entry), duplicate=True)
         await add_events(conn, [session_started(created)])
         if plate is not None and plate.openid:
             await _queue_entry_calls(conn, created, plate)
-        return created, False
+        return Entered(created, abandoned_session_id=abandoned)
 
 
 async def _known(conn: Connection, entry: Entry) -> Session:
@@ -78,14 +89,14 @@ async def _known(conn: Connection, entry: Entry) -> Session:
     return known
 
 
-async def _close_missed_exit(conn: Connection, entry: Entry) -> None:
+async def _close_missed_exit(conn: Connection, entry: Entry) -> str | None:
     """The plate is still inside: the exit camera missed it. Close the old stay unpaid and
     keep it for the operator."""
     inside = await sessions.find_open(
         conn, entry.mall_id, entry.car_park_id, entry.plate_number, lock=True
     )
     if inside is None:
-        return
+        return None
     await sessions.abandon(conn, entry.mall_id, inside.session_id)
     await quotes.decide_holds(
         conn, entry.mall_id, inside.session_id, keep_quote_id=None, confirm=False
@@ -100,6 +111,7 @@ async def _close_missed_exit(conn: Connection, entry: Entry) -> None:
         detail=f"entered again at {entry.entered_at.isoformat()} without an exit since "
         f"{inside.entered_at.isoformat()}; the earlier session was closed unpaid",
     )
+    return inside.session_id
 
 
 async def _queue_entry_calls(conn: Connection, session: Session, plate: plates.PlateRow) -> None:

@@ -373,3 +373,18 @@ async def test_a_car_seen_entering_again_gets_its_held_points_back(
 
     assert again.session.session_id != held.session.session_id
     assert await eventually(lambda: account(world, s), lambda a: a == (500, 0, 500))
+
+
+async def test_quoting_a_stay_again_does_not_need_its_points_twice(
+    world: World, unique_id: str
+) -> None:
+    s = await scene(world, unique_id, points=150)
+    now = datetime.now(UTC)
+    first = await enter_and_quote(world, s, now - timedelta(minutes=50), now)
+
+    again = await quote(world, s, now + timedelta(minutes=5))  # still one started hour
+
+    assert points_line(first)[1] == 100
+    assert points_line(again)[1] == 100  # 150 points: the first hold went back first
+    assert again.quote.payable_fen == 0
+    assert await account(world, s) == (150, 100, 50)

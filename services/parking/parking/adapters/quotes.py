@@ -149,3 +149,24 @@ async def decide_holds(
         confirm,
     )
     return int(result.rsplit(" ", 1)[-1])
+
+
+async def supersede_holds(conn: Connection, mall_id: str, session_id: str) -> list[tuple[str, str]]:
+    """Mark the session's held quotes for release; their (quote_id, hold_id)."""
+    rows = await conn.fetch(
+        """UPDATE quotes SET hold_state = 'release', hold_next_at = now()
+            WHERE mall_id = $1 AND session_id = $2::uuid AND hold_state = 'held'
+           RETURNING quote_id::text, hold_id""",
+        mall_id,
+        session_id,
+    )
+    return [(r["quote_id"], r["hold_id"]) for r in rows]
+
+
+async def mark_released(conn: Connection, mall_id: str, quote_id: str) -> None:
+    await conn.execute(
+        """UPDATE quotes SET hold_state = 'released', hold_attempts = hold_attempts + 1
+            WHERE mall_id = $1 AND quote_id = $2::uuid AND hold_state = 'release'""",
+        mall_id,
+        quote_id,
+    )

@@ -41,6 +41,18 @@ class ExitQuery:
     gate_id: str = ""
 
 
+async def _release_earlier(conn: Connection, points: PointsPort, session: Session) -> None:
+    for quote_id, hold_id in await quotes.supersede_holds(
+        conn, session.mall_id, session.session_id
+    ):
+        try:
+            await points.release(session.mall_id, hold_id, "a newer quote of the stay")
+        except Exception as exc:  # the relay role's job releases it later
+            log.warning("points_release_deferred", quote_id=quote_id, error=repr(exc))
+            continue
+        await quotes.mark_released(conn, session.mall_id, quote_id)
+
+
 @dataclass(frozen=True)
 class Quoted:
     session: Session
@@ -172,6 +184,9 @@ async def quote_exit(
         quote_id = str(uuid.uuid4())
         hold_id: str | None = None
         if priced.points and points is not None and session.member_id:
+            # Give back what an earlier quote of this stay holds first, so the member's points
+            # are not needed twice for one stay.
+            await _release_earlier(conn, points, session)
             try:
                 hold_id = await points.hold(
                     session.mall_id,

@@ -71,8 +71,11 @@ def summary(latencies: list[float], elapsed_s: float) -> dict[str, float]:
     return {
         "per_s": len(latencies) / elapsed_s,
         "p50_ms": percentile(latencies, 50),
+        "p90_ms": percentile(latencies, 90),
         "p99_ms": percentile(latencies, 99),
+        "p999_ms": percentile(latencies, 99.9),
         "max_ms": max(latencies),
+        "over_30ms": sum(1 for x in latencies if x > GOAL_P99_MS) / len(latencies),
     }
 
 
@@ -347,7 +350,8 @@ def report(result: dict[str, Any]) -> str:
             f"| RecordEntry alone, {c} in flight | {run['entries']['per_s']:,.0f}/s | | "
             f"{run['entries']['p50_ms']:.1f} / {run['entries']['p99_ms']:.1f} ms |",
             f"| QuoteExit at {rate:,.0f}/s, half members (goal p99 <= {GOAL_P99_MS:.0f} ms) | "
-            f"{q['per_s']:,.0f}/s | | {q['p50_ms']:.1f} / {q['p99_ms']:.1f} ms |",
+            f"{q['per_s']:,.0f}/s | {q['over_30ms']:.1%} over 30 ms | "
+            f"{q['p50_ms']:.1f} / {q['p99_ms']:.1f} ms (p90 {q['p90_ms']:.1f}) |",
         ]
     )
 

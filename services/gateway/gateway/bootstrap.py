@@ -14,10 +14,13 @@ from kit.grpc_client import insecure_channel
 from kit.jetstream import connect
 from kit.kvmirror import DIRECTORY_BUCKET, KvMirror
 from kit.lifecycle import Component
+from mall.coupons.v1 import commitments_service_pb2_grpc, coupons_service_pb2_grpc
 from mall.member.v1 import member_service_pb2_grpc
 from mall.points.v1 import points_service_pb2_grpc
 
 from gateway.adapters.bus import PaymentsPublisher
+from gateway.adapters.claims_feed import ClaimsFeed
+from gateway.adapters.coupons import CouponsClient
 from gateway.adapters.directory import Directory
 from gateway.adapters.live import PointsFeed
 from gateway.adapters.merchants import load_merchants
@@ -28,11 +31,13 @@ from gateway.adapters.spent import SpentRefreshTokens
 from gateway.adapters.tokens import SessionTokens
 from gateway.config import Settings
 from gateway.entrypoints.app import HttpServer, create_app
+from gateway.entrypoints.coupons import COUPONS, CouponsApi
 from gateway.entrypoints.keys import Shoppers, Webhooks
 from gateway.entrypoints.shoppers import count_card_read, render_card
 from gateway.entrypoints.streams import Streams
 from gateway.entrypoints.throttle import RateLimits
 from gateway.service_layer.card import CardReader, SectionSource
+from gateway.service_layer.claims import Claims, SoldOutMemory
 from gateway.service_layer.live import LiveHub
 
 NAME = "gateway"
@@ -52,6 +57,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
         connect(settings.nats_url, name=NAME) as nc,
         insecure_channel(settings.member_grpc_target) as member_channel,
         insecure_channel(settings.points_grpc_target) as points_channel,
+        insecure_channel(settings.coupons_grpc_target) as coupons_channel,
         aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=settings.wechat_timeout_s)
         ) as wechat_http,
@@ -74,8 +80,15 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             health={
                 "member": health_pb2_grpc.HealthStub(member_channel),
                 "points": health_pb2_grpc.HealthStub(points_channel),
+                "coupons": health_pb2_grpc.HealthStub(coupons_channel),
             },
         )
+        coupons = CouponsClient(
+            coupons=coupons_service_pb2_grpc.CouponsServiceStub(coupons_channel),
+            commitments=commitments_service_pb2_grpc.CommitmentServiceStub(coupons_channel),
+            member=backends.member,
+        )
+        coupons_api = None
         shoppers = None
         if settings.miniprogram_secrets_file is not None and settings.session_signing_key:
             hub = LiveHub()
@@ -84,8 +97,8 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 [
                     SectionSource("member", backends.card_member, deadline),
                     SectionSource("points", backends.card_points, deadline),
+                    SectionSource("coupons", coupons.card_section, deadline),
                     # Not connected yet: answered "unavailable / not_connected" until wired.
-                    SectionSource("coupons", None, deadline),
                     SectionSource("parking", None, deadline),
                 ],
                 render_card,
@@ -96,6 +109,18 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 counted=count_card_read,
             )
             feed = PointsFeed(nc, hub, changed=cards.invalidate)
+            sold_out = SoldOutMemory(sold_out_s=settings.claim_sold_out_memory_s)
+            coupons_api = CouponsApi(
+                client=coupons,
+                claims=Claims(
+                    coupons,
+                    sold_out,
+                    max_batch=settings.claim_batch_max,
+                    workers=settings.claim_batch_workers,
+                ),
+                appid_for_mall=directory.appid_for_mall,
+            )
+            components.append(ClaimsFeed(nc, sold_out).run)
             streams = Streams(heartbeat_s=settings.sse_heartbeat_s)
             components += [feed.run, streams.run]
             shoppers = Shoppers(
@@ -133,6 +158,8 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             ),
             max_body_bytes=settings.http_max_body_bytes,
         )
+        if coupons_api is not None:
+            app[COUPONS] = coupons_api
         http = HttpServer(
             app, host=settings.http_host, port=settings.http_port, grace_s=settings.shutdown_grace_s
         )

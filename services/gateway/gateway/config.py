@@ -17,6 +17,14 @@ class Settings(ServiceSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     member_grpc_target: str = "127.0.0.1:50061"
     points_grpc_target: str = "127.0.0.1:50062"
+    coupons_grpc_target: str = "127.0.0.1:50064"
+    #: Concurrent coupon claims sent to coupons as one ClaimCoupons call: at most this many
+    #: per call, and at most this many calls in flight (see gateway.service_layer.claims).
+    claim_batch_max: int = Field(default=500, ge=1, le=2000)
+    claim_batch_workers: int = Field(default=4, ge=1, le=64)
+    #: Seconds a stock known exhausted is answered sold_out from memory before coupons is
+    #: asked again (0: never from memory).
+    claim_sold_out_memory_s: float = Field(default=2.0, ge=0, le=60)
     #: How long a webhook waits for JetStream to acknowledge before answering "retry".
     publish_timeout_s: float = Field(default=5.0, gt=0)
     #: JSON file of the WeChat Pay merchants whose notifications this gateway opens (their

@@ -69,6 +69,10 @@ class Directory:
     def mall_for_appid(self, appid: str) -> str | None:
         return self._mall_by_appid.get(appid)
 
+    def appid_for_mall(self, mall_id: str) -> str | None:
+        """The mall's mini-program appid (e.g. what a pay-score deduction is made under)."""
+        return self._appid_by_mall.get(mall_id)
+
     def shop(self, appid: str, shop_number: str) -> ShopRef | None:
         """The store where a shopper paid, if this appid is a mall and the shop is one of its."""
         mall_id = self._mall_by_appid.get(appid)

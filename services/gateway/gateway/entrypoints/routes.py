@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.entrypoints import live, schemas, shoppers, views, webhooks
+from gateway.domain.claims import CLAIM_CODES
+from gateway.entrypoints import coupons, live, schemas, shoppers, views, webhooks
 from gateway.entrypoints.openapi import Operation, serve_spec
 
 S = schemas
@@ -150,6 +151,74 @@ def _mini_program() -> list[Operation]:
     ]
 
 
+def _coupons() -> list[Operation]:
+    member_errors = {404: "not_a_member"}
+    refusals = ", ".join(CLAIM_CODES)
+    claim_errors = {
+        400: "invalid_claim",
+        403: "not_eligible, points_required",
+        404: "not_a_member, stock_not_found, code_not_found",
+        409: "sold_out, limit_reached, not_open_yet, claim_ended, paused, request_id_reused",
+    }
+    return [
+        Operation(
+            "GET",
+            "/v1/me/coupons",
+            coupons.list_coupons,
+            "The coupon wallet, newest first (usable / used / expired)",
+            answer=S.CouponsPage,
+            query=S.CouponsQuery,
+            auth=True,
+            errors={400: "invalid_page_token", **member_errors},
+        ),
+        Operation(
+            "POST",
+            "/v1/me/coupons/claims",
+            coupons.claim_coupon,
+            "Claim a coupon of a stock (retrying a request_id returns the same coupon)",
+            answer=S.Coupon,
+            body=S.ClaimBody,
+            auth=True,
+            status=201,
+            errors=claim_errors,
+            description="A refusal's `code` is one of: " + refusals + "; `reason` carries "
+            "coupons' own reason (e.g. stock_sold_out_today). Concurrent claims are sent to "
+            "coupons together; once a stock is known exhausted the gateway answers sold_out "
+            "itself.",
+        ),
+        Operation(
+            "POST",
+            "/v1/me/coupons/claims/by-code",
+            coupons.claim_coupon_by_code,
+            "Claim a coupon with a package-card or shopping-guide code",
+            answer=S.Coupon,
+            body=S.ClaimByCodeBody,
+            auth=True,
+            status=201,
+            errors=claim_errors,
+        ),
+        Operation(
+            "GET",
+            "/v1/me/commitment-cards",
+            coupons.list_commitment_cards,
+            "The member's commitment cards (支付分先享卡), newest first",
+            answer=S.CommitmentCards,
+            auth=True,
+            errors=member_errors,
+        ),
+        Operation(
+            "POST",
+            "/v1/me/commitment-cards",
+            coupons.accept_commitment_card,
+            "Accept a commitment card of an offer (accepting again returns the same card)",
+            answer=S.CommitmentCard,
+            body=S.AcceptCommitmentBody,
+            auth=True,
+            errors={404: "not_a_member, offer_not_found"},
+        ),
+    ]
+
+
 def _probes() -> list[Operation]:
     return [
         Operation("GET", "/healthz", views.healthz, "Liveness", answer=S.Health, tag="ops"),
@@ -177,6 +246,7 @@ def operations(*, accept_unsigned: bool = False, shopper_api: bool = False) -> l
     return [
         *_webhooks(accept_unsigned),
         *(_mini_program() if shopper_api else []),
+        *(_coupons() if shopper_api else []),
         *_probes(),
     ]
 

@@ -168,7 +168,10 @@ class PointsSection(Out):
 
 class CouponsSection(Out):
     status: Literal["ok"]
-    usable: int = Field(description="Coupons the member can use now")
+    usable: int = Field(description="Coupons the member still has to use")
+    next_expiry: str | None = Field(
+        description="The soonest end of validity among them (RFC 3339, UTC); null: none"
+    )
 
 
 class ParkingSection(Out):
@@ -219,6 +222,101 @@ class Readiness(Out):
         description="gRPC services the mini-program API calls (informational: a backend "
         "down degrades the API, it does not stop payments being accepted)"
     )
+
+
+# -- coupons (gateway.entrypoints.coupons) ----------------------------------------------------
+
+_ID = r"^[A-Za-z0-9_-]{1,64}$"
+_REQUEST_ID = Field(
+    pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+    description="The app's idempotency key for this claim: a retry with it returns the same coupon",
+)
+
+
+class CouponsQuery(Wire):
+    status: Annotated[
+        Literal["all", "usable", "used", "expired"],
+        Field(description="Only these coupons (usable: available, not yet used)"),
+    ] = "all"
+    cursor: Annotated[
+        str,
+        Field(
+            pattern=r"^([0-9]{1,16}:[A-Za-z0-9_-]{1,64})?$",
+            description="next_cursor of the previous page; empty for the newest coupons",
+        ),
+    ] = ""
+    limit: Annotated[int, Field(ge=1, le=100, description="Coupons on the page")] = 20
+
+
+class ClaimBody(Wire):
+    """Claim a coupon of a stock."""
+
+    stock_id: Annotated[str, Field(pattern=_ID, description="The stock to claim from")]
+    request_id: Annotated[str, _REQUEST_ID]
+
+
+class ClaimByCodeBody(Wire):
+    """Claim with a code from a package card or a shopping guide's badge."""
+
+    code: Annotated[str, Field(pattern=_ID, description="The code")]
+    request_id: Annotated[str, _REQUEST_ID]
+
+
+class AcceptCommitmentBody(Wire):
+    """Accept a commitment card (支付分先享卡) of an offer."""
+
+    offer_id: Annotated[str, Field(pattern=_ID, description="The offer")]
+
+
+class Coupon(Out):
+    coupon_id: str = Field(description="Also the code the shopper shows at the till")
+    stock_id: str
+    tenant_id: str = Field(description="Empty for a coupon of the mall itself")
+    status: Literal["available", "used", "expired", "revoked", "unspecified"]
+    channel: str = Field(description="mini_program, post_payment, points, package_card, ...")
+    title: str
+    coupon_type: Literal["fixed_amount", "percent_off", "exchange", "parking", "unspecified"]
+    discount_fen: int
+    threshold_fen: int
+    percent_off: int
+    max_discount_fen: int
+    parking_minutes: int
+    claimed_at: str = Field(description="RFC 3339, UTC")
+    valid_from: str
+    valid_until: str = Field(description="End of validity, exclusive")
+    redeemed_at: str | None
+    redeemed_store_id: str | None
+
+
+class CouponsPage(Out):
+    coupons: list[Coupon] = Field(description="Newest first")
+    next_cursor: str | None = Field(description="Pass as cursor for older ones; null: no more")
+
+
+class Clawback(Out):
+    status: Literal["pending", "collected", "refused", "unspecified"]
+    amount_fen: int
+
+
+class CommitmentCard(Out):
+    card_id: str
+    offer_id: str
+    tenant_id: str
+    status: Literal["active", "fulfilled", "failed", "unspecified"]
+    purchases_required: int
+    purchases_made: int
+    min_amount_fen: int
+    discount_fen: int = Field(description="Taken off each counted purchase")
+    discount_given_fen: int
+    accepted_at: str
+    deadline: str = Field(description="End of the window, exclusive")
+    settled_at: str | None
+    store_ids: list[str]
+    clawback: Clawback | None = Field(description="Set once a failed card is clawed back")
+
+
+class CommitmentCards(Out):
+    cards: list[CommitmentCard] = Field(description="Newest first (at most 100)")
 
 
 # -- reading requests --------------------------------------------------------------------------

@@ -55,11 +55,15 @@ async def assemble(
     subscriptions: Sequence[Subscription]
     | Callable[[JetStreamContext], Awaitable[Sequence[Subscription]]] = (),
     servicers: Callable[[asyncpg.Pool], Sequence[Registration]] = lambda pool: (),
-    descriptor: FileDescriptor,
+    descriptor: FileDescriptor | Sequence[FileDescriptor],
     extras: Callable[[asyncpg.Pool], Extras] | None = None,
     authenticate: Callable[[asyncpg.Pool], Authenticator] | None = None,
 ) -> AsyncIterator[Roles]:
-    """``authenticate`` builds the gRPC server's auth hook on the pool (see GrpcServer)."""
+    """``authenticate`` builds the gRPC server's auth hook on the pool (see GrpcServer).
+
+    ``descriptor`` names the proto file(s) whose services the process serves: health and
+    reflection list every service in them."""
+    files = [descriptor] if isinstance(descriptor, FileDescriptor) else list(descriptor)
     async with (
         open_pool(
             settings.database_url,
@@ -96,7 +100,7 @@ async def assemble(
         grpc = GrpcServer(
             service=name,
             registrations=servicers(pool),
-            service_names=[s.full_name for s in descriptor.services_by_name.values()],
+            service_names=[s.full_name for f in files for s in f.services_by_name.values()],
             health_checks=[db_ok, nats_ok],
             host=settings.grpc_host,
             port=settings.grpc_port,

@@ -18,6 +18,7 @@ from eventbus.service import Extras, Subscription, assemble
 from kit.cli import Roles, Service
 from kit.jetstream import connect
 from mall.coupons.v1 import (
+    commitments_service_pb2,
     commitments_service_pb2_grpc,
     coupons_service_pb2,
     coupons_service_pb2_grpc,
@@ -91,7 +92,7 @@ async def bootstrap(
                     CommitmentServicer(pool),
                 ),
             ],
-            descriptor=coupons_service_pb2.DESCRIPTOR,
+            descriptor=[coupons_service_pb2.DESCRIPTOR, commitments_service_pb2.DESCRIPTOR],
             extras=lambda pool: Extras(
                 components={
                     "serve": [directory.mirrored(directory_nc.jetstream())],

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import grpc
+from coupons.adapters.directory import Directory as CouponsDirectory
 from gateway.adapters.directory import Directory, ShopRef
 from kit.kvmirror import DIRECTORY_BUCKET, KvMirror
 from mall.member.v1 import member_service_pb2, member_service_pb2_grpc
@@ -67,3 +68,44 @@ async def test_directory_changes_reach_a_mirror_started_before_and_after(
         await task
         if late_task is not None:
             await late_task
+
+
+async def test_credentials_and_their_revocation_reach_a_mirror(
+    suite: Suite, jetstream: Nats
+) -> None:
+    """Tenant POS credentials (hashes only) are checked locally by coupons: the bucket carries
+    them, and a revocation reaches the copy as well."""
+    copy = CouponsDirectory()
+    stop = asyncio.Event()
+    task = asyncio.create_task(copy.mirrored(jetstream.js)(stop))
+    try:
+        mall = await seed(suite.member_grpc, DemoMall.unique())
+        tenant_id = mall.stores[0].tenant_id
+        async with grpc.aio.insecure_channel(suite.member_grpc) as channel:
+            directory = member_service_pb2_grpc.DirectoryServiceStub(channel)
+            issued = await directory.IssueCredential(
+                member_service_pb2.IssueCredentialRequest(
+                    mall_id=mall.mall_id, tenant_id=tenant_id, label="POS 1"
+                )
+            )
+            credential_id = issued.credential.credential_id
+
+            def seen() -> tuple[str, str, bool] | None:
+                entry = copy.credential(credential_id)
+                return entry and (entry.mall_id, entry.tenant_id, entry.revoked)
+
+            await eventually(seen, (mall.mall_id, tenant_id, False))
+            entry = copy.credential(credential_id)
+            assert entry is not None
+            assert entry.secret_hash  # a hash to check against, not the secret
+            assert issued.secret not in entry.secret_hash
+
+            await directory.RevokeCredential(
+                member_service_pb2.RevokeCredentialRequest(
+                    mall_id=mall.mall_id, credential_id=credential_id
+                )
+            )
+            await eventually(seen, (mall.mall_id, tenant_id, True))
+    finally:
+        stop.set()
+        await task

@@ -63,20 +63,22 @@ async def revoke_credential(
     conn: Connection, mall_id: str, credential_id: str
 ) -> tuple[CredentialRow, bool] | None:
     """The credential after revocation and whether this call revoked it; None if unknown."""
+    # Two statements: a CTE cannot tell "before" from "after" for a row its own UPDATE changed.
     row = await conn.fetchrow(
-        f"""WITH before AS (SELECT revoked_at FROM credentials
-                             WHERE mall_id = $1 AND credential_id = $2 FOR UPDATE)
-            UPDATE credentials SET revoked_at = coalesce(revoked_at, now())
-             WHERE mall_id = $1 AND credential_id = $2
-            RETURNING {_COLUMNS}, (SELECT revoked_at IS NULL FROM before) AS changed""",
+        f"""UPDATE credentials SET revoked_at = now()
+             WHERE mall_id = $1 AND credential_id = $2 AND revoked_at IS NULL
+            RETURNING {_COLUMNS}""",
         mall_id,
         credential_id,
     )
-    if row is None:
-        return None
-    fields = dict(row)
-    changed = bool(fields.pop("changed"))
-    return CredentialRow(**fields), changed
+    if row is not None:
+        return CredentialRow(**dict(row)), True
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM credentials WHERE mall_id = $1 AND credential_id = $2",
+        mall_id,
+        credential_id,
+    )
+    return (CredentialRow(**dict(row)), False) if row is not None else None
 
 
 async def find_credential(conn: Connection, credential_id: str) -> CredentialRow | None:

@@ -39,6 +39,16 @@ def _entry(d: Delivery) -> tuple[str, bytes] | None:
     if kind == "store_upserted":
         store = d.decode(events_pb2.StoreUpserted).store
         return directory_key("store", store.mall_id, store.store_id), store.SerializeToString()
+    if kind == "car_park_upserted":
+        park = d.decode(events_pb2.CarParkUpserted).car_park
+        return (
+            directory_key("car_park", park.mall_id, park.car_park_id),
+            park.SerializeToString(),
+        )
+    if kind == "credential_upserted":
+        # Hashes only (and revocations): each service checks its callers locally.
+        c = d.decode(events_pb2.CredentialUpserted).credential
+        return directory_key("credential", c.mall_id, c.credential_id), c.SerializeToString()
     return None
 
 

@@ -26,6 +26,9 @@ import schemathesis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.typedefs import Handler
+from coupons.bootstrap import MIGRATIONS as COUPONS_MIGRATIONS
+from coupons.bootstrap import bootstrap as coupons_bootstrap
+from coupons.config import Settings as CouponsSettings
 from gateway.bootstrap import bootstrap as gateway_bootstrap
 from gateway.config import Settings as GatewaySettings
 from gateway.domain.shoppers import Session
@@ -67,10 +70,11 @@ async def _port(get: Any) -> int:
 
 @contextlib.asynccontextmanager
 async def _stack(
-    member_db: str, points_db: str, nats_url: str, folder: Path
+    member_db: str, points_db: str, nats_url: str, folder: Path, coupons_db: str
 ) -> AsyncIterator[Live]:
     await migrate(member_db, MEMBER_MIGRATIONS)
     await migrate(points_db, POINTS_MIGRATIONS)
+    await migrate(coupons_db, COUPONS_MIGRATIONS)
     common: dict[str, Any] = {
         "nats_url": nats_url, "grpc_port": 0, "log_format": "console", "log_level": "error"
     }  # fmt: skip
@@ -88,6 +92,11 @@ async def _stack(
             points_bootstrap(PointsSettings(database_url=points_db, **common))
         )
         await stack.enter_async_context(running(points, ("serve",)))
+        coupons = await stack.enter_async_context(
+            coupons_bootstrap(CouponsSettings(database_url=coupons_db, **common))
+        )
+        await stack.enter_async_context(running(coupons, ("serve",)))
+        coupons_port = await _port(lambda: coupons.grpc.port if coupons.grpc else 0)
         member_port = await _port(lambda: member.grpc.port if member.grpc else 0)
         points_port = await _port(lambda: points.grpc.port if points.grpc else 0)
         await seed(f"127.0.0.1:{member_port}", mall)
@@ -98,6 +107,7 @@ async def _stack(
                     http_port=0,
                     member_grpc_target=f"127.0.0.1:{member_port}",
                     points_grpc_target=f"127.0.0.1:{points_port}",
+                    coupons_grpc_target=f"127.0.0.1:{coupons_port}",
                     wechat_api_base=sim.url,
                     miniprogram_secrets_file=folder / "miniprograms.json",
                     session_signing_key=secrets.token_urlsafe(48),  # type: ignore[arg-type]
@@ -145,7 +155,8 @@ def live(
     async def main() -> None:
         try:
             member_db, points_db = await fresh_database("member"), await fresh_database("points")
-            async with _stack(member_db, points_db, nats_url, folder) as stack:
+            coupons_db = await fresh_database("coupons")
+            async with _stack(member_db, points_db, nats_url, folder, coupons_db) as stack:
                 ready.append(stack)
                 started.set()
                 await stop.wait()

@@ -12,6 +12,15 @@ from asyncpg.pool import PoolConnectionProxy
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a connection needs on its way back to the pool: nothing beyond what asyncpg always
+    does (roll back an open transaction, drop listener callbacks). The default reset adds a
+    round trip per borrow (``RESET ALL; UNLISTEN *; pg_advisory_unlock_all(); CLOSE ALL``)
+    for session state this code never leaves behind: no session ``SET``s, no cursors held past
+    a transaction, advisory locks transaction-scoped (migrations lock on their own connection)
+    and the outbox relay UNLISTENs before it gives its connection back."""
+
+
 @contextlib.asynccontextmanager
 async def open_pool(
     dsn: str, *, min_size: int = 2, max_size: int = 10, application_name: str = "mall"
@@ -21,6 +30,7 @@ async def open_pool(
         min_size=min_size,
         max_size=max_size,
         server_settings={"application_name": application_name, "timezone": "UTC"},
+        reset=_keep_session,
     )
     try:
         yield pool

@@ -57,7 +57,11 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
         connect(settings.nats_url, name=NAME) as nc,
         insecure_channel(settings.member_grpc_target) as member_channel,
         insecure_channel(settings.points_grpc_target) as points_channel,
-        insecure_channel(settings.coupons_grpc_target) as coupons_channel,
+        (
+            insecure_channel(settings.coupons_grpc_target)
+            if settings.coupons_grpc_target
+            else contextlib.nullcontext(None)
+        ) as coupons_channel,
         aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=settings.wechat_timeout_s)
         ) as wechat_http,
@@ -80,13 +84,21 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             health={
                 "member": health_pb2_grpc.HealthStub(member_channel),
                 "points": health_pb2_grpc.HealthStub(points_channel),
-                "coupons": health_pb2_grpc.HealthStub(coupons_channel),
+                **(
+                    {"coupons": health_pb2_grpc.HealthStub(coupons_channel)}
+                    if coupons_channel is not None
+                    else {}
+                ),
             },
         )
-        coupons = CouponsClient(
-            coupons=coupons_service_pb2_grpc.CouponsServiceStub(coupons_channel),
-            commitments=commitments_service_pb2_grpc.CommitmentServiceStub(coupons_channel),
-            member=backends.member,
+        coupons = (
+            CouponsClient(
+                coupons=coupons_service_pb2_grpc.CouponsServiceStub(coupons_channel),
+                commitments=commitments_service_pb2_grpc.CommitmentServiceStub(coupons_channel),
+                member=backends.member,
+            )
+            if coupons_channel is not None
+            else None
         )
         coupons_api = None
         shoppers = None
@@ -97,7 +109,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 [
                     SectionSource("member", backends.card_member, deadline),
                     SectionSource("points", backends.card_points, deadline),
-                    SectionSource("coupons", coupons.card_section, deadline),
+                    SectionSource("coupons", coupons.card_section if coupons else None, deadline),
                     # Not connected yet: answered "unavailable / not_connected" until wired.
                     SectionSource("parking", None, deadline),
                 ],
@@ -109,18 +121,19 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 counted=count_card_read,
             )
             feed = PointsFeed(nc, hub, changed=cards.invalidate)
-            sold_out = SoldOutMemory(sold_out_s=settings.claim_sold_out_memory_s)
-            coupons_api = CouponsApi(
-                client=coupons,
-                claims=Claims(
-                    coupons,
-                    sold_out,
-                    max_batch=settings.claim_batch_max,
-                    workers=settings.claim_batch_workers,
-                ),
-                appid_for_mall=directory.appid_for_mall,
-            )
-            components.append(ClaimsFeed(nc, sold_out).run)
+            if coupons is not None:
+                sold_out = SoldOutMemory(sold_out_s=settings.claim_sold_out_memory_s)
+                coupons_api = CouponsApi(
+                    client=coupons,
+                    claims=Claims(
+                        coupons,
+                        sold_out,
+                        max_batch=settings.claim_batch_max,
+                        workers=settings.claim_batch_workers,
+                    ),
+                    appid_for_mall=directory.appid_for_mall,
+                )
+                components.append(ClaimsFeed(nc, sold_out).run)
             streams = Streams(heartbeat_s=settings.sse_heartbeat_s)
             components += [feed.run, streams.run]
             shoppers = Shoppers(

@@ -17,7 +17,8 @@ class Settings(ServiceSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     member_grpc_target: str = "127.0.0.1:50061"
     points_grpc_target: str = "127.0.0.1:50062"
-    coupons_grpc_target: str = "127.0.0.1:50064"
+    #: Empty: coupons not connected (the card's section says so, coupon routes answer 503).
+    coupons_grpc_target: str = ""
     #: Concurrent coupon claims sent to coupons as one ClaimCoupons call: at most this many
     #: per call, and at most this many calls in flight (see gateway.service_layer.claims).
     claim_batch_max: int = Field(default=500, ge=1, le=2000)

@@ -41,10 +41,10 @@ from carpark_simulator.gate import Gate
 from carpark_simulator.plates import random_plate
 from carpark_simulator.traffic import drive
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.member.v1 import directory_pb2
-from mall.member.v1 import events_pb2 as member_events
 from mall.parking.v1 import parking_pb2 as pb
 from mall.parking.v1 import parking_service_pb2 as api
 from mall.parking.v1 import parking_service_pb2_grpc as stubs
@@ -154,18 +154,16 @@ async def seed(db: str, nats_url: str, target: str, members: list[tuple[str, str
     secret, credential_id = uuid.uuid4().hex, f"cred-bench-{uuid.uuid4().hex[:8]}"
     nc = await nats.connect(nats_url)
     try:
-        await nc.jetstream().publish(
-            "member.directory.credential_upserted",
-            member_events.CredentialUpserted(
-                mall_id=MALL,
-                credential=directory_pb2.Credential(
-                    mall_id=MALL,
-                    credential_id=credential_id,
-                    car_park_id=CAR_PARK,
-                    secret_hash=hash_secret(secret),
-                ),
-            ).SerializeToString(),
-            headers={"Nats-Msg-Id": str(uuid.uuid4())},
+        credential = directory_pb2.Credential(
+            mall_id=MALL,
+            credential_id=credential_id,
+            car_park_id=CAR_PARK,
+            secret_hash=hash_secret(secret),
+        )
+        bucket = await open_bucket(nc.jetstream(), DIRECTORY_BUCKET)  # as member projects it
+        await bucket.put(
+            f"credential.{credential.mall_id}.{credential.credential_id}",
+            credential.SerializeToString(),
         )
     finally:
         await nc.close()
@@ -217,17 +215,35 @@ async def seed(db: str, nats_url: str, target: str, members: list[tuple[str, str
                    paid_at) VALUES ($1, $2, $3, $4, $5)""",
             [(MALL, uuid.uuid4().hex, mid, 15_000, now - timedelta(minutes=5)) for mid in ids],
         )
-        for _ in range(400):  # the credential reaches parking's directory consumer
-            if await conn.fetchval(
-                "SELECT count(*) FROM credentials WHERE credential_id = $1", credential_id
-            ):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise RuntimeError("the credential never reached parking")
     finally:
         await conn.close()
-    return f"{credential_id}.{secret}"
+    presented = f"{credential_id}.{secret}"
+    await credential_known(target, presented)
+    return presented
+
+
+async def credential_known(target: str, presented: str) -> None:
+    """Wait until parking's copy of the directory holds the credential (a call gets past the
+    credential check: NOT_FOUND for a session that does not exist)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        gates = stubs.CarParkServiceStub(channel)
+        for _ in range(400):
+            try:
+                await gates.SettleExit(
+                    api.SettleExitRequest(
+                        mall_id=MALL,
+                        car_park_id=CAR_PARK,
+                        session_id=str(uuid.uuid4()),
+                        quote_id=str(uuid.uuid4()),
+                        payment_method=pb.PAYMENT_METHOD_CASH,
+                    ),
+                    metadata=(("x-mall-credential", presented),),
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return
+            await asyncio.sleep(0.05)
+    raise RuntimeError("the credential never reached parking")
 
 
 QUOTE_METHOD = "/mall.parking.v1.CarParkService/QuoteExit"

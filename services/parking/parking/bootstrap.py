@@ -9,8 +9,10 @@ from pathlib import Path
 import eventbus
 from eventbus.service import Extras, Subscription, assemble
 from kit.cli import Roles, Service
+from kit.jetstream import connect
 from mall.parking.v1 import parking_service_pb2, parking_service_pb2_grpc
 
+from parking.adapters.credentials import Credentials
 from parking.adapters.points import points_client
 from parking.adapters.wechatpay import client_from_settings
 from parking.config import Settings
@@ -55,8 +57,10 @@ SUBSCRIPTIONS = [
 @contextlib.asynccontextmanager
 async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
     config = ConfigCache(settings.config_cache_s)
+    credentials = Credentials()  # car-park credentials, mirrored from member's bucket
     wechat = client_from_settings(settings)  # keys load now: a bad file stops the start
     async with (
+        connect(settings.nats_url, name=f"{NAME}-directory") as directory_nc,
         points_client(settings.points_grpc_target, settings.points_timeout_s) as points,
         assemble(
             NAME,
@@ -80,6 +84,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             descriptor=parking_service_pb2.DESCRIPTOR,
             extras=lambda pool: Extras(
                 components={
+                    "serve": [credentials.mirrored(directory_nc.jetstream())],
                     "relay": [
                         holds_job(pool, points, settings.holds_interval_s),
                         wechat_job(
@@ -88,12 +93,12 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                             interval_s=settings.wechatpay_poll_interval_s,
                             retry_max_s=settings.wechatpay_retry_max_s,
                         ),
-                    ]
+                    ],
                 },
                 commands=ops_commands(pool.acquire),
             ),
             authenticate=lambda pool: CarParkAuthenticator(
-                pool, cache_s=settings.credential_cache_s
+                credentials, cache_s=settings.credential_cache_s
             ),
         ) as roles,
     ):

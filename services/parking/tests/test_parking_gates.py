@@ -21,6 +21,7 @@ import pytest
 from google.protobuf.message import Message
 from kit.cli import serving
 from kit.grpc_errors import from_rpc_error
+from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.coupons.v1 import coupons_pb2
@@ -119,17 +120,16 @@ async def car_park(world: World, unique_id: str, **schedule: Any) -> CarPark:
             car_park=directory_pb2.CarPark(mall_id=mall_id, car_park_id=car_park_id, name="P1"),
         ),
     )
-    await world.publish(
-        "member.directory.credential_upserted",
-        member_events.CredentialUpserted(
-            mall_id=mall_id,
-            credential=directory_pb2.Credential(
-                mall_id=mall_id,
-                credential_id=credential_id,
-                car_park_id=car_park_id,
-                secret_hash=hash_secret(secret),
-            ),
-        ),
+    credential = directory_pb2.Credential(
+        mall_id=mall_id,
+        credential_id=credential_id,
+        car_park_id=car_park_id,
+        secret_hash=hash_secret(secret),
+    )
+    bucket = await open_bucket(world.js, DIRECTORY_BUCKET)  # as member projects it
+    await bucket.put(
+        f"credential.{credential.mall_id}.{credential.credential_id}",
+        credential.SerializeToString(),
     )
     fields = {"free_minutes": 15, "unit_minutes": 60, "unit_fee_fen": 500, "daily_cap_fen": 3000}
     await world.admin.PutFeeSchedule(

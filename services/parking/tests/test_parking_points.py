@@ -17,10 +17,10 @@ import nats
 import pytest
 from kit.cli import serving
 from kit.grpc_errors import from_rpc_error
+from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
 from kit.proto import timestamp, to_datetime
 from mall.member.v1 import directory_pb2
-from mall.member.v1 import events_pb2 as member_events
 from mall.parking.v1 import parking_pb2 as pb
 from mall.parking.v1 import parking_service_pb2 as api
 from mall.parking.v1 import parking_service_pb2_grpc as stubs
@@ -117,18 +117,16 @@ async def scene(world: World, unique_id: str, *, points: int) -> Scene:
     member with ``points`` whose plate pays with points."""
     mall_id, car_park_id = f"mall-{unique_id}", f"park-{unique_id}"
     secret, credential_id = uuid.uuid4().hex, f"cred-{unique_id}"
-    await world.js.publish(
-        "member.directory.credential_upserted",
-        member_events.CredentialUpserted(
-            mall_id=mall_id,
-            credential=directory_pb2.Credential(
-                mall_id=mall_id,
-                credential_id=credential_id,
-                car_park_id=car_park_id,
-                secret_hash=hash_secret(secret),
-            ),
-        ).SerializeToString(),
-        headers={"Nats-Msg-Id": str(uuid.uuid4())},
+    credential = directory_pb2.Credential(
+        mall_id=mall_id,
+        credential_id=credential_id,
+        car_park_id=car_park_id,
+        secret_hash=hash_secret(secret),
+    )
+    bucket = await open_bucket(world.js, DIRECTORY_BUCKET)  # as member projects it
+    await bucket.put(
+        f"credential.{credential.mall_id}.{credential.credential_id}",
+        credential.SerializeToString(),
     )
     await world.admin.PutFeeSchedule(
         api.PutFeeScheduleRequest(

@@ -18,6 +18,7 @@ import nats
 import pytest
 from kit.cli import serving
 from kit.grpc_errors import from_rpc_error
+from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.member.v1 import directory_pb2
@@ -158,17 +159,16 @@ async def scene(world: World, unique_id: str) -> Scene:
             ),
         ),
     )
-    await world.publish(
-        "member.directory.credential_upserted",
-        member_events.CredentialUpserted(
-            mall_id=mall_id,
-            credential=directory_pb2.Credential(
-                mall_id=mall_id,
-                credential_id=credential_id,
-                car_park_id=car_park_id,
-                secret_hash=hash_secret(secret),
-            ),
-        ),
+    credential = directory_pb2.Credential(
+        mall_id=mall_id,
+        credential_id=credential_id,
+        car_park_id=car_park_id,
+        secret_hash=hash_secret(secret),
+    )
+    bucket = await open_bucket(world.js, DIRECTORY_BUCKET)  # as member projects it
+    await bucket.put(
+        f"credential.{credential.mall_id}.{credential.credential_id}",
+        credential.SerializeToString(),
     )
     await world.admin.PutFeeSchedule(
         api.PutFeeScheduleRequest(

@@ -1,9 +1,8 @@
-"""SQL for parking's copy of the directory: malls (time zone), car parks, credentials."""
+"""SQL for parking's copy of the directory: malls (time zone, WeChat ids), car parks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 
 from kit.db import Connection
 
@@ -61,44 +60,3 @@ async def car_park_name(conn: Connection, mall_id: str, car_park_id: str) -> str
         "SELECT name FROM car_parks WHERE mall_id = $1 AND car_park_id = $2", mall_id, car_park_id
     )
     return str(name or car_park_id)
-
-
-async def upsert_credential(
-    conn: Connection,
-    *,
-    credential_id: str,
-    mall_id: str,
-    car_park_id: str | None,
-    secret_hash: str,
-    revoked_at: datetime | None,
-) -> None:
-    await conn.execute(
-        """INSERT INTO credentials (credential_id, mall_id, car_park_id, secret_hash, revoked_at)
-           VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (credential_id) DO UPDATE SET mall_id = $2, car_park_id = $3,
-                secret_hash = $4, revoked_at = $5, updated_at = now()""",
-        credential_id,
-        mall_id,
-        car_park_id,
-        secret_hash,
-        revoked_at,
-    )
-
-
-@dataclass(frozen=True)
-class CredentialRow:
-    credential_id: str
-    mall_id: str
-    car_park_id: str | None
-    secret_hash: str
-    revoked_at: datetime | None
-
-
-async def find_credential(conn: Connection, credential_id: str) -> CredentialRow | None:
-    """By id alone: the credential is what tells the caller's mall."""
-    row = await conn.fetchrow(
-        """SELECT credential_id, mall_id, car_park_id, secret_hash, revoked_at
-             FROM credentials WHERE credential_id = $1""",
-        credential_id,
-    )
-    return CredentialRow(**dict(row)) if row else None

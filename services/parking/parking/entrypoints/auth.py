@@ -1,7 +1,8 @@
 """Who is calling parking's gRPC API: the server's ``authenticate`` hook.
 
 CarParkService RPCs require ``x-mall-credential: <credential_id>.<secret>`` of a valid,
-unrevoked car-park credential (parking's copy of member's directory); the servicer then checks
+unrevoked car-park credential (parking's copy of member's DIRECTORY bucket, held in memory by
+the serve role; calls are refused as UNAVAILABLE until the copy is loaded); the servicer checks
 that the request's mall and car park are the caller's own. A caller presenting a credential on
 any other RPC is refused, so a car park cannot read members' plates. ParkingService (gateway)
 and ParkingAdminService (ops) stay inside the cluster, guarded by the network policy.
@@ -17,12 +18,11 @@ import contextvars
 import hashlib
 import time
 
-import asyncpg
 from kit.credentials import CREDENTIAL_HEADER, parse_presented, verify_secret
-from kit.errors import Forbidden, Unauthenticated
+from kit.errors import Forbidden, Unauthenticated, Unavailable
 from kit.grpc_server import Metadata
 
-from parking.adapters.directory import find_credential
+from parking.adapters.credentials import Credentials
 from parking.domain.credentials import CarParkCaller
 
 CAR_PARK_PREFIX = "/mall.parking.v1.CarParkService/"
@@ -47,8 +47,8 @@ def car_park_caller(mall_id: str, car_park_id: str) -> CarParkCaller:
 class CarParkAuthenticator:
     """``authenticate(method, metadata)`` for the gRPC server; returns log-context fields."""
 
-    def __init__(self, pool: asyncpg.Pool, *, cache_s: float = 30.0) -> None:
-        self._pool = pool
+    def __init__(self, credentials: Credentials, *, cache_s: float = 30.0) -> None:
+        self._credentials = credentials
         self._cache_s = cache_s
         self._verified: dict[bytes, tuple[float, CarParkCaller]] = {}
         self._checking: dict[bytes, asyncio.Future[CarParkCaller]] = {}
@@ -100,11 +100,12 @@ class CarParkAuthenticator:
 
     async def _check(self, presented: str) -> CarParkCaller:
         credential_id, secret = parse_presented(presented)
-        async with self._pool.acquire() as conn:
-            row = await find_credential(conn, credential_id)
+        if not self._credentials.ready:
+            raise Unavailable("directory_not_ready", "the directory is loading; retry shortly")
+        row = self._credentials.get(credential_id)
         if (
             row is None
-            or row.revoked_at is not None
+            or row.revoked
             or not await asyncio.to_thread(verify_secret, secret, row.secret_hash)
         ):
             raise Unauthenticated("invalid_credential", "unknown, revoked or wrong credential")

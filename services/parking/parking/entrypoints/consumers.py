@@ -61,7 +61,8 @@ async def on_tier_changed(conn: Connection, deliveries: Sequence[Delivery]) -> N
 
 
 async def on_directory_changed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
-    """Keep the malls (time zone, WeChat ids), car parks and car-park credentials."""
+    """Keep the malls (time zone, WeChat ids) and car parks (names) the relay's WeChat calls
+    and the quotes use. Credentials come through the DIRECTORY bucket (adapters.credentials)."""
     for d in deliveries:
         kind = d.subject.rsplit(".", 1)[-1]
         if kind == "mall_upserted":
@@ -72,16 +73,6 @@ async def on_directory_changed(conn: Connection, deliveries: Sequence[Delivery])
         elif kind == "car_park_upserted":
             park = d.decode(member_events.CarParkUpserted).car_park
             await directory.upsert_car_park(conn, park.mall_id, park.car_park_id, park.name)
-        elif kind == "credential_upserted":
-            cred = d.decode(member_events.CredentialUpserted).credential
-            await directory.upsert_credential(
-                conn,
-                credential_id=cred.credential_id,
-                mall_id=cred.mall_id,
-                car_park_id=cred.car_park_id or None,
-                secret_hash=cred.secret_hash,
-                revoked_at=to_datetime(cred.revoked_at) if cred.HasField("revoked_at") else None,
-            )
 
 
 async def on_coupon_claimed(conn: Connection, deliveries: Sequence[Delivery]) -> None:

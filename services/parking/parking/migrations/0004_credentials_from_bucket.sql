@@ -1,0 +1,2 @@
+-- Car-park credentials are checked against the in-memory copy of member's DIRECTORY bucket.
+DROP TABLE credentials;

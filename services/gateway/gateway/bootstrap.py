@@ -16,6 +16,7 @@ from kit.kvmirror import DIRECTORY_BUCKET, KvMirror
 from kit.lifecycle import Component
 from mall.coupons.v1 import commitments_service_pb2_grpc, coupons_service_pb2_grpc
 from mall.member.v1 import member_service_pb2_grpc
+from mall.parking.v1 import parking_service_pb2_grpc
 from mall.points.v1 import points_service_pb2_grpc
 
 from gateway.adapters.bus import PaymentsPublisher
@@ -25,6 +26,7 @@ from gateway.adapters.directory import Directory
 from gateway.adapters.live import PointsFeed
 from gateway.adapters.merchants import load_merchants
 from gateway.adapters.miniprogram import WechatLogin, load_miniprogram_secrets
+from gateway.adapters.parking import ParkingSection
 from gateway.adapters.replays import ReplayGuard
 from gateway.adapters.services import Backends
 from gateway.adapters.spent import SpentRefreshTokens
@@ -57,6 +59,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
         connect(settings.nats_url, name=NAME) as nc,
         insecure_channel(settings.member_grpc_target) as member_channel,
         insecure_channel(settings.points_grpc_target) as points_channel,
+        contextlib.AsyncExitStack() as optional_channels,
         (
             insecure_channel(settings.coupons_grpc_target)
             if settings.coupons_grpc_target
@@ -78,12 +81,27 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             max_skew_s=settings.wechatpay_max_skew_s,
         )
         components: list[Component] = [mirror.run]
+        parking_channel = (
+            await optional_channels.enter_async_context(
+                insecure_channel(settings.parking_grpc_target)
+            )
+            if settings.parking_grpc_target
+            else None
+        )
         backends = Backends(
             member=member_service_pb2_grpc.MemberServiceStub(member_channel),
             points=points_service_pb2_grpc.PointsServiceStub(points_channel),
+            parking=parking_service_pb2_grpc.ParkingServiceStub(parking_channel)
+            if parking_channel
+            else None,
             health={
                 "member": health_pb2_grpc.HealthStub(member_channel),
                 "points": health_pb2_grpc.HealthStub(points_channel),
+                **(
+                    {"parking": health_pb2_grpc.HealthStub(parking_channel)}
+                    if parking_channel
+                    else {}
+                ),
                 **(
                     {"coupons": health_pb2_grpc.HealthStub(coupons_channel)}
                     if coupons_channel is not None
@@ -111,7 +129,11 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                     SectionSource("points", backends.card_points, deadline),
                     SectionSource("coupons", coupons.card_section if coupons else None, deadline),
                     # Not connected yet: answered "unavailable / not_connected" until wired.
-                    SectionSource("parking", None, deadline),
+                    SectionSource(
+                        "parking",
+                        ParkingSection(backends.parking).fetch if backends.parking else None,
+                        deadline,
+                    ),
                 ],
                 render_card,
                 ttl_s=settings.card_ttl_s,

@@ -17,6 +17,9 @@ class Settings(ServiceSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     member_grpc_target: str = "127.0.0.1:50061"
     points_grpc_target: str = "127.0.0.1:50062"
+    #: Empty: parking not connected (the card section answers not_connected, the plates
+    #: and parking routes 503 upstream_unavailable).
+    parking_grpc_target: str = ""
     #: Empty: coupons not connected (the card's section says so, coupon routes answer 503).
     coupons_grpc_target: str = ""
     #: Concurrent coupon claims sent to coupons as one ClaimCoupons call: at most this many

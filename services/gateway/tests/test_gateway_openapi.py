@@ -45,6 +45,9 @@ from mall_testing.plugin import FreshDatabase
 from member.bootstrap import MIGRATIONS as MEMBER_MIGRATIONS
 from member.bootstrap import bootstrap as member_bootstrap
 from member.config import Settings as MemberSettings
+from parking.bootstrap import MIGRATIONS as PARKING_MIGRATIONS
+from parking.bootstrap import bootstrap as parking_bootstrap
+from parking.config import Settings as ParkingSettings
 from points.bootstrap import MIGRATIONS as POINTS_MIGRATIONS
 from points.bootstrap import bootstrap as points_bootstrap
 from points.config import Settings as PointsSettings
@@ -70,11 +73,17 @@ async def _port(get: Any) -> int:
 
 @contextlib.asynccontextmanager
 async def _stack(
-    member_db: str, points_db: str, nats_url: str, folder: Path, coupons_db: str
+    member_db: str,
+    points_db: str,
+    nats_url: str,
+    folder: Path,
+    coupons_db: str,
+    parking_db: str,
 ) -> AsyncIterator[Live]:
     await migrate(member_db, MEMBER_MIGRATIONS)
     await migrate(points_db, POINTS_MIGRATIONS)
     await migrate(coupons_db, COUPONS_MIGRATIONS)
+    await migrate(parking_db, PARKING_MIGRATIONS)
     common: dict[str, Any] = {
         "nats_url": nats_url, "grpc_port": 0, "log_format": "console", "log_level": "error"
     }  # fmt: skip
@@ -97,6 +106,13 @@ async def _stack(
         )
         await stack.enter_async_context(running(coupons, ("serve",)))
         coupons_port = await _port(lambda: coupons.grpc.port if coupons.grpc else 0)
+        parking = await stack.enter_async_context(
+            parking_bootstrap(
+                ParkingSettings(database_url=parking_db, points_grpc_target="", **common)
+            )
+        )
+        await stack.enter_async_context(running(parking, ("serve",)))
+        parking_port = await _port(lambda: parking.grpc.port if parking.grpc else 0)
         member_port = await _port(lambda: member.grpc.port if member.grpc else 0)
         points_port = await _port(lambda: points.grpc.port if points.grpc else 0)
         await seed(f"127.0.0.1:{member_port}", mall)
@@ -108,6 +124,7 @@ async def _stack(
                     member_grpc_target=f"127.0.0.1:{member_port}",
                     points_grpc_target=f"127.0.0.1:{points_port}",
                     coupons_grpc_target=f"127.0.0.1:{coupons_port}",
+                    parking_grpc_target=f"127.0.0.1:{parking_port}",
                     wechat_api_base=sim.url,
                     miniprogram_secrets_file=folder / "miniprograms.json",
                     session_signing_key=secrets.token_urlsafe(48),  # type: ignore[arg-type]
@@ -156,7 +173,10 @@ def live(
         try:
             member_db, points_db = await fresh_database("member"), await fresh_database("points")
             coupons_db = await fresh_database("coupons")
-            async with _stack(member_db, points_db, nats_url, folder, coupons_db) as stack:
+            parking_db = await fresh_database("parking")
+            async with _stack(
+                member_db, points_db, nats_url, folder, coupons_db, parking_db
+            ) as stack:
                 ready.append(stack)
                 started.set()
                 await stop.wait()

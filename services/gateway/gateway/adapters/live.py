@@ -27,6 +27,8 @@ from mall.points.v1 import events_pb2
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from gateway.adapters.notices import SUBJECTS as NOTICE_SUBJECTS
+from gateway.adapters.notices import decode_notice
 from gateway.service_layer.live import Event, LiveHub
 
 log = structlog.get_logger(__name__)
@@ -44,6 +46,8 @@ CARD_CHANGES: dict[str, type[Message]] = {
     "points.hold.released": events_pb2.PointsHoldReleased,
     "member.member.joined": member_events.MemberJoined,
     "member.tier.changed": member_events.TierChanged,
+    "member.benefits.changed": member_events.BenefitsChanged,
+    "member.guide.bound": member_events.GuideBound,
     "coupons.coupon.claimed": coupons_events.CouponClaimed,
     "coupons.coupon.redeemed": coupons_events.CouponRedeemed,
     "coupons.coupon.revoked": coupons_events.CouponRevoked,
@@ -57,6 +61,7 @@ FEED_SUBJECTS = (
     "member.tier.changed",
     "coupons.coupon.>",
     "parking.session.>",
+    *NOTICE_SUBJECTS,
 )
 Changed = Callable[[str, str], None]
 
@@ -100,7 +105,7 @@ def decode(subject: str, data: bytes) -> tuple[str, str, Event] | None:
                 "refund_id": reversed_.refund_id,
             },
         )
-    return None
+    return decode_notice(subject, data)  # benefits, guides, parking (adapters.notices)
 
 
 def _ignore(mall_id: str, member_id: str) -> None:

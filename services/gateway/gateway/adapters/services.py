@@ -14,6 +14,7 @@ from kit.errors import AppError, NotFound, Unavailable
 from kit.grpc_errors import from_rpc_error
 from mall.common.v1 import common_pb2
 from mall.member.v1 import member_pb2, member_service_pb2, member_service_pb2_grpc
+from mall.parking.v1 import parking_service_pb2_grpc
 from mall.points.v1 import points_pb2, points_service_pb2, points_service_pb2_grpc
 
 from gateway.domain.shoppers import MemberCard
@@ -38,6 +39,7 @@ def member_card(member: member_pb2.Member) -> MemberCard:
         status=_STATUS_NAMES.get(member.status, "unknown"),
         joined_at=member.joined_at.ToDatetime(tzinfo=UTC) if member.HasField("joined_at") else None,
         phone_masked=member.phone_masked,
+        merged_into=member.merged_into_member_id or None,
     )
 
 
@@ -74,6 +76,8 @@ class Backends:
     member: member_service_pb2_grpc.MemberServiceAsyncStub
     points: points_service_pb2_grpc.PointsServiceAsyncStub
     timeout_s: float = 3.0
+    #: parking's ParkingService (plates, the stay in progress); None: not connected.
+    parking: parking_service_pb2_grpc.ParkingServiceAsyncStub | None = None
     #: Standard gRPC health stubs by service name, for /readyz (none: nothing reported).
     health: dict[str, Any] = field(default_factory=dict)
 

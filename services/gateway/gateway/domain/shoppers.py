@@ -57,6 +57,8 @@ class MemberCard:
     status: str
     joined_at: datetime | None
     phone_masked: str
+    #: For a member merged into another (same person): the survivor's id.
+    merged_into: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {

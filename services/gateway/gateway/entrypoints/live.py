@@ -32,6 +32,11 @@ RETRY_MS = 3000
 SEND_TIMEOUT_S = 10.0
 
 
+def _name(event: dict[str, object]) -> str:
+    """The SSE event name: the type's first word (points, benefits, guide, parking)."""
+    return str(event.get("type", "points")).partition(".")[0]
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     session, shoppers = request[SESSION], request.app[SHOPPERS]
     member_id = await sessions.member_id_of(session, request.app[BACKENDS])
@@ -59,12 +64,12 @@ async def events(request: web.Request) -> web.StreamResponse:
                 if last_event_id and missed is None:
                     message += frame(json.dumps({"type": "resync"}), event="resync")
                 for event_id, event in missed or ():
-                    message += frame(json.dumps(event), event="points", event_id=event_id)
+                    message += frame(json.dumps(event), event=_name(event), event_id=event_id)
                 await response.write(message)
             while (item := await sub.next()) is not None:  # None: gone, dropped, stopping
                 async with asyncio.timeout(SEND_TIMEOUT_S):
                     await response.write(
-                        frame(json.dumps(item[1]), event="points", event_id=item[0])
+                        frame(json.dumps(item[1]), event=_name(item[1]), event_id=item[0])
                     )
         except (*GONE, TimeoutError):
             pass  # the client left, or stalled past the send timeout

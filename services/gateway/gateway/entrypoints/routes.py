@@ -7,6 +7,10 @@ from aiohttp import web
 
 from gateway.domain.claims import CLAIM_CODES
 from gateway.entrypoints import coupons, live, schemas, shoppers, views, webhooks
+from gateway.entrypoints import parking as parking_views
+from gateway.entrypoints import parking_schemas as PS
+from gateway.entrypoints import receipt_schemas as RS
+from gateway.entrypoints import receipts as receipt_views
 from gateway.entrypoints.openapi import Operation, serve_spec
 
 S = schemas
@@ -219,6 +223,94 @@ def _coupons() -> list[Operation]:
     ]
 
 
+def _parking_receipts_guides() -> list[Operation]:
+    member_errors = {404: "not_a_member"}
+    return [
+        Operation(
+            "GET",
+            "/v1/me/plates",
+            parking_views.plates,
+            "The member's plates",
+            answer=PS.Plates,
+            auth=True,
+            errors=member_errors,
+        ),
+        Operation(
+            "POST",
+            "/v1/me/plates",
+            parking_views.bind_plate,
+            "Bind a plate (again: changes pay_with_points)",
+            answer=PS.Plate,
+            body=PS.BindPlateBody,
+            auth=True,
+            errors={
+                400: "invalid_plate, invalid_plate_color",
+                404: "not_a_member",
+                409: "plate_bound_elsewhere, too_many_plates",
+            },
+        ),
+        Operation(
+            "DELETE",
+            "/v1/me/plates/{plate_number}",
+            parking_views.unbind_plate,
+            "Unbind one of the member's plates",
+            status=204,
+            auth=True,
+            errors={404: "not_a_member, plate_not_bound"},
+        ),
+        Operation(
+            "GET",
+            "/v1/me/parking",
+            parking_views.stay,
+            "The member's car in the park now: fee so far, benefits applied, left to pay",
+            description="Priced as if the car left now; nothing is held. Paying with points "
+            "is chosen per plate (pay_with_points) and happens at the exit gate.",
+            answer=PS.Stay,
+            auth=True,
+            errors=member_errors,
+        ),
+        Operation(
+            "GET",
+            "/v1/me/receipts",
+            receipt_views.list_receipts,
+            "E-receipts: the member's payments, newest first",
+            answer=RS.ReceiptPage,
+            query=RS.ReceiptsQuery,
+            auth=True,
+            errors={400: "invalid_page_token", **member_errors},
+        ),
+        Operation(
+            "GET",
+            "/v1/me/receipts/{transaction_id}",
+            receipt_views.get_receipt,
+            "One e-receipt: amount, store, time, points earned, the store's guides",
+            description="Another member's payment is answered like one that does not exist.",
+            answer=RS.ReceiptDetail,
+            auth=True,
+            errors={404: "not_a_member, receipt_not_found"},
+        ),
+        Operation(
+            "GET",
+            "/v1/me/guides",
+            receipt_views.list_guides,
+            "The member's shopping guides (one per tenant)",
+            answer=RS.Guides,
+            auth=True,
+            errors=member_errors,
+        ),
+        Operation(
+            "POST",
+            "/v1/me/guides",
+            receipt_views.bind_guide,
+            "Choose a shopping guide of a store where the member paid",
+            answer=RS.BoundGuide,
+            body=RS.BindGuideBody,
+            auth=True,
+            errors={404: "not_a_member, guide_not_found", 409: "no_payment_at_store"},
+        ),
+    ]
+
+
 def _probes() -> list[Operation]:
     return [
         Operation("GET", "/healthz", views.healthz, "Liveness", answer=S.Health, tag="ops"),
@@ -246,6 +338,7 @@ def operations(*, accept_unsigned: bool = False, shopper_api: bool = False) -> l
     return [
         *_webhooks(accept_unsigned),
         *(_mini_program() if shopper_api else []),
+        *(_parking_receipts_guides() if shopper_api else []),
         *(_coupons() if shopper_api else []),
         *_probes(),
     ]

@@ -175,8 +175,21 @@ class CouponsSection(Out):
 
 
 class ParkingSection(Out):
+    """Today's parking benefit, as the member's stay in progress gets it."""
+
     status: Literal["ok"]
-    free_minutes_today: int = Field(description="Parking benefit earned today, in minutes")
+    parked: bool = Field(description="One of the member's vehicles is in a car park now")
+    car_park_id: str | None
+    entered_at: str | None = Field(description="RFC 3339, UTC")
+    free_minutes_today: int | None = Field(
+        description="Free minutes the stay gets (tier, the day's spend, coupons); null when "
+        "not parked"
+    )
+    payable_fen: int | None = Field(description="Left to pay if the car left now")
+    valid_until: str = Field(
+        description="The end of the mall's business day (RFC 3339, UTC): the spend benefit "
+        "counts the spend of the days of the stay"
+    )
 
 
 class Card(Out):

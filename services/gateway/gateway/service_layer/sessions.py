@@ -49,6 +49,20 @@ class LoggedIn:
     member: MemberCard | None
 
 
+#: Merges followed at most (a survivor merged again later is another hop).
+MAX_MERGE_HOPS = 4
+
+
+async def _survivor(members: Members, mall_id: str, member: MemberCard | None) -> MemberCard | None:
+    """A member merged into another (found to be the same person) answers as the survivor,
+    never as the emptied account."""
+    for _ in range(MAX_MERGE_HOPS):
+        if member is None or not member.merged_into:
+            return member
+        member = await members.member_by_id(mall_id, member.merged_into)
+    return member
+
+
 def _not_a_member() -> NotFound:
     return NotFound("not_a_member", "join the mall first (POST /v1/me/join)")
 
@@ -86,13 +100,15 @@ async def refresh(
     """A new pair for a refresh token that was never used before (rotation)."""
     session, token_id = tokens.read_refresh(refresh_token)
     await spent.spend(token_id)
-    member = (
+    member = await _survivor(
+        members,
+        session.mall_id,
         await members.member_by_id(session.mall_id, session.member_id)
         if session.member_id
-        else await members.member_by_openid(session.mall_id, session.openid)
+        else await members.member_by_openid(session.mall_id, session.openid),
     )
     if member is not None and member.member_id != session.member_id:
-        session = session.with_member(member.member_id)  # joined by paying since
+        session = session.with_member(member.member_id)  # joined by paying since, or merged
     return LoggedIn(tokens.issue(session), member)
 
 
@@ -103,6 +119,7 @@ async def current_member(session: Session, members: Members) -> MemberCard:
         member = await members.member_by_id(session.mall_id, session.member_id)
     else:
         member = await members.member_by_openid(session.mall_id, session.openid)
+    member = await _survivor(members, session.mall_id, member)
     if member is None:
         raise _not_a_member()
     return member

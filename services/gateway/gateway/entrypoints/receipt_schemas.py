@@ -1,0 +1,86 @@
+"""Wire shapes of e-receipts and shopping guides (``entrypoints.receipts``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from gateway.entrypoints.schemas import Out, Wire
+
+
+class ReceiptsQuery(Wire):
+    cursor: Annotated[
+        str,
+        Field(
+            pattern=r"^([0-9]{1,18}:[\x21-\x7e]{1,160})?$",
+            description="next_cursor of the previous page; empty for the newest payments",
+        ),
+    ] = ""
+    limit: Annotated[int, Field(ge=1, le=100, description="Receipts on the page")] = 20
+
+
+class BindGuideBody(Wire):
+    """Choose a shopping guide (导购) of a store where the shopper paid."""
+
+    guide_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")]
+
+
+class Receipt(Out):
+    transaction_id: str
+    tenant_id: str
+    store_id: str
+    amount_fen: int
+    refunded_fen: int
+    source: str = Field(description="wechat_pay, pos_cash, pos_card, pos_other, receipt")
+    paid_at: str = Field(description="RFC 3339, UTC")
+
+
+class ReceiptPage(Out):
+    receipts: list[Receipt] = Field(description="Newest first")
+    next_cursor: str | None = Field(description="Pass as cursor for older ones; null: no more")
+
+
+class ReceiptPoints(Out):
+    earned: int = Field(description="Points the payment credited")
+    reversed: int = Field(description="Points its refunds took back")
+    credited: bool = Field(description="false: not credited yet (or it earned none)")
+
+
+class StoreGuide(Out):
+    guide_id: str
+    name: str
+    tenant_id: str
+    store_id: str
+    bound: bool = Field(description="The member is bound to this guide")
+
+
+class ReceiptDetail(Receipt):
+    points: ReceiptPoints | None = Field(description="null: points did not answer in time")
+    coupons_issued: None = Field(
+        description="Always null for now: coupons does not list coupons by issuing payment"
+    )
+    parking_benefit: None = Field(
+        description="Always null for now: parking does not answer the benefit of one payment"
+    )
+    guides: list[StoreGuide] | None = Field(
+        description='The store\'s guides ("add your guide"); null: member did not answer'
+    )
+
+
+class Guide(Out):
+    guide_id: str
+    name: str
+    tenant_id: str
+    store_id: str
+    bound_at: str = Field(description="RFC 3339, UTC")
+
+
+class BoundGuide(Guide):
+    previous_guide_id: str | None = Field(
+        description="The tenant's guide the member was bound to before; null if none"
+    )
+
+
+class Guides(Out):
+    guides: list[Guide] = Field(description="One per tenant, most recently bound first")

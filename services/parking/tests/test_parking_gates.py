@@ -157,8 +157,8 @@ async def car_park(world: World, unique_id: str, **schedule: Any) -> CarPark:
                 metadata=park.metadata,
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                return False
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE):
+                return False  # the directory copy is loading, or has not got it yet
             if exc.code() != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: let in, nothing changed
                 raise
         return True

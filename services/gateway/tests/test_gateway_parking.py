@@ -526,3 +526,42 @@ async def test_a_member_binds_a_guide_where_they_paid_and_hears_of_it(stack: Sta
     assert nobody == (200, {"guides": []})
     assert (guide_id, True) in [(g["guide_id"], g["bound"]) for g in receipt[1]["guides"]]
     assert member_id not in json.dumps(nobody[1])
+
+
+# -- merged members ---------------------------------------------------------------------------
+
+
+async def test_a_merged_members_session_switches_to_the_survivor(stack: Stack) -> None:
+    openid = f"o-{uuid.uuid4().hex}"
+    session = await stack.login(openid)
+    phone = f"+86139{secrets.randbelow(10**8):08d}"
+    status, joined = await stack.call(
+        "POST", "/v1/me/join", token=session["access_token"], body={"phone": phone}
+    )
+    assert status == 201
+    merged_token, merged_id = joined["access_token"], joined["member"]["member_id"]
+    _, survivor_id = await stack.member()
+    await stack.members.MergeMembers(
+        member_service_pb2.MergeMembersRequest(
+            mall_id=stack.mall.mall_id,
+            survivor_member_id=survivor_id,
+            merged_member_id=merged_id,
+            merge_request_id=str(uuid.uuid4()),
+            operator="test",
+            reason="same person",
+        )
+    )
+
+    me = await stack.call("GET", "/v1/me", token=merged_token)
+    async with stack.http.post(
+        stack.url + "/v1/session/refresh", json={"refresh_token": joined["refresh_token"]}
+    ) as resp:
+        refreshed = await resp.json()
+    card = await stack.call("GET", "/v1/me/card", token=refreshed["access_token"])
+    again = await stack.login(openid)
+
+    assert me[0] == 200
+    assert me[1]["member_id"] == survivor_id
+    assert refreshed["member"]["member_id"] == survivor_id
+    assert card[1]["member_id"] == survivor_id  # the refreshed token names the survivor
+    assert again["member"]["member_id"] == survivor_id

@@ -15,10 +15,15 @@ import grpc
 from google.protobuf import timestamp_pb2
 from kit.errors import NotFound
 from mall.common.v1 import common_pb2
+from mall.coupons.v1 import coupons_service_pb2
 from mall.member.v1 import member_service_pb2
 from mall.points.v1 import points_pb2, points_service_pb2
 
+from gateway.adapters.coupons import coupon
 from gateway.adapters.services import Backends, _reraise
+
+#: Pages of the member's coupons (newest first) looked through for a payment's coupons.
+COUPON_PAGES = 5
 
 _SOURCES = {
     v: k.removeprefix("PAYMENT_SOURCE_").lower() for k, v in common_pb2.PaymentSource.items()
@@ -112,21 +117,51 @@ async def store_guides(b: Backends, mall_id: str, store_id: str) -> list[dict[st
     return [_guide(g) for g in reply.guides]
 
 
-async def receipt(b: Backends, mall_id: str, member_id: str, transaction_id: str) -> dict[str, Any]:
-    """One of the member's payments with what it brought: points, and its store's guides.
-    ``coupons_issued`` and ``parking_benefit`` are null: no RPC of coupons or parking answers
-    them per payment yet."""
+async def _coupons_of(
+    coupons: Any, mall_id: str, member_id: str, payment: member_service_pb2.MemberPayment
+) -> list[dict[str, Any]] | None:
+    """The coupons the payment issued (post-payment coupons name it): the member's coupons,
+    newest first, down to the payment's time. None when coupons is not connected or failed."""
+    if coupons is None:
+        return None
+    found: list[dict[str, Any]] = []
+    token = ""
+    for _ in range(COUPON_PAGES):
+        request = coupons_service_pb2.ListMemberCouponsRequest(
+            mall_id=mall_id,
+            member_id=member_id,
+            page=common_pb2.PageRequest(page_size=100, page_token=token),
+        )
+        try:
+            reply = await coupons.ListMemberCoupons(request, timeout=3.0)
+        except grpc.aio.AioRpcError:
+            return None
+        found += [coupon(c) for c in reply.coupons if c.transaction_id == payment.transaction_id]
+        token = reply.page.next_page_token
+        paid_at = payment.paid_at.ToDatetime()
+        if not token or (reply.coupons and reply.coupons[-1].claimed_at.ToDatetime() < paid_at):
+            break
+    return found
+
+
+async def receipt(
+    b: Backends, mall_id: str, member_id: str, transaction_id: str, *, coupons: Any = None
+) -> dict[str, Any]:
+    """One of the member's payments with what it brought: points, coupons (``coupons``: the
+    CouponsService stub, None when not connected) and its store's guides.
+    ``parking_benefit`` is null: no RPC of parking answers the benefit of one payment."""
     payment = await _payment_of(b, mall_id, member_id, transaction_id)
-    points, guides, mine = await asyncio.gather(
+    points, guides, mine, issued = await asyncio.gather(
         _points_of(b, mall_id, member_id, transaction_id),
         store_guides(b, mall_id, payment.store_id),
         member_guides(b, mall_id, member_id, quiet=True),
+        _coupons_of(coupons, mall_id, member_id, payment),
     )
     bound = {g["guide_id"] for g in mine or ()}
     return {
         **_payment(payment),
         "points": points,
-        "coupons_issued": None,
+        "coupons_issued": issued,
         "parking_benefit": None,
         "guides": None
         if guides is None

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from gateway.entrypoints.schemas import Out, Wire
+from gateway.entrypoints.schemas import Coupon, Out, Wire
 
 
 class ReceiptsQuery(Wire):
@@ -57,8 +57,8 @@ class StoreGuide(Out):
 
 class ReceiptDetail(Receipt):
     points: ReceiptPoints | None = Field(description="null: points did not answer in time")
-    coupons_issued: None = Field(
-        description="Always null for now: coupons does not list coupons by issuing payment"
+    coupons_issued: list[Coupon] | None = Field(
+        description="Coupons the payment issued (post-payment); null: coupons did not answer"
     )
     parking_benefit: None = Field(
         description="Always null for now: parking does not answer the benefit of one payment"

@@ -8,6 +8,7 @@ from aiohttp import web
 from gateway.adapters import receipts
 from gateway.entrypoints import receipt_schemas as R
 from gateway.entrypoints import schemas
+from gateway.entrypoints.coupons import COUPONS
 from gateway.entrypoints.keys import BACKENDS, SESSION
 from gateway.service_layer import sessions
 
@@ -28,8 +29,13 @@ async def get_receipt(request: web.Request) -> web.Response:
     """``GET /v1/me/receipts/{transaction_id}``: one payment and what it brought."""
     session, backends = request[SESSION], request.app[BACKENDS]
     member_id = await sessions.member_id_of(session, backends)
+    coupons = request.app.get(COUPONS)
     detail = await receipts.receipt(
-        backends, session.mall_id, member_id, request.match_info["transaction_id"]
+        backends,
+        session.mall_id,
+        member_id,
+        request.match_info["transaction_id"],
+        coupons=coupons.client.coupons if coupons is not None else None,
     )
     return schemas.answer(
         R.ReceiptDetail.model_validate(detail), headers={"Cache-Control": "no-store"}

@@ -1,0 +1,105 @@
+"""The live notices besides points (``gateway.adapters.notices`` through ``adapters.live``):
+each event decodes to its member's notice, a visitor's car to nobody's, and every one of them
+also invalidates that member's cached card."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from gateway.adapters.live import FEED_SUBJECTS, decode, member_of
+from kit.proto import timestamp
+from mall.member.v1 import events_pb2 as member_events
+from mall.member.v1 import member_pb2
+from mall.parking.v1 import events_pb2 as parking_events
+
+
+def _ids() -> tuple[str, str]:
+    return f"mall-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+
+
+def test_a_benefit_change_is_its_members_notice_with_what_was_gained_and_lost() -> None:
+    mall_id, member_id = _ids()
+    event = member_events.BenefitsChanged(
+        mall_id=mall_id,
+        member_id=member_id,
+        previous_tier=member_pb2.Tier(tier_code="silver"),
+        tier=member_pb2.Tier(tier_code="gold", name="金卡会员"),
+        changes=[
+            member_events.ChangedBenefit(
+                change=member_events.BENEFIT_CHANGE_GAINED,
+                benefit=member_pb2.TierBenefit(
+                    benefit_code="parking_free_3h", title="免费停车3小时"
+                ),
+            ),
+            member_events.ChangedBenefit(
+                change=member_events.BENEFIT_CHANGE_LOST,
+                benefit=member_pb2.TierBenefit(benefit_code="tea", title="茶饮"),
+            ),
+        ],
+    ).SerializeToString()
+
+    decoded = decode("member.benefits.changed", event)
+
+    assert decoded is not None
+    assert decoded[:2] == (mall_id, member_id)
+    notice = decoded[2]
+    assert (notice["type"], notice["tier_code"], notice["previous_tier_code"]) == (
+        "benefits.changed",
+        "gold",
+        "silver",
+    )
+    assert [(c["change"], c["benefit_code"]) for c in notice["changes"]] == [
+        ("gained", "parking_free_3h"),
+        ("lost", "tea"),
+    ]
+    assert member_of("member.benefits.changed", event) == (mall_id, member_id)
+    assert "member.benefits.changed" in FEED_SUBJECTS
+
+
+def test_a_guide_bound_and_a_car_settled_are_their_members_notices() -> None:
+    mall_id, member_id = _ids()
+    bound = member_events.GuideBound(
+        mall_id=mall_id, member_id=member_id, guide_id="g-ann", tenant_id="t", store_id="s"
+    ).SerializeToString()
+    settled = parking_events.SessionSettled(
+        mall_id=mall_id,
+        member_id=member_id,
+        session_id="s-1",
+        car_park_id="p1",
+        plate_number="粤B12345",
+        exited_at=timestamp(datetime(2026, 11, 26, 8, 0, tzinfo=UTC)),
+        gross_fee_fen=1500,
+        discount_fen=1000,
+        paid_fen=500,
+    ).SerializeToString()
+
+    guide = decode("member.guide.bound", bound)
+    parked = decode("parking.session.settled", settled)
+
+    assert guide is not None
+    assert guide[2] == {
+        "type": "guide.bound",
+        "guide_id": "g-ann",
+        "tenant_id": "t",
+        "store_id": "s",
+        "previous_guide_id": None,
+    }
+    assert parked is not None
+    assert parked[:2] == (mall_id, member_id)
+    assert (parked[2]["type"], parked[2]["paid_fen"], parked[2]["exited_at"]) == (
+        "parking.settled",
+        500,
+        "2026-11-26T08:00:00Z",
+    )
+    assert member_of("member.guide.bound", bound) == (mall_id, member_id)
+
+
+def test_a_visitors_car_is_nobodys_notice() -> None:
+    mall_id, _ = _ids()
+    started = parking_events.SessionStarted(
+        mall_id=mall_id, session_id="s-2", car_park_id="p1", plate_number="粤B54321"
+    ).SerializeToString()
+
+    assert decode("parking.session.started", started) is None
+    assert member_of("parking.session.started", started) is None

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -21,12 +22,13 @@ from typing import Any
 
 import aiohttp
 import grpc
+import jwt
 import pytest
 from coupons.bootstrap import MIGRATIONS as COUPONS_MIGRATIONS
 from coupons.bootstrap import bootstrap as coupons_bootstrap
 from coupons.config import Settings as CouponsSettings
 from gateway.adapters.coupons import Audience
-from gateway.adapters.tokens import SessionTokens
+from gateway.adapters.tokens import AUDIENCE, ISSUER, SessionTokens
 from gateway.bootstrap import bootstrap as gateway_bootstrap
 from gateway.config import Settings as GatewaySettings
 from gateway.domain.claims import Claimed, ClaimRequest, refusal
@@ -34,7 +36,7 @@ from gateway.domain.shoppers import Session
 from gateway.entrypoints.coupons import COUPONS
 from gateway.service_layer.claims import Claims, SoldOutMemory
 from kit.cli import Roles, running
-from kit.errors import AppError
+from kit.errors import AppError, Unauthenticated
 from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.coupons.v1 import commitments_service_pb2 as cpb
@@ -524,3 +526,40 @@ async def test_the_member_tier_is_read_only_for_a_stock_with_an_audience() -> No
     assert open_to_all.profiles == 0
     assert tiered.profiles == 1
     assert coupon["tier"] == "gold"
+
+
+# -- session tokens: the fast path for the gateway's own tokens --------------------------------
+
+
+def test_own_tokens_take_the_fast_path_and_anything_else_is_refused_as_before() -> None:
+    key = "k" * 64  # long enough for HS512 too (one of the refused tokens uses it)
+    tokens = SessionTokens(key, access_ttl_s=60, refresh_ttl_s=600)
+    pair = tokens.issue(Session("mall-1", "o-1", "m-1"))
+    header, payload, signature = pair.access_token.split(".")
+    assert tokens._own_claims(pair.access_token) is not None  # no PyJWT on the hot path
+    assert tokens.read_access(pair.access_token).member_id == "m-1"
+
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "typ": "access", "jti": "j", "iat": now,
+              "exp": now + 60, "mall": "mall-1", "sub": "o-1", "mid": "m-2"}  # fmt: skip
+    other_payload = jwt.encode(claims, key, algorithm="HS256").split(".")[1]
+    refused = [
+        f"{header}.{other_payload}.{signature}",  # another payload under this signature
+        SessionTokens("x" * 40, access_ttl_s=60, refresh_ttl_s=600)
+        .issue(Session("mall-1", "o-1", "m-1"))
+        .access_token,  # another key
+        jwt.encode({**claims, "aud": "someone-else"}, key, algorithm="HS256"),
+        jwt.encode({**claims, "iss": "someone-else"}, key, algorithm="HS256"),
+        jwt.encode({**claims, "exp": now - 1}, key, algorithm="HS256"),  # expired
+        jwt.encode({k: v for k, v in claims.items() if k != "jti"}, key, algorithm="HS256"),
+        jwt.encode(claims, key, algorithm="HS512"),  # not this header: PyJWT refuses it
+        jwt.encode(claims, "", algorithm="none"),  # unsigned
+        f"{header}.{payload}.",
+        f"{header}.{payload}",
+        f"{header}.%%%.{signature}",
+        pair.refresh_token,  # the wrong kind
+    ]
+    for token in refused:
+        with pytest.raises(Unauthenticated):
+            tokens.read_access(token)
+    assert tokens.read_access(jwt.encode(claims, key, algorithm="HS256")).member_id == "m-2"

@@ -20,12 +20,16 @@ import aiohttp
 import grpc
 import nats
 import pytest
+from coupons.bootstrap import MIGRATIONS as COUPONS_MIGRATIONS
+from coupons.bootstrap import bootstrap as coupons_bootstrap
+from coupons.config import Settings as CouponsSettings
 from gateway.bootstrap import bootstrap as gateway_bootstrap
 from gateway.config import Settings as GatewaySettings
 from gateway.entrypoints.keys import SHOPPERS
 from kit.cli import Roles, running
 from kit.migrations import migrate
 from kit.proto import timestamp
+from mall.coupons.v1 import coupons_pb2, coupons_service_pb2, coupons_service_pb2_grpc
 from mall.member.v1 import directory_pb2, member_service_pb2, member_service_pb2_grpc
 from mall.member.v1 import events_pb2 as member_events
 from mall.parking.v1 import parking_pb2, parking_service_pb2, parking_service_pb2_grpc
@@ -78,6 +82,7 @@ class Stack:
     directory: member_service_pb2_grpc.DirectoryServiceAsyncStub
     members: member_service_pb2_grpc.MemberServiceAsyncStub
     gates: parking_service_pb2_grpc.CarParkServiceAsyncStub
+    coupons: coupons_service_pb2_grpc.CouponsServiceAsyncStub
     parking_settings: ParkingSettings
     js: JetStreamContext
     parking_api: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -138,6 +143,8 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     member_db, points_db = await fresh_database("member"), await fresh_database("points")
     parking_db = await fresh_database("parking")
+    coupons_db = await fresh_database("coupons")
+    await migrate(coupons_db, COUPONS_MIGRATIONS)
     await migrate(member_db, MEMBER_MIGRATIONS)
     await migrate(points_db, POINTS_MIGRATIONS)
     await migrate(parking_db, PARKING_MIGRATIONS)
@@ -161,6 +168,11 @@ async def stack(
         )
         await stack.enter_async_context(running(points))
         points_port = await _port(lambda: points.grpc.port if points.grpc else 0)
+        coupons = await stack.enter_async_context(
+            coupons_bootstrap(CouponsSettings(database_url=coupons_db, grpc_port=0, **common))
+        )
+        await stack.enter_async_context(running(coupons))
+        coupons_port = await _port(lambda: coupons.grpc.port if coupons.grpc else 0)
         # parking's consumers and relay run throughout; its API server is started separately.
         parking_common = {**common, "database_url": parking_db, "points_grpc_target": ""}
         parking = await stack.enter_async_context(
@@ -181,6 +193,7 @@ async def stack(
                     member_grpc_target=f"127.0.0.1:{member_port}",
                     points_grpc_target=f"127.0.0.1:{points_port}",
                     parking_grpc_target=f"127.0.0.1:{parking_port}",
+                    coupons_grpc_target=f"127.0.0.1:{coupons_port}",
                     wechat_api_base=sim.url,
                     wechatpay_accept_unsigned=True,
                     miniprogram_secrets_file=folder / "miniprograms.json",
@@ -208,6 +221,9 @@ async def stack(
         parking_channel = await stack.enter_async_context(
             grpc.aio.insecure_channel(f"127.0.0.1:{parking_port}")
         )
+        coupons_channel = await stack.enter_async_context(
+            grpc.aio.insecure_channel(f"127.0.0.1:{coupons_port}")
+        )
         parking_stack = Stack(
             f"http://127.0.0.1:{http_port}",
             http,
@@ -217,6 +233,7 @@ async def stack(
             member_service_pb2_grpc.DirectoryServiceStub(channel),
             member_service_pb2_grpc.MemberServiceStub(channel),
             parking_service_pb2_grpc.CarParkServiceStub(parking_channel),
+            coupons_service_pb2_grpc.CouponsServiceStub(coupons_channel),
             ParkingSettings(grpc_port=parking_port, **parking_common),
             nc.jetstream(),
         )
@@ -485,7 +502,7 @@ async def test_a_payments_receipt_shows_its_points_and_nobody_else_sees_it(stack
     assert (detail["amount_fen"], detail["store_id"]) == (12_300, stack.mall.stores[0].store_id)
     assert detail["points"]["earned"] > 0
     assert detail["points"]["reversed"] == 0
-    assert detail["coupons_issued"] is None
+    assert detail["coupons_issued"] == []  # the mall's post-payment rule starts at 888 yuan
     assert (guide_id, False) in [(g["guide_id"], g["bound"]) for g in detail["guides"]]
     assert (stranger[0], stranger[1]["code"]) == (404, "receipt_not_found")
     assert transaction_id not in json.dumps(stranger[1])
@@ -565,3 +582,54 @@ async def test_a_merged_members_session_switches_to_the_survivor(stack: Stack) -
     assert refreshed["member"]["member_id"] == survivor_id
     assert card[1]["member_id"] == survivor_id  # the refreshed token names the survivor
     assert again["member"]["member_id"] == survivor_id
+
+
+async def test_a_receipt_lists_the_coupons_its_payment_issued(stack: Stack) -> None:
+    now = datetime.now(UTC)
+    stock = await stack.coupons.CreateStock(
+        coupons_service_pb2.CreateStockRequest(
+            stock=coupons_pb2.Stock(
+                mall_id=stack.mall.mall_id,
+                title="满888送50",
+                coupon_type=coupons_pb2.COUPON_TYPE_FIXED_AMOUNT,
+                discount_fen=5000,
+                threshold_fen=10000,
+                max_coupons=100,
+                max_per_member=5,
+                claim_starts_at=timestamp(now - timedelta(hours=1)),
+                claim_ends_at=timestamp(now + timedelta(days=1)),
+                valid_days=30,
+            ),
+            request_id=uuid.uuid4().hex,
+        )
+    )
+    await stack.coupons.PutPostPaymentRule(
+        coupons_service_pb2.PutPostPaymentRuleRequest(
+            rule=coupons_pb2.PostPaymentRule(
+                mall_id=stack.mall.mall_id,
+                rule_id=f"r-{uuid.uuid4().hex[:8]}",
+                stock_id=stock.stock.stock_id,
+                min_amount_fen=88_800,
+                starts_at=timestamp(now - timedelta(hours=1)),
+                enabled=True,
+            )
+        )
+    )
+    openid = f"o-{uuid.uuid4().hex}"
+    token, _ = await stack.member(openid)
+    big = await stack.pay(openid, 99_900)
+    small = await stack.pay(openid, 1_000)
+
+    receipt = await eventually(
+        lambda: stack.call("GET", f"/v1/me/receipts/{big}", token=token),
+        lambda answer: bool(answer[0] == 200 and answer[1]["coupons_issued"]),
+    )
+    other = await eventually(
+        lambda: stack.call("GET", f"/v1/me/receipts/{small}", token=token),
+        lambda answer: answer[0] == 200,
+    )
+
+    [issued] = receipt[1]["coupons_issued"]
+    assert (issued["stock_id"], issued["title"]) == (stock.stock.stock_id, "满888送50")
+    assert issued["channel"] == "post_payment"
+    assert other[1]["coupons_issued"] == []

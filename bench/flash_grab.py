@@ -81,7 +81,7 @@ else:  # `python bench/flash_grab.py` puts bench/ itself on sys.path
     )
 
 
-def figures(n: int, seconds: float, latencies: list[float]) -> dict[str, float]:
+def figures(n: int, seconds: float, latencies: list[float]) -> dict[str, Any]:
     return {
         "per_s": round(n / seconds),
         "p50_ms": round(percentile(latencies, 50), 2),
@@ -91,22 +91,26 @@ def figures(n: int, seconds: float, latencies: list[float]) -> dict[str, float]:
 
 async def pressing(
     n: int, concurrency: int, one: Any
-) -> tuple[float, list[float], list[tuple[int, Any]]]:
-    """(seconds, latencies in ms, answers) of ``one(i)`` for i in 0..n-1, C in flight."""
+) -> tuple[float, list[float], list[tuple[int, Any]], list[float]]:
+    """(seconds, latencies in ms, answers, when each answer came in s) of ``one(i)`` for i in
+    0..n-1, C in flight."""
     work = iter(range(n))
     latencies: list[float] = []
     answers: list[tuple[int, Any]] = []
+    finished: list[float] = []
+    begun = time.perf_counter()
 
     async def worker() -> None:
         for i in work:
             started = time.perf_counter()
             answer = await one(i)
-            latencies.append((time.perf_counter() - started) * 1000)
+            now = time.perf_counter()
+            latencies.append((now - started) * 1000)
             answers.append((i, answer))
+            finished.append(now - begun)
 
-    started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - started, latencies, answers
+    return time.perf_counter() - begun, latencies, answers, finished
 
 
 async def warm(session: aiohttp.ClientSession, url: str, concurrency: int) -> None:
@@ -187,7 +191,7 @@ async def baseline(session: aiohttp.ClientSession, n: int, concurrency: int) -> 
                 await resp.read()
                 return resp.status
 
-        seconds, latencies, _ = await pressing(n, concurrency, one)
+        seconds, latencies, _, _ = await pressing(n, concurrency, one)
         return figures(n, seconds, latencies)
     finally:
         empty.terminate()
@@ -291,8 +295,17 @@ async def main(shoppers: int, coupons: int, concurrency: int, again: bool) -> di
                     key = answer.get("coupon_id") if resp.status == 201 else answer.get("code")
                     return resp.status, str(key)
 
-            seconds, latencies, answers = await pressing(shoppers, concurrency, press)
+            seconds, latencies, answers, finished = await pressing(shoppers, concurrency, press)
             grab = figures(shoppers, seconds, latencies)
+            grab["seconds"] = round(seconds, 2)
+            grab["last_coupon_at_s"] = round(
+                max(
+                    t
+                    for (_, (status, _)), t in zip(answers, finished, strict=True)
+                    if status == 201
+                ),
+                2,
+            )
             outcomes = Counter(
                 f"{status} {key}" if status != 201 else "201 claimed"
                 for _, (status, key) in answers
@@ -310,7 +323,7 @@ async def main(shoppers: int, coupons: int, concurrency: int, again: bool) -> di
             result["flash_grab"] = grab
 
             if again:  # every shopper retries with the same request_id
-                seconds, latencies, answers = await pressing(shoppers, concurrency, press)
+                seconds, latencies, answers, _ = await pressing(shoppers, concurrency, press)
                 retry = figures(shoppers, seconds, latencies)
                 same = sum(
                     1
@@ -356,6 +369,7 @@ def report(r: dict[str, Any]) -> str:
         f"answered: {grab['answered']}",
         f"issued (coupons' database): {grab['issued']:,}; oversold: {grab['oversold']}; "
         f"duplicates: {grab['duplicates']}",
+        f"the grab took {grab['seconds']} s; the last coupon went at {grab['last_coupon_at_s']} s",
     ]
     if "retry" in r:
         lines.append(

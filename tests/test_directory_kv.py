@@ -92,7 +92,7 @@ async def test_credentials_and_their_revocation_reach_a_mirror(
 
             def seen() -> tuple[str, str, bool] | None:
                 entry = copy.credential(credential_id)
-                return entry and (entry.mall_id, entry.tenant_id, entry.revoked)
+                return (entry.mall_id, entry.tenant_id, entry.revoked) if entry else None
 
             await eventually(seen, (mall.mall_id, tenant_id, False))
             entry = copy.credential(credential_id)

@@ -500,6 +500,8 @@ async def test_a_payments_receipt_shows_its_points_and_nobody_else_sees_it(stack
     assert page[1]["next_cursor"] is None
     detail = receipt[1]
     assert (detail["amount_fen"], detail["store_id"]) == (12_300, stack.mall.stores[0].store_id)
+    assert detail["store_name"] == stack.mall.stores[0].tenant_name
+    assert page[1]["receipts"][0]["store_name"] == detail["store_name"]
     assert detail["points"]["earned"] > 0
     assert detail["points"]["reversed"] == 0
     assert detail["coupons_issued"] == []  # the mall's post-payment rule starts at 888 yuan

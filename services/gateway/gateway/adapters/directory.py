@@ -73,6 +73,11 @@ class Directory:
         """The mall's mini-program appid (e.g. what a pay-score deduction is made under)."""
         return self._appid_by_mall.get(mall_id)
 
+    def store_name(self, mall_id: str, store_id: str) -> str | None:
+        """The store's display name (e-receipts), if the directory copy has the store."""
+        store = self._stores.get(f"store.{mall_id}.{store_id}")
+        return store.name if store is not None else None
+
     def shop(self, appid: str, shop_number: str) -> ShopRef | None:
         """The store where a shopper paid, if this appid is a mall and the shop is one of its."""
         mall_id = self._mall_by_appid.get(appid)

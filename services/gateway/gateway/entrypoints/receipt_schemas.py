@@ -30,6 +30,7 @@ class Receipt(Out):
     transaction_id: str
     tenant_id: str
     store_id: str
+    store_name: str | None = Field(description="null: the gateway's directory copy lacks it")
     amount_fen: int
     refunded_fen: int
     source: str = Field(description="wechat_pay, pos_cash, pos_card, pos_other, receipt")

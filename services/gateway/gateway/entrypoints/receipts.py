@@ -3,14 +3,22 @@ session's member only: another member's payment is ``receipt_not_found`` like a 
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from gateway.adapters import receipts
 from gateway.entrypoints import receipt_schemas as R
 from gateway.entrypoints import schemas
 from gateway.entrypoints.coupons import COUPONS
-from gateway.entrypoints.keys import BACKENDS, SESSION
+from gateway.entrypoints.keys import BACKENDS, SESSION, SHOPPERS
 from gateway.service_layer import sessions
+
+
+def _named(request: web.Request, mall_id: str, receipt: dict[str, Any]) -> dict[str, Any]:
+    """The receipt with its store's name from the gateway's directory copy (no call)."""
+    name = getattr(request.app[SHOPPERS].malls, "store_name", None)
+    return {**receipt, "store_name": name(mall_id, receipt["store_id"]) if name else None}
 
 
 async def list_receipts(request: web.Request) -> web.Response:
@@ -21,7 +29,8 @@ async def list_receipts(request: web.Request) -> web.Response:
     page, next_cursor = await receipts.receipts_page(
         backends, session.mall_id, member_id, limit=q.limit, cursor=q.cursor
     )
-    body = R.ReceiptPage.model_validate({"receipts": page, "next_cursor": next_cursor})
+    named = [_named(request, session.mall_id, r) for r in page]
+    body = R.ReceiptPage.model_validate({"receipts": named, "next_cursor": next_cursor})
     return schemas.answer(body, headers={"Cache-Control": "no-store"})
 
 
@@ -38,7 +47,8 @@ async def get_receipt(request: web.Request) -> web.Response:
         coupons=coupons.client.coupons if coupons is not None else None,
     )
     return schemas.answer(
-        R.ReceiptDetail.model_validate(detail), headers={"Cache-Control": "no-store"}
+        R.ReceiptDetail.model_validate(_named(request, session.mall_id, detail)),
+        headers={"Cache-Control": "no-store"},
     )
 
 

@@ -276,6 +276,51 @@ async def test_a_credential_for_an_unknown_tenant_is_not_issued(
     assert (status, code) == (grpc.StatusCode.NOT_FOUND, "unknown_tenant")
 
 
+async def test_a_car_park_is_created_and_its_system_gets_a_credential(
+    api: MemberApi, unique_id: str
+) -> None:
+    mall = await onboard(api, unique_id)
+    status, code = await refused(
+        api.directory.IssueCredential(
+            member_service_pb2.IssueCredentialRequest(mall_id=mall.mall_id, car_park_id="p1"),
+            timeout=10,
+        )
+    )
+    assert (status, code) == (grpc.StatusCode.NOT_FOUND, "unknown_car_park")
+
+    created = await api.directory.CreateCarPark(
+        member_service_pb2.CreateCarParkRequest(
+            mall_id=mall.mall_id, car_park_id="p1", name="North car park"
+        ),
+        timeout=10,
+    )
+    renamed = await api.directory.CreateCarPark(
+        member_service_pb2.CreateCarParkRequest(mall_id=mall.mall_id, car_park_id="p1", name="B2"),
+        timeout=10,
+    )
+    issued = await api.directory.IssueCredential(
+        member_service_pb2.IssueCredentialRequest(
+            mall_id=mall.mall_id, car_park_id="p1", label="gates"
+        ),
+        timeout=10,
+    )
+
+    assert (created.car_park.car_park_id, created.car_park.name) == ("p1", "North car park")
+    assert renamed.car_park.name == "B2"
+    assert renamed.car_park.created_at == created.car_park.created_at
+    assert issued.credential.car_park_id == "p1"
+    assert issued.secret
+    status, code = await refused(
+        api.directory.CreateCarPark(
+            member_service_pb2.CreateCarParkRequest(
+                mall_id="no-such-mall", car_park_id="p1", name="x"
+            ),
+            timeout=10,
+        )
+    )
+    assert (status, code) == (grpc.StatusCode.NOT_FOUND, "unknown_mall")
+
+
 @pytest.mark.parametrize(
     "metadata",
     [(), (("x-mall-credential", "garbage"),), (("x-mall-credential", "cred-0000.nope"),)],

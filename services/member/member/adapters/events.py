@@ -23,6 +23,7 @@ MEMBER_JOINED = "member.member.joined"
 MALL_UPSERTED = "member.directory.mall_upserted"
 TENANT_UPSERTED = "member.directory.tenant_upserted"
 STORE_UPSERTED = "member.directory.store_upserted"
+CAR_PARK_UPSERTED = "member.directory.car_park_upserted"
 
 _SOURCES = {
     PaymentSource.WECHAT_PAY: common_pb2.PAYMENT_SOURCE_WECHAT_PAY,
@@ -121,6 +122,11 @@ def store_upserted(
         store=store,
     )
     return event(STORE_UPSERTED, msg, mall_id=store.mall_id)
+
+
+def car_park_upserted(car_park: directory_pb2.CarPark) -> OutgoingEvent:
+    msg = events_pb2.CarParkUpserted(car_park=car_park)
+    return event(CAR_PARK_UPSERTED, msg, mall_id=car_park.mall_id)
 
 
 def refund_attributed(

@@ -236,6 +236,32 @@ async def upsert_store(
     return True
 
 
+async def upsert_car_park(
+    conn: Connection, mall_id: str, car_park_id: str, name: str
+) -> tuple[datetime, datetime]:
+    """Created or renamed; its (created_at, updated_at)."""
+    row = await conn.fetchrow(
+        """INSERT INTO car_parks (mall_id, car_park_id, name) VALUES ($1, $2, $3)
+           ON CONFLICT (mall_id, car_park_id) DO UPDATE SET name = $3, updated_at = now()
+           RETURNING created_at, updated_at""",
+        mall_id,
+        car_park_id,
+        name,
+    )
+    assert row is not None  # an upsert always returns its row
+    return row["created_at"], row["updated_at"]
+
+
+async def car_park_exists(conn: Connection, mall_id: str, car_park_id: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT true FROM car_parks WHERE mall_id = $1 AND car_park_id = $2",
+            mall_id,
+            car_park_id,
+        )
+    )
+
+
 async def tenant_exists(conn: Connection, mall_id: str, tenant_id: str) -> bool:
     return bool(
         await conn.fetchval(

@@ -300,6 +300,18 @@ class DirectoryServicer(member_service_pb2_grpc.DirectoryServiceServicer):
             )
         )
 
+    async def CreateCarPark(
+        self, request: member_service_pb2.CreateCarParkRequest, context: Any
+    ) -> member_service_pb2.CreateCarParkResponse:
+        async with self._pool.acquire() as conn, conn.transaction():
+            car_park = await directory.create_car_park(
+                conn,
+                mall_id=request.mall_id,
+                car_park_id=request.car_park_id,
+                name=request.name,
+            )
+        return member_service_pb2.CreateCarParkResponse(car_park=car_park)
+
     async def CreateStore(
         self, request: member_service_pb2.CreateStoreRequest, context: Any
     ) -> member_service_pb2.CreateStoreResponse:

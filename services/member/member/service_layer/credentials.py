@@ -37,9 +37,9 @@ async def issue_credential(
     tenant_id, car_park_id = principal_for(tenant_id, car_park_id, label, crm=crm)
     if await repository.get_mall(conn, mall_id) is None:
         raise NotFound("unknown_mall", f"no mall {mall_id}")
-    if car_park_id:
+    if car_park_id and not await repository.car_park_exists(conn, mall_id, car_park_id):
         raise NotFound("unknown_car_park", f"mall {mall_id} has no car park {car_park_id}")
-    if not crm and not await repository.tenant_exists(conn, mall_id, tenant_id):
+    if tenant_id and not await repository.tenant_exists(conn, mall_id, tenant_id):
         raise NotFound("unknown_tenant", f"mall {mall_id} has no tenant {tenant_id}")
     secret = new_secret()
     row = await sql.insert_credential(
@@ -47,7 +47,7 @@ async def issue_credential(
         mall_id=mall_id,
         credential_id=new_credential_id(),
         tenant_id=tenant_id or None,
-        car_park_id=None,
+        car_park_id=car_park_id or None,
         scope="crm" if crm else None,
         label=label,
         secret_hash=await asyncio.to_thread(hash_secret, secret),

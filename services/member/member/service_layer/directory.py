@@ -9,6 +9,8 @@ import zoneinfo
 from eventbus.outbox import add_events
 from kit.db import Connection
 from kit.errors import Conflict, InvalidInput, NotFound
+from kit.proto import timestamp
+from mall.member.v1 import directory_pb2
 
 from member.adapters import events, repository
 from member.adapters.repository import MallRow
@@ -69,6 +71,27 @@ async def create_tenant(
             )
         ],
     )
+
+
+async def create_car_park(
+    conn: Connection, *, mall_id: str, car_park_id: str, name: str
+) -> directory_pb2.CarPark:
+    """Created, or renamed when it exists; announced so parking learns it."""
+    _slug("car_park_id", car_park_id)
+    if not name:
+        raise InvalidInput("missing_field", "name is required")
+    if await repository.get_mall(conn, mall_id) is None:
+        raise NotFound("unknown_mall", f"no mall {mall_id}")
+    created_at, updated_at = await repository.upsert_car_park(conn, mall_id, car_park_id, name)
+    car_park = directory_pb2.CarPark(
+        mall_id=mall_id,
+        car_park_id=car_park_id,
+        name=name,
+        created_at=timestamp(created_at),
+        updated_at=timestamp(updated_at),
+    )
+    await add_events(conn, [events.car_park_upserted(car_park)])
+    return car_park
 
 
 async def create_store(

@@ -256,6 +256,11 @@ async def test_flash_grab_issues_exactly_the_stock_none_twice_every_loser_sold_o
         assert status == 201
         assert answer["coupon_id"] == winners[member_id]["coupon_id"]
 
+    # The gateway counts them by outcome (Prometheus).
+    async with stack.http.get(stack.url + "/metrics") as resp:
+        metrics = await resp.text()
+    assert 'mall_gateway_coupon_claims_total{outcome="sold_out"}' in metrics
+
     # coupons agrees: exactly 12 issued.
     reply = await stack.coupons.GetStock(
         coupons_service_pb2.GetStockRequest(mall_id=stack.mall.mall_id, stock_id=stock_id)

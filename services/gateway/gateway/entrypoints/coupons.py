@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from kit.errors import Unavailable
+from kit.errors import AppError, Unavailable
+from prometheus_client import Counter
 
 from gateway.adapters.coupons import CouponsClient
 from gateway.domain.claims import ClaimRequest
@@ -29,6 +30,11 @@ class CouponsApi:
 
 COUPONS = web.AppKey("coupons", CouponsApi)
 NO_STORE = {"Cache-Control": "no-store"}
+CLAIMS = Counter(
+    "mall_gateway_coupon_claims_total",
+    "Coupon claims by how they were answered: claimed, or the refusal's code (sold_out, ...)",
+    ["outcome"],
+)
 
 
 def _api(request: web.Request) -> CouponsApi:
@@ -64,7 +70,12 @@ async def claim_coupon(request: web.Request) -> web.Response:
     body = await schemas.body(request, schemas.ClaimBody)
     api, mall_id = _api(request), request[SESSION].mall_id
     claim = ClaimRequest(mall_id, await _member_id(request), body.stock_id, body.request_id)
-    coupon = await api.claims.claim(claim)
+    try:
+        coupon = await api.claims.claim(claim)
+    except AppError as exc:
+        CLAIMS.labels(exc.code).inc()
+        raise
+    CLAIMS.labels("claimed").inc()
     return schemas.answer(schemas.Coupon.model_validate(coupon), status=201)
 
 

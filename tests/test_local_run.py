@@ -41,6 +41,7 @@ class Banner:
     simulator_payment_curl: list[str]  # through the WeChat Pay simulator, signed + encrypted
     simulator_syncs_curl: list[str]
     login_step: str  # the banner's wx.login step, naming the demo mall's appid
+    cars: dict[str, Any]  # the car-park simulator's summary of the demo car park's first wave
 
     @property
     def gateway_url(self) -> str:
@@ -110,9 +111,11 @@ class LocalRun:
         ready_line = ""
         while not READY.search(ready_line):
             ready_line = self._next_line(deadline)
-        curls, login = [], ""
+        curls, login, cars = [], "", {}
         while (line := self._next_line(deadline)) != BANNER_END:
-            if line.startswith("  curl "):
+            if line.startswith("  car park ") and " drove " in line:
+                cars = json.loads(line.split(" drove ", 1)[1])
+            elif line.startswith("  curl "):
                 curls.append(shlex.split(line))
             elif line.startswith("  CODE=") and not login:
                 login = line
@@ -126,6 +129,7 @@ class LocalRun:
             find("/control/payments"),
             find("/control/points-syncs"),
             login,
+            cars,
         )
 
     def drain(self) -> None:
@@ -340,6 +344,9 @@ def test_make_run_serves_restarts_and_stops_cleanly(run_dir: Path) -> None:
     try:
         banner = run.wait_banner()
         print(f"\nmake run, cold (initdb): {banner.ready_line}")
+        # The demo car park's gates authenticated and every car went in and out.
+        assert banner.cars["entries"] == banner.cars["exits"] > 0
+        assert banner.cars["errors"] == 0
         payment_url = curl_url(banner.payment_curl)
         payment_body = banner.payment_curl[banner.payment_curl.index("--data") + 1]
 

@@ -16,12 +16,12 @@ import time
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from mall_testing.demo import DemoMall, seed
 
-from deploy.local import banner
+from deploy.local import banner, parking_demo
 from deploy.local.ready import wait_ready
 from deploy.local.settings import (
     BACKENDS,
@@ -106,8 +106,9 @@ def session_signing_key(settings: RunSettings) -> str:
 
 
 def write_wechatpay_keys(settings: RunSettings) -> dict[str, str]:
-    """Have the simulator write (or keep) its keys; return the points service's settings
-    (the WECHATPAY_* names no other service reads)."""
+    """Have the simulator write (or keep) its keys; return the merchant's settings for the
+    services that call WeChat Pay (points sync, parking pay-score and state sync, coupons'
+    merchant coupons and clawbacks); the gateway reads its own WECHATPAY_MERCHANTS_FILE."""
     subprocess.run(  # noqa: S603 - our own interpreter and module
         simulator_argv(settings, serve=False), check=True, capture_output=True
     )
@@ -143,6 +144,12 @@ def programs(settings: RunSettings, urls: Mapping[str, str], nats_url: str) -> l
                 "DATABASE_URL": urls[b.name],
                 "GRPC_HOST": HOST,
                 "GRPC_PORT": str(settings.grpc_ports[b.name]),
+                # parking holds points for parking hours at the exit quote (off the payment path).
+                **(
+                    {"POINTS_GRPC_TARGET": settings.grpc_target("points")}
+                    if b.name == "parking"
+                    else {}
+                ),
             },
             priority=10,
         )
@@ -199,9 +206,12 @@ async def serve(settings: RunSettings, postgres_url: str, nats_url: str) -> int:
         phases.append(("services", process_age_s()))
         mall = await until_stopped(stop, seed_demo_mall(settings))
         phases.append(("seed", process_age_s()))
+        cars = await until_stopped(stop, demo_car_park(settings, mall))
+        phases.append(("car park", process_age_s()))
         text = banner.render(
             settings,
             mall,
+            cars=cars,
             phases=phases,
             postgres_url=postgres_url,
             nats_url=nats_url,
@@ -226,6 +236,14 @@ async def seed_demo_mall(settings: RunSettings) -> DemoMall:
         return await seed(settings.grpc_target("member"), DemoMall())
     except grpc.aio.AioRpcError as exc:
         raise StackError(f"seeding the demo mall failed: {exc.code()} {exc.details()}") from exc
+
+
+async def demo_car_park(settings: RunSettings, mall: DemoMall) -> dict[str, Any]:
+    try:
+        credential = await parking_demo.open_car_park(settings, mall)
+        return await parking_demo.drive_cars(settings, mall, credential)
+    except (grpc.aio.AioRpcError, RuntimeError) as exc:
+        raise StackError(f"opening the demo car park failed: {exc}") from exc
 
 
 def _append_when_a_file() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -89,6 +89,7 @@ def render(
     postgres_url: str,
     nats_url: str,
     conf: Path,
+    cars: Mapping[str, object],
 ) -> str:
     run_dir = settings.run_dir
     postgres = "embedded, data in " + _short(run_dir / "postgres")
@@ -110,6 +111,8 @@ def render(
         + ("" if settings.database_url else f"  ({postgres})"),
         f"  NATS        {nats_url}" + ("" if settings.nats_url else f"  ({nats})"),
         f"  demo mall   {mall.mall_id}  ({mall.name}, appid {mall.appid})",
+        f"  car park    {mall.car_park_id}  ({mall.car_park_name}): the car-park simulator drove"
+        f" {json.dumps(dict(cars), ensure_ascii=False)}",
         f"  services    {_short(Path(sys.executable).with_name('supervisorctl'))}"
         f" -c {_short(conf)} status",
         f"  logs        {_short(run_dir)}/supervisord.log, postgres/postgres.log, nats/nats.log",

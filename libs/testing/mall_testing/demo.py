@@ -31,6 +31,8 @@ class DemoMall:
     appid: str = "wxd930ea5d5a258f4f"
     brand_id: str = "demo-brand"
     mchid: str = "1900000109"
+    car_park_id: str = "p1"
+    car_park_name: str = "North car park"
     stores: tuple[DemoStore, ...] = field(
         default_factory=lambda: (
             DemoStore("coffee-corner", "Coffee Corner", "food", "coffee-corner-l1", "SHOP-001"),
@@ -47,7 +49,7 @@ class DemoMall:
 
 
 async def seed(member_target: str, mall: DemoMall | None = None) -> DemoMall:
-    """Create the mall, its tenants and stores; safe to run again."""
+    """Create the mall, its tenants, stores and car park; safe to run again."""
     mall = mall or DemoMall()
     async with grpc.aio.insecure_channel(member_target) as channel:
         directory = member_service_pb2_grpc.DirectoryServiceStub(channel)
@@ -83,6 +85,12 @@ async def seed(member_target: str, mall: DemoMall | None = None) -> DemoMall:
                 ),
                 timeout=10,
             )
+        await directory.CreateCarPark(
+            member_service_pb2.CreateCarParkRequest(
+                mall_id=mall.mall_id, car_park_id=mall.car_park_id, name=mall.car_park_name
+            ),
+            timeout=10,
+        )
     return mall
 
 

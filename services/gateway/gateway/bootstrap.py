@@ -41,6 +41,7 @@ from gateway.entrypoints.throttle import RateLimits
 from gateway.service_layer.card import CardReader, SectionSource
 from gateway.service_layer.claims import Claims, SoldOutMemory
 from gateway.service_layer.live import LiveHub
+from gateway.service_layer.merges import MergedMembers
 
 NAME = "gateway"
 log = structlog.get_logger(NAME)
@@ -142,7 +143,8 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 max_refreshing=settings.card_max_refreshing,
                 counted=count_card_read,
             )
-            feed = PointsFeed(nc, hub, changed=cards.invalidate)
+            merges = MergedMembers()
+            feed = PointsFeed(nc, hub, changed=cards.invalidate, merged=merges.record)
             if coupons is not None:
                 sold_out = SoldOutMemory(sold_out_s=settings.claim_sold_out_memory_s)
                 coupons_api = CouponsApi(
@@ -177,6 +179,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 cards=cards,
                 streams=streams,
                 directory_ready=mirror.ready.is_set,
+                merges=merges,
             )
         else:
             log.warning("no_miniprogram_login", hint="set MINIPROGRAM_SECRETS_FILE")

@@ -8,6 +8,9 @@ import uuid
 from datetime import UTC, datetime
 
 from gateway.adapters.live import FEED_SUBJECTS, decode, member_of
+from gateway.adapters.notices import merge_of
+from gateway.domain.shoppers import Session
+from gateway.service_layer.merges import MergedMembers
 from kit.proto import timestamp
 from mall.member.v1 import events_pb2 as member_events
 from mall.member.v1 import member_pb2
@@ -103,3 +106,25 @@ def test_a_visitors_car_is_nobodys_notice() -> None:
 
     assert decode("parking.session.started", started) is None
     assert member_of("parking.session.started", started) is None
+
+
+def test_a_merge_makes_the_merged_members_sessions_read_as_the_survivors() -> None:
+    mall_id, first = _ids()
+    second, third, bystander = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    event = member_events.IdentityMerged(
+        mall_id=mall_id, merged_member_id=first, survivor_member_id=second
+    ).SerializeToString()
+    merges = MergedMembers(limit=2)
+
+    merge = merge_of("member.identity.merged", event)
+    assert merge == (mall_id, first, second)
+    merges.record(*merge)
+    merges.record(mall_id, second, third)  # the survivor merged again later
+
+    assert merges.resolve(Session(mall_id, "o-1", first)).member_id == third
+    assert merges.resolve(Session(mall_id, "o-2", bystander)).member_id == bystander
+    assert merges.resolve(Session(mall_id, "o-3", None)).member_id is None
+    assert merges.survivor("another-mall", first) == first
+    merges.record(mall_id, bystander, third)  # over the limit: the oldest merge is forgotten
+    assert merges.survivor(mall_id, first) == first
+    assert "member.identity.merged" in FEED_SUBJECTS

@@ -28,7 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from gateway.adapters.notices import SUBJECTS as NOTICE_SUBJECTS
-from gateway.adapters.notices import decode_notice
+from gateway.adapters.notices import decode_notice, merge_of
 from gateway.service_layer.live import Event, LiveHub
 
 log = structlog.get_logger(__name__)
@@ -64,6 +64,8 @@ FEED_SUBJECTS = (
     *NOTICE_SUBJECTS,
 )
 Changed = Callable[[str, str], None]
+#: ``merged(mall_id, merged_member_id, survivor_member_id)``
+Merged = Callable[[str, str, str], None]
 
 
 def member_of(subject: str, data: bytes) -> tuple[str, str] | None:
@@ -113,8 +115,15 @@ def _ignore(mall_id: str, member_id: str) -> None:
 
 
 class PointsFeed:
-    def __init__(self, nc: Client, hub: LiveHub, changed: Changed = _ignore) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        hub: LiveHub,
+        changed: Changed = _ignore,
+        merged: Merged | None = None,
+    ) -> None:
         self._nc = nc
+        self._merged = merged
         self._hub = hub
         self._changed = changed
         self.subscribed = asyncio.Event()
@@ -123,9 +132,15 @@ class PointsFeed:
         try:
             member = member_of(msg.subject, msg.data)
             decoded = decode(msg.subject, msg.data)
+            merge = merge_of(msg.subject, msg.data)
         except DecodeError:
             log.warning("live_event_undecodable", subject=msg.subject)
             return
+        if merge is not None:  # sessions of the merged member read as the survivor's
+            if self._merged is not None:
+                self._merged(*merge)
+            self._changed(merge[0], merge[1])
+            self._changed(merge[0], merge[2])
         if member is not None:
             self._changed(*member)  # before the push: see the module docstring
         if decoded is not None:

@@ -16,7 +16,8 @@ BENEFITS_CHANGED = "member.benefits.changed"
 GUIDE_BOUND = "member.guide.bound"
 PARKING_STARTED = "parking.session.started"
 PARKING_SETTLED = "parking.session.settled"
-SUBJECTS = (BENEFITS_CHANGED, GUIDE_BOUND)  # parking.session.> is subscribed already
+IDENTITY_MERGED = "member.identity.merged"
+SUBJECTS = (BENEFITS_CHANGED, GUIDE_BOUND, IDENTITY_MERGED)  # parking.session.> already is
 _CHANGES = {
     member_events.BENEFIT_CHANGE_GAINED: "gained",
     member_events.BENEFIT_CHANGE_LOST: "lost",
@@ -116,3 +117,13 @@ def decode_notice(subject: str, data: bytes) -> Decoded | None:
         return None
     mall_id, member_id, event = decoder(data)
     return (mall_id, member_id, event) if mall_id and member_id else None
+
+
+def merge_of(subject: str, data: bytes) -> tuple[str, str, str] | None:
+    """(mall_id, merged member, survivor) of ``member.identity.merged``; None otherwise."""
+    if subject != IDENTITY_MERGED:
+        return None
+    e = member_events.IdentityMerged.FromString(data)
+    if not (e.mall_id and e.merged_member_id and e.survivor_member_id):
+        return None
+    return e.mall_id, e.merged_member_id, e.survivor_member_id

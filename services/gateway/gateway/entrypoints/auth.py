@@ -34,5 +34,7 @@ async def shopper_session(request: web.Request, handler: Handler) -> web.StreamR
         token = _bearer(request)
         if token is None:
             raise invalid_session("send Authorization: Bearer <access_token>")
-        request[SESSION] = request.app[SHOPPERS].tokens.read_access(token)
+        shoppers = request.app[SHOPPERS]
+        session = shoppers.tokens.read_access(token)
+        request[SESSION] = shoppers.merges.resolve(session) if shoppers.merges else session
     return await handler(request)

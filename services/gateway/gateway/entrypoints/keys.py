@@ -18,6 +18,7 @@ from gateway.domain.shoppers import Session
 from gateway.entrypoints.streams import Streams
 from gateway.service_layer.card import CardReader
 from gateway.service_layer.live import LiveHub
+from gateway.service_layer.merges import MergedMembers
 from gateway.service_layer.notifications import ShopDirectory
 from gateway.service_layer.sessions import CodeExchange, Malls
 
@@ -53,6 +54,8 @@ class Shoppers:
     #: The open SSE streams and their heartbeat (a component the composition root runs).
     streams: Streams
     directory_ready: Callable[[], bool] = _always
+    #: Members merged into another, as heard on the live feed (sessions read as the survivor).
+    merges: MergedMembers | None = None
 
 
 PUBLISHER = web.AppKey("publisher", PaymentsPublisher)

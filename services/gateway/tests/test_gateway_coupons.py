@@ -35,6 +35,8 @@ from gateway.domain.claims import Claimed, ClaimRequest, refusal
 from gateway.domain.shoppers import Session
 from gateway.entrypoints.coupons import COUPONS
 from gateway.service_layer.claims import Claims, SoldOutMemory
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kit.cli import Roles, running
 from kit.errors import AppError, Unauthenticated
 from kit.migrations import migrate
@@ -458,6 +460,8 @@ class FakeCoupons:
             key = (c.member_id, c.request_id)
             if key in self.held:
                 answers.append(Claimed(self.held[key]))
+            elif any(member == c.member_id for member, _ in self.held):  # one per member
+                answers.append(Claimed(None, refusal("member_limit_reached")))
             elif self.left > 0:
                 self.left -= 1
                 self.held[key] = {"coupon_id": f"c-{len(self.held)}", "tier": c.tier_code}
@@ -531,6 +535,40 @@ async def test_the_member_tier_is_read_only_for_a_stock_with_an_audience() -> No
     assert open_to_all.profiles == 0
     assert tiered.profiles == 1
     assert coupon["tier"] == "gold"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    stock=st.integers(1, 10),
+    presses=st.lists(st.integers(0, 7), min_size=1, max_size=60),
+    max_batch=st.integers(1, 20),
+    workers=st.integers(1, 4),
+    remember_s=st.sampled_from([0.0, 60.0]),
+)
+async def test_for_any_presses_batching_and_memory_each_member_gets_at_most_one_of_the_stock(
+    stock: int, presses: list[int], max_batch: int, workers: int, remember_s: float
+) -> None:
+    fake = FakeCoupons(left=stock)
+    claims = Claims(
+        fake, SoldOutMemory(sold_out_s=remember_s), max_batch=max_batch, workers=workers
+    )
+    requests = [(f"member-{m}", uuid.uuid4().hex) for m in presses]
+
+    async def one(member: str, request_id: str) -> dict[str, object] | str:
+        try:
+            return await claims.claim(_claim(member, request_id))
+        except AppError as exc:
+            return exc.code
+
+    answers = await asyncio.gather(*(one(m, r) for m, r in requests))
+
+    won = {req: a for req, a in zip(requests, answers, strict=True) if isinstance(a, dict)}
+    assert len({a["coupon_id"] for a in won.values()}) == min(stock, len(set(presses)))
+    assert len({member for member, _ in won}) == len(won)  # nobody twice
+    assert {a for a in answers if isinstance(a, str)} <= {"sold_out", "limit_reached"}
+    assert sum(fake.batches) + claims.memory.answered == len(presses)  # each press once
+    for (member, request_id), coupon in won.items():  # a winner's retry: the same coupon
+        assert await claims.claim(_claim(member, request_id)) == coupon
 
 
 # -- session tokens: the fast path for the gateway's own tokens --------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
-from kit.errors import AppError, ErrorKind, Unavailable
+from kit.errors import AppError, ErrorKind, NotFound, Unavailable
 from kit.grpc_errors import from_rpc_error
 from mall.common.v1 import common_pb2
 from mall.coupons.v1 import (
@@ -171,7 +171,10 @@ class CouponsClient:
         try:
             reply = await self.member.GetMember(request, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
-            raise _reraise(exc) from None
+            error = _reraise(exc)
+            if error.code == "member_not_found":
+                raise NotFound("not_a_member", "join the mall first (POST /v1/me/join)") from None
+            raise error from None
         return reply.member.tier_code, tuple(reply.member.tags)
 
     async def claim_batch(self, claims: Sequence[ClaimRequest]) -> list[Claimed]:

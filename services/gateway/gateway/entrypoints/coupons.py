@@ -82,10 +82,10 @@ async def claim_coupon(request: web.Request) -> web.Response:
 async def claim_coupon_by_code(request: web.Request) -> web.Response:
     """``POST /v1/me/coupons/claims/by-code {code, request_id}``: the coupon (201)."""
     body = await schemas.body(request, schemas.ClaimByCodeBody)
-    api, session = _api(request), request[SESSION]
-    member = await sessions.current_member(session, request.app[BACKENDS])
-    tier, tags = await api.client.profile(session.mall_id, member.member_id)
-    claim = ClaimRequest(session.mall_id, member.member_id, "", body.request_id, tier, tags)
+    api, mall_id = _api(request), request[SESSION].mall_id
+    member_id = await _member_id(request)
+    tier, tags = await api.client.profile(mall_id, member_id)  # a code may name an audience
+    claim = ClaimRequest(mall_id, member_id, "", body.request_id, tier, tags)
     coupon = await api.client.claim_by_code(claim, body.code)
     return schemas.answer(schemas.Coupon.model_validate(coupon), status=201)
 

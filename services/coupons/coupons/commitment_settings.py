@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Self
 
-from pydantic import Field, FilePath, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from wechatpay.settings import MerchantSettings
 
 
-class CommitmentSettings(BaseSettings):
+class CommitmentSettings(BaseSettings, MerchantSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
     #: How often the relay role's sweep fails cards past their deadline and sends reminders.
@@ -23,13 +24,6 @@ class CommitmentSettings(BaseSettings):
     #: deadline that reaches coupons a little later still counts.
     commitment_settle_grace_s: float = Field(default=1800.0, ge=0, le=86_400)
 
-    wechatpay_api_base: str = Field(default="", pattern=r"^(https?://[^?#]+)?$")
-    wechatpay_mchid: str = ""
-    wechatpay_merchant_serial: str = ""
-    wechatpay_merchant_private_key_file: FilePath | None = None
-    #: JSON object: platform certificate serial or public key id (PUB_KEY_ID_…) → PEM file.
-    wechatpay_platform_public_keys: dict[str, FilePath] = Field(default_factory=dict)
-    wechatpay_timeout_s: float = Field(default=10.0, gt=0, le=60)
     #: The mall's pay-score service id (支付分服务 ID) clawbacks are deducted under.
     payscore_service_id: str = "commitment-card"
     #: Where the platform would notify deduction results (required by the API, unused here).
@@ -39,21 +33,7 @@ class CommitmentSettings(BaseSettings):
     clawback_poll_interval_s: float = Field(default=2.0, gt=0)
 
     @model_validator(mode="after")
-    def _wechatpay_complete(self) -> Self:
+    def _clawback_retry_ordered(self) -> Self:
         if self.clawback_retry_max_s < self.clawback_retry_base_s:
             raise ValueError("CLAWBACK_RETRY_MAX_S must be >= CLAWBACK_RETRY_BASE_S")
-        if not self.wechatpay_api_base:
-            return self
-        missing = [
-            name.upper()
-            for name in (
-                "wechatpay_mchid",
-                "wechatpay_merchant_serial",
-                "wechatpay_merchant_private_key_file",
-                "wechatpay_platform_public_keys",
-            )
-            if not getattr(self, name)
-        ]
-        if missing:
-            raise ValueError(f"WECHATPAY_API_BASE is set, so {', '.join(missing)} must be too")
         return self

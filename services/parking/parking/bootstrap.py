@@ -14,7 +14,6 @@ from mall.parking.v1 import parking_service_pb2, parking_service_pb2_grpc
 
 from parking.adapters.credentials import Credentials
 from parking.adapters.points import points_client
-from parking.adapters.wechatpay import client_from_settings
 from parking.config import Settings
 from parking.entrypoints.auth import CarParkAuthenticator
 from parking.entrypoints.consumers import (
@@ -58,7 +57,7 @@ SUBSCRIPTIONS = [
 async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
     config = ConfigCache(settings.config_cache_s)
     credentials = Credentials()  # car-park credentials, mirrored from member's bucket
-    wechat = client_from_settings(settings)  # keys load now: a bad file stops the start
+    wechat = settings.wechatpay_client()  # keys load now: a bad file stops the start
     async with (
         connect(settings.nats_url, name=f"{NAME}-directory") as directory_nc,
         points_client(settings.points_grpc_target, settings.points_timeout_s) as points,

@@ -16,7 +16,6 @@ from kit.cli import Roles, Service
 from kit.lifecycle import Component
 from mall.points.v1 import points_service_pb2, points_service_pb2_grpc
 
-from points.adapters.wechatpay import client_from_settings
 from points.config import Settings
 from points.domain.expiry import ExpiryPolicy
 from points.entrypoints.consumers import (
@@ -51,7 +50,7 @@ def wechat_sync(settings: Settings, pool: asyncpg.Pool) -> Component:
     Keys are loaded now, so a bad key file stops the process at start. The worker's pool and
     HTTP session open when the component runs, so other roles pay nothing for it.
     """
-    client = client_from_settings(settings)
+    client = settings.wechatpay_client()
     default_time_zone(NAME)  # an image without time zone data fails here, not per report
     if client is None:
 

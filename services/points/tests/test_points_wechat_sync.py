@@ -33,7 +33,6 @@ from kit.db import Connection, open_pool
 from kit.migrations import migrate
 from mall_testing.plugin import FreshDatabase
 from points.adapters import wechat_sync as queue
-from points.adapters.wechatpay import client_from_settings
 from points.bootstrap import MIGRATIONS, bootstrap
 from points.config import Settings
 from points.domain.model import AttributedPayment
@@ -728,7 +727,7 @@ def test_settings_read_the_platform_keys_as_a_json_object(
         PLATFORM_SERIAL: public,
         "OLD_SERIAL": public,
     }
-    assert client_from_settings(settings) is not None
+    assert settings.wechatpay_client() is not None
     monkeypatch.delenv("WECHATPAY_MCHID")
     with pytest.raises(ValidationError, match="WECHATPAY_MCHID must be"):
         Settings()
@@ -737,7 +736,7 @@ def test_settings_read_the_platform_keys_as_a_json_object(
 def test_without_an_api_base_no_client_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WECHATPAY_API_BASE", raising=False)
 
-    assert client_from_settings(Settings()) is None
+    assert Settings().wechatpay_client() is None
 
 
 def test_a_malformed_key_file_stops_the_start(tmp_path: Path, keys: Keys) -> None:
@@ -752,7 +751,7 @@ def test_a_malformed_key_file_stops_the_start(tmp_path: Path, keys: Keys) -> Non
     )
 
     with pytest.raises(ValueError, match=r"WECHATPAY_PLATFORM_PUBLIC_KEYS\[PUB_KEY_ID"):
-        client_from_settings(settings)
+        settings.wechatpay_client()
 
 
 async def test_the_relay_role_runs_the_sync_worker(

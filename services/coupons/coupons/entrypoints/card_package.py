@@ -26,7 +26,6 @@ from mall.member.v1 import events_pb2 as member_events
 from coupons.adapters import card_package as sql
 from coupons.adapters import card_package_stocks as stocks_sql
 from coupons.adapters.card_package_platform import WeChatMerchantCoupons
-from coupons.adapters.commitment_payscore import client_from_settings
 from coupons.commitment_settings import CommitmentSettings
 from coupons.domain.card_package import Wanted, coupon_code
 from coupons.service_layer.card_package import CardPackageWorker, MirrorPolicy, flag_stock
@@ -85,7 +84,7 @@ async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]
 
 
 def card_package_job(settings: CommitmentSettings, pool: asyncpg.Pool) -> Component:
-    client = client_from_settings(settings)  # a bad key file stops the process at start
+    client = settings.wechatpay_client()  # a bad key file stops the process at start
     if client is None:
 
         async def disabled(stop: asyncio.Event) -> None:

@@ -18,7 +18,7 @@ from kit.db import Connection
 from kit.lifecycle import Component, sleep_or_stop
 
 from coupons.adapters import commitment_clawbacks as clawbacks
-from coupons.adapters.commitment_payscore import WeChatPayScore, client_from_settings
+from coupons.adapters.commitment_payscore import WeChatPayScore
 from coupons.commitment_settings import CommitmentSettings
 from coupons.service_layer.commitment import sweep
 from coupons.service_layer.commitment_clawbacks import ClawbackPolicy, ClawbackWorker
@@ -59,7 +59,7 @@ def sweep_job(
 
 def clawback_job(settings: CommitmentSettings, pool: asyncpg.Pool) -> Component:
     """The clawback worker, or a warning when no platform is configured (clawbacks queue)."""
-    client = client_from_settings(settings)  # a bad key file stops the process at start
+    client = settings.wechatpay_client()  # a bad key file stops the process at start
     if client is None:
 
         async def disabled(stop: asyncio.Event) -> None:

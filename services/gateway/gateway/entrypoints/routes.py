@@ -144,13 +144,17 @@ def _mini_program() -> list[Operation]:
             "GET",
             "/v1/me/events",
             live.events,
-            "Live updates (Server-Sent Events): ready, then points (+N / -N)",
+            "Live updates (Server-Sent Events): ready, then points (+N / -N), benefits, guide, "
+            "parking",
             media_type="text/event-stream",
             auth=True,
             query_token=True,
             errors=member_errors,
             description="Reconnect with Last-Event-ID to get the events missed meanwhile; a "
-            "`resync` event says some may be lost (re-read /v1/me/card).",
+            "`resync` event says some may be lost (re-read /v1/me/card). Event names are the "
+            "first word of the data's `type`: `points` (points.credited / points.reversed), "
+            "`benefits` (benefits.changed: a tier change's gained / lost benefits), `guide` "
+            "(guide.bound), `parking` (parking.started / parking.settled of the member's car).",
         ),
     ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from wechatpay_simulator import bill, busifavor, miniprogram, parking, payscore, views
+from wechatpay_simulator import bill, busifavor, load, miniprogram, parking, payscore, views
 
 
 def setup_routes(app: web.Application) -> None:
@@ -40,3 +40,5 @@ def setup_routes(app: web.Application) -> None:
     busifavor.setup_routes(app)
     # Parking state sync and pay-score parking (car-park side): routes and state of their own.
     parking.setup_routes(app)
+    # Load mode (bench/storm.py): pre-signed payment storms sent open loop at a rate.
+    load.setup_routes(app)

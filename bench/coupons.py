@@ -43,6 +43,7 @@ import grpc
 import nats
 import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kit.credentials import hash_secret
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.proto import timestamp
 from mall.coupons.v1 import coupons_pb2 as cpb
@@ -50,7 +51,6 @@ from mall.coupons.v1 import coupons_service_pb2 as pb
 from mall.coupons.v1 import coupons_service_pb2_grpc as pb_grpc
 from mall.member.v1 import directory_pb2
 from mall_testing.embedded import free_port
-from member.domain.credentials import hash_secret
 
 if TYPE_CHECKING:  # mypy sees bench/ as a namespace package from the repository root
     from bench.consumers import grpc_empty_unary, latency_summary, timed

@@ -41,6 +41,7 @@ from carpark_simulator.gate import Gate
 from carpark_simulator.plates import random_plate
 from carpark_simulator.traffic import drive
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kit.credentials import hash_secret
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
 from kit.proto import timestamp
@@ -49,7 +50,6 @@ from mall.parking.v1 import parking_pb2 as pb
 from mall.parking.v1 import parking_service_pb2 as api
 from mall.parking.v1 import parking_service_pb2_grpc as stubs
 from mall_testing.embedded import free_port
-from member.domain.credentials import hash_secret
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:  # mypy sees bench/ as a namespace package from the repository root

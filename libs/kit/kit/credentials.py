@@ -1,8 +1,10 @@
-"""Checking a tenant or car-park caller's ``x-mall-credential`` against a stored hash.
+"""The hash of a tenant, car-park or CRM caller's secret, and the check of its
+``x-mall-credential`` against it.
 
-``member`` issues credentials and publishes only a self-describing scrypt hash of each secret
-(``scrypt$n$r$p$salt$digest``, see member.domain.credentials); a service that keeps a local
-copy of them verifies callers with these two functions, without calling member.
+``member`` issues credentials and stores and publishes only a salted scrypt hash of each secret,
+self-describing (``scrypt$n$r$p$salt$digest``) so the parameters can be raised later without
+invalidating issued credentials; a service that keeps a local copy verifies callers with
+``parse_presented`` and ``verify_secret``, without calling member.
 """
 
 from __future__ import annotations
@@ -10,14 +12,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 
 from kit.errors import Unauthenticated
 
 CREDENTIAL_HEADER = "x-mall-credential"
+_N, _R, _P = 2**14, 8, 1  # ~16 MiB and a few tens of ms per check; verifiers cache results
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def hash_secret(secret: str, *, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    return f"scrypt${_N}${_R}${_P}${_b64(salt)}${_b64(digest)}"
 
 
 def parse_presented(value: str) -> tuple[str, str]:

@@ -15,6 +15,7 @@ import asyncpg
 import grpc
 import pytest
 from kit.cli import serving
+from kit.credentials import hash_secret, parse_presented, verify_secret
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
 from kit.proto import timestamp
@@ -24,7 +25,6 @@ from mall_testing.plugin import FreshDatabase
 from member.bootstrap import MIGRATIONS, bootstrap
 from member.config import Settings
 from member.domain.checkout import CODE_DIGITS, code_hash, new_code
-from member.domain.credentials import hash_secret, parse_presented, verify_secret
 from member.domain.model import CapturedPayment
 from member.service_layer.payments import attribute_payments
 

@@ -6,10 +6,10 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from kit.credentials import hash_secret
 from kit.errors import Forbidden, Unauthenticated
 from kit.proto import timestamp
 from mall.member.v1 import directory_pb2
-from member.domain.credentials import hash_secret
 from parking.adapters.credentials import Credentials
 from parking.entrypoints.auth import CarParkAuthenticator, car_park_caller
 

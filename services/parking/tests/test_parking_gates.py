@@ -20,6 +20,7 @@ import nats
 import pytest
 from google.protobuf.message import Message
 from kit.cli import serving
+from kit.credentials import hash_secret
 from kit.grpc_errors import from_rpc_error
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
@@ -33,7 +34,6 @@ from mall.parking.v1 import parking_pb2 as pb
 from mall.parking.v1 import parking_service_pb2 as api
 from mall.parking.v1 import parking_service_pb2_grpc as stubs
 from mall_testing.plugin import FreshDatabase
-from member.domain.credentials import hash_secret
 from nats.js.client import JetStreamContext
 from parking.adapters import plates as plates_sql
 from parking.bootstrap import MIGRATIONS, bootstrap

@@ -17,6 +17,7 @@ import grpc
 import nats
 import pytest
 from kit.cli import serving
+from kit.credentials import hash_secret
 from kit.grpc_errors import from_rpc_error
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
@@ -27,7 +28,6 @@ from mall.parking.v1 import parking_pb2 as pb
 from mall.parking.v1 import parking_service_pb2 as api
 from mall.parking.v1 import parking_service_pb2_grpc as stubs
 from mall_testing.plugin import FreshDatabase
-from member.domain.credentials import hash_secret
 from parking.bootstrap import MIGRATIONS, bootstrap
 from parking.config import Settings
 from wechatpay import signing

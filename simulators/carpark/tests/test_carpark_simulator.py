@@ -18,6 +18,7 @@ import nats
 import pytest
 from carpark_simulator.plates import random_plate
 from kit.cli import serving
+from kit.credentials import hash_secret
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
 from kit.proto import timestamp
@@ -27,7 +28,6 @@ from mall.parking.v1 import parking_pb2 as pb
 from mall.parking.v1 import parking_service_pb2 as api
 from mall.parking.v1 import parking_service_pb2_grpc as stubs
 from mall_testing.plugin import FreshDatabase
-from member.domain.credentials import hash_secret
 from parking.bootstrap import MIGRATIONS, bootstrap
 from parking.config import Settings
 from parking.domain.plates import Color, validate_plate

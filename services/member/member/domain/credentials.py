@@ -2,21 +2,18 @@
 
 A credential is a public id plus a random secret, presented together in gRPC metadata as
 ``x-mall-credential: <credential_id>.<secret>``. Only a salted scrypt hash of the secret is
-stored, in a self-describing form (``scrypt$n$r$p$salt$digest``) so the parameters can be
-raised later without invalidating issued credentials.
+stored (``kit.credentials``, where every service that checks callers finds the same format).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 
-from kit.errors import Forbidden, InvalidInput, Unauthenticated
+from kit.credentials import hash_secret, parse_presented, verify_secret
+from kit.errors import Forbidden, InvalidInput
 
-_N, _R, _P = 2**14, 8, 1  # ~16 MiB and a few tens of ms per check; results are cached
+__all__ = ["hash_secret", "parse_presented", "verify_secret"]  # the format lives in kit
 
 
 @dataclass(frozen=True)
@@ -36,49 +33,6 @@ def new_credential_id() -> str:
 
 def new_secret() -> str:
     return secrets.token_urlsafe(32)  # 256 bits; never contains '.'
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def hash_secret(secret: str, *, salt: bytes | None = None) -> str:
-    salt = salt if salt is not None else secrets.token_bytes(16)
-    digest = hashlib.scrypt(secret.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
-    return f"scrypt${_N}${_R}${_P}${_b64(salt)}${_b64(digest)}"
-
-
-def verify_secret(secret: str, encoded: str) -> bool:
-    """Constant-time check of a secret against its stored hash; False for a malformed hash."""
-    try:
-        algorithm, n, r, p, salt, digest = encoded.split("$")
-        if algorithm != "scrypt":
-            return False
-        expected = _unb64(digest)
-        actual = hashlib.scrypt(
-            secret.encode(),
-            salt=_unb64(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            maxmem=128 * int(r) * int(n) * 2,
-            dklen=len(expected),
-        )
-    except ValueError:
-        return False
-    return hmac.compare_digest(actual, expected)
-
-
-def parse_presented(value: str) -> tuple[str, str]:
-    """``<credential_id>.<secret>`` → (credential_id, secret); refuses anything else."""
-    credential_id, dot, secret = value.strip().partition(".")
-    if not dot or not credential_id or not secret:
-        raise Unauthenticated("invalid_credential", "malformed x-mall-credential")
-    return credential_id, secret
 
 
 def principal_for(

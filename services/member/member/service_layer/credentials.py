@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from eventbus.outbox import add_events
+from kit.credentials import hash_secret, parse_presented, verify_secret
 from kit.db import Connection
 from kit.errors import NotFound, Unauthenticated
 
@@ -15,12 +16,9 @@ from member.adapters.credentials import CredentialRow
 from member.domain.credentials import (
     Principal,
     check_tenant_store,
-    hash_secret,
     new_credential_id,
     new_secret,
-    parse_presented,
     principal_for,
-    verify_secret,
 )
 
 

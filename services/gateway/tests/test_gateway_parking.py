@@ -643,3 +643,30 @@ async def test_a_receipt_lists_the_coupons_its_payment_issued(stack: Stack) -> N
     assert (issued["stock_id"], issued["title"]) == (stock.stock.stock_id, "满888送50")
     assert issued["channel"] == "post_payment"
     assert other[1]["coupons_issued"] == []
+
+
+async def test_a_tier_change_pushes_its_benefits_to_that_member_only(stack: Stack) -> None:
+    openid = f"o-{uuid.uuid4().hex}"
+    token, _ = await stack.member(openid)
+    other, _ = await stack.member()
+    mine, theirs = await stream(stack, token), await stream(stack, other)
+    try:
+        await stack.pay(openid, 500_000)  # 5,000 yuan: silver
+        async with asyncio.timeout(15):
+            kind, pushed = await next_event(mine)
+            while kind != "benefits":
+                kind, pushed = await next_event(mine)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await next_event(theirs)
+    finally:
+        mine.close()
+        theirs.close()
+    card = await stack.call("GET", "/v1/me/card", token=token)
+
+    assert (pushed["type"], pushed["tier_code"], pushed["previous_tier_code"]) == (
+        "benefits.changed",
+        "silver",
+        "basic",
+    )
+    assert card[1]["member"]["tier_code"] == "silver"

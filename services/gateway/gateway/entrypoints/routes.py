@@ -248,7 +248,7 @@ def _parking_receipts_guides() -> list[Operation]:
             body=PS.BindPlateBody,
             auth=True,
             errors={
-                400: "invalid_plate, invalid_plate_color",
+                400: "invalid_plate_number, invalid_plate_color, invalid_plate",
                 404: "not_a_member",
                 409: "plate_bound_elsewhere, too_many_plates",
             },

@@ -62,15 +62,18 @@ async def add_events(conn: Connection, events: Sequence[OutgoingEvent]) -> None:
     """Queue events inside the caller's open transaction (one round trip for many)."""
     if not events:
         return
+    # The NOTIFY rides in the same statement: one round trip per transaction, not two.
     await conn.execute(
-        """INSERT INTO outbox (event_id, mall_id, subject, payload, headers)
-           SELECT e, m, s, p, h::jsonb
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
-                  AS t(e, m, s, p, h)""",
+        """WITH queued AS (
+               INSERT INTO outbox (event_id, mall_id, subject, payload, headers)
+               SELECT e, m, s, p, h::jsonb
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[])
+                      AS t(e, m, s, p, h))
+           SELECT pg_notify($6, '')""",
         [e.event_id for e in events],
         [e.mall_id for e in events],
         [e.subject for e in events],
         [e.payload for e in events],
         [json.dumps(e.headers) for e in events],
+        NOTIFY_CHANNEL,
     )
-    await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")

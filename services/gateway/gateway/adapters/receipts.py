@@ -118,7 +118,11 @@ async def store_guides(b: Backends, mall_id: str, store_id: str) -> list[dict[st
 
 
 async def _coupons_of(
-    coupons: Any, mall_id: str, member_id: str, payment: member_service_pb2.MemberPayment
+    coupons: Any,
+    mall_id: str,
+    member_id: str,
+    payment: member_service_pb2.MemberPayment,
+    timeout_s: float,
 ) -> list[dict[str, Any]] | None:
     """The coupons the payment issued (post-payment coupons name it): the member's coupons,
     newest first, down to the payment's time. None when coupons is not connected or failed."""
@@ -133,7 +137,7 @@ async def _coupons_of(
             page=common_pb2.PageRequest(page_size=100, page_token=token),
         )
         try:
-            reply = await coupons.ListMemberCoupons(request, timeout=3.0)
+            reply = await coupons.ListMemberCoupons(request, timeout=timeout_s)
         except grpc.aio.AioRpcError:
             return None
         found += [coupon(c) for c in reply.coupons if c.transaction_id == payment.transaction_id]
@@ -155,7 +159,7 @@ async def receipt(
         _points_of(b, mall_id, member_id, transaction_id),
         store_guides(b, mall_id, payment.store_id),
         member_guides(b, mall_id, member_id, quiet=True),
-        _coupons_of(coupons, mall_id, member_id, payment),
+        _coupons_of(coupons, mall_id, member_id, payment, b.timeout_s),
     )
     bound = {g["guide_id"] for g in mine or ()}
     return {

@@ -13,7 +13,11 @@ Checks (each problem is one line naming the object; exit status 1 if there is an
 - every Service with a selector selects at least one pod template in its namespace, and
   every named targetPort exists on the pods it selects;
 - every PodDisruptionBudget selects a pod template, and every HorizontalPodAutoscaler
-  targets a workload that exists.
+  targets a workload that exists;
+- every ``*_GRPC_TARGET`` (a ConfigMap key, or a container's literal ``env``) that names an
+  in-cluster host (``svc``, ``svc.ns``, ``svc.ns.svc[.cluster.local]``) names a Service that
+  exists and exposes that port. Empty values (the feature is off), ``$(VAR)`` references
+  and hosts outside the cluster are not checked.
 
 Built-in kinds are told from custom resources by API group: core, the unsuffixed built-in
 groups, and ``*.k8s.io`` (reserved for Kubernetes itself). PyYAML comes from the check's
@@ -199,11 +203,81 @@ def check_pdbs_and_hpas(objs: list[Obj], pods: list[PodTemplate]) -> Iterator[st
                 yield f"{ref(obj)}: scales {target.get('kind')}/{target.get('name')}, not found"
 
 
+GRPC_TARGET_SUFFIX = "_GRPC_TARGET"
+CLUSTER_DOMAIN_SUFFIXES = (".svc.cluster.local", ".svc")
+
+
+def grpc_targets(objs: list[Obj]) -> Iterator[tuple[Obj, str, str]]:
+    """(object, variable, value) for every *_GRPC_TARGET a ConfigMap or a container sets."""
+    for obj in objs:
+        if obj.get("kind") == "ConfigMap" and group_of(obj) == "":
+            for key, value in (obj.get("data") or {}).items():
+                if str(key).endswith(GRPC_TARGET_SUFFIX):
+                    yield obj, str(key), str(value)
+        pod = pod_template(obj)
+        if pod is None:
+            continue
+        for container in pod.containers():
+            for var in container.get("env") or []:
+                name = str(var.get("name", ""))
+                if name.endswith(GRPC_TARGET_SUFFIX) and "value" in var:
+                    yield obj, f"{name} (container {container.get('name')!r})", str(var["value"])
+
+
+def in_cluster_service(target: str, namespace: str | None) -> tuple[str, str | None, str] | None:
+    """(service, namespace, port) that a gRPC target names in this cluster, else None."""
+    target = target.removeprefix("dns:///").removeprefix("dns:")
+    if not target or "$(" in target or "/" in target:
+        return None
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    for suffix in CLUSTER_DOMAIN_SUFFIXES:
+        if host.endswith(suffix):
+            host = host.removesuffix(suffix)
+            break
+    else:
+        if host.count(".") > 1:
+            return None  # a host outside the cluster
+    parts = host.split(".")
+    if len(parts) > 2 or not all(parts) or host.replace(".", "").isdigit():
+        return None
+    return parts[0], parts[1] if len(parts) == 2 else namespace, port
+
+
+def check_grpc_targets(objs: list[Obj]) -> Iterator[str]:
+    services = {
+        (o.get("metadata", {}).get("namespace"), o.get("metadata", {}).get("name")): o
+        for o in objs
+        if o.get("kind") == "Service" and group_of(o) == ""
+    }
+    for obj, variable, value in grpc_targets(objs):
+        named = in_cluster_service(value, obj.get("metadata", {}).get("namespace"))
+        if named is None:
+            continue
+        name, namespace, port = named
+        where = f" (namespace {namespace})" if namespace else ""
+        svc = services.get((namespace, name))
+        if svc is None:
+            yield (
+                f"{ref(obj)}: {variable}={value!r} names Service/{name}{where}, "
+                "which does not exist"
+            )
+            continue
+        ports = sorted(p.get("port") for p in svc.get("spec", {}).get("ports") or [])
+        if int(port) not in ports:
+            yield (
+                f"{ref(obj)}: {variable}={value!r}: Service/{name}{where} has no port {port} "
+                f"(ports: {ports or 'none'})"
+            )
+
+
 def problems(objs: list[Obj]) -> list[str]:
     pods = [p for p in (pod_template(o) for o in objs) if p is not None]
     found = [line for pod in pods for line in check_probes(pod)]
     found += check_services(objs, pods)
     found += check_pdbs_and_hpas(objs, pods)
+    found += check_grpc_targets(objs)
     return found
 
 

@@ -7,9 +7,13 @@ fail it with a message naming the problem.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -82,3 +86,88 @@ def test_a_service_selecting_no_pods_fails(tmp_path: Path) -> None:
     assert result.returncode != 0, output
     assert "Service/parking (namespace mall): selector" in output
     assert "selects no pod template" in output
+
+
+def test_a_grpc_target_on_a_port_its_service_does_not_expose_fails(tmp_path: Path) -> None:
+    k8s = broken_copy(
+        tmp_path,
+        "base/gateway.yaml",
+        "PARKING_GRPC_TARGET: parking:50063",
+        "PARKING_GRPC_TARGET: parking:50099",
+    )
+    result = run_check(k8s)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert (
+        "ConfigMap/gateway (namespace mall): PARKING_GRPC_TARGET='parking:50099': "
+        "Service/parking (namespace mall) has no port 50099 (ports: [9464, 50063])"
+    ) in output
+    assert "structural checks" in output
+
+
+def load_lint() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("k8s_lint", REPO / "scripts" / "k8s_lint.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def service(name: str, namespace: str, port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"ports": [{"name": "grpc", "port": port}]},
+    }
+
+
+def test_grpc_targets_must_name_an_existing_service_by_any_in_cluster_spelling() -> None:
+    lint = load_lint()
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "caller", "namespace": "mall"},
+        "data": {
+            "POINTS_GRPC_TARGET": "points:50062",  # ok
+            "MEMBER_GRPC_TARGET": "member.mall.svc.cluster.local:50061",  # ok
+            "COUPONS_GRPC_TARGET": "",  # off: not checked
+            "CRM_GRPC_TARGET": "crm.example.com:443",  # outside the cluster: not checked
+            "PARKING_GRPC_TARGET": "parkin:50063",  # a typo
+            "AUDIT_GRPC_TARGET": "audit.ops:50070",  # another namespace, no such Service
+        },
+    }
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "tool", "namespace": "mall"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "run",
+                            "env": [{"name": "POINTS_GRPC_TARGET", "value": "dns:///points:5"}],
+                        }
+                    ]
+                }
+            }
+        },
+    }
+    objs = [
+        config,
+        job,
+        service("points", "mall", 50062),
+        service("member", "mall", 50061),
+        service("parking", "other", 50063),  # same name, another namespace
+    ]
+    assert lint.problems(objs) == [
+        "ConfigMap/caller (namespace mall): PARKING_GRPC_TARGET='parkin:50063' names "
+        "Service/parkin (namespace mall), which does not exist",
+        "ConfigMap/caller (namespace mall): AUDIT_GRPC_TARGET='audit.ops:50070' names "
+        "Service/audit (namespace ops), which does not exist",
+        "Job/tool (namespace mall): POINTS_GRPC_TARGET (container 'run')='dns:///points:5': "
+        "Service/points (namespace mall) has no port 5 (ports: [50062])",
+    ]

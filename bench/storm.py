@@ -230,7 +230,7 @@ async def run_step(
     deadline = time.time() + drain_s
     while time.time() < deadline:
         report = await call(http, "GET", f"{path.sim_url}/control/load/steps/{step_id}")
-        if report["status"] == "SENT" and report["unacked"] == 0:
+        if report["status"] == "SENT" and report["unsent"] == 0 and report["unacked"] == 0:
             now_backlog = await path.backlog(http, step_id)
             if not any(now_backlog.values()):
                 drained_at = time.time()
@@ -326,10 +326,12 @@ async def storm(
     rates: list[int],
     duration_s: float,
     work: Path,
+    sync_batch: int | None,
 ) -> dict[str, Any]:
     since = datetime.now(UTC) - timedelta(seconds=5)
-    member_db = await create_database(pg_url, "storm_member")
-    points_db = await create_database(pg_url, "storm_points")
+    tag = uuid.uuid4().hex[:6]
+    member_db = await create_database(pg_url, f"storm_member_{tag}")
+    points_db = await create_database(pg_url, f"storm_points_{tag}")
     await migrate(member_db, MEMBER_MIGRATIONS)
     await migrate(points_db, POINTS_MIGRATIONS)
     member_port, points_port, http_port = free_port(), free_port(), free_port()
@@ -360,6 +362,7 @@ async def storm(
                     **points_wechatpay_env(key_dir, sim_url),
                     "WECHATPAY_TIMEOUT_S": "5",
                     "WECHATPAY_SYNC_LEASE_S": "15",
+                    **({"WECHATPAY_SYNC_BATCH_SIZE": str(sync_batch)} if sync_batch else {}),
                 },
             )
         )
@@ -379,7 +382,7 @@ async def storm(
         for r in procs[1:]:
             await wait_http(http, f"http://127.0.0.1:{r.metrics_port}/metrics")
         await wait_http(http, f"http://127.0.0.1:{http_port}/readyz")
-        malls = storm_malls(uuid.uuid4().hex[:6])
+        malls = storm_malls(tag)
         for mall in malls:
             await seed(f"127.0.0.1:{member_port}", mall)
         await path.open()
@@ -462,7 +465,9 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def main(rates: list[int], duration_s: float, baseline_n: int) -> dict[str, Any]:
+async def main(
+    rates: list[int], duration_s: float, baseline_n: int, sync_batch: int | None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="storm-") as work:
         async with (
             servers() as (pg_url, nats_url, server_pids),
@@ -472,13 +477,16 @@ async def main(rates: list[int], duration_s: float, baseline_n: int) -> dict[str
             ) as http,
         ):
             base = await baselines(pg_url, nats_url, http, baseline_n, 64)
-            result = await storm(pg_url, nats_url, http, server_pids, rates, duration_s, Path(work))
+            result = await storm(
+                pg_url, nats_url, http, server_pids, rates, duration_s, Path(work), sync_batch
+            )
     held = [s["offered_per_s"] for s in result["steps"] if s["held"]]
     return {
         "when": datetime.now(UTC).isoformat(),
         "cores": os.cpu_count(),
         "rates": rates,
         "step_duration_s": duration_s,
+        "points_sync_batch": sync_batch or "service default",
         "baselines": base,
         **result,
         "highest_held_per_s": max(held) if held else None,
@@ -489,16 +497,20 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rates", default=",".join(map(str, RATES)), help="payments/s per step")
     parser.add_argument("--duration", type=float, default=20, help="seconds per step")
+    parser.add_argument(
+        "--sync-batch", type=int, help="points' WECHATPAY_SYNC_BATCH_SIZE (default: its own)"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--quick", action="store_true", help="2 short steps (100, 200/s, 3 s)")
     args = parser.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     duration, baseline_n = args.duration, 3000
     if args.quick:
         rates, duration, baseline_n = [100, 200], 3.0, 500
-    outcome = uvloop.run(main(rates, duration, baseline_n))
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    outcome = uvloop.run(main(rates, duration, baseline_n, args.sync_batch))
+    args.results.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"storm-{stamp}.json").write_text(json.dumps(outcome, indent=2))
+    (args.results / f"storm-{stamp}.json").write_text(json.dumps(outcome, indent=2))
     print(report(outcome))
     clean = all(not r["differences"] for r in outcome["reconciliation"])
     sys.exit(0 if clean else 1)

@@ -83,7 +83,7 @@ class World:
     async def until_acked(self, step_id: str) -> dict[str, Any]:
         for _ in range(400):
             answer = await self.report(step_id)
-            if answer["status"] == "SENT" and answer["unacked"] == 0:
+            if answer["status"] == "SENT" and answer["unsent"] == answer["unacked"] == 0:
                 return await self.report(step_id, detail=True)
             await asyncio.sleep(0.05)
         raise AssertionError(f"step never fully acknowledged: {answer}")

@@ -372,7 +372,8 @@ def report(step: Step, state: PlatformState, *, detail: bool = False) -> dict[st
         "planned": dict(kinds),
         "sent": len(sent),
         "acked": len(acked),
-        "unacked": len(step.planned) - len(acked),
+        "unsent": len(step.planned) - len(sent),
+        "unacked": len(sent) - len(acked),  # sent, not (yet) acknowledged
         "gave_up": sum(p.gave_up for p in step.planned),
         "retried": sum(p.attempts > 1 for p in step.planned),
     }

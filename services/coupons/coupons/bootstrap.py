@@ -2,7 +2,8 @@
 
 CouponsService (stocks, claims, the flash grab's batch claim, redemption, rules, figures) and
 CommitmentService over gRPC with health and reflection; post-payment and refund consumers on
-member's events; the outbox relay and periodic jobs; the directory (stores, tenant
+member's events; parking-hour coupons used by settled parking sessions (parking's events);
+member merges followed; the outbox relay and periodic jobs; the directory (stores, tenant
 credentials) mirrored from member's DIRECTORY bucket in the serve role.
 """
 
@@ -59,7 +60,7 @@ async def bootstrap(
         assemble(
             NAME,
             settings,
-            streams=["COUPONS", "MEMBER"],
+            streams=["COUPONS", "MEMBER", "PARKING"],
             subscriptions=[
                 *commitment_subscriptions(),
                 *card_package_subscriptions(),
@@ -71,6 +72,12 @@ async def bootstrap(
                 ),
                 Subscription(
                     "refunds", "MEMBER", consumers.REFUND_ATTRIBUTED, consumers.on_refund_attributed
+                ),
+                Subscription(
+                    "parking-settled",
+                    "PARKING",
+                    consumers.SESSION_SETTLED,
+                    consumers.on_session_settled,
                 ),
             ],
             servicers=lambda pool: [

@@ -19,7 +19,8 @@ from coupons.domain.coupons import Coupon
 
 _COUPON = """c.mall_id, c.coupon_id, c.stock_id, c.tenant_id, c.member_id::text AS member_id,
     c.status, c.channel, c.guide_id, c.transaction_id, c.claimed_at, c.valid_from,
-    c.valid_until, c.redeemed_at, c.redeemed_store_id, c.request_id, s.title, s.description,
+    c.valid_until, c.redeemed_at, c.redeemed_store_id, c.redeemed_car_park_id,
+    c.request_id, s.title, s.description,
     s.kind, s.discount_fen, s.threshold_fen, s.percent_off, s.max_discount_fen,
     s.parking_minutes, s.store_ids, s.tenant_ids"""
 COUPON_FROM = f"""SELECT {_COUPON} FROM coupons c
@@ -43,6 +44,7 @@ def coupon_of(row: Any) -> Coupon:
         transaction_id=row["transaction_id"],
         redeemed_at=row["redeemed_at"],
         redeemed_store_id=row["redeemed_store_id"],
+        redeemed_car_park_id=row["redeemed_car_park_id"],
     )
 
 

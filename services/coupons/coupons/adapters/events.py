@@ -127,3 +127,32 @@ def coupon_returned(
         transaction_id=transaction_id,
     )
     return event(COUPON_RETURNED, msg, mall_id=mall_id, headers=headers)
+
+
+def parking_coupon_redeemed(
+    mall_id: str,
+    coupon_id: str,
+    stock_id: str,
+    tenant_id: str,
+    member_id: str,
+    *,
+    car_park_id: str,
+    session_id: str,
+    use_request_id: str,
+    gross_fee_fen: int,
+    discount_fen: int,
+    headers: dict[str, str],
+) -> OutgoingEvent:
+    """A parking-hour coupon used by a settled parking session (no store: the car park)."""
+    msg = events_pb2.CouponRedeemed(
+        coupon_id=coupon_id,
+        stock_id=stock_id,
+        tenant_id=tenant_id,
+        member_id=member_id,
+        use_request_id=use_request_id,
+        order_amount_fen=gross_fee_fen,
+        discount_fen=discount_fen,
+        car_park_id=car_park_id,
+        session_id=session_id,
+    )
+    return event(COUPON_REDEEMED, msg, mall_id=mall_id, headers=headers)

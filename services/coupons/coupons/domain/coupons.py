@@ -25,3 +25,5 @@ class Coupon:
     transaction_id: str = ""
     redeemed_at: datetime | None = None
     redeemed_store_id: str = ""
+    #: A parking-hour coupon used at a car park (parking.session.settled).
+    redeemed_car_park_id: str = ""

@@ -145,6 +145,7 @@ def coupon_message(c: Coupon, now: datetime) -> coupons_pb2.Coupon:
         valid_from=timestamp(c.valid_from),
         valid_until=timestamp(c.valid_until),
         redeemed_store_id=c.redeemed_store_id,
+        redeemed_car_park_id=c.redeemed_car_park_id,
         guide_id=c.guide_id,
         transaction_id=c.transaction_id,
     )

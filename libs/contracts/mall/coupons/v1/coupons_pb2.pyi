@@ -343,6 +343,7 @@ class Coupon(_message.Message):
     REDEEMED_STORE_ID_FIELD_NUMBER: _builtins.int
     GUIDE_ID_FIELD_NUMBER: _builtins.int
     TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    REDEEMED_CAR_PARK_ID_FIELD_NUMBER: _builtins.int
     mall_id: _builtins.str
     """Mall of the coupon."""
     coupon_id: _builtins.str
@@ -377,6 +378,8 @@ class Coupon(_message.Message):
     """Shopping guide who brought the claim (GUIDE channel); empty otherwise."""
     transaction_id: _builtins.str
     """Payment that earned it (POST_PAYMENT); empty otherwise."""
+    redeemed_car_park_id: _builtins.str
+    """Car park where a parking-hour coupon was used; empty unless USED there."""
     @_builtins.property
     def claimed_at(self) -> _timestamp_pb2.Timestamp:
         """When it was claimed."""
@@ -417,10 +420,11 @@ class Coupon(_message.Message):
         redeemed_store_id: _builtins.str = ...,
         guide_id: _builtins.str = ...,
         transaction_id: _builtins.str = ...,
+        redeemed_car_park_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["claimed_at", b"claimed_at", "redeemed_at", b"redeemed_at", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "claimed_at", b"claimed_at", "coupon_id", b"coupon_id", "coupon_type", b"coupon_type", "discount_fen", b"discount_fen", "guide_id", b"guide_id", "mall_id", b"mall_id", "max_discount_fen", b"max_discount_fen", "member_id", b"member_id", "parking_minutes", b"parking_minutes", "percent_off", b"percent_off", "redeemed_at", b"redeemed_at", "redeemed_store_id", b"redeemed_store_id", "status", b"status", "stock_id", b"stock_id", "tenant_id", b"tenant_id", "threshold_fen", b"threshold_fen", "title", b"title", "transaction_id", b"transaction_id", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "claimed_at", b"claimed_at", "coupon_id", b"coupon_id", "coupon_type", b"coupon_type", "discount_fen", b"discount_fen", "guide_id", b"guide_id", "mall_id", b"mall_id", "max_discount_fen", b"max_discount_fen", "member_id", b"member_id", "parking_minutes", b"parking_minutes", "percent_off", b"percent_off", "redeemed_at", b"redeemed_at", "redeemed_car_park_id", b"redeemed_car_park_id", "redeemed_store_id", b"redeemed_store_id", "status", b"status", "stock_id", b"stock_id", "tenant_id", b"tenant_id", "threshold_fen", b"threshold_fen", "title", b"title", "transaction_id", b"transaction_id", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

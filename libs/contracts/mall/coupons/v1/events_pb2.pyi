@@ -126,7 +126,8 @@ Global___CouponClaimed: _TypeAlias = CouponClaimed  # noqa: Y015
 
 @_typing.final
 class CouponRedeemed(_message.Message):
-    """CouponRedeemed announces that a coupon was used (核销) at a store.
+    """CouponRedeemed announces that a coupon was used (核销) at a store, or a parking-hour coupon
+    at a car park.
     Subject: coupons.coupon.redeemed
     """
 
@@ -143,6 +144,8 @@ class CouponRedeemed(_message.Message):
     USE_REQUEST_ID_FIELD_NUMBER: _builtins.int
     ORDER_AMOUNT_FEN_FIELD_NUMBER: _builtins.int
     DISCOUNT_FEN_FIELD_NUMBER: _builtins.int
+    CAR_PARK_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of this event; one per (mall_id, coupon_id)."""
     mall_id: _builtins.str
@@ -163,6 +166,10 @@ class CouponRedeemed(_message.Message):
     """Order amount in fen before the coupon, as the POS reported it."""
     discount_fen: _builtins.int
     """Amount the coupon took off in fen."""
+    car_park_id: _builtins.str
+    """Car park where a parking-hour coupon was used (store_id is empty then)."""
+    session_id: _builtins.str
+    """Parking session that used a parking-hour coupon (parking.session.settled)."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When the coupon was used."""
@@ -181,10 +188,12 @@ class CouponRedeemed(_message.Message):
         use_request_id: _builtins.str = ...,
         order_amount_fen: _builtins.int = ...,
         discount_fen: _builtins.int = ...,
+        car_park_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_id", b"coupon_id", "discount_fen", b"discount_fen", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "order_amount_fen", b"order_amount_fen", "stock_id", b"stock_id", "store_id", b"store_id", "tenant_id", b"tenant_id", "use_request_id", b"use_request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["car_park_id", b"car_park_id", "coupon_id", b"coupon_id", "discount_fen", b"discount_fen", "event_id", b"event_id", "mall_id", b"mall_id", "member_id", b"member_id", "occurred_at", b"occurred_at", "order_amount_fen", b"order_amount_fen", "session_id", b"session_id", "stock_id", b"stock_id", "store_id", b"store_id", "tenant_id", b"tenant_id", "use_request_id", b"use_request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,15 +30,13 @@ from kit.cli import Roles, running
 from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.coupons.v1 import coupons_pb2, coupons_service_pb2, coupons_service_pb2_grpc
-from mall.member.v1 import directory_pb2, member_service_pb2, member_service_pb2_grpc
-from mall.member.v1 import events_pb2 as member_events
+from mall.member.v1 import member_service_pb2, member_service_pb2_grpc
 from mall.parking.v1 import parking_pb2, parking_service_pb2, parking_service_pb2_grpc
 from mall_testing.demo import DemoMall, payment_notification, seed
 from mall_testing.plugin import FreshDatabase
 from member.bootstrap import MIGRATIONS as MEMBER_MIGRATIONS
 from member.bootstrap import bootstrap as member_bootstrap
 from member.config import Settings as MemberSettings
-from member.domain.credentials import hash_secret
 from nats.js.client import JetStreamContext
 from parking.bootstrap import MIGRATIONS as PARKING_MIGRATIONS
 from parking.bootstrap import bootstrap as parking_bootstrap
@@ -333,33 +331,14 @@ async def test_a_plate_parking_refuses_is_a_problem_with_its_code(stack: Stack) 
 async def _car_park(stack: Stack) -> tuple[str, tuple[tuple[str, str], ...]]:
     """A car park of the stack's mall and its gate credential, once parking accepts it."""
     car_park_id = f"park-{uuid.uuid4().hex[:8]}"
-    mall_id, secret, credential_id = stack.mall.mall_id, uuid.uuid4().hex, str(uuid.uuid4())
-    # member has no CreateCarPark yet: its directory events, as member would publish them.
-    for subject, event in (
-        (
-            "member.directory.car_park_upserted",
-            member_events.CarParkUpserted(
-                mall_id=mall_id,
-                car_park=directory_pb2.CarPark(mall_id=mall_id, car_park_id=car_park_id, name="P"),
-            ),
-        ),
-        (
-            "member.directory.credential_upserted",
-            member_events.CredentialUpserted(
-                mall_id=mall_id,
-                credential=directory_pb2.Credential(
-                    mall_id=mall_id,
-                    credential_id=credential_id,
-                    car_park_id=car_park_id,
-                    secret_hash=hash_secret(secret),
-                ),
-            ),
-        ),
-    ):
-        await stack.js.publish(
-            subject, event.SerializeToString(), headers={"Nats-Msg-Id": str(uuid.uuid4())}
-        )
-    metadata = (("x-mall-credential", f"{credential_id}.{secret}"),)
+    mall_id = stack.mall.mall_id
+    await stack.directory.CreateCarPark(
+        member_service_pb2.CreateCarParkRequest(mall_id=mall_id, car_park_id=car_park_id, name="P")
+    )
+    issued = await stack.directory.IssueCredential(
+        member_service_pb2.IssueCredentialRequest(mall_id=mall_id, car_park_id=car_park_id)
+    )
+    metadata = (("x-mall-credential", f"{issued.credential.credential_id}.{issued.secret}"),)
 
     async def accepted() -> bool:
         try:
@@ -374,7 +353,12 @@ async def _car_park(stack: Stack) -> tuple[str, tuple[tuple[str, str], ...]]:
                 metadata=metadata,
             )
         except grpc.aio.AioRpcError as exc:
-            return exc.code() != grpc.StatusCode.UNAUTHENTICATED
+            # refused until parking's copy of the directory has the credential
+            return exc.code() not in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.PERMISSION_DENIED,
+            )
         return True
 
     await eventually(accepted, bool)

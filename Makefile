@@ -68,6 +68,9 @@ bench: install ## Benchmarks with same-run baselines; writes bench/results/*.jso
 	$(VENV)/python bench/webhook.py
 	$(VENV)/python bench/consumers.py
 	$(VENV)/python bench/gateway_card.py
+	$(VENV)/python bench/coupons.py
+	$(VENV)/python bench/flash_grab.py
+	$(VENV)/python bench/parking.py
 
 .PHONY: reconcile
 reconcile: install ## Reconcile a mall's payments end to end: MALL=<mall_id> [START=<iso>] [END=<iso>] (default: last 24 h up to 5 min ago); exit 1 on any difference

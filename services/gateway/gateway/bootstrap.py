@@ -154,10 +154,12 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                         sold_out,
                         max_batch=settings.claim_batch_max,
                         workers=settings.claim_batch_workers,
+                        profile_s=settings.claim_profile_ttl_s,
                     ),
                     appid_for_mall=directory.appid_for_mall,
                 )
-                components.append(ClaimsFeed(nc, sold_out).run)
+                claims_feed = ClaimsFeed(nc, sold_out, forget=coupons_api.claims.forget_profile)
+                components.append(claims_feed.run)
             streams = Streams(heartbeat_s=settings.sse_heartbeat_s)
             components += [feed.run, streams.run]
             shoppers = Shoppers(

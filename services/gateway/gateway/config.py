@@ -29,6 +29,9 @@ class Settings(ServiceSettings):
     #: Seconds a stock known exhausted is answered sold_out from memory before coupons is
     #: asked again (0: never from memory).
     claim_sold_out_memory_s: float = Field(default=2.0, ge=0, le=60)
+    #: Seconds a member's tier and tags are kept for claims on stocks with an audience (a
+    #: tier change forgets them at once; 0: read on every such claim).
+    claim_profile_ttl_s: float = Field(default=10.0, ge=0, le=300)
     #: How long a webhook waits for JetStream to acknowledge before answering "retry".
     publish_timeout_s: float = Field(default=5.0, gt=0)
     #: JSON file of the WeChat Pay merchants whose notifications this gateway opens (their

@@ -23,10 +23,12 @@ from typing import Any
 import aiohttp
 import grpc
 import jwt
+import nats
 import pytest
 from coupons.bootstrap import MIGRATIONS as COUPONS_MIGRATIONS
 from coupons.bootstrap import bootstrap as coupons_bootstrap
 from coupons.config import Settings as CouponsSettings
+from gateway.adapters.claims_feed import ClaimsFeed
 from gateway.adapters.coupons import Audience
 from gateway.adapters.tokens import AUDIENCE, ISSUER, SessionTokens
 from gateway.bootstrap import bootstrap as gateway_bootstrap
@@ -44,6 +46,8 @@ from kit.proto import timestamp
 from mall.coupons.v1 import commitments_service_pb2 as cpb
 from mall.coupons.v1 import commitments_service_pb2_grpc as cpb_grpc
 from mall.coupons.v1 import coupons_pb2, coupons_service_pb2, coupons_service_pb2_grpc
+from mall.coupons.v1 import events_pb2 as coupons_events
+from mall.member.v1 import events_pb2 as member_events
 from mall.member.v1 import member_pb2, member_service_pb2, member_service_pb2_grpc
 from mall_testing.demo import DemoMall, seed
 from mall_testing.plugin import FreshDatabase
@@ -402,7 +406,7 @@ async def test_commitment_card_accepted_once_and_listed(stack: Stack) -> None:
         discount_fen=150,
     )
     offer_id = ""
-    refusals: set[grpc.StatusCode] = set()
+    refusals: set[tuple[grpc.StatusCode, str]] = set()
     for _ in range(200):  # until coupons' copy of the credentials has it (an event away)
         try:
             reply = await stack.commitments.CreateCommitmentOffer(
@@ -410,13 +414,13 @@ async def test_commitment_card_accepted_once_and_listed(stack: Stack) -> None:
                 metadata=(("x-mall-credential", credential),),
             )
         except grpc.aio.AioRpcError as exc:
-            refusals.add(exc.code())
+            refusals.add((exc.code(), exc.details() or ""))
             await asyncio.sleep(0.05)
             continue
         offer_id = reply.offer.offer_id
         break
     assert offer_id, refusals
-    assert refusals <= {grpc.StatusCode.UNAUTHENTICATED}
+    assert {code for code, _ in refusals} <= {grpc.StatusCode.UNAUTHENTICATED}
     ((token, _),) = await stack.shoppers(1)
 
     status, card = await stack.call(
@@ -535,6 +539,71 @@ async def test_the_member_tier_is_read_only_for_a_stock_with_an_audience() -> No
     assert open_to_all.profiles == 0
     assert tiered.profiles == 1
     assert coupon["tier"] == "gold"
+
+
+async def test_a_members_tier_is_kept_briefly_and_forgotten_when_it_changes() -> None:
+    now = [0.0]
+    tiered = FakeCoupons(left=10, audience=Audience(("gold",), ()))
+    claims = Claims(tiered, SoldOutMemory(), profile_s=10.0, clock=lambda: now[0])
+
+    async def press(request_id: str) -> None:
+        with contextlib.suppress(AppError):  # the second press on is limit_reached
+            await claims.claim(_claim("a", request_id))
+
+    await press("r1")
+    await press("r2")
+    assert tiered.profiles == 1  # the tier came from memory
+    claims.forget_profile("m", "a")  # member.tier.changed
+    await press("r3")
+    assert tiered.profiles == 2
+    now[0] = 11.0  # kept no longer than profile_s
+    await press("r4")
+    assert tiered.profiles == 3
+
+
+async def test_the_feed_learns_exhausted_stocks_holders_and_tier_changes(nats_url: str) -> None:
+    mall_id, stock_id, member_id = f"mall-{uuid.uuid4().hex[:8]}", "s-1", str(uuid.uuid4())
+    memory = SoldOutMemory(sold_out_s=60)
+    forgotten: list[tuple[str, str]] = []
+    heard = asyncio.Event()
+
+    def forget(mall: str, member: str) -> None:
+        forgotten.append((mall, member))
+        heard.set()
+
+    nc = await nats.connect(nats_url)
+    feed = ClaimsFeed(nc, memory, forget=forget)
+    stop = asyncio.Event()
+    running_feed = asyncio.create_task(feed.run(stop))
+    try:
+        await feed.subscribed.wait()
+        await nc.publish(
+            "coupons.coupon.claimed",
+            coupons_events.CouponClaimed(
+                mall_id=mall_id, stock_id=stock_id, member_id=member_id
+            ).SerializeToString(),
+        )
+        await nc.publish(
+            "coupons.stock.exhausted",
+            coupons_events.StockExhausted(mall_id=mall_id, stock_id=stock_id).SerializeToString(),
+        )
+        await nc.publish(
+            "member.tier.changed",
+            member_events.TierChanged(mall_id=mall_id, member_id=member_id).SerializeToString(),
+        )
+        await nc.flush()
+        async with asyncio.timeout(5):  # core NATS keeps one publisher's order
+            await heard.wait()
+    finally:
+        stop.set()
+        await running_feed
+        await nc.close()
+
+    loser = ClaimRequest(mall_id, str(uuid.uuid4()), stock_id, "r")
+    holder = ClaimRequest(mall_id, member_id, stock_id, "r")
+    assert memory.refusal(loser) == "stock_sold_out"
+    assert memory.refusal(holder) is None  # a holder's retry still goes to coupons
+    assert (mall_id, member_id) in forgotten
 
 
 @settings(max_examples=40, deadline=None)

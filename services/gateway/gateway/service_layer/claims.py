@@ -13,7 +13,9 @@
   goes to coupons and gets its coupon back. coupons stays the truth: the flag is per process
   and short-lived, then the next claim asks coupons again.
 * **Audience.** A stock's terms never change, so its audience (tiers, tags) is read once per
-  process; the member's tier and tags are read only for a stock that has one.
+  process; the member's tier and tags are read only for a stock that has one, and kept for
+  ``profile_s`` (forgotten at once on ``member.tier.changed``; a tag change shows within
+  ``profile_s``), so a grab for a tier-only stock is not one member RPC per claim.
 """
 
 from __future__ import annotations
@@ -99,9 +101,14 @@ class Claims:
         *,
         max_batch: int = 500,
         workers: int = 4,
+        profile_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._coupons = coupons
         self.memory = memory
+        self._profile_s = profile_s
+        self._clock = clock
+        self._profiles: dict[tuple[str, str], tuple[float, str, tuple[str, ...]]] = {}
         self._audiences: dict[StockKey, Any] = {}
         self._reading: dict[StockKey, asyncio.Task[Any]] = {}
         self.batcher: Batcher[ClaimRequest, Claimed] = Batcher(
@@ -115,7 +122,7 @@ class Claims:
             raise sold_out(reason)
         audience = await self._audience(claim.mall_id, claim.stock_id)
         if audience is not None and not audience.anyone:
-            tier, tags = await self._coupons.profile(claim.mall_id, claim.member_id)
+            tier, tags = await self._profile(claim.mall_id, claim.member_id)
             claim = ClaimRequest(
                 claim.mall_id, claim.member_id, claim.stock_id, claim.request_id, tier, tags
             )
@@ -124,6 +131,22 @@ class Claims:
             raise answer.refusal
         assert answer.coupon is not None
         return answer.coupon
+
+    def forget_profile(self, mall_id: str, member_id: str) -> None:
+        """The member's tier changed: read it again at their next claim."""
+        self._profiles.pop((mall_id, member_id), None)
+
+    async def _profile(self, mall_id: str, member_id: str) -> tuple[str, tuple[str, ...]]:
+        key, now = (mall_id, member_id), self._clock()
+        kept = self._profiles.get(key)
+        if kept is not None and now < kept[0]:
+            return kept[1], kept[2]
+        tier, tags = await self._coupons.profile(mall_id, member_id)
+        if self._profile_s > 0:
+            if len(self._profiles) >= 100_000:
+                self._profiles.pop(next(iter(self._profiles)))
+            self._profiles[key] = (now + self._profile_s, tier, tags)
+        return tier, tags
 
     async def _send(self, _: object, queued: Sequence[ClaimRequest]) -> list[Claimed]:
         """One ClaimCoupons call for the queued claims that memory cannot answer (a stock may

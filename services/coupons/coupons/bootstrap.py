@@ -28,7 +28,7 @@ from mall.coupons.v1 import (
 from coupons.adapters.directory import Directory
 from coupons.commitment_settings import CommitmentSettings
 from coupons.config import Settings
-from coupons.entrypoints import card_package, consumers
+from coupons.entrypoints import card_package, consumers, merge_consumer
 from coupons.entrypoints import commitment_consumers as commitment_events
 from coupons.entrypoints.auth import CredentialAuthenticator
 from coupons.entrypoints.commitment_grpc import CommitmentServicer
@@ -72,6 +72,12 @@ async def bootstrap(
                 ),
                 Subscription(
                     "refunds", "MEMBER", consumers.REFUND_ATTRIBUTED, consumers.on_refund_attributed
+                ),
+                Subscription(
+                    "identity-merged",
+                    "MEMBER",
+                    merge_consumer.IDENTITY_MERGED,
+                    merge_consumer.on_identity_merged,
                 ),
                 Subscription(
                     "parking-settled",

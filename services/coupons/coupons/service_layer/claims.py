@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
@@ -24,6 +24,7 @@ from kit.db import Connection
 
 from coupons.adapters import claims as sql
 from coupons.adapters import events
+from coupons.adapters import merges as merges_sql
 from coupons.adapters import stocks as stocks_sql
 from coupons.domain.claims import (
     DAY_SOLD_OUT,
@@ -82,6 +83,24 @@ class _Collision(Exception):
     """A concurrent batch claimed one of our keys first: roll back and answer again."""
 
 
+class _Merged(Exception):
+    """Claimants were merged into other members: roll back and claim for the survivors."""
+
+    def __init__(self, survivors: dict[tuple[str, str], str]) -> None:
+        super().__init__(f"{len(survivors)} claimant(s) merged")
+        self.survivors = survivors
+
+
+def _for_survivors(claims: Sequence[Claim], survivors: dict[tuple[str, str], str]) -> list[Claim]:
+    """The claims, those naming an absorbed member made for its survivor."""
+    return [
+        replace(c, member_id=survivors[(c.mall_id, c.member_id)])
+        if (c.mall_id, c.member_id) in survivors
+        else c
+        for c in claims
+    ]
+
+
 async def claim_batch(
     conn: Connection,
     claims: Sequence[Claim],
@@ -92,7 +111,8 @@ async def claim_batch(
     day_of: Callable[[str, datetime], date] = mall_day,
 ) -> list[Result]:
     """One result per claim, in order. ``headers`` are each claim's correlation headers (a
-    batch consumer passes each cause's own); by default the bound context's."""
+    batch consumer passes each cause's own); by default the bound context's. A claim naming a
+    member merged into another is made for the survivor (the coupon says whose it is)."""
     memory = memory or SoldOutMemory(ttl_s=0)
     results: list[Result | None] = [None] * len(claims)
     first: dict[tuple[str, str, str], int] = {}
@@ -110,10 +130,12 @@ async def claim_batch(
         try:
             await _answer(conn, claims, live, results, memory, now, headers, day_of)
             break
-        except (_Collision, asyncpg.DeadlockDetectedError) as exc:
+        except (_Collision, _Merged, asyncpg.DeadlockDetectedError) as exc:
             if attempt == _ATTEMPTS - 1:
                 raise
             log.info("claim_batch_retry", reason=type(exc).__name__, attempt=attempt + 1)
+            if isinstance(exc, _Merged):
+                claims = _for_survivors(claims, exc.survivors)
             for i in live:
                 results[i] = None
     for i, j in duplicates.items():
@@ -211,6 +233,12 @@ async def _compete(
     exhausted: list[Stock] = []
     days_out: set[tuple[str, str, date]] = set()
     async with conn.transaction():
+        # First, against merges: a claimant merged meanwhile is claimed for as its survivor.
+        merged = await merges_sql.hold_members(
+            conn, sorted({(claims[i].mall_id, claims[i].member_id) for i in contenders})
+        )
+        if merged:
+            raise _Merged(merged)
         member_counts = await sql.lock_member_counts(conn, [member_key(i) for i in limited])
         day_counts = await sql.lock_day_counts(conn, [day_key(i) for i in daily])
         stock_counts = await sql.lock_stock_counts(

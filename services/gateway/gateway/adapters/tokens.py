@@ -9,11 +9,6 @@ expected and the other way round; issuer and audience are checked too.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
 import time
 import uuid
 from collections import OrderedDict
@@ -49,10 +44,6 @@ class SessionTokens:
         if len(key.encode()) < 32:
             raise ValueError("the session signing key must be at least 32 bytes")
         self._key = key
-        self._mac_key = key.encode()
-        #: The header segment of every token issued here (PyJWT writes it the same way each
-        #: time), for the fast path of ``_decode_claims``.
-        self._header = jwt.encode({}, key, algorithm=ALGORITHM).partition(".")[0]
         self._remember = remember
         self._verified: OrderedDict[str, tuple[Session, float]] = OrderedDict()
         self.access_ttl_s = access_ttl_s
@@ -88,39 +79,8 @@ class SessionTokens:
     def _decode(self, token: str, kind: str) -> tuple[Session, str]:
         return self._decode_claims(token, kind)[:2]
 
-    def _own_claims(self, token: str) -> dict[str, Any] | None:
-        """The claims of a token in exactly the shape issued here (this HS256 header), checked
-        as PyJWT would — signature (HMAC-SHA256, constant-time compare) first, then issuer,
-        audience, required claims, expiry — in microseconds instead of PyJWT's ~200 (it checks
-        every base64 character in Python and re-inspects the key on each call: a flash grab by
-        shoppers this replica has not seen yet spent most of its time there). None for any
-        other shape: PyJWT decides."""
-        header, _, rest = token.partition(".")
-        payload, _, signature = rest.partition(".")
-        if header != self._header or not payload or not signature.isascii():
-            return None
-        mac = hmac.new(self._mac_key, f"{header}.{payload}".encode(), hashlib.sha256).digest()
-        if not hmac.compare_digest(base64.urlsafe_b64encode(mac).rstrip(b"="), signature.encode()):
-            raise invalid_session("the session token is not valid")
-        try:
-            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        except (ValueError, binascii.Error):
-            raise invalid_session("the session token is not valid") from None
-        if (
-            not isinstance(claims, dict)
-            or claims.get("iss") != ISSUER
-            or claims.get("aud") != AUDIENCE
-            or not all(claims.get(name) for name in ("jti", "sub"))
-            or type(claims.get("iat")) is not int
-            or type(claims.get("exp")) not in (int, float)
-        ):
-            raise invalid_session("the session token is not valid")
-        if claims["exp"] <= time.time():
-            raise invalid_session("the session has expired")
-        return claims
-
     def _decode_claims(self, token: str, kind: str) -> tuple[Session, str, float]:
-        claims = self._own_claims(token) or self._pyjwt_claims(token)
+        claims = self._pyjwt_claims(token)
         mall_id, openid, token_id = claims.get("mall"), claims.get("sub"), claims.get("jti")
         if claims.get("typ") != kind or not all(
             isinstance(v, str) and v for v in (mall_id, openid, token_id)

@@ -288,6 +288,53 @@ async def test_one_shopper_pressing_many_times_gets_one_coupon(stack: Stack) -> 
     assert {a["code"] for status, a in results if status != 201} == {"limit_reached"}
 
 
+async def _events(stack: Stack, token: str) -> aiohttp.ClientResponse:
+    resp = await stack.http.get(
+        stack.url + "/v1/me/events", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert resp.status == 200
+    return resp
+
+
+async def _next_data(resp: aiohttp.ClientResponse) -> tuple[str, dict[str, Any]]:
+    """The next SSE event (name, data), comments (heartbeats) skipped."""
+    event, data = "message", []
+    async with asyncio.timeout(10):
+        while True:
+            line = (await resp.content.readline()).decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:"):
+                data.append(line.removeprefix("data:").strip())
+            elif line == "" and data:
+                return event, json.loads("\n".join(data))
+
+
+async def test_a_claimed_coupon_is_pushed_live_to_its_member_only(stack: Stack) -> None:
+    stock_id = await stack.stock(max_coupons=5)
+    (winner, _), (other, _) = await stack.shoppers(2)
+    mine, theirs = await _events(stack, winner), await _events(stack, other)
+    try:
+        assert (await _next_data(mine))[0] == (await _next_data(theirs))[0] == "ready"
+        status, coupon = await stack.call(
+            "POST",
+            "/v1/me/coupons/claims",
+            token=winner,
+            body={"stock_id": stock_id, "request_id": "live-1"},
+        )
+        assert status == 201
+
+        kind, pushed = await _next_data(mine)
+        assert (kind, pushed["type"]) == ("coupon", "coupon.issued")
+        assert (pushed["coupon_id"], pushed["stock_id"]) == (coupon["coupon_id"], stock_id)
+        with pytest.raises(TimeoutError):  # nothing for the other member
+            async with asyncio.timeout(1):
+                await _next_data(theirs)
+    finally:
+        mine.close()
+        theirs.close()
+
+
 # -- refusals, claim by code -------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from gateway.adapters.notices import merge_of
 from gateway.domain.shoppers import Session
 from gateway.service_layer.merges import MergedMembers
 from kit.proto import timestamp
+from mall.coupons.v1 import events_pb2 as coupons_events
 from mall.member.v1 import events_pb2 as member_events
 from mall.member.v1 import member_pb2
 from mall.parking.v1 import events_pb2 as parking_events
@@ -128,3 +129,41 @@ def test_a_merge_makes_the_merged_members_sessions_read_as_the_survivors() -> No
     merges.record(mall_id, bystander, third)  # over the limit: the oldest merge is forgotten
     assert merges.survivor(mall_id, first) == first
     assert "member.identity.merged" in FEED_SUBJECTS
+
+
+def test_coupon_events_are_their_members_notices_and_change_their_card() -> None:
+    mall_id, member_id = _ids()
+    expires = datetime(2026, 12, 1, 16, 0, tzinfo=UTC)
+    events = {
+        "coupons.coupon.claimed": coupons_events.CouponClaimed(
+            mall_id=mall_id, member_id=member_id, coupon_id="c1", stock_id="s1",
+            transaction_id="4200001", valid_until=timestamp(expires),
+        ),
+        "coupons.coupon.expiring": coupons_events.CouponExpiring(
+            mall_id=mall_id, member_id=member_id, coupon_id="c1", stock_id="s1",
+            expires_at=timestamp(expires),
+        ),
+        "coupons.coupon.redeemed": coupons_events.CouponRedeemed(
+            mall_id=mall_id, member_id=member_id, coupon_id="c1", store_id="st", discount_fen=500
+        ),
+        "coupons.coupon.revoked": coupons_events.CouponRevoked(
+            mall_id=mall_id, member_id=member_id, coupon_id="c1", refund_id="r1"
+        ),
+    }  # fmt: skip
+
+    notices = {}
+    for subject, event in events.items():
+        decoded = decode(subject, event.SerializeToString())
+        assert decoded is not None
+        assert decoded[:2] == (mall_id, member_id)
+        notices[subject] = decoded[2]
+
+    assert notices["coupons.coupon.claimed"]["type"] == "coupon.issued"
+    assert notices["coupons.coupon.claimed"]["transaction_id"] == "4200001"
+    assert notices["coupons.coupon.claimed"]["valid_until"] == "2026-12-01T16:00:00Z"
+    assert notices["coupons.coupon.expiring"]["expires_at"] == "2026-12-01T16:00:00Z"
+    assert notices["coupons.coupon.redeemed"]["discount_fen"] == 500
+    assert notices["coupons.coupon.revoked"]["refund_id"] == "r1"
+    expired = coupons_events.CouponExpired(mall_id=mall_id, member_id=member_id, coupon_id="c1")
+    assert decode("coupons.coupon.expired", expired.SerializeToString()) is None  # no push
+    assert member_of("coupons.coupon.expired", expired.SerializeToString()) == (mall_id, member_id)

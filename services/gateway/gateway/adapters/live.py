@@ -51,6 +51,8 @@ CARD_CHANGES: dict[str, type[Message]] = {
     "coupons.coupon.claimed": coupons_events.CouponClaimed,
     "coupons.coupon.redeemed": coupons_events.CouponRedeemed,
     "coupons.coupon.revoked": coupons_events.CouponRevoked,
+    "coupons.coupon.expired": coupons_events.CouponExpired,
+    "coupons.coupon.returned": coupons_events.CouponReturned,
     "parking.session.started": parking_events.SessionStarted,
     "parking.session.settled": parking_events.SessionSettled,
 }
@@ -107,7 +109,7 @@ def decode(subject: str, data: bytes) -> tuple[str, str, Event] | None:
                 "refund_id": reversed_.refund_id,
             },
         )
-    return decode_notice(subject, data)  # benefits, guides, parking (adapters.notices)
+    return decode_notice(subject, data)  # benefits, guides, parking, coupons (adapters.notices)
 
 
 def _ignore(mall_id: str, member_id: str) -> None:

@@ -1,5 +1,6 @@
 """The member's notices pushed live besides points: a tier change's benefits (权益变更提醒),
-a shopping guide chosen, and their car entering or leaving a car park. Each decodes to
+a shopping guide chosen, their car entering or leaving a car park, and their coupons issued,
+used, taken back or about to expire (the reminder WeChat's card package gives). Each decodes to
 (mall_id, member_id, event) for that member's streams only; a visitor's car (no member) is
 nobody's notice."""
 
@@ -9,6 +10,7 @@ from datetime import UTC
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+from mall.coupons.v1 import events_pb2 as coupons_events
 from mall.member.v1 import events_pb2 as member_events
 from mall.parking.v1 import events_pb2 as parking_events
 
@@ -17,6 +19,10 @@ GUIDE_BOUND = "member.guide.bound"
 PARKING_STARTED = "parking.session.started"
 PARKING_SETTLED = "parking.session.settled"
 IDENTITY_MERGED = "member.identity.merged"
+COUPON_CLAIMED = "coupons.coupon.claimed"
+COUPON_EXPIRING = "coupons.coupon.expiring"
+COUPON_REDEEMED = "coupons.coupon.redeemed"
+COUPON_REVOKED = "coupons.coupon.revoked"
 SUBJECTS = (BENEFITS_CHANGED, GUIDE_BOUND, IDENTITY_MERGED)  # parking.session.> already is
 _CHANGES = {
     member_events.BENEFIT_CHANGE_GAINED: "gained",
@@ -101,11 +107,69 @@ def _settled(data: bytes) -> Decoded:
     )
 
 
+def _claimed(data: bytes) -> Decoded:
+    e = coupons_events.CouponClaimed.FromString(data)
+    return (
+        e.mall_id,
+        e.member_id,
+        {
+            "type": "coupon.issued",
+            "coupon_id": e.coupon_id,
+            "stock_id": e.stock_id,
+            "tenant_id": e.tenant_id,
+            # set when a payment issued it (支付后有礼): the receipt it belongs to
+            "transaction_id": e.transaction_id or None,
+            "valid_until": _iso(e.valid_until) if e.HasField("valid_until") else None,
+        },
+    )
+
+
+def _expiring(data: bytes) -> Decoded:
+    e = coupons_events.CouponExpiring.FromString(data)
+    return (
+        e.mall_id,
+        e.member_id,
+        {
+            "type": "coupon.expiring",
+            "coupon_id": e.coupon_id,
+            "stock_id": e.stock_id,
+            "expires_at": _iso(e.expires_at),
+        },
+    )
+
+
+def _redeemed(data: bytes) -> Decoded:
+    e = coupons_events.CouponRedeemed.FromString(data)
+    return (
+        e.mall_id,
+        e.member_id,
+        {
+            "type": "coupon.redeemed",
+            "coupon_id": e.coupon_id,
+            "store_id": e.store_id,
+            "discount_fen": e.discount_fen,
+        },
+    )
+
+
+def _revoked(data: bytes) -> Decoded:
+    e = coupons_events.CouponRevoked.FromString(data)
+    return (
+        e.mall_id,
+        e.member_id,
+        {"type": "coupon.revoked", "coupon_id": e.coupon_id, "refund_id": e.refund_id or None},
+    )
+
+
 _DECODERS = {
     BENEFITS_CHANGED: _benefits,
     GUIDE_BOUND: _guide,
     PARKING_STARTED: _started,
     PARKING_SETTLED: _settled,
+    COUPON_CLAIMED: _claimed,
+    COUPON_EXPIRING: _expiring,
+    COUPON_REDEEMED: _redeemed,
+    COUPON_REVOKED: _revoked,
 }
 
 

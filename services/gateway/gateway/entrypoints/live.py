@@ -4,7 +4,8 @@ Events: first ``ready`` (the stream is subscribed: re-read ``/v1/me/card`` now, 
 earlier is in it), then ``points`` with ``{"type": "points.credited" | "points.reversed",
 "points", "balance", "transaction_id"}``, and the member's notices (``adapters.notices``):
 ``benefits`` (``benefits.changed``), ``guide`` (``guide.bound``), ``parking``
-(``parking.started`` / ``parking.settled``); an event's name is its type's first word.
+(``parking.started`` / ``parking.settled``), ``coupon`` (``coupon.issued`` / ``expiring`` /
+``redeemed`` / ``revoked``); an event's name is its type's first word.
 Every event has an ``id``; a client that reconnects
 with ``Last-Event-ID`` (EventSource does) gets ``ready`` with ``"resumed": true`` and the
 events it missed, in order, then the live ones — or, when this process cannot promise it

@@ -154,7 +154,8 @@ def _mini_program() -> list[Operation]:
             "`resync` event says some may be lost (re-read /v1/me/card). Event names are the "
             "first word of the data's `type`: `points` (points.credited / points.reversed), "
             "`benefits` (benefits.changed: a tier change's gained / lost benefits), `guide` "
-            "(guide.bound), `parking` (parking.started / parking.settled of the member's car).",
+            "(guide.bound), `parking` (parking.started / parking.settled of the member's car), "
+            "`coupon` (coupon.issued / coupon.expiring / coupon.redeemed / coupon.revoked).",
         ),
     ]
 

@@ -1,8 +1,8 @@
-"""The SQL of claiming: earlier claims by key, the member and daily counters, the stock's
-counter, and the coupons themselves — each a single statement for a whole batch.
+"""The SQL of claiming: earlier claims by key, the member, member-day and daily counters, the
+stock's counter, and the coupons themselves — each a single statement for a whole batch.
 
-Locks are always taken in one order (member counters, then day counters, then stocks, each
-sorted by key), so concurrent batches never deadlock each other.
+Locks are always taken in one order (member counters, then member-day counters, then day
+counters, then stocks, each sorted by key), so concurrent batches never deadlock each other.
 """
 
 from __future__ import annotations
@@ -115,6 +115,51 @@ async def add_member_counts(conn: Connection, added: dict[tuple[str, str, str], 
         [k[0] for k in keys],
         [k[1] for k in keys],
         [k[2] for k in keys],
+        [added[k] for k in keys],
+    )
+
+
+async def lock_member_day_counts(
+    conn: Connection, keys: Sequence[tuple[str, str, str, date]]
+) -> dict[tuple[str, str, str, date], int]:
+    """Lock (creating at 0) the (mall, stock, member, day) counters; their current values."""
+    if not keys:
+        return {}
+    ordered = sorted(set(keys))
+    args = tuple([k[n] for k in ordered] for n in range(4))
+    await conn.execute(
+        """INSERT INTO member_days (mall_id, stock_id, member_id, day)
+           SELECT m, s, u::uuid, d
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::date[]) AS k(m, s, u, d)
+            ORDER BY m, s, u::uuid, d
+           ON CONFLICT DO NOTHING""",
+        *args,
+    )
+    rows = await conn.fetch(
+        """SELECT mall_id, stock_id, member_id::text AS member_id, day, claimed FROM member_days
+            WHERE (mall_id, stock_id, member_id, day) IN (
+                  SELECT m, s, u::uuid, d
+                    FROM unnest($1::text[], $2::text[], $3::text[], $4::date[]) AS k(m, s, u, d))
+            ORDER BY mall_id, stock_id, member_id, day
+            FOR UPDATE""",
+        *args,
+    )
+    return {(r["mall_id"], r["stock_id"], r["member_id"], r["day"]): r["claimed"] for r in rows}
+
+
+async def add_member_day_counts(
+    conn: Connection, added: dict[tuple[str, str, str, date], int]
+) -> None:
+    if not added:
+        return
+    keys = sorted(added)
+    await conn.execute(
+        """UPDATE member_days md SET claimed = md.claimed + k.n
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::date[], $5::int[])
+                  AS k(m, s, u, d, n)
+            WHERE md.mall_id = k.m AND md.stock_id = k.s AND md.member_id = k.u::uuid
+              AND md.day = k.d""",
+        *([k[n] for k in keys] for n in range(4)),
         [added[k] for k in keys],
     )
 

@@ -97,7 +97,8 @@ async def record_merge(
 
 async def move_member(conn: Connection, mall_id: str, merged: str, survivor: str) -> int:
     """Move the merged member's coupons (every state: the history goes too), claim keys and
-    per-member limit counters to the survivor; the number of coupons moved (0 on a repeat).
+    per-member (and per-member-per-day) limit counters to the survivor; the number of coupons
+    moved (0 on a repeat).
 
     A claim key (request id) the survivor also used is kept apart as ``<request id>@<merged
     member>``; the survivor's counters become the sum of both, so a per-member limit counts
@@ -133,5 +134,19 @@ async def move_member(conn: Connection, mall_id: str, merged: str, survivor: str
         "DELETE FROM member_claims WHERE mall_id = $1 AND member_id = $2::uuid",
         mall_id,
         merged,
+    )
+    await conn.execute(
+        """INSERT INTO member_days AS md (mall_id, stock_id, member_id, day, claimed)
+           SELECT mall_id, stock_id, $3::uuid, day, claimed FROM member_days
+            WHERE mall_id = $1 AND member_id = $2::uuid AND claimed > 0
+            ORDER BY stock_id, day
+           ON CONFLICT (mall_id, stock_id, member_id, day)
+           DO UPDATE SET claimed = md.claimed + excluded.claimed""",
+        mall_id,
+        merged,
+        survivor,
+    )
+    await conn.execute(
+        "DELETE FROM member_days WHERE mall_id = $1 AND member_id = $2::uuid", mall_id, merged
     )
     return int(status.rsplit(" ", 1)[-1])

@@ -16,7 +16,7 @@ _COLUMNS = """mall_id, stock_id, tenant_id, title, description, kind, discount_f
     percent_off, max_discount_fen, parking_minutes, max_coupons, budget_fen, issuable,
     max_per_member, max_per_day, store_ids, tenant_ids, audience_tiers, audience_tags,
     claim_starts_at, claim_ends_at, valid_from, valid_until, valid_days, points_price, paused,
-    claimed, created_at"""
+    claimed, created_at, max_per_member_per_day"""
 
 
 def terms_of(row: Any) -> Terms:
@@ -56,6 +56,7 @@ def _stock(row: Any) -> Stock:
         paused=row["paused"],
         claimed=row["claimed"],
         created_at=row["created_at"],
+        max_per_member_per_day=row["max_per_member_per_day"],
     )
 
 
@@ -67,9 +68,10 @@ async def create(conn: Connection, new: NewStock) -> tuple[Stock, bool]:
                 discount_fen, threshold_fen, percent_off, max_discount_fen, parking_minutes,
                 max_coupons, budget_fen, issuable, max_per_member, max_per_day, store_ids,
                 tenant_ids, audience_tiers, audience_tags, claim_starts_at, claim_ends_at,
-                valid_from, valid_until, valid_days, points_price, request_id)
+                valid_from, valid_until, valid_days, points_price, request_id,
+                max_per_member_per_day)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)
+                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)
             ON CONFLICT (mall_id, tenant_id, request_id) DO NOTHING
             RETURNING {_COLUMNS}""",
         new.mall_id,
@@ -99,6 +101,7 @@ async def create(conn: Connection, new: NewStock) -> tuple[Stock, bool]:
         new.valid_days,
         new.points_price,
         new.request_id,
+        new.max_per_member_per_day,
     )
     if row is not None:
         return _stock(row), True

@@ -107,6 +107,11 @@ DAY_SOLD_OUT = Refusal(Outcome.SOLD_OUT, "stock_sold_out_today", "no coupon left
 LIMIT_REACHED = Refusal(
     Outcome.LIMIT_REACHED, "member_limit_reached", "the member holds as many as allowed"
 )
+DAY_LIMIT_REACHED = Refusal(
+    Outcome.LIMIT_REACHED,
+    "member_daily_limit_reached",
+    "the member claimed as many as allowed today",
+)
 
 
 def new_coupon_id() -> str:

@@ -65,6 +65,8 @@ class Stock:
     paused: bool = False
     claimed: int = 0
     created_at: datetime | None = None
+    #: Coupons one member may claim per mall day; 0 for none (max_per_day caps the stock's).
+    max_per_member_per_day: int = 0
 
     def status(self, now: datetime) -> str:
         if now >= self.claim_ends_at:
@@ -103,6 +105,7 @@ class NewStock:
     valid_until: datetime | None = None
     valid_days: int = 0
     points_price: int = 0
+    max_per_member_per_day: int = 0
 
     def issuable(self) -> int:
         """min(max_coupons, budget / face value): the budget caps what may be issued."""
@@ -156,8 +159,12 @@ def validate(stock: NewStock) -> NewStock:
         raise _bad("invalid_budget", "a budget needs a face value (fixed amount or capped %)")
     if stock.budget_fen and stock.issuable() == 0:
         raise _bad("invalid_budget", "the budget does not cover one coupon")
-    if stock.max_per_member < 0 or stock.max_per_day < 0 or stock.points_price < 0:
-        raise _bad("invalid_limit", "limits and points price cannot be negative")
+    if min(stock.max_per_member, stock.max_per_day, stock.max_per_member_per_day) < 0:
+        raise _bad("invalid_limit", "limits cannot be negative")
+    if stock.points_price < 0:
+        raise _bad("invalid_limit", "points price cannot be negative")
+    if stock.max_per_member and stock.max_per_member_per_day > stock.max_per_member:
+        raise _bad("invalid_limit", "max_per_member_per_day cannot exceed max_per_member")
     if stock.claim_ends_at <= stock.claim_starts_at:
         raise _bad("invalid_claim_window", "claim_ends_at must be after claim_starts_at")
     if stock.valid_days:

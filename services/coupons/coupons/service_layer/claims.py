@@ -27,6 +27,7 @@ from coupons.adapters import events
 from coupons.adapters import merges as merges_sql
 from coupons.adapters import stocks as stocks_sql
 from coupons.domain.claims import (
+    DAY_LIMIT_REACHED,
     DAY_SOLD_OUT,
     LIMIT_REACHED,
     SOLD_OUT,
@@ -226,7 +227,12 @@ async def _compete(
     def day_key(i: int) -> tuple[str, str, date]:
         return (claims[i].mall_id, claims[i].stock_id, day_of(claims[i].mall_id, now))
 
+    def member_day_key(i: int) -> tuple[str, str, str, date]:
+        c = claims[i]
+        return (c.mall_id, c.stock_id, c.member_id, day_of(c.mall_id, now))
+
     limited = [i for i in contenders if stock_of(i).max_per_member]
+    member_daily = [i for i in contenders if stock_of(i).max_per_member_per_day]
     daily = [i for i in contenders if stock_of(i).max_per_day]
     won: list[int] = []
     outgoing: list[OutgoingEvent] = []
@@ -240,11 +246,15 @@ async def _compete(
         if merged:
             raise _Merged(merged)
         member_counts = await sql.lock_member_counts(conn, [member_key(i) for i in limited])
+        member_day_counts = await sql.lock_member_day_counts(
+            conn, [member_day_key(i) for i in member_daily]
+        )
         day_counts = await sql.lock_day_counts(conn, [day_key(i) for i in daily])
         stock_counts = await sql.lock_stock_counts(
             conn, [(claims[i].mall_id, claims[i].stock_id) for i in contenders]
         )
         more_member: Counter[tuple[str, str, str]] = Counter()
+        more_member_day: Counter[tuple[str, str, str, date]] = Counter()
         more_day: Counter[tuple[str, str, date]] = Counter()
         more_stock: Counter[tuple[str, str]] = Counter()
         for i in contenders:
@@ -265,7 +275,14 @@ async def _compete(
                 if member_counts[mk] + more_member[mk] >= stock.max_per_member:
                     results[i] = Result.refused(LIMIT_REACHED)
                     continue
-                more_member[mk] += 1
+            if stock.max_per_member_per_day:
+                mdk = member_day_key(i)
+                if member_day_counts[mdk] + more_member_day[mdk] >= stock.max_per_member_per_day:
+                    results[i] = Result.refused(DAY_LIMIT_REACHED)
+                    continue
+                more_member_day[mdk] += 1
+            if stock.max_per_member:
+                more_member[member_key(i)] += 1
             if stock.max_per_day:
                 more_day[day_key(i)] += 1
             more_stock[skey] += 1
@@ -305,6 +322,7 @@ async def _compete(
                     exhausted.append(stock)
                     outgoing.append(events.stock_exhausted(stock, context.current()))
             await sql.add_member_counts(conn, dict(more_member))
+            await sql.add_member_day_counts(conn, dict(more_member_day))
             await sql.add_day_counts(conn, dict(more_day))
             await sql.add_stock_counts(conn, dict(more_stock))
             await add_events(conn, outgoing)

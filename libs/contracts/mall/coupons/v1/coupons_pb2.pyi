@@ -198,6 +198,7 @@ class Stock(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     CLAIMED_COUNT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    MAX_PER_MEMBER_PER_DAY_FIELD_NUMBER: _builtins.int
     mall_id: _builtins.str
     """Mall of the stock."""
     stock_id: _builtins.str
@@ -238,6 +239,10 @@ class Stock(_message.Message):
     """Lifecycle state; set by the server."""
     claimed_count: _builtins.int
     """Coupons claimed so far; set by the server."""
+    max_per_member_per_day: _builtins.int
+    """Coupons one member may claim per day (mall time zone); 0 for no such limit. Applies beside
+    max_per_member and the stock-wide max_per_day; at most max_per_member when that is set.
+    """
     @_builtins.property
     def store_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Stores where coupons can be used. With tenant_ids empty and this empty: every store of the
@@ -307,10 +312,11 @@ class Stock(_message.Message):
         status: Global___StockStatus.ValueType = ...,
         claimed_count: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        max_per_member_per_day: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["claim_ends_at", b"claim_ends_at", "claim_starts_at", b"claim_starts_at", "created_at", b"created_at", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_tags", b"audience_tags", "audience_tiers", b"audience_tiers", "budget_fen", b"budget_fen", "claim_ends_at", b"claim_ends_at", "claim_starts_at", b"claim_starts_at", "claimed_count", b"claimed_count", "coupon_type", b"coupon_type", "created_at", b"created_at", "description", b"description", "discount_fen", b"discount_fen", "mall_id", b"mall_id", "max_coupons", b"max_coupons", "max_discount_fen", b"max_discount_fen", "max_per_day", b"max_per_day", "max_per_member", b"max_per_member", "parking_minutes", b"parking_minutes", "percent_off", b"percent_off", "points_price", b"points_price", "status", b"status", "stock_id", b"stock_id", "store_ids", b"store_ids", "tenant_id", b"tenant_id", "tenant_ids", b"tenant_ids", "threshold_fen", b"threshold_fen", "title", b"title", "valid_days", b"valid_days", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_tags", b"audience_tags", "audience_tiers", b"audience_tiers", "budget_fen", b"budget_fen", "claim_ends_at", b"claim_ends_at", "claim_starts_at", b"claim_starts_at", "claimed_count", b"claimed_count", "coupon_type", b"coupon_type", "created_at", b"created_at", "description", b"description", "discount_fen", b"discount_fen", "mall_id", b"mall_id", "max_coupons", b"max_coupons", "max_discount_fen", b"max_discount_fen", "max_per_day", b"max_per_day", "max_per_member", b"max_per_member", "max_per_member_per_day", b"max_per_member_per_day", "parking_minutes", b"parking_minutes", "percent_off", b"percent_off", "points_price", b"points_price", "status", b"status", "stock_id", b"stock_id", "store_ids", b"store_ids", "tenant_id", b"tenant_id", "tenant_ids", b"tenant_ids", "threshold_fen", b"threshold_fen", "title", b"title", "valid_days", b"valid_days", "valid_from", b"valid_from", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import eventbus
@@ -69,7 +70,12 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             servicers=lambda pool: [
                 (
                     parking_service_pb2_grpc.add_ParkingServiceServicer_to_server,
-                    ParkingServicer(pool, config),
+                    ParkingServicer(
+                        pool,
+                        config,
+                        points,
+                        prepaid_grace=timedelta(minutes=settings.prepaid_grace_minutes),
+                    ),
                 ),
                 (
                     parking_service_pb2_grpc.add_CarParkServiceServicer_to_server,

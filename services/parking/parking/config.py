@@ -19,6 +19,9 @@ class Settings(ServiceSettings, MerchantSettings):
     credential_cache_s: float = Field(default=30.0, ge=0)
     #: How long a replica reuses a mall's policy and fee schedules before reading them again.
     config_cache_s: float = Field(default=5.0, ge=0, le=300)
+    #: How long after a member settles before leaving the exit gate lets the car out without
+    #: payment; time parked after it is charged.
+    prepaid_grace_minutes: int = Field(default=15, ge=1, le=120)
 
     # -- WeChat Pay (parking state sync, pay-score parking): merchant settings come from
     # MerchantSettings; unset API base: calls queue up. --

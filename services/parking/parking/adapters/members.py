@@ -132,3 +132,43 @@ async def facts(
     )
     assert row is not None
     return facts_from(row)
+
+
+_NET = """greatest({p}.amount_fen - coalesce(
+            (SELECT sum(r.amount_fen) FROM member_refunds r
+              WHERE r.mall_id = {p}.mall_id AND r.transaction_id = {p}.transaction_id), 0), 0)"""
+
+
+@dataclass(frozen=True)
+class PaymentSpend:
+    """One payment in its day: when, the day's net spend before it, and its own net amount."""
+
+    paid_at: datetime
+    spend_before_fen: int
+    amount_fen: int
+
+
+async def payment_spend(
+    conn: Connection, mall_id: str, member_id: str, transaction_id: str, *, time_zone: str
+) -> PaymentSpend | None:
+    """The payment of the member (refunds taken off) with the net spend of its day (mall time
+    zone) before it; None when parking does not know that payment of that member."""
+    row = await conn.fetchrow(
+        f"""SELECT p.paid_at, {_NET.format(p="p")} AS own,
+                   (SELECT coalesce(sum({_NET.format(p="q")}), 0)
+                      FROM member_payments q
+                     WHERE q.mall_id = p.mall_id AND q.member_id = p.member_id
+                       AND q.paid_at >= (date_trunc('day', p.paid_at AT TIME ZONE $4)
+                                         AT TIME ZONE $4)
+                       AND (q.paid_at, q.transaction_id) < (p.paid_at, p.transaction_id)
+                   ) AS before
+              FROM member_payments p
+             WHERE p.mall_id = $1 AND p.transaction_id = $2 AND p.member_id = $3""",
+        mall_id,
+        transaction_id,
+        member_id,
+        time_zone,
+    )
+    if row is None:
+        return None
+    return PaymentSpend(row["paid_at"], int(row["before"]), int(row["own"]))

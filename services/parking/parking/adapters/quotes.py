@@ -10,7 +10,7 @@ from typing import Any
 
 from kit.db import Connection
 
-from parking.domain.benefits import Applied, BenefitKind, Priced
+from parking.domain.benefits import Applied, Benefit, BenefitKind, Priced
 from parking.domain.sessions import Session
 
 
@@ -26,6 +26,17 @@ def benefit_lines(applied: tuple[Applied, ...]) -> list[dict[str, Any]]:
         }
         for a in applied
     ]
+
+
+def benefit_of(line: dict[str, Any]) -> Benefit:
+    """A stored benefit line back as the benefit it was."""
+    return Benefit(
+        BenefitKind(line["kind"]),
+        str(line["description"]),
+        int(line["free_minutes"]),
+        points=int(line.get("points") or 0),
+        coupon_id=str(line.get("coupon_id") or ""),
+    )
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from parking.domain.sessions import PaymentMethod, Session, Status
 
 _COLUMNS = """mall_id, session_id::text, car_park_id, plate_number, plate_color, member_id,
     status, entered_at, entry_missing, pay_score, exited_at, gross_fee_fen, discount_fen,
-    paid_fen, payment_method, settled_quote_id::text"""
+    paid_fen, payment_method, settled_quote_id::text, prepaid_quote_id::text, prepaid_at,
+    prepaid_until"""
 
 
 _S_COLUMNS = ", ".join(f"s.{c.strip()}" for c in _COLUMNS.split(","))
@@ -276,3 +277,51 @@ async def session_benefits(conn: Connection, mall_id: str, session_id: str) -> l
         session_id,
     )
     return list(json.loads(raw)) if raw else []
+
+
+async def prepay(
+    conn: Connection,
+    mall_id: str,
+    session_id: str,
+    *,
+    quote_id: str,
+    request_id: str,
+    at: datetime,
+    until: datetime,
+) -> Session:
+    """Record the member's settlement before leaving and decide the session's points holds
+    (the quote's confirmed, any other released), in one statement."""
+    row = await conn.fetchrow(
+        f"""WITH holds AS (
+                UPDATE quotes
+                   SET hold_state = CASE WHEN quote_id = $3::uuid THEN 'confirm'
+                                         ELSE 'release' END,
+                       hold_next_at = now()
+                 WHERE mall_id = $1 AND session_id = $2::uuid AND hold_state = 'held'
+                RETURNING 1
+            )
+            UPDATE sessions
+               SET prepaid_quote_id = $3::uuid, prepay_request_id = $4, prepaid_at = $5,
+                   prepaid_until = $6
+             WHERE mall_id = $1 AND session_id = $2::uuid AND status = 'open'
+            RETURNING {_COLUMNS}""",
+        mall_id,
+        session_id,
+        quote_id,
+        request_id,
+        at,
+        until,
+    )
+    assert row is not None
+    return _session(row)
+
+
+async def prepay_request_id(conn: Connection, mall_id: str, session_id: str) -> str:
+    return str(
+        await conn.fetchval(
+            "SELECT prepay_request_id FROM sessions WHERE mall_id = $1 AND session_id = $2::uuid",
+            mall_id,
+            session_id,
+        )
+        or ""
+    )

@@ -65,12 +65,27 @@ class ParkingPolicy:
             return None
         return Benefit(BenefitKind.TIER, f"{tier_code} 会员 免费{_hours(minutes)}", minutes)
 
-    def spend_benefit(self, spend_fen: int) -> Benefit | None:
+    def spend_minutes(self, spend_fen: int) -> int:
+        """Free minutes a day's net spend gives (whole steps, up to the day's most)."""
         if self.spend_step_fen <= 0 or spend_fen <= 0:
-            return None
-        minutes = min(
+            return 0
+        return min(
             self.spend_max_minutes, (spend_fen // self.spend_step_fen) * self.spend_step_minutes
         )
+
+    def next_spend_step(self, spend_fen: int) -> tuple[int, int]:
+        """(fen still to spend, free minutes from spend then) for the next step that gives
+        more time; (0, 0) when no further step does."""
+        now = self.spend_minutes(spend_fen)
+        if self.spend_step_fen <= 0 or self.spend_step_minutes <= 0:
+            return 0, 0
+        if now >= self.spend_max_minutes:
+            return 0, 0
+        target = (max(spend_fen, 0) // self.spend_step_fen + 1) * self.spend_step_fen
+        return target - max(spend_fen, 0), self.spend_minutes(target)
+
+    def spend_benefit(self, spend_fen: int) -> Benefit | None:
+        minutes = self.spend_minutes(spend_fen)
         if minutes <= 0:
             return None
         return Benefit(

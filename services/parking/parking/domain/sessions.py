@@ -48,6 +48,15 @@ class Session:
     paid_fen: int = 0
     payment_method: PaymentMethod | None = None
     settled_quote_id: str | None = None
+    #: Settled by the member before leaving (the quote), when, and until when the exit gate
+    #: lets the car out without payment.
+    prepaid_quote_id: str | None = None
+    prepaid_at: datetime | None = None
+    prepaid_until: datetime | None = None
+
+    @property
+    def prepaid(self) -> bool:
+        return self.prepaid_quote_id is not None
 
 
 def settlement_anomaly(method: PaymentMethod, payable_fen: int, paid_fen: int) -> str | None:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import structlog
 from mall.parking.v1 import parking_service_pb2 as api
 from mall.parking.v1 import parking_service_pb2_grpc
 
 from parking.entrypoints import messages as m
 from parking.entrypoints.auth import car_park_caller
+from parking.entrypoints.followups import HoldFollowUps
 from parking.service_layer import entries, quotes, settlements
 from parking.service_layer.config_cache import ConfigCache
-from parking.service_layer.holds import settle_holds
 from parking.service_layer.ports import PointsPort
-
-log = structlog.get_logger(__name__)
-HOLD_CALL_TIMEOUT_S = 3.0
 
 
 class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
@@ -27,7 +21,7 @@ class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
         self._pool = pool
         self._config = config
         self._points = points
-        self._background: set[asyncio.Task[None]] = set()
+        self._followups = HoldFollowUps(pool, points)
 
     async def RecordEntry(
         self, request: api.RecordEntryRequest, context: Any
@@ -70,6 +64,7 @@ class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
             session=m.session_message(quoted.session),
             quote=m.quote_message(quoted.quote),
             gate_may_open=quoted.gate_may_open,
+            prepaid=quoted.session.prepaid,
         )
 
     async def SettleExit(
@@ -94,25 +89,4 @@ class CarParkServicer(parking_service_pb2_grpc.CarParkServiceServicer):
         return api.SettleExitResponse(session=m.session_message(session), gate_may_open=True)
 
     def _after(self, mall_id: str, session_id: str) -> None:
-        """Confirm or release a session's points holds now, off the gate's answer; the relay
-        role's job retries whatever this does not finish."""
-        if self._points is None:
-            return
-        points = self._points
-
-        async def run() -> None:
-            try:
-                async with asyncio.timeout(HOLD_CALL_TIMEOUT_S):
-                    await settle_holds(
-                        self._pool,
-                        points,
-                        datetime.now(UTC),
-                        mall_id=mall_id,
-                        session_id=session_id,
-                    )
-            except Exception as exc:
-                log.warning("points_hold_followup_failed", error=repr(exc))
-
-        task = asyncio.create_task(run())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._followups.after(mall_id, session_id)

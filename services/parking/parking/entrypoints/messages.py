@@ -101,6 +101,9 @@ def session_message(s: Session) -> parking_pb2.ParkingSession:
         msg.exited_at.CopyFrom(timestamp(s.exited_at))
     if s.payment_method is not None:
         msg.payment_method = METHODS[s.payment_method]
+    if s.prepaid_at is not None and s.prepaid_until is not None:
+        msg.prepaid_at.CopyFrom(timestamp(s.prepaid_at))
+        msg.leave_by.CopyFrom(timestamp(s.prepaid_until))
     return msg
 
 

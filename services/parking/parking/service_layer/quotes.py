@@ -16,9 +16,9 @@ from kit.errors import AppError, Conflict
 from parking.adapters import anomalies, members, plates, quotes, sessions
 from parking.adapters.events import session_started
 from parking.adapters.members import MemberFacts
-from parking.adapters.quotes import QuoteRow
-from parking.domain.benefits import Benefit, BenefitKind, Priced, price
-from parking.domain.fees import parked_minutes
+from parking.adapters.quotes import QuoteRow, benefit_of
+from parking.domain.benefits import Applied, Benefit, BenefitKind, Priced, price
+from parking.domain.fees import FeeSchedule, parked_minutes
 from parking.domain.plates import Color
 from parking.domain.sessions import (
     AnomalyKind,
@@ -119,7 +119,7 @@ async def _open_at_exit(conn: Connection, query: ExitQuery) -> Session:
         return created
 
 
-async def _price(
+async def price_session(
     conn: Connection,
     config: ConfigCache,
     session: Session,
@@ -127,8 +127,10 @@ async def _price(
     *,
     allow_points: bool,
     facts: MemberFacts | None = None,
+    points_wanted: bool | None = None,
 ) -> tuple[Priced, int, int, int]:
-    """(priced stay, schedule version, parked minutes, quote validity in minutes)."""
+    """(priced stay, schedule version, parked minutes, quote validity in minutes).
+    ``points_wanted`` overrides the plate's ``pay_with_points`` (the member asks)."""
     mall = await config.mall(conn, session.mall_id)
     tz, policy = mall.time_zone, mall.policy
     schedule = await config.schedule_at(
@@ -136,6 +138,9 @@ async def _price(
     )
     minutes = parked_minutes(session.entered_at, exit_at)
     version = schedule.version if schedule else 0
+    if session.prepaid:
+        priced = await _prepaid_price(conn, session, schedule, exit_at, tz)
+        return priced, version, minutes, policy.quote_valid_minutes
     if session.entry_missing:
         fee = schedule.missing_entry_fee_fen if schedule else 0
         return Priced(fee, ()), version, minutes, policy.quote_valid_minutes
@@ -152,7 +157,9 @@ async def _price(
             Benefit(BenefitKind.COUPON, f"停车券 免费{minutes}分钟", minutes, coupon_id=coupon_id)
             for coupon_id, minutes in known.coupons
         ]
-        if allow_points and policy.points_enabled:
+        if allow_points and policy.points_enabled and points_wanted is not None:
+            use_points = points_wanted
+        elif allow_points and policy.points_enabled:
             plate = await plates.find(conn, session.mall_id, session.plate_number)
             use_points = bool(
                 plate and plate.member_id == session.member_id and plate.pay_with_points
@@ -163,11 +170,31 @@ async def _price(
     return priced, version, minutes, policy.quote_valid_minutes
 
 
+async def _prepaid_price(
+    conn: Connection,
+    session: Session,
+    schedule: FeeSchedule | None,
+    exit_at: datetime,
+    tz: ZoneInfo,
+) -> Priced:
+    """A stay the member settled before leaving: its quote as settled (nothing payable) up to
+    the leave-by time; later, the whole stay priced again with the settled benefits (points
+    hours included, not bought again), so the time after the settlement is charged."""
+    assert session.prepaid_quote_id is not None
+    assert session.prepaid_until is not None
+    settled = await quotes.get_quote(conn, session.mall_id, session.prepaid_quote_id)
+    assert settled is not None
+    applied = tuple(Applied(benefit_of(b), int(b["discount_fen"])) for b in settled.benefits)
+    if exit_at <= session.prepaid_until:
+        return Priced(settled.gross_fee_fen, applied)
+    return price(schedule, session.entered_at, exit_at, tz, [a.benefit for a in applied])
+
+
 async def preview(
     conn: Connection, config: ConfigCache, session: Session, at: datetime
 ) -> tuple[Priced, int, int]:
     """What leaving at ``at`` would cost, points not used (nothing is held or stored)."""
-    priced, version, minutes, _ = await _price(conn, config, session, at, allow_points=False)
+    priced, version, minutes, _ = await price_session(conn, config, session, at, allow_points=False)
     return priced, version, minutes
 
 
@@ -178,38 +205,64 @@ async def quote_exit(
     async with pool.acquire() as conn:
         mall = await config.mall(conn, query.mall_id)
         session, facts = await _session_at_exit(conn, query, mall.time_zone.key)
-        priced, version, minutes, valid_minutes = await _price(
+        priced, version, minutes, valid_minutes = await price_session(
             conn, config, session, query.exit_at, allow_points=points is not None, facts=facts
         )
-        quote_id = str(uuid.uuid4())
-        hold_id: str | None = None
-        if priced.points and points is not None and session.member_id:
-            # Give back what an earlier quote of this stay holds first, so the member's points
-            # are not needed twice for one stay.
-            await _release_earlier(conn, points, session)
-            try:
-                hold_id = await points.hold(
-                    session.mall_id,
-                    session.member_id,
-                    priced.points,
-                    reward_ref=session.session_id,
-                    request_id=f"parking-quote:{quote_id}",
-                )
-            except AppError as exc:  # too few points: quote what benefits cover
-                log.info("points_hold_refused", code=exc.code, session_id=session.session_id)
-            except Exception as exc:  # points unreachable: never hold the gate for it
-                log.warning("points_unavailable", error=repr(exc), session_id=session.session_id)
-            if hold_id is None:
-                priced = priced.without_points()
-        quote, superseded = await quotes.insert_quote(
+        return await store_quote(
             conn,
-            session=session,
-            quoted_at=query.exit_at,
-            valid_until=query.exit_at + timedelta(minutes=valid_minutes),
-            parked_minutes=minutes,
-            priced=priced,
+            points,
+            session,
+            priced,
+            exit_at=query.exit_at,
             schedule_version=version,
-            hold_id=hold_id,
-            quote_id=quote_id,
+            minutes=minutes,
+            valid_minutes=valid_minutes,
         )
-        return Quoted(session, quote), superseded > 0
+
+
+async def store_quote(
+    conn: Connection,
+    points: PointsPort | None,
+    session: Session,
+    priced: Priced,
+    *,
+    exit_at: datetime,
+    schedule_version: int,
+    minutes: int,
+    valid_minutes: int,
+    quote_id: str | None = None,
+) -> tuple[Quoted, bool]:
+    """Hold the points a priced stay uses (a prepaid stay's are spent already) and store the
+    quote; with whether an earlier quote's hold is now to be released."""
+    quote_id = quote_id or str(uuid.uuid4())
+    hold_id: str | None = None
+    if priced.points and points is not None and session.member_id and not session.prepaid:
+        # Give back what an earlier quote of this stay holds first, so the member's points
+        # are not needed twice for one stay.
+        await _release_earlier(conn, points, session)
+        try:
+            hold_id = await points.hold(
+                session.mall_id,
+                session.member_id,
+                priced.points,
+                reward_ref=session.session_id,
+                request_id=f"parking-quote:{quote_id}",
+            )
+        except AppError as exc:  # too few points: quote what benefits cover
+            log.info("points_hold_refused", code=exc.code, session_id=session.session_id)
+        except Exception as exc:  # points unreachable: never hold the gate for it
+            log.warning("points_unavailable", error=repr(exc), session_id=session.session_id)
+        if hold_id is None:
+            priced = priced.without_points()
+    quote, superseded = await quotes.insert_quote(
+        conn,
+        session=session,
+        quoted_at=exit_at,
+        valid_until=exit_at + timedelta(minutes=valid_minutes),
+        parked_minutes=minutes,
+        priced=priced,
+        schedule_version=schedule_version,
+        hold_id=hold_id,
+        quote_id=quote_id,
+    )
+    return Quoted(session, quote), superseded > 0

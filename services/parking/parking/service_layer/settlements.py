@@ -58,7 +58,7 @@ async def settle_exit(conn: Connection, settlement: Settlement) -> tuple[Session
             raise Conflict("quote_expired", "the quote is no longer valid; quote again")
         if s.method == PaymentMethod.PAY_SCORE and not session.pay_score:
             raise Conflict("pay_score_not_enabled", "this vehicle is not in pay-score parking")
-        if s.method == PaymentMethod.POINTS and quote.hold_points == 0:
+        if s.method == PaymentMethod.POINTS and quote.hold_points == 0 and not session.prepaid:
             raise Conflict("no_points_on_quote", "the quote does not use points")
         coupon_ids = [b["coupon_id"] for b in quote.benefits if b["kind"] == "coupon"]
         if await coupons.use(conn, s.mall_id, coupon_ids, s.session_id, s.exited_at) != len(

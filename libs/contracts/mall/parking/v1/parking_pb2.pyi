@@ -293,6 +293,8 @@ class ParkingSession(_message.Message):
     PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     ENTRY_MISSING_FIELD_NUMBER: _builtins.int
     PAY_SCORE_FIELD_NUMBER: _builtins.int
+    PREPAID_AT_FIELD_NUMBER: _builtins.int
+    LEAVE_BY_FIELD_NUMBER: _builtins.int
     mall_id: _builtins.str
     """Mall of the car park."""
     session_id: _builtins.str
@@ -327,6 +329,14 @@ class ParkingSession(_message.Message):
     def exited_at(self) -> _timestamp_pb2.Timestamp:
         """When the vehicle left; unset while OPEN."""
 
+    @_builtins.property
+    def prepaid_at(self) -> _timestamp_pb2.Timestamp:
+        """The member settled the stay before leaving (SettleMemberExit); unset otherwise."""
+
+    @_builtins.property
+    def leave_by(self) -> _timestamp_pb2.Timestamp:
+        """The exit gate lets a prepaid vehicle out without payment until then; unset otherwise."""
+
     def __init__(
         self,
         *,
@@ -345,10 +355,12 @@ class ParkingSession(_message.Message):
         payment_method: Global___PaymentMethod.ValueType = ...,
         entry_missing: _builtins.bool = ...,
         pay_score: _builtins.bool = ...,
+        prepaid_at: _timestamp_pb2.Timestamp | None = ...,
+        leave_by: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["entered_at", b"entered_at", "exited_at", b"exited_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entered_at", b"entered_at", "exited_at", b"exited_at", "leave_by", b"leave_by", "prepaid_at", b"prepaid_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["car_park_id", b"car_park_id", "discount_fen", b"discount_fen", "entered_at", b"entered_at", "entry_missing", b"entry_missing", "exited_at", b"exited_at", "gross_fee_fen", b"gross_fee_fen", "mall_id", b"mall_id", "member_id", b"member_id", "paid_fen", b"paid_fen", "pay_score", b"pay_score", "payment_method", b"payment_method", "plate_color", b"plate_color", "plate_number", b"plate_number", "session_id", b"session_id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["car_park_id", b"car_park_id", "discount_fen", b"discount_fen", "entered_at", b"entered_at", "entry_missing", b"entry_missing", "exited_at", b"exited_at", "gross_fee_fen", b"gross_fee_fen", "leave_by", b"leave_by", "mall_id", b"mall_id", "member_id", b"member_id", "paid_fen", b"paid_fen", "pay_score", b"pay_score", "payment_method", b"payment_method", "plate_color", b"plate_color", "plate_number", b"plate_number", "prepaid_at", b"prepaid_at", "session_id", b"session_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

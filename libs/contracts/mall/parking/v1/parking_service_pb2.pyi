@@ -249,6 +249,344 @@ class GetSessionForMemberResponse(_message.Message):
 Global___GetSessionForMemberResponse: _TypeAlias = GetSessionForMemberResponse  # noqa: Y015
 
 @_typing.final
+class GetMemberBenefitsRequest(_message.Message):
+    """GetMemberBenefitsRequest names the member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the member."""
+    member_id: _builtins.str
+    """Member whose benefits to show."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "member_id", b"member_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemberBenefitsRequest: _TypeAlias = GetMemberBenefitsRequest  # noqa: Y015
+
+@_typing.final
+class ParkingHourCoupon(_message.Message):
+    """ParkingHourCoupon is a parking-hour coupon the member can use now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUPON_ID_FIELD_NUMBER: _builtins.int
+    FREE_MINUTES_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    coupon_id: _builtins.str
+    """Id of the coupon (coupons' id)."""
+    free_minutes: _builtins.int
+    """Free minutes it gives."""
+    @_builtins.property
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """Last moment it can be used; unset when it does not expire."""
+
+    def __init__(
+        self,
+        *,
+        coupon_id: _builtins.str = ...,
+        free_minutes: _builtins.int = ...,
+        valid_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_until", b"valid_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_id", b"coupon_id", "free_minutes", b"free_minutes", "valid_until", b"valid_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParkingHourCoupon: _TypeAlias = ParkingHourCoupon  # noqa: Y015
+
+@_typing.final
+class GetMemberBenefitsResponse(_message.Message):
+    """GetMemberBenefitsResponse carries today's parking benefits of the member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUSINESS_DAY_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    TIER_CODE_FIELD_NUMBER: _builtins.int
+    TIER_FREE_MINUTES_FIELD_NUMBER: _builtins.int
+    SPEND_TODAY_FEN_FIELD_NUMBER: _builtins.int
+    SPEND_FREE_MINUTES_FIELD_NUMBER: _builtins.int
+    NEXT_STEP_SPEND_FEN_FIELD_NUMBER: _builtins.int
+    NEXT_STEP_FREE_MINUTES_FIELD_NUMBER: _builtins.int
+    SPEND_MAX_MINUTES_FIELD_NUMBER: _builtins.int
+    COUPONS_FIELD_NUMBER: _builtins.int
+    POINTS_PER_HOUR_FIELD_NUMBER: _builtins.int
+    POINTS_MAX_HOURS_FIELD_NUMBER: _builtins.int
+    FREE_MINUTES_TODAY_FIELD_NUMBER: _builtins.int
+    business_day: _builtins.str
+    """Business day in the mall's time zone, YYYY-MM-DD."""
+    tier_code: _builtins.str
+    """Member's tier as parking knows it; empty when unknown."""
+    tier_free_minutes: _builtins.int
+    """Free minutes from the tier."""
+    spend_today_fen: _builtins.int
+    """Net spend in the mall today in fen (refunds taken off)."""
+    spend_free_minutes: _builtins.int
+    """Free minutes the spend so far gives."""
+    next_step_spend_fen: _builtins.int
+    """Fen still to spend today for the next step; 0 when there is no further step."""
+    next_step_free_minutes: _builtins.int
+    """Free minutes from spend once the next step is reached; 0 when there is no further step."""
+    spend_max_minutes: _builtins.int
+    """Most free minutes spend can give in a day (0: no spend benefit)."""
+    points_per_hour: _builtins.int
+    """Points per hour bought with points (0: not offered)."""
+    points_max_hours: _builtins.int
+    """Most hours one stay can buy with points."""
+    free_minutes_today: _builtins.int
+    """Free minutes a stay ending today gets: tier, spend and every usable coupon."""
+    @_builtins.property
+    def valid_until(self) -> _timestamp_pb2.Timestamp:
+        """End of that day: the spend benefit counts the day's spend until then."""
+
+    @_builtins.property
+    def coupons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParkingHourCoupon]:
+        """Parking-hour coupons usable now, soonest to expire first."""
+
+    def __init__(
+        self,
+        *,
+        business_day: _builtins.str = ...,
+        valid_until: _timestamp_pb2.Timestamp | None = ...,
+        tier_code: _builtins.str = ...,
+        tier_free_minutes: _builtins.int = ...,
+        spend_today_fen: _builtins.int = ...,
+        spend_free_minutes: _builtins.int = ...,
+        next_step_spend_fen: _builtins.int = ...,
+        next_step_free_minutes: _builtins.int = ...,
+        spend_max_minutes: _builtins.int = ...,
+        coupons: _abc.Iterable[Global___ParkingHourCoupon] | None = ...,
+        points_per_hour: _builtins.int = ...,
+        points_max_hours: _builtins.int = ...,
+        free_minutes_today: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["valid_until", b"valid_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_day", b"business_day", "coupons", b"coupons", "free_minutes_today", b"free_minutes_today", "next_step_free_minutes", b"next_step_free_minutes", "next_step_spend_fen", b"next_step_spend_fen", "points_max_hours", b"points_max_hours", "points_per_hour", b"points_per_hour", "spend_free_minutes", b"spend_free_minutes", "spend_max_minutes", b"spend_max_minutes", "spend_today_fen", b"spend_today_fen", "tier_code", b"tier_code", "tier_free_minutes", b"tier_free_minutes", "valid_until", b"valid_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMemberBenefitsResponse: _TypeAlias = GetMemberBenefitsResponse  # noqa: Y015
+
+@_typing.final
+class GetPaymentBenefitRequest(_message.Message):
+    """GetPaymentBenefitRequest names a payment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the payment."""
+    member_id: _builtins.str
+    """Member the payment was attributed to."""
+    transaction_id: _builtins.str
+    """WeChat Pay transaction id of the payment."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        transaction_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "member_id", b"member_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPaymentBenefitRequest: _TypeAlias = GetPaymentBenefitRequest  # noqa: Y015
+
+@_typing.final
+class GetPaymentBenefitResponse(_message.Message):
+    """GetPaymentBenefitResponse says what the payment did for parking on its day."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FREE_MINUTES_FIELD_NUMBER: _builtins.int
+    BUSINESS_DAY_FIELD_NUMBER: _builtins.int
+    SPEND_BEFORE_FEN_FIELD_NUMBER: _builtins.int
+    SPEND_AFTER_FEN_FIELD_NUMBER: _builtins.int
+    free_minutes: _builtins.int
+    """Free parking minutes the payment added to its day (0 when it did not reach a new spend
+    step); its refunds are taken off.
+    """
+    business_day: _builtins.str
+    """Business day of the payment in the mall's time zone, YYYY-MM-DD."""
+    spend_before_fen: _builtins.int
+    """Net spend of that day before the payment in fen."""
+    spend_after_fen: _builtins.int
+    """Net spend of that day with the payment in fen."""
+    def __init__(
+        self,
+        *,
+        free_minutes: _builtins.int = ...,
+        business_day: _builtins.str = ...,
+        spend_before_fen: _builtins.int = ...,
+        spend_after_fen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["business_day", b"business_day", "free_minutes", b"free_minutes", "spend_after_fen", b"spend_after_fen", "spend_before_fen", b"spend_before_fen"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPaymentBenefitResponse: _TypeAlias = GetPaymentBenefitResponse  # noqa: Y015
+
+@_typing.final
+class QuoteMemberExitRequest(_message.Message):
+    """QuoteMemberExitRequest names the member whose open session to quote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    USE_POINTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the member."""
+    member_id: _builtins.str
+    """Member whose vehicle is inside."""
+    use_points: _builtins.bool
+    """Buy the hours still needed with points (held for the quote)."""
+    request_id: _builtins.str
+    """Idempotency key: the same key returns the same quote."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        use_points: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "member_id", b"member_id", "request_id", b"request_id", "use_points", b"use_points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteMemberExitRequest: _TypeAlias = QuoteMemberExitRequest  # noqa: Y015
+
+@_typing.final
+class QuoteMemberExitResponse(_message.Message):
+    """QuoteMemberExitResponse carries the quote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    QUOTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> _parking_pb2.ParkingSession:
+        """The session quoted."""
+
+    @_builtins.property
+    def quote(self) -> _parking_pb2.ExitQuote:
+        """The quote; SettleMemberExit names it before valid_until."""
+
+    def __init__(
+        self,
+        *,
+        session: _parking_pb2.ParkingSession | None = ...,
+        quote: _parking_pb2.ExitQuote | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quote", b"quote", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quote", b"quote", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteMemberExitResponse: _TypeAlias = QuoteMemberExitResponse  # noqa: Y015
+
+@_typing.final
+class SettleMemberExitRequest(_message.Message):
+    """SettleMemberExitRequest settles the member's stay on a quote before leaving."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MALL_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    QUOTE_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    mall_id: _builtins.str
+    """Mall of the member."""
+    member_id: _builtins.str
+    """Member settling."""
+    session_id: _builtins.str
+    """Session to settle (must be the member's open one)."""
+    quote_id: _builtins.str
+    """Quote from QuoteMemberExit; nothing may be payable on it."""
+    request_id: _builtins.str
+    """Idempotency key: the same key returns the same settlement."""
+    def __init__(
+        self,
+        *,
+        mall_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        quote_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mall_id", b"mall_id", "member_id", b"member_id", "quote_id", b"quote_id", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleMemberExitRequest: _TypeAlias = SettleMemberExitRequest  # noqa: Y015
+
+@_typing.final
+class SettleMemberExitResponse(_message.Message):
+    """SettleMemberExitResponse carries the settled stay."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    QUOTE_FIELD_NUMBER: _builtins.int
+    LEAVE_BY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> _parking_pb2.ParkingSession:
+        """The session: still OPEN until the vehicle passes the exit gate."""
+
+    @_builtins.property
+    def quote(self) -> _parking_pb2.ExitQuote:
+        """The quote it was settled on."""
+
+    @_builtins.property
+    def leave_by(self) -> _timestamp_pb2.Timestamp:
+        """The exit gate lets the vehicle out without payment until then; later, the time after the
+        settlement is charged.
+        """
+
+    def __init__(
+        self,
+        *,
+        session: _parking_pb2.ParkingSession | None = ...,
+        quote: _parking_pb2.ExitQuote | None = ...,
+        leave_by: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["leave_by", b"leave_by", "quote", b"quote", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leave_by", b"leave_by", "quote", b"quote", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettleMemberExitResponse: _TypeAlias = SettleMemberExitResponse  # noqa: Y015
+
+@_typing.final
 class RecordEntryRequest(_message.Message):
     """RecordEntryRequest describes a vehicle entering."""
 
@@ -377,9 +715,14 @@ class QuoteExitResponse(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     QUOTE_FIELD_NUMBER: _builtins.int
     GATE_MAY_OPEN_FIELD_NUMBER: _builtins.int
+    PREPAID_FIELD_NUMBER: _builtins.int
     gate_may_open: _builtins.bool
     """The gate may open without taking money: nothing is payable, or pay-score parking deducts
     it after the exit.
+    """
+    prepaid: _builtins.bool
+    """The member settled the stay in advance (SettleMemberExit): its benefits and points are
+    already counted, nothing is payable until the session's leave_by.
     """
     @_builtins.property
     def session(self) -> _parking_pb2.ParkingSession:
@@ -395,10 +738,11 @@ class QuoteExitResponse(_message.Message):
         session: _parking_pb2.ParkingSession | None = ...,
         quote: _parking_pb2.ExitQuote | None = ...,
         gate_may_open: _builtins.bool = ...,
+        prepaid: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quote", b"quote", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate_may_open", b"gate_may_open", "quote", b"quote", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gate_may_open", b"gate_may_open", "prepaid", b"prepaid", "quote", b"quote", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

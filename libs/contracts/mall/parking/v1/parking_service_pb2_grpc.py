@@ -55,6 +55,26 @@ class ParkingServiceStub:
                 request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionForMemberRequest.SerializeToString,
                 response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionForMemberResponse.FromString,
                 _registered_method=True)
+        self.GetMemberBenefits = channel.unary_unary(
+                '/mall.parking.v1.ParkingService/GetMemberBenefits',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetMemberBenefitsRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetMemberBenefitsResponse.FromString,
+                _registered_method=True)
+        self.GetPaymentBenefit = channel.unary_unary(
+                '/mall.parking.v1.ParkingService/GetPaymentBenefit',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetPaymentBenefitRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetPaymentBenefitResponse.FromString,
+                _registered_method=True)
+        self.QuoteMemberExit = channel.unary_unary(
+                '/mall.parking.v1.ParkingService/QuoteMemberExit',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteMemberExitRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteMemberExitResponse.FromString,
+                _registered_method=True)
+        self.SettleMemberExit = channel.unary_unary(
+                '/mall.parking.v1.ParkingService/SettleMemberExit',
+                request_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleMemberExitRequest.SerializeToString,
+                response_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleMemberExitResponse.FromString,
+                _registered_method=True)
 
 
 class ParkingServiceServicer:
@@ -91,6 +111,46 @@ class ParkingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMemberBenefits(self, request, context):
+        """GetMemberBenefits returns a member's parking benefits for today (the mall's day, in its
+        time zone), whether or not one of their vehicles is parked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPaymentBenefit(self, request, context):
+        """GetPaymentBenefit says how many free parking minutes one payment added to its member's
+        day. NOT_FOUND (payment_not_found) when parking does not know that payment of that member
+        (yet: it learns payments from member's events).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QuoteMemberExit(self, request, context):
+        """QuoteMemberExit quotes the member's own open session for leaving now, with the same fee
+        and benefits as the exit gate's QuoteExit; with use_points, points buy the hours still
+        needed and are held for the quote. NOT_FOUND (session_not_found) when none of the member's
+        vehicles is inside; FAILED_PRECONDITION (session_prepaid) once it is settled. Idempotent on
+        request_id (the same quote again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SettleMemberExit(self, request, context):
+        """SettleMemberExit settles the member's open session in advance on a quote that leaves
+        nothing to pay (benefits and points only; money is paid at the exit or by pay-score): the
+        exit gate's QuoteExit then shows nothing payable until leave_by, and charges the time
+        after it. NOT_FOUND (session_not_found) for a session that is not the member's open one;
+        FAILED_PRECONDITION payment_required, quote_expired, coupon_used, session_prepaid.
+        Idempotent on request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParkingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +173,26 @@ def add_ParkingServiceServicer_to_server(servicer, server):
                     servicer.GetSessionForMember,
                     request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionForMemberRequest.FromString,
                     response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionForMemberResponse.SerializeToString,
+            ),
+            'GetMemberBenefits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemberBenefits,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetMemberBenefitsRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetMemberBenefitsResponse.SerializeToString,
+            ),
+            'GetPaymentBenefit': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPaymentBenefit,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetPaymentBenefitRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.GetPaymentBenefitResponse.SerializeToString,
+            ),
+            'QuoteMemberExit': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuoteMemberExit,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteMemberExitRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteMemberExitResponse.SerializeToString,
+            ),
+            'SettleMemberExit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SettleMemberExit,
+                    request_deserializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleMemberExitRequest.FromString,
+                    response_serializer=mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleMemberExitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +304,114 @@ class ParkingService:
             '/mall.parking.v1.ParkingService/GetSessionForMember',
             mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionForMemberRequest.SerializeToString,
             mall_dot_parking_dot_v1_dot_parking__service__pb2.GetSessionForMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemberBenefits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.ParkingService/GetMemberBenefits',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.GetMemberBenefitsRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.GetMemberBenefitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPaymentBenefit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.ParkingService/GetPaymentBenefit',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.GetPaymentBenefitRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.GetPaymentBenefitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuoteMemberExit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.ParkingService/QuoteMemberExit',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteMemberExitRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.QuoteMemberExitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SettleMemberExit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mall.parking.v1.ParkingService/SettleMemberExit',
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleMemberExitRequest.SerializeToString,
+            mall_dot_parking_dot_v1_dot_parking__service__pb2.SettleMemberExitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,30 @@ class ParkingServiceStub:
     """ListPlates lists a member's plates."""
     GetSessionForMember: _grpc.UnaryUnaryMultiCallable[_parking_service_pb2.GetSessionForMemberRequest, _parking_service_pb2.GetSessionForMemberResponse]
     """GetSessionForMember returns a member's open session with a fee preview, if any."""
+    GetMemberBenefits: _grpc.UnaryUnaryMultiCallable[_parking_service_pb2.GetMemberBenefitsRequest, _parking_service_pb2.GetMemberBenefitsResponse]
+    """GetMemberBenefits returns a member's parking benefits for today (the mall's day, in its
+    time zone), whether or not one of their vehicles is parked.
+    """
+    GetPaymentBenefit: _grpc.UnaryUnaryMultiCallable[_parking_service_pb2.GetPaymentBenefitRequest, _parking_service_pb2.GetPaymentBenefitResponse]
+    """GetPaymentBenefit says how many free parking minutes one payment added to its member's
+    day. NOT_FOUND (payment_not_found) when parking does not know that payment of that member
+    (yet: it learns payments from member's events).
+    """
+    QuoteMemberExit: _grpc.UnaryUnaryMultiCallable[_parking_service_pb2.QuoteMemberExitRequest, _parking_service_pb2.QuoteMemberExitResponse]
+    """QuoteMemberExit quotes the member's own open session for leaving now, with the same fee
+    and benefits as the exit gate's QuoteExit; with use_points, points buy the hours still
+    needed and are held for the quote. NOT_FOUND (session_not_found) when none of the member's
+    vehicles is inside; FAILED_PRECONDITION (session_prepaid) once it is settled. Idempotent on
+    request_id (the same quote again).
+    """
+    SettleMemberExit: _grpc.UnaryUnaryMultiCallable[_parking_service_pb2.SettleMemberExitRequest, _parking_service_pb2.SettleMemberExitResponse]
+    """SettleMemberExit settles the member's open session in advance on a quote that leaves
+    nothing to pay (benefits and points only; money is paid at the exit or by pay-score): the
+    exit gate's QuoteExit then shows nothing payable until leave_by, and charges the time
+    after it. NOT_FOUND (session_not_found) for a session that is not the member's open one;
+    FAILED_PRECONDITION payment_required, quote_expired, coupon_used, session_prepaid.
+    Idempotent on request_id.
+    """
 
 @_typing.type_check_only
 class ParkingServiceAsyncStub(ParkingServiceStub):
@@ -64,6 +88,30 @@ class ParkingServiceAsyncStub(ParkingServiceStub):
     """ListPlates lists a member's plates."""
     GetSessionForMember: _aio.UnaryUnaryMultiCallable[_parking_service_pb2.GetSessionForMemberRequest, _parking_service_pb2.GetSessionForMemberResponse]  # type: ignore[assignment]
     """GetSessionForMember returns a member's open session with a fee preview, if any."""
+    GetMemberBenefits: _aio.UnaryUnaryMultiCallable[_parking_service_pb2.GetMemberBenefitsRequest, _parking_service_pb2.GetMemberBenefitsResponse]  # type: ignore[assignment]
+    """GetMemberBenefits returns a member's parking benefits for today (the mall's day, in its
+    time zone), whether or not one of their vehicles is parked.
+    """
+    GetPaymentBenefit: _aio.UnaryUnaryMultiCallable[_parking_service_pb2.GetPaymentBenefitRequest, _parking_service_pb2.GetPaymentBenefitResponse]  # type: ignore[assignment]
+    """GetPaymentBenefit says how many free parking minutes one payment added to its member's
+    day. NOT_FOUND (payment_not_found) when parking does not know that payment of that member
+    (yet: it learns payments from member's events).
+    """
+    QuoteMemberExit: _aio.UnaryUnaryMultiCallable[_parking_service_pb2.QuoteMemberExitRequest, _parking_service_pb2.QuoteMemberExitResponse]  # type: ignore[assignment]
+    """QuoteMemberExit quotes the member's own open session for leaving now, with the same fee
+    and benefits as the exit gate's QuoteExit; with use_points, points buy the hours still
+    needed and are held for the quote. NOT_FOUND (session_not_found) when none of the member's
+    vehicles is inside; FAILED_PRECONDITION (session_prepaid) once it is settled. Idempotent on
+    request_id (the same quote again).
+    """
+    SettleMemberExit: _aio.UnaryUnaryMultiCallable[_parking_service_pb2.SettleMemberExitRequest, _parking_service_pb2.SettleMemberExitResponse]  # type: ignore[assignment]
+    """SettleMemberExit settles the member's open session in advance on a quote that leaves
+    nothing to pay (benefits and points only; money is paid at the exit or by pay-score): the
+    exit gate's QuoteExit then shows nothing payable until leave_by, and charges the time
+    after it. NOT_FOUND (session_not_found) for a session that is not the member's open one;
+    FAILED_PRECONDITION payment_required, quote_expired, coupon_used, session_prepaid.
+    Idempotent on request_id.
+    """
 
 class ParkingServiceServicer:
     """ParkingService recognises members' vehicles and shows shoppers their stay."""
@@ -98,6 +146,50 @@ class ParkingServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_parking_service_pb2.GetSessionForMemberResponse, _abc.Awaitable[_parking_service_pb2.GetSessionForMemberResponse]]:
         """GetSessionForMember returns a member's open session with a fee preview, if any."""
+
+    def GetMemberBenefits(
+        self,
+        request: _parking_service_pb2.GetMemberBenefitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_parking_service_pb2.GetMemberBenefitsResponse, _abc.Awaitable[_parking_service_pb2.GetMemberBenefitsResponse]]:
+        """GetMemberBenefits returns a member's parking benefits for today (the mall's day, in its
+        time zone), whether or not one of their vehicles is parked.
+        """
+
+    def GetPaymentBenefit(
+        self,
+        request: _parking_service_pb2.GetPaymentBenefitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_parking_service_pb2.GetPaymentBenefitResponse, _abc.Awaitable[_parking_service_pb2.GetPaymentBenefitResponse]]:
+        """GetPaymentBenefit says how many free parking minutes one payment added to its member's
+        day. NOT_FOUND (payment_not_found) when parking does not know that payment of that member
+        (yet: it learns payments from member's events).
+        """
+
+    def QuoteMemberExit(
+        self,
+        request: _parking_service_pb2.QuoteMemberExitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_parking_service_pb2.QuoteMemberExitResponse, _abc.Awaitable[_parking_service_pb2.QuoteMemberExitResponse]]:
+        """QuoteMemberExit quotes the member's own open session for leaving now, with the same fee
+        and benefits as the exit gate's QuoteExit; with use_points, points buy the hours still
+        needed and are held for the quote. NOT_FOUND (session_not_found) when none of the member's
+        vehicles is inside; FAILED_PRECONDITION (session_prepaid) once it is settled. Idempotent on
+        request_id (the same quote again).
+        """
+
+    def SettleMemberExit(
+        self,
+        request: _parking_service_pb2.SettleMemberExitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_parking_service_pb2.SettleMemberExitResponse, _abc.Awaitable[_parking_service_pb2.SettleMemberExitResponse]]:
+        """SettleMemberExit settles the member's open session in advance on a quote that leaves
+        nothing to pay (benefits and points only; money is paid at the exit or by pay-score): the
+        exit gate's QuoteExit then shows nothing payable until leave_by, and charges the time
+        after it. NOT_FOUND (session_not_found) for a session that is not the member's open one;
+        FAILED_PRECONDITION payment_required, quote_expired, coupon_used, session_prepaid.
+        Idempotent on request_id.
+        """
 
 def add_ParkingServiceServicer_to_server(servicer: ParkingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -26,6 +26,7 @@ from eventbus.consumer import Delivery
 from kit.cli import running
 from kit.migrations import migrate
 from kit.proto import timestamp
+from mall.coupons.v1 import events_pb2 as coupon_events
 from mall.member.v1 import events_pb2 as member_events
 from mall_testing.plugin import FreshDatabase
 
@@ -264,3 +265,54 @@ async def test_member_events_over_jetstream_issue_then_revoke(
             await eventually(db, mall_id, member_id, [("post_payment", "revoked")])
     finally:
         await nc.close()
+
+
+async def test_partial_refunds_below_a_used_coupons_threshold_give_it_back_once(
+    db: asyncpg.Connection, unique_id: str
+) -> None:
+    mall_id, member_id = f"mall-{unique_id}", str(uuid.uuid4())
+    with_threshold, _ = await stocks_sql.create(
+        db,
+        NewStock(
+            mall_id=mall_id,
+            tenant_id="coffee",
+            terms=Terms(
+                kind=Kind.FIXED_AMOUNT, title="满100减10", discount_fen=1000, threshold_fen=10000
+            ),
+            max_coupons=10,
+            claim_starts_at=NOW - timedelta(hours=1),
+            claim_ends_at=NOW + timedelta(days=1),
+            request_id=str(uuid.uuid4()),
+            valid_days=14,
+        ),
+    )
+    no_threshold = await make_stock(db, mall_id, "coffee")
+    (big,) = await claim_batch(db, [Claim(mall_id, with_threshold.stock_id, member_id, "a")])
+    (plain,) = await claim_batch(db, [Claim(mall_id, no_threshold.stock_id, member_id, "b")])
+    assert big.coupon is not None
+    assert plain.coupon is not None
+    order = payment(mall_id, member_id, "coffee", 11000)  # a 120-yuan order, 10 off
+    other = payment(mall_id, member_id, "coffee", 5000)
+    for coupon, pay, amount in ((big.coupon, order, 12000), (plain.coupon, other, 6000)):
+        await redeem(
+            db,
+            Use(mall_id, coupon.coupon_id, "coffee-1", "coffee", f"pos-{coupon.coupon_id}",
+                amount, transaction_id=pay.transaction_id),
+        )  # fmt: skip
+
+    await deliver(db, refund(order, 1500), refund(other, 4000))  # 105 yuan left: still met
+    kept = await coupons_of(db, mall_id, member_id)
+    await deliver(db, refund(order, 600))  # 99 yuan left: below 100
+    back = await coupons_of(db, mall_id, member_id)
+    await deliver(db, refund(order, 100))  # further refunds give nothing more
+
+    assert kept == [("mini_program", "used"), ("mini_program", "used")]
+    assert back == [("mini_program", "available"), ("mini_program", "used")]
+    assert await coupons_of(db, mall_id, member_id) == back
+    returned = await db.fetch(
+        "SELECT payload FROM outbox WHERE mall_id = $1 AND subject = 'coupons.coupon.returned'",
+        mall_id,
+    )
+    assert len(returned) == 1
+    event = coupon_events.CouponReturned.FromString(returned[0]["payload"])
+    assert (event.coupon_id, event.transaction_id) == (big.coupon.coupon_id, order.transaction_id)

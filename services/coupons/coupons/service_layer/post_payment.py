@@ -2,6 +2,14 @@
 
 Both run inside the batched inbox consumer's transaction: one transaction per fetched batch.
 A refund can arrive before its payment: it is recorded, and the payment then issues nothing.
+
+A coupon used on an order comes back (usable again while still valid, coupons.coupon.returned)
+when the order is refunded in full, or when partial refunds take it below the coupon's
+threshold: the order amount the POS reported with the coupon, less every refund of that
+payment, is under ``threshold_fen`` (满100减10 used on a 120-yuan order comes back once 20.01
+yuan or more are refunded). A coupon without a threshold comes back on a full refund only. The
+refund amounts are taken as the POS / WeChat Pay decided them: coupons does not claw back the
+discount a partial refund keeps.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from eventbus.outbox import OutgoingEvent, add_events
 from kit.db import Connection
 
 from coupons.adapters import coupons as coupons_sql
-from coupons.adapters import events
+from coupons.adapters import events, refund_returns
 from coupons.adapters import rules as rules_sql
 from coupons.domain.claims import Claim, Outcome
 from coupons.domain.post_payment import Payment, Refund, claims_for
@@ -65,7 +73,8 @@ async def undo_for_refunds(
     conn: Connection, refunds: Sequence[tuple[Refund, dict[str, str]]], now: datetime | None = None
 ) -> None:
     """Any refund revokes the unused coupons its payment earned; a full refund (refunds adding
-    up to the payment) gives back a coupon used on that order while it is still valid."""
+    up to the payment), or partial ones taking the order below a used coupon's threshold, give
+    back a coupon used on that order while it is still valid."""
     if not refunds:
         return
     now = now or datetime.now(UTC)
@@ -87,9 +96,13 @@ async def undo_for_refunds(
                 headers=cause,
             )
         )
-    for c in await coupons_sql.return_used_on_orders(
+    returned = await coupons_sql.return_used_on_orders(
         conn, [k for k in by_payment if k in full], now
-    ):
+    )
+    returned += await refund_returns.return_used_below_threshold(
+        conn, [k for k in by_payment if k not in full], now
+    )
+    for c in returned:
         refund, cause = by_payment[(c.mall_id, c.transaction_id)]
         outgoing.append(
             events.coupon_returned(

@@ -47,6 +47,7 @@ import asyncpg
 import grpc
 import nats
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # bench.payments and the process helpers of the system tests
@@ -164,7 +165,8 @@ class Path_:
         """What the path still owes: per stage, at this moment."""
         out: dict[str, int] = {}
         if step_id is not None:
-            async with http.get(f"{self.sim_url}/control/load/steps/{step_id}") as resp:
+            url = f"{self.sim_url}/control/load/steps/{step_id}?detail=progress"
+            async with http.get(url) as resp:
                 out["simulator_unacked"] = int((await resp.json())["unacked"])
         for name, pool in self.pools.items():
             out[f"{name}_outbox"] = int(await pool.fetchval("SELECT count(*) FROM outbox"))
@@ -180,6 +182,19 @@ class Path_:
                     pending += info.num_pending + info.num_ack_pending
         out["consumer_pending"] = pending
         return out
+
+
+async def synced_total(http: aiohttp.ClientSession, procs: list[Replica]) -> float:
+    """Points reports the points process has sent to the platform so far (its /metrics)."""
+    [points] = [r for r in procs if r.name == "points"]
+    async with http.get(f"http://127.0.0.1:{points.metrics_port}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "mall_wechat_points_sync_total" and sample.labels["outcome"] == "sent"
+    )
 
 
 async def call(
@@ -214,6 +229,7 @@ async def run_step(
     created = await call(http, "POST", f"{path.sim_url}/control/load/steps", body, expect=201)
     step_id = created["step_id"]
     cpu_before = cpu_snapshot(path.procs, server_pids)
+    synced_before = await synced_total(http, path.procs)
     started = await call(
         http, "POST", f"{path.sim_url}/control/load/steps/{step_id}/start", expect=202
     )
@@ -224,12 +240,15 @@ async def run_step(
         samples.append({"t_s": round(time.time() - t0, 2), **await path.backlog(http, step_id)})
     cpu = cpu_used(cpu_before, cpu_snapshot(path.procs, server_pids))
     window_s = time.time() - t0
+    sync_per_s = (await synced_total(http, path.procs) - synced_before) / window_s
     end_backlog = samples[-1]
     # Drain: every payment of the step credited and synced, nothing owed anywhere.
     drained_at = None
     deadline = time.time() + drain_s
     while time.time() < deadline:
-        report = await call(http, "GET", f"{path.sim_url}/control/load/steps/{step_id}")
+        report = await call(
+            http, "GET", f"{path.sim_url}/control/load/steps/{step_id}?detail=progress"
+        )
         if report["status"] == "SENT" and report["unsent"] == 0 and report["unacked"] == 0:
             now_backlog = await path.backlog(http, step_id)
             if not any(now_backlog.values()):
@@ -269,6 +288,7 @@ async def run_step(
         "not_credited": not_credited,
         "credit_p50_ms": percentile(latencies, 50) if latencies else None,
         "credit_p99_ms": percentile(latencies, 99) if latencies else None,
+        "points_synced_per_s": sync_per_s,
         "sync_lag_p50_ms": percentile(sync_lags, 50) if sync_lags else None,
         "sync_lag_p99_ms": percentile(sync_lags, 99) if sync_lags else None,
         "backlog_end": end_backlog,
@@ -437,7 +457,8 @@ def row(s: dict[str, Any]) -> str:
         f"| {s['offered_per_s']:,} | {s['accepted_per_s']:,.0f} "
         f"| {_ms(s['credit_p50_ms'])} / {_ms(s['credit_p99_ms'])} "
         f"| {_ms(s['sync_lag_p50_ms'])} / {_ms(s['sync_lag_p99_ms'])} "
-        f"| {s['backlog_end_total']:,} | {'-' if s['drain_s'] is None else s['drain_s']} "
+        f"| {s['points_synced_per_s']:,.0f} | {s['backlog_end_total']:,} "
+        f"| {'-' if s['drain_s'] is None else s['drain_s']} "
         f"| {'yes' if s['held'] else 'NO'} | {busiest} |"
     )
 
@@ -451,8 +472,8 @@ def report(result: dict[str, Any]) -> str:
         f"{b['jetstream_awaited_publish_per_s']:,.0f}/s",
         "",
         "| offered/s | accepted/s | → credited p50 / p99 ms | sync lag p50 / p99 ms "
-        "| backlog at end | drain s | held | CPU cores by process |",
-        "|---|---|---|---|---|---|---|---|",
+        "| synced/s | backlog at end | drain s | held | CPU cores by process |",
+        "|---|---|---|---|---|---|---|---|---|",
         *(row(s) for s in result["steps"]),
         "",
         f"highest rate held: {result['highest_held_per_s'] or 'none'}/s",

@@ -82,7 +82,10 @@ class World:
 
     async def until_acked(self, step_id: str) -> dict[str, Any]:
         for _ in range(400):
-            answer = await self.report(step_id)
+            status, answer = await self.call(
+                "GET", f"/control/load/steps/{step_id}?detail=progress"
+            )
+            assert status == 200, answer
             if answer["status"] == "SENT" and answer["unsent"] == answer["unacked"] == 0:
                 return await self.report(step_id, detail=True)
             await asyncio.sleep(0.05)

@@ -23,7 +23,8 @@ know payments made through ``/control/payments``.
         shoppers_per_mall?, refund_share?, redelivery_share?, early_refund_share?, seed?}
         → 201 {step_id, planned: {payment, refund, early_refund, redelivery}, prepare_s}
     POST /control/load/steps/{id}/start → 202 {step_id, started_at}
-    GET  /control/load/steps/{id}[?detail=payments] → the step's report (below)
+    GET  /control/load/steps/{id}[?detail=progress|payments] → the step's report (counts
+        only; or with every payment's due, sent, acknowledged and points-synced times)
 """
 
 from __future__ import annotations
@@ -102,6 +103,9 @@ class Step:
     payments: list[Payment] = field(default_factory=list)
     started_at: float | None = None  # unix time
     finished_sending_at: float | None = None
+    #: Kept as they happen, so a progress report costs nothing however large the step.
+    sent: int = 0
+    acked: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -292,15 +296,16 @@ class LoadRunner:
             delay = begun + p.due_s - time.monotonic()
             if delay > 0.001:
                 await asyncio.sleep(delay)
-            task = asyncio.ensure_future(self._deliver(session, p))
+            task = asyncio.ensure_future(self._deliver(session, step, p))
             step.tasks.add(task)
             task.add_done_callback(step.tasks.discard)
         step.finished_sending_at = time.time()
 
-    async def _deliver(self, session: aiohttp.ClientSession, p: Planned) -> None:
+    async def _deliver(self, session: aiohttp.ClientSession, step: Step, p: Planned) -> None:
         if p.kind in (REFUND, EARLY_REFUND):
             _record_refund(self.state, p)
         p.sent_at = time.time()
+        step.sent += 1
         headers = p.headers
         gaps = [g * self.settings.retry_scale for g in self.settings.retry_schedule_s]
         timeout = aiohttp.ClientTimeout(total=self.settings.delivery_timeout_s)
@@ -321,6 +326,7 @@ class LoadRunner:
                 pass
             if status in ACKNOWLEDGED:
                 p.acked_at = time.time()
+                step.acked += 1
                 if p.kind in (REFUND, EARLY_REFUND):
                     self.state.deliveries[p.notification_id].status = DeliveryStatus.DELIVERED
                 return
@@ -353,6 +359,18 @@ def synced_at(state: PlatformState) -> dict[str, float]:
         if sync.status == 204 and isinstance(sync.body, dict):
             first.setdefault(str(sync.body.get("transaction_id")), sync.received_at.timestamp())
     return first
+
+
+def progress(step: Step) -> dict[str, Any]:
+    """Counts only (cheap: polled while a step runs)."""
+    return {
+        "step_id": step.id,
+        "status": step.status,
+        "sent": step.sent,
+        "acked": step.acked,
+        "unsent": len(step.planned) - step.sent,
+        "unacked": step.sent - step.acked,  # sent, not (yet) acknowledged
+    }
 
 
 def report(step: Step, state: PlatformState, *, detail: bool = False) -> dict[str, Any]:
@@ -433,8 +451,12 @@ async def start_step(request: web.Request) -> web.Response:
 
 
 async def get_step(request: web.Request) -> web.Response:
-    detail = request.query.get("detail") == "payments"
-    return web.json_response(report(_step(request), request.app[STATE], detail=detail))
+    """``?detail=progress``: counts only; ``?detail=payments``: every payment's times too."""
+    detail = request.query.get("detail")
+    if detail == "progress":
+        return web.json_response(progress(_step(request)))
+    answer = report(_step(request), request.app[STATE], detail=detail == "payments")
+    return web.json_response(answer)
 
 
 async def _runner(app: web.Application) -> Any:

@@ -84,6 +84,7 @@ class Stack:
     parking_settings: ParkingSettings
     js: JetStreamContext
     parking_api: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    parking_admin: Any = None  # ParkingAdminService, for the mall's policy and fees
 
     async def start_parking_api(self) -> None:
         """parking's gRPC API on its port (the same one each time: the gateway dials it)."""
@@ -172,7 +173,11 @@ async def stack(
         await stack.enter_async_context(running(coupons))
         coupons_port = await _port(lambda: coupons.grpc.port if coupons.grpc else 0)
         # parking's consumers and relay run throughout; its API server is started separately.
-        parking_common = {**common, "database_url": parking_db, "points_grpc_target": ""}
+        parking_common = {
+            **common,
+            "database_url": parking_db,
+            "points_grpc_target": f"127.0.0.1:{points_port}",
+        }
         parking = await stack.enter_async_context(
             parking_bootstrap(ParkingSettings(grpc_port=0, **parking_common))
         )
@@ -234,6 +239,9 @@ async def stack(
             coupons_service_pb2_grpc.CouponsServiceStub(coupons_channel),
             ParkingSettings(grpc_port=parking_port, **parking_common),
             nc.jetstream(),
+        )
+        parking_stack.parking_admin = parking_service_pb2_grpc.ParkingAdminServiceStub(
+            parking_channel
         )
         await parking_stack.start_parking_api()
         stack.push_async_callback(lambda: parking_stack.parking_api.aclose())
@@ -654,3 +662,108 @@ async def test_a_tier_change_pushes_its_benefits_to_that_member_only(stack: Stac
         "basic",
     )
     assert card[1]["member"]["tier_code"] == "silver"
+
+
+# -- today's benefits and settling before leaving ---------------------------------------------
+
+
+async def test_benefits_show_unparked_and_a_prepaid_car_leaves_without_paying(
+    stack: Stack,
+) -> None:
+    mall_id = stack.mall.mall_id
+    await stack.parking_admin.PutParkingPolicy(
+        parking_service_pb2.PutParkingPolicyRequest(
+            policy=parking_pb2.ParkingPolicy(
+                mall_id=mall_id,
+                spend_step_fen=100_000,
+                spend_step_minutes=60,
+                spend_max_minutes=120,
+                points_per_hour=1,
+                points_max_hours=3,
+            )
+        )
+    )
+    car_park_id, gate = await _car_park(stack)
+    await stack.parking_admin.PutFeeSchedule(
+        parking_service_pb2.PutFeeScheduleRequest(
+            schedule=parking_pb2.FeeSchedule(
+                mall_id=mall_id,
+                car_park_id=car_park_id,
+                free_minutes=15,
+                unit_minutes=60,
+                unit_fee_fen=500,
+                effective_from=timestamp(datetime(2020, 1, 1, tzinfo=UTC)),
+            )
+        )
+    )
+    openid = f"o-{uuid.uuid4().hex}"
+    token, _ = await stack.member(openid)
+    other, _ = await stack.member()
+    number = plate()
+    await stack.call(
+        "POST", "/v1/me/plates", token=token, body={"plate_number": number, "plate_color": "blue"}
+    )
+    transaction_id = await stack.pay(openid, 100_000)  # 1,000 yuan: one step, one hour
+
+    card = await eventually(
+        lambda: stack.call("GET", "/v1/me/card", token=token),
+        lambda answer: answer[1]["parking"].get("free_minutes_today") == 60,
+    )
+    receipt = await eventually(
+        lambda: stack.call("GET", f"/v1/me/receipts/{transaction_id}", token=token),
+        lambda answer: answer[0] == 200 and answer[1]["parking_benefit"] is not None,
+    )
+    no_car = await stack.call(
+        "POST", "/v1/me/parking/quote", token=token, body={"request_id": uuid.uuid4().hex}
+    )
+
+    assert (card[1]["parking"]["parked"], card[1]["parking"]["payable_fen"]) == (False, None)
+    benefit = receipt[1]["parking_benefit"]
+    assert (benefit["free_minutes"], benefit["spend_before_fen"]) == (60, 0)
+    assert benefit["spend_after_fen"] == 100_000
+    assert (no_car[0], no_car[1]["code"]) == (404, "session_not_found")
+
+    # In for two and a half hours: the spend hour covers one, points buy the other two.
+    await stack.gates.RecordEntry(
+        parking_service_pb2.RecordEntryRequest(
+            mall_id=mall_id,
+            car_park_id=car_park_id,
+            plate_number=number,
+            plate_color=parking_pb2.PLATE_COLOR_BLUE,
+            entered_at=timestamp(datetime.now(UTC) - timedelta(hours=2, minutes=30)),
+            entry_ref=str(uuid.uuid4()),
+        ),
+        metadata=gate,
+    )
+    quoted = await eventually(  # once points credited the payment
+        lambda: stack.call(
+            "POST",
+            "/v1/me/parking/quote",
+            token=token,
+            body={"use_points": True, "request_id": uuid.uuid4().hex},
+        ),
+        lambda answer: answer[0] == 200 and answer[1]["payable_fen"] == 0,
+    )
+    q = quoted[1]
+    body = {"session_id": q["session_id"], "quote_id": q["quote_id"], "request_id": "settle-1"}
+    theirs = await stack.call("POST", "/v1/me/parking/settle", token=other, body=body)
+    settled = await stack.call("POST", "/v1/me/parking/settle", token=token, body=body)
+    again = await stack.call("POST", "/v1/me/parking/settle", token=token, body=body)
+    at_gate = await stack.gates.QuoteExit(
+        parking_service_pb2.QuoteExitRequest(
+            mall_id=mall_id, car_park_id=car_park_id, plate_number=number
+        ),
+        metadata=gate,
+    )
+
+    assert [(b["kind"], b["free_minutes"]) for b in q["benefits"]] == [
+        ("spend", 60),
+        ("points", 120),
+    ]
+    assert (q["points"], q["fee_fen"], q["discount_fen"]) == (2, 1500, 1500)
+    assert (theirs[0], theirs[1]["code"]) == (404, "session_not_found")
+    assert settled[0] == 200, settled
+    assert (settled[1]["quote_id"], settled[1]["payable_fen"]) == (q["quote_id"], 0)
+    assert settled[1]["leave_by"] > settled[1]["settled_at"]
+    assert again == settled
+    assert (at_gate.prepaid, at_gate.gate_may_open, at_gate.quote.payable_fen) == (True, True, 0)

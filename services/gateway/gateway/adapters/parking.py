@@ -1,13 +1,16 @@
-"""Client of parking's ParkingService for the signed-in shopper: plates, the stay in progress
-and the card's parking section, as plain data for the views.
+"""Client of parking's ParkingService for the signed-in shopper: plates, the stay in progress,
+today's benefits, the card's parking section, one payment's parking benefit, and settling the
+stay before leaving, as plain data for the views.
 
-Parking offers shoppers no settlement of their own: QuoteExit / SettleExit belong to the car
-park's gates (CarParkService, car-park credentials). What a shopper decides in advance is
-``pay_with_points`` on a plate: the gate's quote then buys the uncovered hours with points.
+Settling before leaving (QuoteMemberExit / SettleMemberExit) covers benefits and points only:
+a quote with money left to pay is refused (``payment_required``); money is paid at the exit
+machine or by WeChat Pay's pay-score. After settling, the exit gate opens without payment until
+``leave_by``; later, the time after it is charged at the gate.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -158,20 +161,130 @@ async def current_stay(
     }
 
 
+async def member_benefits(
+    stub: Stub | None, mall_id: str, member_id: str, timeout_s: float
+) -> parking_service_pb2.GetMemberBenefitsResponse:
+    request = parking_service_pb2.GetMemberBenefitsRequest(mall_id=mall_id, member_id=member_id)
+    try:
+        reply: parking_service_pb2.GetMemberBenefitsResponse = await _connected(
+            stub
+        ).GetMemberBenefits(request, timeout=timeout_s)
+    except grpc.aio.AioRpcError as exc:
+        raise _reraise(exc) from None
+    return reply
+
+
 async def card_parking(
     stub: Stub | None, mall_id: str, member_id: str, deadline_s: float
 ) -> dict[str, Any]:
     """The card's parking section: the free time the stay in progress gets today (tier, the
-    day's spend, coupons), and until when (the end of the mall's day)."""
-    stay = await current_stay(stub, mall_id, member_id, deadline_s)
-    free = sum(b["free_minutes"] for b in stay["benefits"]) if stay["parked"] else None
+    day's spend, coupons) or, with no car inside, what a stay today would get; and until when
+    (the end of the mall's day). Both are asked at once: the card waits for the slower."""
+    stay, today = await asyncio.gather(
+        current_stay(stub, mall_id, member_id, deadline_s),
+        member_benefits(stub, mall_id, member_id, deadline_s),
+    )
+    if stay["parked"]:
+        free = sum(b["free_minutes"] for b in stay["benefits"])
+    else:
+        free = today.free_minutes_today
     return {
         "parked": stay["parked"],
         "car_park_id": stay["car_park_id"],
         "entered_at": stay["entered_at"],
         "free_minutes_today": free,
         "payable_fen": stay["payable_fen"],
-        "valid_until": end_of_mall_day(datetime.now(UTC)),
+        "valid_until": _iso(today.valid_until)
+        if today.HasField("valid_until")
+        else end_of_mall_day(datetime.now(UTC)),
+    }
+
+
+async def payment_benefit(
+    stub: Stub | None, mall_id: str, member_id: str, transaction_id: str, timeout_s: float
+) -> dict[str, Any] | None:
+    """The free parking minutes one payment added to its day (net of its refunds); None when
+    parking does not know the payment (yet), is not connected or did not answer."""
+    if stub is None:
+        return None
+    request = parking_service_pb2.GetPaymentBenefitRequest(
+        mall_id=mall_id, member_id=member_id, transaction_id=transaction_id
+    )
+    try:
+        reply = await stub.GetPaymentBenefit(request, timeout=timeout_s)
+    except grpc.aio.AioRpcError:
+        return None
+    return {
+        "free_minutes": reply.free_minutes,
+        "business_day": reply.business_day,
+        "spend_before_fen": reply.spend_before_fen,
+        "spend_after_fen": reply.spend_after_fen,
+    }
+
+
+def _quote(s: parking_pb2.ParkingSession, q: parking_pb2.ExitQuote) -> dict[str, Any]:
+    return {
+        "session_id": s.session_id,
+        "car_park_id": s.car_park_id,
+        "plate_number": s.plate_number,
+        "entered_at": _iso(s.entered_at),
+        "quote_id": q.quote_id,
+        "parked_minutes": q.parked_minutes,
+        "fee_fen": q.gross_fee_fen,
+        "discount_fen": q.discount_fen,
+        "payable_fen": q.payable_fen,
+        "points": sum(b.points for b in q.benefits),
+        "benefits": [benefit(b) for b in q.benefits],
+        "valid_until": _iso(q.valid_until),
+    }
+
+
+async def quote_before_leaving(
+    stub: Stub | None,
+    mall_id: str,
+    member_id: str,
+    *,
+    use_points: bool,
+    request_id: str,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """The gate's quote for leaving now, points held for it when ``use_points``."""
+    request = parking_service_pb2.QuoteMemberExitRequest(
+        mall_id=mall_id, member_id=member_id, use_points=use_points, request_id=request_id
+    )
+    try:
+        reply = await _connected(stub).QuoteMemberExit(request, timeout=timeout_s)
+    except grpc.aio.AioRpcError as exc:
+        raise _reraise(exc) from None
+    return _quote(reply.session, reply.quote)
+
+
+async def settle_before_leaving(
+    stub: Stub | None,
+    mall_id: str,
+    member_id: str,
+    *,
+    session_id: str,
+    quote_id: str,
+    request_id: str,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Settle the member's stay on their quote; the exit gate then opens until leave_by."""
+    request = parking_service_pb2.SettleMemberExitRequest(
+        mall_id=mall_id,
+        member_id=member_id,
+        session_id=session_id,
+        quote_id=quote_id,
+        request_id=request_id,
+    )
+    try:
+        reply = await _connected(stub).SettleMemberExit(request, timeout=timeout_s)
+    except grpc.aio.AioRpcError as exc:
+        raise _reraise(exc) from None
+    return {
+        **_quote(reply.session, reply.quote),
+        "settled_at": _iso(reply.session.prepaid_at),
+        "leave_by": _iso(reply.leave_by),
     }
 
 

@@ -19,6 +19,7 @@ from mall.coupons.v1 import coupons_service_pb2
 from mall.member.v1 import member_service_pb2
 from mall.points.v1 import points_pb2, points_service_pb2
 
+from gateway.adapters import parking
 from gateway.adapters.coupons import coupon
 from gateway.adapters.services import Backends, _reraise
 
@@ -152,21 +153,22 @@ async def receipt(
     b: Backends, mall_id: str, member_id: str, transaction_id: str, *, coupons: Any = None
 ) -> dict[str, Any]:
     """One of the member's payments with what it brought: points, coupons (``coupons``: the
-    CouponsService stub, None when not connected) and its store's guides.
-    ``parking_benefit`` is null: no RPC of parking answers the benefit of one payment."""
+    CouponsService stub, None when not connected), the free parking time it added to its day
+    (null when parking does not know it yet or did not answer) and its store's guides."""
     payment = await _payment_of(b, mall_id, member_id, transaction_id)
-    points, guides, mine, issued = await asyncio.gather(
+    points, guides, mine, issued, parking_benefit = await asyncio.gather(
         _points_of(b, mall_id, member_id, transaction_id),
         store_guides(b, mall_id, payment.store_id),
         member_guides(b, mall_id, member_id, quiet=True),
         _coupons_of(coupons, mall_id, member_id, payment, b.timeout_s),
+        parking.payment_benefit(b.parking, mall_id, member_id, transaction_id, b.timeout_s),
     )
     bound = {g["guide_id"] for g in mine or ()}
     return {
         **_payment(payment),
         "points": points,
         "coupons_issued": issued,
-        "parking_benefit": None,
+        "parking_benefit": parking_benefit,
         "guides": None
         if guides is None
         else [{**g, "bound": g["guide_id"] in bound} for g in guides],

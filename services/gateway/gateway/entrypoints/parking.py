@@ -83,3 +83,42 @@ async def stay(request: web.Request) -> web.Response:
         backends.parking, session.mall_id, member_id, backends.timeout_s
     )
     return schemas.answer(P.Stay.model_validate(now), headers={"Cache-Control": "no-store"})
+
+
+async def quote(request: web.Request) -> web.Response:
+    """``POST /v1/me/parking/quote {use_points, request_id}``: the gate's price of leaving now,
+    points held for it when asked."""
+    body = await schemas.body(request, P.QuoteBody)
+    session, backends = request[SESSION], request.app[BACKENDS]
+    member_id = await sessions.member_id_of(session, backends)
+    quoted = await parking.quote_before_leaving(
+        backends.parking,
+        session.mall_id,
+        member_id,
+        use_points=body.use_points,
+        request_id=body.request_id,
+        timeout_s=backends.timeout_s,
+    )
+    return schemas.answer(
+        P.ParkingQuote.model_validate(quoted), headers={"Cache-Control": "no-store"}
+    )
+
+
+async def settle(request: web.Request) -> web.Response:
+    """``POST /v1/me/parking/settle {session_id, quote_id, request_id}``: settle the stay on
+    a quote with nothing left to pay; the exit gate then just opens until ``leave_by``."""
+    body = await schemas.body(request, P.SettleBody)
+    session, backends = request[SESSION], request.app[BACKENDS]
+    member_id = await sessions.member_id_of(session, backends)
+    settled = await parking.settle_before_leaving(
+        backends.parking,
+        session.mall_id,
+        member_id,
+        session_id=body.session_id,
+        quote_id=body.quote_id,
+        request_id=body.request_id,
+        timeout_s=backends.timeout_s,
+    )
+    return schemas.answer(
+        P.ParkingSettlement.model_validate(settled), headers={"Cache-Control": "no-store"}
+    )

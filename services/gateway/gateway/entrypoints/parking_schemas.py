@@ -75,3 +75,56 @@ class Stay(Out):
     discount_fen: int | None = Field(description="Benefits applied live")
     payable_fen: int | None = Field(description="Left to pay if it left now")
     benefits: list[AppliedBenefit]
+
+
+_REQUEST_ID = Field(
+    pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+    description="The app's idempotency key: a retry with it returns the same answer",
+)
+_ID = Field(pattern=r"^[0-9a-fA-F-]{36}$")
+
+
+class QuoteBody(Wire):
+    """Quote the member's car in the park for leaving now (settling before leaving)."""
+
+    use_points: Annotated[
+        bool, Field(description="Buy the hours benefits do not cover with points (held)")
+    ] = False
+    request_id: Annotated[str, _REQUEST_ID]
+
+
+class SettleBody(Wire):
+    """Settle the stay on the quote, before leaving."""
+
+    session_id: Annotated[str, _ID]
+    quote_id: Annotated[str, _ID]
+    request_id: Annotated[str, _REQUEST_ID]
+
+
+class ParkingQuote(Out):
+    """The exit gate's price of the stay if the car left now, with the benefits applied."""
+
+    session_id: str
+    car_park_id: str
+    plate_number: str
+    entered_at: str = Field(description="RFC 3339, UTC")
+    quote_id: str = Field(description="Name it in POST /v1/me/parking/settle")
+    parked_minutes: int
+    fee_fen: int = Field(description="Fee before benefits")
+    discount_fen: int
+    payable_fen: int = Field(
+        description="Money left to pay; only 0 can be settled here (pay the rest at the exit)"
+    )
+    points: int = Field(description="Points the quote spends (held until settled or expired)")
+    benefits: list[AppliedBenefit]
+    valid_until: str = Field(description="Settle before then (RFC 3339, UTC)")
+
+
+class ParkingSettlement(ParkingQuote):
+    """The stay settled before leaving: the exit gate opens without payment until leave_by."""
+
+    settled_at: str = Field(description="RFC 3339, UTC")
+    leave_by: str = Field(
+        description="Leave before then and the gate just opens; later, the extra time is "
+        "charged at the exit (RFC 3339, UTC)"
+    )

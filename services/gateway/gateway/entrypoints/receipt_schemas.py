@@ -56,13 +56,24 @@ class StoreGuide(Out):
     bound: bool = Field(description="The member is bound to this guide")
 
 
+class ParkingBenefit(Out):
+    free_minutes: int = Field(
+        description="Free parking minutes the payment added to its day's spend benefit (0: it "
+        "reached no new step), net of its refunds"
+    )
+    business_day: str = Field(description="The payment's day in the mall's time zone, YYYY-MM-DD")
+    spend_before_fen: int = Field(description="The day's net spend before the payment")
+    spend_after_fen: int = Field(description="The day's net spend with the payment")
+
+
 class ReceiptDetail(Receipt):
     points: ReceiptPoints | None = Field(description="null: points did not answer in time")
     coupons_issued: list[Coupon] | None = Field(
         description="Coupons the payment issued (post-payment); null: coupons did not answer"
     )
-    parking_benefit: None = Field(
-        description="Always null for now: parking does not answer the benefit of one payment"
+    parking_benefit: ParkingBenefit | None = Field(
+        description="Free parking time the payment added to its day; null: parking does not "
+        "know the payment yet or did not answer"
     )
     guides: list[StoreGuide] | None = Field(
         description='The store\'s guides ("add your guide"); null: member did not answer'

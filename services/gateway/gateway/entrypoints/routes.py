@@ -269,10 +269,41 @@ def _parking_receipts_guides() -> list[Operation]:
             parking_views.stay,
             "The member's car in the park now: fee so far, benefits applied, left to pay",
             description="Priced as if the car left now; nothing is held. Paying with points "
-            "is chosen per plate (pay_with_points) and happens at the exit gate.",
+            "is chosen per plate (pay_with_points) and happens at the exit gate, or before "
+            "leaving with POST /v1/me/parking/quote and /settle.",
             answer=PS.Stay,
             auth=True,
             errors=member_errors,
+        ),
+        Operation(
+            "POST",
+            "/v1/me/parking/quote",
+            parking_views.quote,
+            "Quote the car in the park for leaving now (to settle before leaving)",
+            description="The exit gate's fee and benefits; with use_points, points buy the "
+            "hours still needed and are held until the quote is settled or expires. The same "
+            "request_id returns the same quote.",
+            answer=PS.ParkingQuote,
+            body=PS.QuoteBody,
+            auth=True,
+            errors={404: "not_a_member, session_not_found", 409: "session_prepaid"},
+        ),
+        Operation(
+            "POST",
+            "/v1/me/parking/settle",
+            parking_views.settle,
+            "Settle the stay before leaving: the exit gate then just opens",
+            description="Only a quote with nothing left to pay (benefits, points) settles "
+            "here; money is paid at the exit machine or by WeChat Pay pay-score. The gate opens "
+            "without payment until leave_by; later, the extra time is charged there. The same "
+            "request_id returns the same settlement.",
+            answer=PS.ParkingSettlement,
+            body=PS.SettleBody,
+            auth=True,
+            errors={
+                404: "not_a_member, session_not_found, quote_not_found",
+                409: "payment_required, quote_expired, coupon_used, session_prepaid",
+            },
         ),
         Operation(
             "GET",

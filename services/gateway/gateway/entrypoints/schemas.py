@@ -182,8 +182,8 @@ class ParkingSection(Out):
     car_park_id: str | None
     entered_at: str | None = Field(description="RFC 3339, UTC")
     free_minutes_today: int | None = Field(
-        description="Free minutes the stay gets (tier, the day's spend, coupons); null when "
-        "not parked"
+        description="Free minutes the stay gets (tier, the day's spend, coupons); when not "
+        "parked, what a stay ending today would get (tier, today's spend, usable coupons)"
     )
     payable_fen: int | None = Field(description="Left to pay if the car left now")
     valid_until: str = Field(

@@ -767,3 +767,5 @@ async def test_benefits_show_unparked_and_a_prepaid_car_leaves_without_paying(
     assert settled[1]["leave_by"] > settled[1]["settled_at"]
     assert again == settled
     assert (at_gate.prepaid, at_gate.gate_may_open, at_gate.quote.payable_fen) == (True, True, 0)
+    stay = await stack.call("GET", "/v1/me/parking", token=token)
+    assert (stay[1]["leave_by"], stay[1]["payable_fen"]) == (settled[1]["leave_by"], 0)

@@ -145,6 +145,7 @@ async def current_stay(
             "discount_fen": None,
             "payable_fen": None,
             "benefits": [],
+            "leave_by": None,
         }
     s, q = reply.session, reply.preview
     return {
@@ -158,6 +159,7 @@ async def current_stay(
         "discount_fen": q.discount_fen,
         "payable_fen": q.payable_fen,
         "benefits": [benefit(b) for b in q.benefits],
+        "leave_by": _iso(s.leave_by) if s.HasField("leave_by") else None,
     }
 
 

@@ -75,6 +75,10 @@ class Stay(Out):
     discount_fen: int | None = Field(description="Benefits applied live")
     payable_fen: int | None = Field(description="Left to pay if it left now")
     benefits: list[AppliedBenefit]
+    leave_by: str | None = Field(
+        description="Settled before leaving: the exit gate just opens until then (RFC 3339, "
+        "UTC); null: not settled"
+    )
 
 
 _REQUEST_ID = Field(

@@ -482,3 +482,23 @@ async def test_after_the_grace_period_the_exit_charges_the_extra_time(
     left = await gate(world, s).leave(s.plate, leave_by + timedelta(minutes=1))
     assert (left.method, left.paid_fen) == ("PAID_AT_EXIT", 500)
     assert await eventually(lambda: account(world, s), lambda a: a == (400, 0, 400))
+
+
+async def test_a_gate_quote_made_before_the_member_settled_is_void(
+    world: World, unique_id: str
+) -> None:
+    s = await scene(world, unique_id, points=500)
+    now = datetime.now(UTC)
+    lane = gate(world, s)
+    await lane.enter(s.plate, "BLUE", now - timedelta(minutes=50))
+    early = await lane.quote(s.plate, now)  # the car is at the exit as the member pays
+    quoted = await member_quote(world, s, use_points=True)
+    await member_settle(world, s, quoted, uuid.uuid4().hex)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await lane.settle(early, "PAID_AT_EXIT", early.quote.payable_fen)
+    again = await lane.quote(s.plate, now)
+
+    assert (early.prepaid, early.quote.payable_fen) == (False, 500)
+    assert code_of(caught.value) == (grpc.StatusCode.FAILED_PRECONDITION, "quote_expired")
+    assert (again.prepaid, again.quote.payable_fen, again.gate_may_open) == (True, 0, True)

@@ -290,14 +290,18 @@ async def prepay(
     until: datetime,
 ) -> Session:
     """Record the member's settlement before leaving and decide the session's points holds
-    (the quote's confirmed, any other released), in one statement."""
+    (the quote's confirmed, any other released), in one statement. Every other quote of the
+    session is void from now on (as released): an exit gate still holding one made before the
+    settlement must quote again, and then sees the stay as settled."""
     row = await conn.fetchrow(
         f"""WITH holds AS (
                 UPDATE quotes
                    SET hold_state = CASE WHEN quote_id = $3::uuid THEN 'confirm'
-                                         ELSE 'release' END,
+                                         WHEN hold_state = 'held' THEN 'release'
+                                         ELSE 'released' END,
                        hold_next_at = now()
-                 WHERE mall_id = $1 AND session_id = $2::uuid AND hold_state = 'held'
+                 WHERE mall_id = $1 AND session_id = $2::uuid
+                   AND (hold_state = 'held' OR (hold_state = 'none' AND quote_id <> $3::uuid))
                 RETURNING 1
             )
             UPDATE sessions

@@ -17,7 +17,12 @@ Checks (each problem is one line naming the object; exit status 1 if there is an
 - every ``*_GRPC_TARGET`` (a ConfigMap key, or a container's literal ``env``) that names an
   in-cluster host (``svc``, ``svc.ns``, ``svc.ns.svc[.cluster.local]``) names a Service that
   exists and exposes that port. Empty values (the feature is off), ``$(VAR)`` references
-  and hosts outside the cluster are not checked.
+  and hosts outside the cluster are not checked;
+- and the NetworkPolicies let each pod that reads such a target (through ``envFrom`` of the
+  ConfigMap, or its own ``env``) reach the pods behind that Service on that port: an egress
+  rule of the caller's policies and an ingress rule of the target's, when policies select
+  them. Jobs are not taken as callers (migrations read the service's ConfigMap but call
+  no one). ``ipBlock`` peers are taken to match no pod.
 
 Built-in kinds are told from custom resources by API group: core, the unsuffixed built-in
 groups, and ``*.k8s.io`` (reserved for Kubernetes itself). PyYAML comes from the check's
@@ -208,7 +213,8 @@ CLUSTER_DOMAIN_SUFFIXES = (".svc.cluster.local", ".svc")
 
 
 def grpc_targets(objs: list[Obj]) -> Iterator[tuple[Obj, str, str]]:
-    """(object, variable, value) for every *_GRPC_TARGET a ConfigMap or a container sets."""
+    """(object, variable, value) for every *_GRPC_TARGET a ConfigMap or a container sets
+    (the object is the ConfigMap, or the workload whose container sets it)."""
     for obj in objs:
         if obj.get("kind") == "ConfigMap" and group_of(obj) == "":
             for key, value in (obj.get("data") or {}).items():
@@ -272,12 +278,165 @@ def check_grpc_targets(objs: list[Obj]) -> Iterator[str]:
             )
 
 
+def callers(obj: Obj, pods: list[PodTemplate]) -> list[PodTemplate]:
+    """Pod templates that read a target set in ``obj`` (a ConfigMap or a workload); Jobs are
+    left out (migrations call no one)."""
+    if obj.get("kind") != "ConfigMap":
+        return [p for p in pods if p.owner is obj]
+    name = obj.get("metadata", {}).get("name")
+    namespace = obj.get("metadata", {}).get("namespace")
+    return [
+        p
+        for p in pods
+        if p.namespace == namespace
+        and p.owner.get("kind") not in ("Job", "CronJob")
+        and any(
+            (source.get("configMapRef") or {}).get("name") == name
+            for c in p.containers()
+            for source in c.get("envFrom") or []
+        )
+    ]
+
+
+def target_port(svc: Obj, port: int, pod: PodTemplate) -> tuple[int, str | None] | None:
+    """The pod's (containerPort, name) behind the Service's ``port``, if the pod has it."""
+    for sp in svc.get("spec", {}).get("ports") or []:
+        if sp.get("port") != port:
+            continue
+        target = sp.get("targetPort", port)
+        for c in pod.containers():
+            for cp in c.get("ports") or []:
+                if cp.get("name") == target or cp.get("containerPort") == target:
+                    return int(cp["containerPort"]), cp.get("name")
+        if isinstance(target, int):
+            return target, None
+    return None
+
+
+def namespace_labels(objs: list[Obj]) -> dict[str | None, dict[str, str]]:
+    found: dict[str | None, dict[str, str]] = {}
+    for obj in objs:
+        if obj.get("kind") == "Namespace" and group_of(obj) == "":
+            name = obj.get("metadata", {}).get("name")
+            labels = dict(obj.get("metadata", {}).get("labels") or {})
+            found[name] = labels | {"kubernetes.io/metadata.name": str(name)}
+    return found
+
+
+def peer_matches(
+    peer: Obj, policy_ns: str | None, pod: PodTemplate, ns_labels: dict[str | None, dict[str, str]]
+) -> bool:
+    if "ipBlock" in peer:
+        return False
+    ns_selector, pod_selector = peer.get("namespaceSelector"), peer.get("podSelector")
+    if ns_selector is None:
+        ns_ok = pod.namespace == policy_ns
+    else:
+        labels = ns_labels.get(pod.namespace, {"kubernetes.io/metadata.name": str(pod.namespace)})
+        ns_ok = label_selector_matches(ns_selector, labels)
+    return ns_ok and (pod_selector is None or label_selector_matches(pod_selector, pod.labels))
+
+
+def port_matches(rule_ports: list[Obj] | None, number: int, name: str | None) -> bool:
+    if not rule_ports:
+        return True
+    for rp in rule_ports:
+        if rp.get("protocol", "TCP") != "TCP":
+            continue
+        port = rp.get("port")
+        if port is None:
+            return True
+        if isinstance(port, int) or str(port).isdigit():
+            if int(port) <= number <= int(rp.get("endPort") or port):
+                return True
+        elif name is not None and port == name:
+            return True
+    return False
+
+
+def policy_types(policy: Obj) -> list[str]:
+    spec = policy.get("spec", {})
+    return spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else []))
+
+
+def allows(
+    policies: list[Obj],
+    direction: str,
+    subject: PodTemplate,
+    peer: PodTemplate,
+    port: tuple[int, str | None],
+    ns_labels: dict[str | None, dict[str, str]],
+) -> bool:
+    """Whether the policies let ``subject`` send to (Egress) / receive from (Ingress) ``peer``
+    on ``port`` of the receiving pod. Not selected by any policy of that direction: open."""
+    rules_key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
+    selecting = [
+        p
+        for p in policies
+        if p.get("metadata", {}).get("namespace") == subject.namespace
+        and direction in policy_types(p)
+        and label_selector_matches(p.get("spec", {}).get("podSelector") or {}, subject.labels)
+    ]
+    if not selecting:
+        return True
+    for policy in selecting:
+        policy_ns = policy.get("metadata", {}).get("namespace")
+        for rule in policy.get("spec", {}).get(rules_key) or []:
+            peers = rule.get(peers_key)
+            if peers and not any(peer_matches(p, policy_ns, peer, ns_labels) for p in peers):
+                continue
+            if port_matches(rule.get("ports"), *port):
+                return True
+    return False
+
+
+def check_grpc_reachable(objs: list[Obj], pods: list[PodTemplate]) -> Iterator[str]:
+    policies = [
+        o for o in objs if o.get("kind") == "NetworkPolicy" and group_of(o) == "networking.k8s.io"
+    ]
+    if not policies:
+        return
+    ns_labels = namespace_labels(objs)
+    services = {
+        (o.get("metadata", {}).get("namespace"), o.get("metadata", {}).get("name")): o
+        for o in objs
+        if o.get("kind") == "Service" and group_of(o) == ""
+    }
+    for obj, variable, value in grpc_targets(objs):
+        named = in_cluster_service(value, obj.get("metadata", {}).get("namespace"))
+        if named is None:
+            continue
+        name, namespace, number = named
+        svc = services.get((namespace, name))
+        if svc is None:
+            continue  # check_grpc_targets reports a missing Service
+        selector = svc.get("spec", {}).get("selector") or {}
+        targets = [p for p in pods if p.namespace == namespace and selects(selector, p.labels)]
+        for caller in callers(obj, pods):
+            for target in targets:
+                port = target_port(svc, int(number), target)
+                if port is None:
+                    continue  # check_services / check_grpc_targets report the port
+                if not allows(policies, "Egress", caller, target, port, ns_labels):
+                    blocked = f"no egress rule of the policies selecting {ref(caller.owner)}"
+                elif not allows(policies, "Ingress", target, caller, port, ns_labels):
+                    blocked = f"no ingress rule of the policies selecting {ref(target.owner)}"
+                else:
+                    continue
+                yield (
+                    f"{ref(obj)}: {variable}={value!r}: {ref(caller.owner)} cannot reach "
+                    f"{ref(target.owner)} on port {port[0]}: {blocked} allows it"
+                )
+                break
+
+
 def problems(objs: list[Obj]) -> list[str]:
     pods = [p for p in (pod_template(o) for o in objs) if p is not None]
     found = [line for pod in pods for line in check_probes(pod)]
     found += check_services(objs, pods)
     found += check_pdbs_and_hpas(objs, pods)
     found += check_grpc_targets(objs)
+    found += check_grpc_reachable(objs, pods)
     return found
 
 

@@ -171,3 +171,126 @@ def test_grpc_targets_must_name_an_existing_service_by_any_in_cluster_spelling()
         "Job/tool (namespace mall): POINTS_GRPC_TARGET (container 'run')='dns:///points:5': "
         "Service/points (namespace mall) has no port 5 (ports: [50062])",
     ]
+
+
+def test_a_grpc_target_the_network_policies_block_fails(tmp_path: Path) -> None:
+    k8s = broken_copy(
+        tmp_path,
+        "components/network-policies/backends.yaml",
+        "              app.kubernetes.io/name: parking\n            matchExpressions:",
+        "              app.kubernetes.io/name: parkin\n            matchExpressions:",
+    )
+    result = run_check(k8s)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert (
+        "ConfigMap/parking (namespace mall): POINTS_GRPC_TARGET='points:50062': "
+        "Deployment/parking-worker (namespace mall) cannot reach Deployment/points "
+        "(namespace mall) on port 50062: no ingress rule of the policies selecting "
+        "Deployment/points (namespace mall) allows it"
+    ) in output
+
+
+def workload(
+    kind: str, name: str, labels: dict[str, str], container: dict[str, Any]
+) -> dict[str, Any]:
+    template = {"metadata": {"labels": labels}, "spec": {"containers": [container]}}
+    return {
+        "apiVersion": "batch/v1" if kind == "Job" else "apps/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "mall"},
+        "spec": {"template": template},
+    }
+
+
+def policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": "mall"},
+        "spec": spec,
+    }
+
+
+def test_grpc_targets_must_be_open_both_ways_for_every_pod_that_reads_them() -> None:
+    lint = load_lint()
+    reads_config: dict[str, Any] = {"envFrom": [{"configMapRef": {"name": "caller"}}]}
+    objs: list[Any] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "caller", "namespace": "mall"},
+            "data": {"POINTS_GRPC_TARGET": "points:50062"},
+        },
+        workload("Deployment", "caller", {"app": "caller"}, {"name": "serve"} | reads_config),
+        workload("Deployment", "other", {"app": "other"}, {"name": "serve"} | reads_config),
+        workload("Job", "caller-migrate", {"app": "migrate"}, {"name": "migrate"} | reads_config),
+        workload(
+            "Deployment",
+            "points",
+            {"app": "points"},
+            {"name": "serve", "ports": [{"name": "grpc", "containerPort": 50062}]},
+        ),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "points", "namespace": "mall"},
+            "spec": {
+                "selector": {"app": "points"},
+                "ports": [{"port": 50062, "targetPort": "grpc"}],
+            },
+        },
+        policy("deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        # caller may send to points by the port's name; "other" has no egress rule.
+        policy(
+            "caller-out",
+            {
+                "podSelector": {"matchLabels": {"app": "caller"}},
+                "policyTypes": ["Egress"],
+                "egress": [{"ports": [{"port": "grpc"}]}],
+            },
+        ),
+        policy(
+            "other-out",
+            {
+                "podSelector": {"matchLabels": {"app": "other"}},
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}],
+            },
+        ),
+        # points lets in the whole namespace on 50060-50069.
+        policy(
+            "points-in",
+            {
+                "podSelector": {"matchLabels": {"app": "points"}},
+                "ingress": [
+                    {
+                        "from": [
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": "mall"}
+                                }
+                            }
+                        ],
+                        "ports": [{"port": 50060, "endPort": 50069}],
+                    }
+                ],
+            },
+        ),
+    ]
+    # The Job reads the ConfigMap but is no caller; ipBlock matches no pod.
+    assert lint.problems(objs) == [
+        "ConfigMap/caller (namespace mall): POINTS_GRPC_TARGET='points:50062': "
+        "Deployment/other (namespace mall) cannot reach Deployment/points (namespace mall) "
+        "on port 50062: no egress rule of the policies selecting Deployment/other "
+        "(namespace mall) allows it"
+    ]
+    # Narrow points' ingress to another port range: now caller is refused on the way in.
+    objs[-1]["spec"]["ingress"][0]["ports"] = [{"port": 50070, "endPort": 50079}]
+    found = lint.problems(objs)
+    assert (
+        "ConfigMap/caller (namespace mall): POINTS_GRPC_TARGET='points:50062': "
+        "Deployment/caller (namespace mall) cannot reach Deployment/points (namespace mall) "
+        "on port 50062: no ingress rule of the policies selecting Deployment/points "
+        "(namespace mall) allows it"
+    ) in found

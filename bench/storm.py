@@ -516,7 +516,20 @@ def report(result: dict[str, Any]) -> str:
         *(row(s) for s in result["steps"]),
         "",
         f"highest rate held: {result['highest_held_per_s'] or 'none'}/s",
+        "",
+        "CPU per payment accepted, ms (process CPU seconds in the step / payments acknowledged "
+        "in it); what "
+        "the whole machine could carry if it did nothing else = cores / total:",
     ]
+    for s in result["steps"]:
+        per = {k: v * 1000 / s["accepted_per_s"] for k, v in s["cpu_cores"].items()}
+        path_ms = sum(v for k, v in per.items() if k not in ("simulator", "client"))
+        lines.append(
+            f"  {s['offered_per_s']:,}/s: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
+            + f"; path (no simulator, no client) {path_ms:.2f} ms → "
+            f"{result['cores'] * 1000 / path_ms:,.0f}/s on {result['cores']} cores"
+        )
     for r in result["reconciliation"]:
         lines.append(
             f"reconciliation {r['mall_id']}: {len(r['differences'])} differences "

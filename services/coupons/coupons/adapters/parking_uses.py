@@ -45,6 +45,8 @@ async def mark_used(conn: Connection, uses: Sequence[ParkingUse]) -> list[Marked
                          $6::bigint[], $7::bigint[]) AS k(m, id, park, use_id, at, gross, off),
                   stocks s
             WHERE c.mall_id = k.m AND c.coupon_id = k.id AND c.status = 'available'
+              -- the primary key, whatever the estimates of a generic plan:
+              AND c.mall_id = ANY($1::text[]) AND c.coupon_id = ANY($2::text[])
               AND s.mall_id = c.mall_id AND s.stock_id = c.stock_id AND s.kind = 'parking'
            RETURNING c.mall_id, c.coupon_id, c.stock_id, c.tenant_id, c.member_id::text""",
         [u.mall_id for u in uses],

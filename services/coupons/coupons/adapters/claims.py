@@ -51,14 +51,20 @@ def coupon_of(row: Any) -> Coupon:
 async def earlier(
     conn: Connection, keys: Sequence[tuple[str, str, str]]
 ) -> dict[tuple[str, str, str], Coupon]:
-    """Coupons already claimed under these (mall, member, request id) keys."""
+    """Coupons already claimed under these (mall, member, request id) keys.
+
+    The keys are looked up first (the unique index, or one pass over the table), and only then
+    joined to their stocks: joined the other way, a planner that thinks a stock has few coupons
+    (a flash stock filling up faster than its statistics) scans all of the stock's coupons once
+    per key — seconds for a batch of 2,000 at 16,000 coupons."""
     if not keys:
         return {}
     rows = await conn.fetch(
-        f"""{COUPON_FROM}
-             WHERE (c.mall_id, c.member_id, c.request_id) IN (
-                   SELECT m, u::uuid, r
-                     FROM unnest($1::text[], $2::text[], $3::text[]) AS k(m, u, r))""",
+        f"""WITH c AS MATERIALIZED (
+                SELECT c.* FROM unnest($1::text[], $2::uuid[], $3::text[]) AS k(m, u, r)
+                  JOIN coupons c ON c.mall_id = k.m AND c.member_id = k.u AND c.request_id = k.r)
+            SELECT {_COUPON} FROM c
+              JOIN stocks s ON s.mall_id = c.mall_id AND s.stock_id = c.stock_id""",
         [k[0] for k in keys],
         [k[1] for k in keys],
         [k[2] for k in keys],

@@ -721,3 +721,18 @@ def test_session_tokens_of_every_forged_shape_are_refused() -> None:
         with pytest.raises(Unauthenticated):
             tokens.read_access(token)
     assert tokens.read_access(jwt.encode(claims, key, algorithm="HS256")).member_id == "m-2"
+
+
+def test_every_limit_and_sold_out_reason_of_coupons_has_a_gateway_code() -> None:
+    """A reason coupons adds without a code here would reach shoppers as `invalid_claim`."""
+    from coupons.domain import claims as coupons_claims
+
+    reasons = {
+        value.reason
+        for value in vars(coupons_claims).values()
+        if isinstance(value, coupons_claims.Refusal)
+    }
+    assert {"member_daily_limit_reached", "stock_sold_out_today"} <= reasons
+    for reason in reasons:
+        assert refusal(reason).code != "invalid_claim", reason
+    assert refusal("member_daily_limit_reached").code == "limit_reached"

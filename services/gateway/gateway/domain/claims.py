@@ -35,6 +35,11 @@ REFUSALS: dict[str, tuple[type[AppError], str, str]] = {
     "stock_sold_out": (Conflict, "sold_out", "no coupon left"),
     "stock_sold_out_today": (Conflict, "sold_out", "no coupon left today"),
     "member_limit_reached": (Conflict, "limit_reached", "you hold as many as allowed"),
+    "member_daily_limit_reached": (
+        Conflict,
+        "limit_reached",
+        "you claimed as many as allowed today",
+    ),
     "claim_not_started": (Conflict, "not_open_yet", "claims have not opened yet"),
     "claim_ended": (Conflict, "claim_ended", "claims are over"),
     "stock_paused": (Conflict, "paused", "claims are paused"),

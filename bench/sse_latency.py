@@ -1,0 +1,524 @@
+"""Payment → "+N points" on the member's SSE stream: latency at a paced rate (issue 9).
+
+Starts embedded PostgreSQL and nats-server (or uses DATABASE_URL / NATS_URL), ``member all``,
+``points all`` and the gateway as separate processes (``bench/payments.py``'s helpers), seeds a
+mall, joins M members through member's gRPC API and opens one ``GET /v1/me/events`` stream per
+member with that member's own token (minted with the gateway's signing key, as
+``POST /v1/session`` would issue it). Then, with one aiohttp client process:
+
+* baseline: an empty aiohttp POST handler (``bench/empty_servers.py``), closed loop at C in
+  flight (its ceiling on this box now), and open loop at the same paced rate (its latency);
+* warm-up: W payments at a slow pace, every event awaited;
+* measured: R payments/s for D seconds, **open loop** (each POST starts at its scheduled
+  time whether or not earlier ones were answered; latency counts from the scheduled time, so
+  a client or server falling behind is not hidden), payments spread round-robin over the
+  members. For each payment: POST start → 204, → ``points.points.credited`` on NATS (the plain
+  payment path, same payments, same run) and → the ``points`` event carrying its
+  ``transaction_id`` on its member's stream (the "+N points" the shopper sees).
+
+Checks: every payment's event arrived, on its own member's stream only, once (a missing, a
+misdelivered or a duplicated event is reported, and the run exits non-zero). Also reported:
+the accepted rate (204s per second of posting), CPU seconds per process over the measured
+window (gateway, member, points, PostgreSQL, nats-server, client — the ones this run
+started) and the machine's load average before and after.
+
+Results: a table, and bench/results/sse-latency-<time>.json.
+
+    .venv/bin/python bench/sse_latency.py            # -m 2000 --rate 1000 -d 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import grpc
+import nats
+import uvloop
+from gateway.adapters.tokens import SessionTokens
+from gateway.domain.shoppers import Session
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kit.migrations import migrate
+from mall.points.v1 import events_pb2 as points_events
+from mall_testing.demo import DemoMall, payment_notification, seed
+from mall_testing.embedded import free_port
+from member.bootstrap import MIGRATIONS as MEMBER_MIGRATIONS
+from points.bootstrap import MIGRATIONS as POINTS_MIGRATIONS
+
+if TYPE_CHECKING:  # mypy sees bench/ as a namespace package from the repository root
+    from bench.gateway_card import join_members
+    from bench.payments import (
+        RESULTS,
+        ROOT,
+        Replica,
+        cpu_snapshot,
+        cpu_used,
+        create_database,
+        percentile,
+        rate,
+        servers,
+        spawn,
+        wait_http,
+    )
+else:  # `python bench/sse_latency.py` puts bench/ itself on sys.path
+    from gateway_card import join_members
+    from payments import (
+        RESULTS,
+        ROOT,
+        Replica,
+        cpu_snapshot,
+        cpu_used,
+        create_database,
+        percentile,
+        rate,
+        servers,
+        spawn,
+        wait_http,
+    )
+
+#: Payment amount: enough fen for at least one point under the demo mall's rules (a credit of
+#: zero points is not pushed).
+AMOUNT_FEN = 10_000
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def stats(values_ms: list[float]) -> dict[str, float]:
+    if not values_ms:
+        return {"count": 0}
+    return {
+        "count": len(values_ms),
+        "p50_ms": round(percentile(values_ms, 50), 1),
+        "p90_ms": round(percentile(values_ms, 90), 1),
+        "p99_ms": round(percentile(values_ms, 99), 1),
+        "max_ms": round(max(values_ms), 1),
+    }
+
+
+async def paced(
+    total: int, per_s: float, one: Callable[[int, float], Coroutine[Any, Any, None]]
+) -> float:
+    """Open loop: start ``one(i, due)`` at ``start + i / per_s`` whatever is still in flight;
+    wait for all; return the worst lag (s) of a start behind its schedule."""
+    tasks: list[asyncio.Task[None]] = []
+    start = now()
+    worst_lag = 0.0
+    i = 0
+    while i < total:
+        t = now()
+        due = start + i / per_s
+        if due > t:
+            await asyncio.sleep(due - t)
+            t = now()
+        while i < total and start + i / per_s <= t:  # everything due by now
+            due = start + i / per_s
+            worst_lag = max(worst_lag, t - due)
+            tasks.append(asyncio.create_task(one(i, due)))
+            i += 1
+    await asyncio.gather(*tasks)
+    return worst_lag
+
+
+@dataclass
+class Tracker:
+    """Arrivals of "+N points" per transaction, and what arrived where it should not."""
+
+    owner: dict[str, int] = field(default_factory=dict)  # transaction_id → member index
+    arrived: dict[str, float] = field(default_factory=dict)
+    credited: dict[str, float] = field(default_factory=dict)
+    misdelivered: int = 0
+    duplicates: int = 0
+    unknown: int = 0
+    other_events: Counter[str] = field(default_factory=Counter)
+    waiting: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+
+    def on_sse(self, member: int, event: str, data: bytes) -> None:
+        if event != "points":
+            self.other_events[event] += 1
+            return
+        body = json.loads(data)
+        tid = body.get("transaction_id", "")
+        if tid not in self.owner:
+            self.unknown += 1
+        elif self.owner[tid] != member:
+            self.misdelivered += 1
+        elif tid in self.arrived:
+            self.duplicates += 1
+        else:
+            self.arrived[tid] = now()
+            waiter = self.waiting.pop(tid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+
+async def read_stream(
+    http: aiohttp.ClientSession, url: str, token: str, member: int, tracker: Tracker
+) -> aiohttp.ClientResponse:
+    """Open one member's stream, wait for ``ready``; then a task feeds the tracker."""
+    resp = await http.get(url, headers={"Authorization": f"Bearer {token}"})
+    if resp.status != 200:
+        raise RuntimeError(f"events answered {resp.status}: {await resp.text()}")
+    while not (await resp.content.readline()).startswith(b"event: ready"):
+        pass
+    while (await resp.content.readline()) not in (b"\n", b""):  # the rest of ``ready``
+        pass
+
+    async def pump() -> None:
+        event = ""
+        with contextlib.suppress(aiohttp.ClientError, asyncio.CancelledError):
+            async for line in resp.content:
+                if line.startswith(b"event: "):
+                    event = line[7:].strip().decode()
+                elif line.startswith(b"data: "):
+                    tracker.on_sse(member, event, line[6:])
+                elif line == b"\n":
+                    event = ""
+
+    resp._bench_pump = asyncio.create_task(pump())  # type: ignore[attr-defined]
+    return resp
+
+
+async def empty_baseline(
+    session: aiohttp.ClientSession, n: int, concurrency: int, per_s: float, seconds: float
+) -> dict[str, Any]:
+    http_port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started before anything is measured
+        [sys.executable, str(ROOT / "bench" / "empty_servers.py"), str(http_port), str(grpc_port)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        await asyncio.to_thread(proc.stdout.readline)
+        url = f"http://127.0.0.1:{http_port}/empty"
+        body = json.dumps({"hello": "world"}).encode()
+
+        async def one(_: int) -> None:
+            async with session.post(url, data=body) as resp:
+                await resp.read()
+
+        await rate(300, concurrency, one)
+        closed_rate = await rate(n, concurrency, one)
+        latencies: list[float] = []
+
+        async def timed_one(_: int, due: float) -> None:
+            await one(0)
+            latencies.append((now() - due) * 1000)
+
+        lag = await paced(round(per_s * seconds), per_s, timed_one)
+    finally:
+        proc.terminate()
+        proc.wait()
+    return {
+        "closed_loop_per_s": round(closed_rate),
+        "paced_per_s": per_s,
+        "paced": stats(latencies),
+        "paced_worst_start_lag_ms": round(lag * 1000, 1),
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    m, per_s, seconds = args.members, args.rate, args.duration
+    procs: list[Replica] = []
+    result: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(),
+        "cores": os.cpu_count(),
+        "loadavg_before": loadavg(),
+        "members": m,
+        "rate_per_s": per_s,
+        "duration_s": seconds,
+    }
+    post_connector = aiohttp.TCPConnector(limit=args.connections)
+    async with (
+        servers() as (pg_url, nats_url, server_pids),
+        aiohttp.ClientSession(connector=post_connector) as session,
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+        ) as streams_http,
+    ):
+        result["baseline_empty_aiohttp"] = await empty_baseline(
+            session, 10_000, 64, per_s, min(seconds, 5.0)
+        )
+        member_db = await create_database(pg_url, "bench_sse_member")
+        points_db = await create_database(pg_url, "bench_sse_points")
+        await migrate(member_db, MEMBER_MIGRATIONS)
+        await migrate(points_db, POINTS_MIGRATIONS)
+        member_port, points_port, http_port = free_port(), free_port(), free_port()
+        common = {"NATS_URL": nats_url}
+        procs.append(
+            spawn(
+                "member",
+                ["-m", "member", "all"],
+                {**common, "DATABASE_URL": member_db, "GRPC_PORT": str(member_port)},
+            )
+        )
+        procs.append(
+            spawn(
+                "points",
+                ["-m", "points", "all"],
+                {**common, "DATABASE_URL": points_db, "GRPC_PORT": str(points_port)},
+            )
+        )
+        responses: list[aiohttp.ClientResponse] = []
+        nc = await nats.connect(nats_url)
+        try:
+            for port in (member_port, points_port):  # a loaded box may take a while
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    await health_pb2_grpc.HealthStub(channel).Check(
+                        health_pb2.HealthCheckRequest(), timeout=120, wait_for_ready=True
+                    )
+            mall = await seed(f"127.0.0.1:{member_port}", DemoMall.unique())
+            members = await join_members(member_port, mall, m)
+            key = secrets.token_urlsafe(48)
+            folder = Path(tempfile.mkdtemp(prefix="bench-sse-"))
+            (folder / "miniprograms.json").write_text(json.dumps({mall.appid: "s" * 32}))
+            gateway = spawn(
+                "gateway",
+                ["-m", "gateway", "serve"],
+                {
+                    **common,
+                    "HTTP_PORT": str(http_port),
+                    "WECHATPAY_ACCEPT_UNSIGNED": "true",  # the pipeline, not the signature
+                    "MEMBER_GRPC_TARGET": f"127.0.0.1:{member_port}",
+                    "POINTS_GRPC_TARGET": f"127.0.0.1:{points_port}",
+                    "MINIPROGRAM_SECRETS_FILE": str(folder / "miniprograms.json"),
+                    "SESSION_SIGNING_KEY": key,
+                    "RATE_LIMIT_PER_IP": "",  # one client address makes all the load
+                    "RATE_LIMIT_PER_MEMBER": "",
+                },
+            )
+            procs.append(gateway)
+            base = f"http://127.0.0.1:{http_port}"
+            for r in procs:
+                await wait_http(session, f"http://127.0.0.1:{r.metrics_port}/metrics")
+            await wait_http(session, f"{base}/readyz")
+            tokens = SessionTokens(key, access_ttl_s=7200, refresh_ttl_s=86_400)
+            member_tokens = [
+                tokens.issue(Session(mall.mall_id, openid, member_id)).access_token
+                for openid, member_id in members
+            ]
+
+            tracker = Tracker()
+
+            async def on_credit(msg: Any) -> None:
+                event = points_events.PointsCredited.FromString(msg.data)
+                tracker.credited.setdefault(event.transaction_id, now())
+
+            await nc.subscribe("points.points.credited", cb=on_credit)
+
+            # Every member's stream, each with its own token.
+            sem = asyncio.Semaphore(100)
+            url = f"{base}/v1/me/events"
+
+            async def open_one(i: int) -> None:
+                async with sem:
+                    responses.append(
+                        await read_stream(streams_http, url, member_tokens[i], i, tracker)
+                    )
+
+            opened = now()
+            await asyncio.gather(*(open_one(i) for i in range(m)))
+            result["streams_open"] = len(responses)
+            result["streams_open_s"] = round(now() - opened, 2)
+            result["gateway_rss_mb_with_streams"] = round(rss_mb(gateway.proc.pid), 1)
+
+            total = args.warmup + round(per_s * seconds)
+            notes = [
+                payment_notification(
+                    mall, openid=members[i % m][0], amount_fen=AMOUNT_FEN + i % 1000
+                )
+                for i in range(total)
+            ]
+            for i, note in enumerate(notes):
+                tracker.owner[note["resource"]["transaction_id"]] = i % m
+            posted: dict[str, float] = {}
+            answered: dict[str, float] = {}
+            due_at: dict[str, float] = {}
+            refused: Counter[int] = Counter()
+            webhook = f"{base}/wechatpay/notifications"
+
+            async def post(i: int, due: float) -> None:
+                note = notes[i]
+                tid = note["resource"]["transaction_id"]
+                due_at[tid] = due
+                posted[tid] = now()
+                async with session.post(webhook, json=note) as resp:
+                    await resp.read()
+                    if resp.status != 204:
+                        refused[resp.status] += 1
+                        return
+                answered[tid] = now()
+
+            async def wait_events(tids: list[str], limit_s: float) -> None:
+                loop = asyncio.get_running_loop()
+                futures = []
+                for tid in tids:
+                    if tid not in tracker.arrived:
+                        tracker.waiting[tid] = fut = loop.create_future()
+                        futures.append(fut)
+                if futures:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.gather(*futures), limit_s)
+
+            # Warm-up: slow, then every event awaited (connections, plans, caches).
+            warm = [n["resource"]["transaction_id"] for n in notes[: args.warmup]]
+            await paced(args.warmup, 100.0, lambda i, due: post(i, due))
+            await wait_events(warm, 60)
+            if refused or any(t not in tracker.arrived for t in warm):
+                missing = sum(t not in tracker.arrived for t in warm)
+                raise RuntimeError(f"warm-up: refused {dict(refused)}, {missing} events missing")
+
+            # Measured: open loop at the paced rate.
+            measured = [n["resource"]["transaction_id"] for n in notes[args.warmup :]]
+            cpu_before = cpu_snapshot(procs, server_pids)
+            load_start = loadavg()
+            started = now()
+            worst_lag = await paced(len(measured), per_s, lambda i, due: post(args.warmup + i, due))
+            posting_s = now() - started
+            await wait_events(measured, args.wait)
+            window_s = now() - started
+            cpu = cpu_used(cpu_before, cpu_snapshot(procs, server_pids))
+            result["loadavg_after"] = loadavg()
+            result["loadavg_at_measure_start"] = load_start
+            await asyncio.sleep(1.0)  # a late duplicate or a stray event would show here
+
+            ok = [t for t in measured if t in answered]
+            got = [t for t in measured if t in tracker.arrived]
+            credited = [t for t in measured if t in tracker.credited]
+            result["payments"] = len(measured)
+            result["accepted"] = len(ok)
+            result["refused"] = {str(k): v for k, v in refused.items()}
+            result["accepted_per_s"] = round(len(ok) / posting_s, 1)
+            result["posting_s"] = round(posting_s, 2)
+            result["worst_start_lag_ms"] = round(worst_lag * 1000, 1)
+            result["post_to_204"] = stats([(answered[t] - due_at[t]) * 1000 for t in ok])
+            result["post_to_credited"] = stats(
+                [(tracker.credited[t] - due_at[t]) * 1000 for t in credited]
+            )
+            result["post_to_sse"] = stats([(tracker.arrived[t] - due_at[t]) * 1000 for t in got])
+            result["credited_to_sse"] = stats(
+                [
+                    (tracker.arrived[t] - tracker.credited[t]) * 1000
+                    for t in got
+                    if t in tracker.credited
+                ]
+            )
+            result["events"] = {
+                "expected": len(measured),
+                "arrived": len(got),
+                "missing": len(measured) - len(got),
+                "misdelivered": tracker.misdelivered,
+                "duplicates": tracker.duplicates,
+                "unknown": tracker.unknown,
+                "credited_seen_on_nats": len(credited),
+                "other_events": dict(tracker.other_events),
+            }
+            result["cpu_s"] = {k: round(v, 2) for k, v in cpu.items()}
+            result["cpu_window_s"] = round(window_s, 2)
+            result["goal_p99_ms"] = 250
+        finally:
+            for resp in responses:
+                resp._bench_pump.cancel()  # type: ignore[attr-defined]
+                resp.close()
+            await nc.close()
+            for p in procs:
+                if p.proc.poll() is None:
+                    p.proc.terminate()
+            for p in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.proc.wait(10)
+    return result
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def report(r: dict[str, Any]) -> str:
+    b, e = r["baseline_empty_aiohttp"], r["events"]
+
+    def row(name: str, s: dict[str, float]) -> str:
+        if not s.get("count"):
+            return f"| {name} | 0 | | | | |"
+        return (
+            f"| {name} | {s['count']:,} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} "
+            f"| {s['max_ms']} |"
+        )
+
+    cpu = r["cpu_s"]
+    busy = sum(cpu.values()) / r["cpu_window_s"]
+    lines = [
+        f"{r['cores']} cores; load average {r['loadavg_before']} before, "
+        f"{r['loadavg_at_measure_start']} at the measured start, {r['loadavg_after']} after",
+        f"{r['members']:,} members, one open /v1/me/events stream each "
+        f"(opened in {r['streams_open_s']} s; gateway RSS {r['gateway_rss_mb_with_streams']} MB); "
+        f"{r['payments']:,} payments open loop at {r['rate_per_s']:,.0f}/s for "
+        f"{r['duration_s']} s",
+        "",
+        "| measure (ms from the POST's scheduled start) | count | p50 | p90 | p99 | max |",
+        "|---|---|---|---|---|---|",
+        row(f"empty aiohttp POST, {b['paced_per_s']:,.0f}/s open loop (baseline)", b["paced"]),
+        row("payment POST → 204 (JetStream-acked)", r["post_to_204"]),
+        row("payment POST → points.points.credited on NATS", r["post_to_credited"]),
+        row('payment POST → "+N points" on the member\'s SSE stream', r["post_to_sse"]),
+        row("(points.credited → SSE event, the gateway's push)", r["credited_to_sse"]),
+        "",
+        f"empty aiohttp POST closed loop, 64 in flight: {b['closed_loop_per_s']:,}/s; "
+        f"payments accepted {r['accepted_per_s']:,}/s ({r['accepted']:,} of {r['payments']:,}, "
+        f"refused {r['refused'] or 'none'}); worst start lag {r['worst_start_lag_ms']} ms",
+        f"events: {e['arrived']:,} of {e['expected']:,} arrived, missing {e['missing']}, "
+        f"on another member's stream {e['misdelivered']}, duplicated {e['duplicates']}, "
+        f"unknown {e['unknown']}; other events {e['other_events'] or 'none'}",
+        f"goal: p99 ≤ {r['goal_p99_ms']} ms → "
+        + ("met" if r["post_to_sse"].get("p99_ms", 1e9) <= r["goal_p99_ms"] else "NOT met"),
+        "CPU seconds over the measured window ("
+        + f"{r['cpu_window_s']} s, {busy:.2f} cores busy): "
+        + ", ".join(f"{k} {v}" for k, v in cpu.items()),
+    ]
+    return "\n".join(lines)
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-m", "--members", type=int, default=2_000, help="members, one stream each")
+    parser.add_argument("-r", "--rate", type=float, default=1_000, help="payments per second")
+    parser.add_argument("-d", "--duration", type=float, default=10, help="seconds of payments")
+    parser.add_argument("-w", "--warmup", type=int, default=300, help="warm-up payments")
+    parser.add_argument("--connections", type=int, default=256, help="client POST connections")
+    parser.add_argument("--wait", type=float, default=120, help="s to wait for the last events")
+    args = parser.parse_args()
+    result = uvloop.run(main(args))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"sse-latency-{stamp}.json").write_text(json.dumps(result, indent=2))
+    print(report(result))
+    e = result["events"]
+    if e["missing"] or e["misdelivered"] or e["duplicates"] or result["refused"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli()

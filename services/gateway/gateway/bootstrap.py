@@ -28,6 +28,7 @@ from gateway.adapters.merchants import load_merchants
 from gateway.adapters.miniprogram import WechatLogin, load_miniprogram_secrets
 from gateway.adapters.parking import ParkingSection
 from gateway.adapters.replays import ReplayGuard
+from gateway.adapters.rewards import RewardsClient
 from gateway.adapters.services import Backends
 from gateway.adapters.spent import SpentRefreshTokens
 from gateway.adapters.tokens import SessionTokens
@@ -35,6 +36,7 @@ from gateway.config import Settings
 from gateway.entrypoints.app import HttpServer, create_app
 from gateway.entrypoints.coupons import COUPONS, CouponsApi
 from gateway.entrypoints.keys import Shoppers, Webhooks
+from gateway.entrypoints.rewards import REWARDS
 from gateway.entrypoints.shoppers import count_card_read, render_card
 from gateway.entrypoints.streams import Streams
 from gateway.entrypoints.throttle import RateLimits
@@ -42,6 +44,7 @@ from gateway.service_layer.card import CardReader, SectionSource
 from gateway.service_layer.claims import Claims, SoldOutMemory
 from gateway.service_layer.live import LiveHub
 from gateway.service_layer.merges import MergedMembers
+from gateway.service_layer.rewards import Rewards
 
 NAME = "gateway"
 log = structlog.get_logger(NAME)
@@ -200,6 +203,9 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
         )
         if coupons_api is not None:
             app[COUPONS] = coupons_api
+            app[REWARDS] = Rewards(
+                RewardsClient(backends.points, coupons_api.client.coupons, coupons_api.client)
+            )
         http = HttpServer(
             app, host=settings.http_host, port=settings.http_port, grace_s=settings.shutdown_grace_s
         )

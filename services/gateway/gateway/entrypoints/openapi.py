@@ -58,6 +58,8 @@ CODES: dict[str, tuple[int, str]] = {
     "claim_ended": (409, "claims of that coupon are over"),
     "paused": (409, "claims of that coupon are paused"),
     "request_id_reused": (409, "that request_id was used for another claim"),
+    "insufficient_points": (409, "too few points available for that reward (available: how many)"),
+    "not_for_points": (409, "that coupon is not sold for points"),
     "internal": (500, "a fault of the gateway (reported, never expected)"),
     "wechat_unavailable": (502, "WeChat's code-to-session failed: retry"),
     "upstream_unavailable": (503, "a service behind the gateway is down: retry shortly"),

@@ -6,11 +6,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.domain.claims import CLAIM_CODES
+from gateway.domain.rewards import REWARD_CODES
 from gateway.entrypoints import coupons, live, schemas, shoppers, views, webhooks
 from gateway.entrypoints import parking as parking_views
 from gateway.entrypoints import parking_schemas as PS
 from gateway.entrypoints import receipt_schemas as RS
 from gateway.entrypoints import receipts as receipt_views
+from gateway.entrypoints import reward_schemas as RW
+from gateway.entrypoints import rewards as reward_views
 from gateway.entrypoints.openapi import Operation, serve_spec
 
 S = schemas
@@ -228,6 +231,42 @@ def _coupons() -> list[Operation]:
     ]
 
 
+def _rewards() -> list[Operation]:
+    return [
+        Operation(
+            "GET",
+            "/v1/me/rewards",
+            reward_views.list_rewards,
+            "Coupons to buy with points (积分兑换) whose claims are open now, newest first",
+            answer=RW.RewardsPage,
+            query=RW.RewardsQuery,
+            auth=True,
+            errors={400: "invalid_page_token", 404: "not_a_member"},
+        ),
+        Operation(
+            "POST",
+            "/v1/me/rewards/redeem",
+            reward_views.redeem,
+            "Buy a coupon with points (retrying a request_id returns the same coupon, spent once)",
+            description="The points are held, the coupon claimed, then the hold spent; a "
+            "refused claim gives the points back. A refusal's `code` is one of: "
+            + ", ".join(sorted({*CLAIM_CODES, *REWARD_CODES}))
+            + "; `reason` carries coupons' own reason for a refused claim.",
+            answer=RW.Redeemed,
+            body=RW.RedeemBody,
+            auth=True,
+            status=201,
+            errors={
+                400: "invalid_claim",
+                403: "not_eligible",
+                404: "not_a_member, stock_not_found",
+                409: "insufficient_points, not_for_points, sold_out, limit_reached, "
+                "not_open_yet, claim_ended, paused, request_id_reused",
+            },
+        ),
+    ]
+
+
 def _parking_receipts_guides() -> list[Operation]:
     member_errors = {404: "not_a_member"}
     return [
@@ -376,6 +415,7 @@ def operations(*, accept_unsigned: bool = False, shopper_api: bool = False) -> l
         *(_mini_program() if shopper_api else []),
         *(_parking_receipts_guides() if shopper_api else []),
         *(_coupons() if shopper_api else []),
+        *(_rewards() if shopper_api else []),
         *_probes(),
     ]
 

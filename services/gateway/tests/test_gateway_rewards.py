@@ -320,6 +320,39 @@ async def test_concurrent_redeems_against_a_limit_of_one_buy_one_coupon_debit_on
     assert [e.points for e in await stack.redemptions(member_id)] == [-100]
 
 
+async def test_a_stock_for_other_tiers_is_not_eligible_and_releases_the_hold(
+    stack: Stack,
+) -> None:
+    stock_id = await stack.stock(points_price=100, audience_tiers=["gold-only-tier"])
+    token, member_id = await stack.shopper(300)
+
+    status, problem = await stack.call(
+        "POST", REDEEM, token=token, body={"stock_id": stock_id, "request_id": "gold"}
+    )
+
+    assert (status, problem["code"], problem["reason"]) == (
+        403,
+        "not_eligible",
+        "tier_not_eligible",
+    )
+    account = await stack.account(member_id)
+    assert (account.balance, account.held, account.available) == (300, 0, 300)
+    assert await stack.wallet(token) == []
+
+
+async def test_a_member_who_never_had_points_is_insufficient_points(stack: Stack) -> None:
+    stock_id = await stack.stock(points_price=1)
+    token, member_id = await stack.shopper(0)
+
+    status, problem = await stack.call(
+        "POST", REDEEM, token=token, body={"stock_id": stock_id, "request_id": "none"}
+    )
+
+    assert (status, problem["code"], problem["available"]) == (409, "insufficient_points", "0")
+    assert (await stack.account(member_id)).held == 0
+    assert await stack.wallet(token) == []
+
+
 async def test_a_retry_after_a_crash_between_claim_and_confirm_debits_once(
     stack: Stack,
 ) -> None:

@@ -66,6 +66,7 @@ if TYPE_CHECKING:  # mypy sees bench/ as a namespace package from the repository
         RESULTS,
         ROOT,
         Replica,
+        _children,
         cpu_snapshot,
         cpu_used,
         create_database,
@@ -81,6 +82,7 @@ else:  # `python bench/sse_latency.py` puts bench/ itself on sys.path
         RESULTS,
         ROOT,
         Replica,
+        _children,
         cpu_snapshot,
         cpu_used,
         create_database,
@@ -102,6 +104,51 @@ def now() -> float:
 
 def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def runqueue_wait(procs: list[Replica], servers: dict[str, int]) -> dict[str, dict[int, float]]:
+    """Seconds each process's threads have spent runnable but waiting for a CPU
+    (``/proc/<pid>/task/*/schedstat`` field 2; threads that ended are not counted), grouped as
+    ``cpu_snapshot`` groups CPU time: how much the box starved each part."""
+    groups: dict[str, list[int]] = {r.name: [r.proc.pid] for r in procs}
+    if "postgres" in servers:
+        groups["postgres"] = [servers["postgres"], *_children(servers["postgres"])]
+    if "nats-server" in servers:
+        groups["nats-server"] = [servers["nats-server"]]
+    groups["client"] = [os.getpid()]
+    waits: dict[str, dict[int, float]] = {}
+    for name, pids in groups.items():
+        waits[name] = {}
+        for pid in pids:
+            total = 0
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    with contextlib.suppress(OSError, IndexError, ValueError):
+                        total += int((task / "schedstat").read_text().split()[1])
+            waits[name][pid] = total / 1e9
+    return waits
+
+
+class LoopLag:
+    """How late this client's event loop wakes a 5 ms sleep: the client's own share of any lag."""
+
+    def __init__(self) -> None:
+        self.lags_ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            t = now()
+            await asyncio.sleep(0.005)
+            self.lags_ms.append((now() - t - 0.005) * 1000)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def stop(self) -> dict[str, float]:
+        if self._task is not None:
+            self._task.cancel()
+        return stats(self.lags_ms)
 
 
 def stats(values_ms: list[float]) -> dict[str, float]:
@@ -391,13 +438,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # Measured: open loop at the paced rate.
             measured = [n["resource"]["transaction_id"] for n in notes[args.warmup :]]
             cpu_before = cpu_snapshot(procs, server_pids)
+            wait_before = runqueue_wait(procs, server_pids)
+            lag = LoopLag()
+            lag.start()
             load_start = loadavg()
             started = now()
             worst_lag = await paced(len(measured), per_s, lambda i, due: post(args.warmup + i, due))
             posting_s = now() - started
+            result["client_loop_lag"] = lag.stop()
             await wait_events(measured, args.wait)
             window_s = now() - started
             cpu = cpu_used(cpu_before, cpu_snapshot(procs, server_pids))
+            waited = cpu_used(wait_before, runqueue_wait(procs, server_pids))
             result["loadavg_after"] = loadavg()
             result["loadavg_at_measure_start"] = load_start
             await asyncio.sleep(1.0)  # a late duplicate or a stray event would show here
@@ -435,6 +487,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             }
             result["cpu_s"] = {k: round(v, 2) for k, v in cpu.items()}
             result["cpu_window_s"] = round(window_s, 2)
+            result["runqueue_wait_s"] = {k: round(v, 2) for k, v in waited.items()}
             result["goal_p99_ms"] = 250
         finally:
             for resp in responses:
@@ -497,6 +550,13 @@ def report(r: dict[str, Any]) -> str:
         "CPU seconds over the measured window ("
         + f"{r['cpu_window_s']} s, {busy:.2f} cores busy): "
         + ", ".join(f"{k} {v}" for k, v in cpu.items()),
+        "CPU ms per payment: "
+        + ", ".join(f"{k} {v / r['payments'] * 1000:.2f}" for k, v in cpu.items())
+        + f"; total {sum(cpu.values()) / r['payments'] * 1000:.2f} ms",
+        "seconds runnable but waiting for a CPU, same window: "
+        + ", ".join(f"{k} {v}" for k, v in r["runqueue_wait_s"].items()),
+        "client event loop lag over the posting (5 ms sleeps): "
+        + ", ".join(f"{k} {v}" for k, v in r["client_loop_lag"].items() if k != "count"),
     ]
     return "\n".join(lines)
 

@@ -251,7 +251,9 @@ def _rewards() -> list[Operation]:
             description="The points are held, the coupon claimed, then the hold spent; a "
             "refused claim gives the points back. A refusal's `code` is one of: "
             + ", ".join(sorted({*CLAIM_CODES, *REWARD_CODES}))
-            + "; `reason` carries coupons' own reason for a refused claim.",
+            + "; `reason` carries coupons' own reason for a refused claim. On 503 "
+            "upstream_unavailable retry with the same request_id: the points stay held (at "
+            "most 15 minutes) until the retry knows whether the coupon was claimed.",
             answer=RW.Redeemed,
             body=RW.RedeemBody,
             auth=True,

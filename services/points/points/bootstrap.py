@@ -36,6 +36,7 @@ from points.entrypoints.recon_grpc import (
     platform_from,
     reconcile_command,
 )
+from points.entrypoints.reward_consumer import COUPON_CLAIMED, on_coupon_claimed
 from points.service_layer.wechat_sync import SyncPolicy, WeChatPointsSync, default_time_zone
 
 NAME = "points"
@@ -89,13 +90,14 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
     async with assemble(
         NAME,
         settings,
-        streams=["MEMBER", "POINTS"],
+        streams=["MEMBER", "POINTS", "COUPONS"],
         subscriptions=[
             Subscription(
                 "payment-attributed", "MEMBER", PAYMENT_ATTRIBUTED, payment_attributed(expiry)
             ),
             Subscription("refund-attributed", "MEMBER", REFUND_ATTRIBUTED, on_refund_attributed),
             Subscription("identity-merged", "MEMBER", IDENTITY_MERGED, on_identity_merged),
+            Subscription("coupon-claimed", "COUPONS", COUPON_CLAIMED, on_coupon_claimed),
         ],
         servicers=lambda pool: [
             (

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import asyncpg
 import grpc
 import nats
 import uvloop
@@ -127,6 +128,39 @@ def runqueue_wait(procs: list[Replica], servers: dict[str, int]) -> dict[str, di
                         total += int((task / "schedstat").read_text().split()[1])
             waits[name][pid] = total / 1e9
     return waits
+
+
+async def db_activity(url: str) -> dict[str, Any]:
+    """Commits so far, and per table: sequential scans, rows they read, index scans, rows
+    written — read before and after the measured window to see what each payment cost."""
+    conn = await asyncpg.connect(url)
+    try:
+        commits = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        rows = await conn.fetch(
+            "SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) AS idx_scan,"
+            " n_tup_ins + n_tup_upd + n_tup_del AS written FROM pg_stat_user_tables"
+        )
+    finally:
+        await conn.close()
+    tables = {r["relname"]: {k: int(r[k]) for k in list(r.keys())[1:]} for r in rows}
+    return {"commits": int(commits), "tables": tables}
+
+
+def db_delta(before: dict[str, Any], after: dict[str, Any], payments: int) -> dict[str, Any]:
+    """Per payment: commits, and the tables' scans and writes (busiest first, zeros left out)."""
+    tables = {}
+    for name, counts in after["tables"].items():
+        was = before["tables"].get(name, {})
+        per = {k: round((v - was.get(k, 0)) / payments, 2) for k, v in counts.items()}
+        if any(per.values()):
+            tables[name] = per
+    busiest = sorted(tables.items(), key=lambda kv: -(kv[1]["seq_tup_read"] + kv[1]["written"]))
+    return {
+        "commits_per_payment": round((after["commits"] - before["commits"]) / payments, 2),
+        "tables_per_payment": dict(busiest),
+    }
 
 
 class LoopLag:
@@ -435,8 +469,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 missing = sum(t not in tracker.arrived for t in warm)
                 raise RuntimeError(f"warm-up: refused {dict(refused)}, {missing} events missing")
 
+            # Idle: the same processes and streams, no payments (heartbeats, polling relays
+            # and consumers): the fixed cost that the measured window's CPU includes.
+            if args.idle > 0:
+                idle_before = cpu_snapshot(procs, server_pids)
+                idle_started = now()
+                await asyncio.sleep(args.idle)
+                idle_cpu = cpu_used(idle_before, cpu_snapshot(procs, server_pids))
+                idle_s = now() - idle_started
+                result["idle_cpu_cores"] = {k: round(v / idle_s, 3) for k, v in idle_cpu.items()}
+
             # Measured: open loop at the paced rate.
             measured = [n["resource"]["transaction_id"] for n in notes[args.warmup :]]
+            dbs = {"member": member_db, "points": points_db}
+            # The statistics collector reports at most every 500 ms: let the warm-up settle.
+            await asyncio.sleep(1.0)
+            db_before = {k: await db_activity(u) for k, u in dbs.items()}
             cpu_before = cpu_snapshot(procs, server_pids)
             wait_before = runqueue_wait(procs, server_pids)
             lag = LoopLag()
@@ -486,6 +534,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "other_events": dict(tracker.other_events),
             }
             result["cpu_s"] = {k: round(v, 2) for k, v in cpu.items()}
+            await asyncio.sleep(1.0)
+            result["db"] = {
+                k: db_delta(db_before[k], await db_activity(u), len(measured))
+                for k, u in dbs.items()
+            }
             result["cpu_window_s"] = round(window_s, 2)
             result["runqueue_wait_s"] = {k: round(v, 2) for k, v in waited.items()}
             result["goal_p99_ms"] = 250
@@ -553,6 +606,10 @@ def report(r: dict[str, Any]) -> str:
         "CPU ms per payment: "
         + ", ".join(f"{k} {v / r['payments'] * 1000:.2f}" for k, v in cpu.items())
         + f"; total {sum(cpu.values()) / r['payments'] * 1000:.2f} ms",
+        "idle (no payments, streams open), cores busy: "
+        + ", ".join(f"{k} {v}" for k, v in r.get("idle_cpu_cores", {}).items()),
+        "PostgreSQL commits per payment: "
+        + ", ".join(f"{k} {v['commits_per_payment']}" for k, v in r["db"].items()),
         "seconds runnable but waiting for a CPU, same window: "
         + ", ".join(f"{k} {v}" for k, v in r["runqueue_wait_s"].items()),
         "client event loop lag over the posting (5 ms sleeps): "
@@ -568,6 +625,7 @@ def cli() -> None:
     parser.add_argument("-d", "--duration", type=float, default=10, help="seconds of payments")
     parser.add_argument("-w", "--warmup", type=int, default=300, help="warm-up payments")
     parser.add_argument("--connections", type=int, default=256, help="client POST connections")
+    parser.add_argument("--idle", type=float, default=5, help="s of idle CPU measured first")
     parser.add_argument("--wait", type=float, default=120, help="s to wait for the last events")
     args = parser.parse_args()
     result = uvloop.run(main(args))

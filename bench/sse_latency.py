@@ -373,9 +373,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             key = secrets.token_urlsafe(48)
             folder = Path(tempfile.mkdtemp(prefix="bench-sse-"))
             (folder / "miniprograms.json").write_text(json.dumps({mall.appid: "s" * 32}))
+            profile = ["-m", "cProfile", "-o", args.profile_gateway] if args.profile_gateway else []
             gateway = spawn(
                 "gateway",
-                ["-m", "gateway", "serve"],
+                [*profile, "-m", "gateway", "serve"],
                 {
                     **common,
                     "HTTP_PORT": str(http_port),
@@ -626,6 +627,11 @@ def cli() -> None:
     parser.add_argument("-w", "--warmup", type=int, default=300, help="warm-up payments")
     parser.add_argument("--connections", type=int, default=256, help="client POST connections")
     parser.add_argument("--idle", type=float, default=5, help="s of idle CPU measured first")
+    parser.add_argument(
+        "--profile-gateway",
+        metavar="PATH",
+        help="run the gateway under cProfile, stats to PATH (slows it: not for the figures)",
+    )
     parser.add_argument("--wait", type=float, default=120, help="s to wait for the last events")
     args = parser.parse_args()
     result = uvloop.run(main(args))

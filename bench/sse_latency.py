@@ -424,7 +424,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             result["streams_open_s"] = round(now() - opened, 2)
             result["gateway_rss_mb_with_streams"] = round(rss_mb(gateway.proc.pid), 1)
 
-            total = args.warmup + round(per_s * seconds)
+            total = args.warmup + sum(round(r * seconds) for r in [per_s, *args.sweep])
             notes = [
                 payment_notification(
                     mall, openid=members[i % m][0], amount_fen=AMOUNT_FEN + i % 1000
@@ -480,68 +480,83 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 idle_s = now() - idle_started
                 result["idle_cpu_cores"] = {k: round(v / idle_s, 3) for k, v in idle_cpu.items()}
 
-            # Measured: open loop at the paced rate.
-            measured = [n["resource"]["transaction_id"] for n in notes[args.warmup :]]
             dbs = {"member": member_db, "points": points_db}
-            # The statistics collector reports at most every 500 ms: let the warm-up settle.
-            await asyncio.sleep(1.0)
-            db_before = {k: await db_activity(u) for k, u in dbs.items()}
-            cpu_before = cpu_snapshot(procs, server_pids)
-            wait_before = runqueue_wait(procs, server_pids)
-            lag = LoopLag()
-            lag.start()
-            load_start = loadavg()
-            started = now()
-            worst_lag = await paced(len(measured), per_s, lambda i, due: post(args.warmup + i, due))
-            posting_s = now() - started
-            result["client_loop_lag"] = lag.stop()
-            await wait_events(measured, args.wait)
-            window_s = now() - started
-            cpu = cpu_used(cpu_before, cpu_snapshot(procs, server_pids))
-            waited = cpu_used(wait_before, runqueue_wait(procs, server_pids))
-            result["loadavg_after"] = loadavg()
-            result["loadavg_at_measure_start"] = load_start
-            await asyncio.sleep(1.0)  # a late duplicate or a stray event would show here
 
-            ok = [t for t in measured if t in answered]
-            got = [t for t in measured if t in tracker.arrived]
-            credited = [t for t in measured if t in tracker.credited]
-            result["payments"] = len(measured)
-            result["accepted"] = len(ok)
-            result["refused"] = {str(k): v for k, v in refused.items()}
-            result["accepted_per_s"] = round(len(ok) / posting_s, 1)
-            result["posting_s"] = round(posting_s, 2)
-            result["worst_start_lag_ms"] = round(worst_lag * 1000, 1)
-            result["post_to_204"] = stats([(answered[t] - due_at[t]) * 1000 for t in ok])
-            result["post_to_credited"] = stats(
-                [(tracker.credited[t] - due_at[t]) * 1000 for t in credited]
-            )
-            result["post_to_sse"] = stats([(tracker.arrived[t] - due_at[t]) * 1000 for t in got])
-            result["credited_to_sse"] = stats(
-                [
-                    (tracker.arrived[t] - tracker.credited[t]) * 1000
-                    for t in got
-                    if t in tracker.credited
-                ]
-            )
-            result["events"] = {
-                "expected": len(measured),
-                "arrived": len(got),
-                "missing": len(measured) - len(got),
-                "misdelivered": tracker.misdelivered,
-                "duplicates": tracker.duplicates,
-                "unknown": tracker.unknown,
-                "credited_seen_on_nats": len(credited),
-                "other_events": dict(tracker.other_events),
-            }
-            result["cpu_s"] = {k: round(v, 2) for k, v in cpu.items()}
-            await asyncio.sleep(1.0)
-            result["db"] = {
-                k: db_delta(db_before[k], await db_activity(u), len(measured))
-                for k, u in dbs.items()
-            }
-            result["cpu_window_s"] = round(window_s, 2)
-            result["runqueue_wait_s"] = {k: round(v, 2) for k, v in waited.items()}
+            async def measure(per_s: float, first: int, count: int) -> dict[str, Any]:
+                """One open-loop phase over ``notes[first:first + count]``."""
+                out: dict[str, Any] = {"rate_per_s": per_s, "duration_s": count / per_s}
+                measured = [n["resource"]["transaction_id"] for n in notes[first : first + count]]
+                strays = (tracker.misdelivered, tracker.duplicates, tracker.unknown)
+                refused_before = sum(refused.values())
+                # The statistics collector reports at most every 500 ms: let earlier work settle.
+                await asyncio.sleep(1.0)
+                db_before = {k: await db_activity(u) for k, u in dbs.items()}
+                cpu_before = cpu_snapshot(procs, server_pids)
+                wait_before = runqueue_wait(procs, server_pids)
+                lag = LoopLag()
+                lag.start()
+                out["loadavg_at_measure_start"] = loadavg()
+                started = now()
+                worst_lag = await paced(count, per_s, lambda i, due: post(first + i, due))
+                posting_s = now() - started
+                out["client_loop_lag"] = lag.stop()
+                await wait_events(measured, args.wait)
+                window_s = now() - started
+                cpu = cpu_used(cpu_before, cpu_snapshot(procs, server_pids))
+                waited = cpu_used(wait_before, runqueue_wait(procs, server_pids))
+                out["loadavg_after"] = loadavg()
+                await asyncio.sleep(1.0)  # a late duplicate or a stray event would show here
+
+                ok = [t for t in measured if t in answered]
+                got = [t for t in measured if t in tracker.arrived]
+                credited = [t for t in measured if t in tracker.credited]
+                out["payments"] = len(measured)
+                out["accepted"] = len(ok)
+                out["refused"] = sum(refused.values()) - refused_before
+                out["accepted_per_s"] = round(len(ok) / posting_s, 1)
+                out["posting_s"] = round(posting_s, 2)
+                out["worst_start_lag_ms"] = round(worst_lag * 1000, 1)
+                out["post_to_204"] = stats([(answered[t] - due_at[t]) * 1000 for t in ok])
+                out["post_to_credited"] = stats(
+                    [(tracker.credited[t] - due_at[t]) * 1000 for t in credited]
+                )
+                out["post_to_sse"] = stats([(tracker.arrived[t] - due_at[t]) * 1000 for t in got])
+                out["credited_to_sse"] = stats(
+                    [
+                        (tracker.arrived[t] - tracker.credited[t]) * 1000
+                        for t in got
+                        if t in tracker.credited
+                    ]
+                )
+                out["events"] = {
+                    "expected": len(measured),
+                    "arrived": len(got),
+                    "missing": len(measured) - len(got),
+                    "misdelivered": tracker.misdelivered - strays[0],
+                    "duplicates": tracker.duplicates - strays[1],
+                    "unknown": tracker.unknown - strays[2],
+                    "credited_seen_on_nats": len(credited),
+                    "other_events": dict(tracker.other_events),
+                }
+                out["cpu_s"] = {k: round(v, 2) for k, v in cpu.items()}
+                await asyncio.sleep(1.0)
+                out["db"] = {
+                    k: db_delta(db_before[k], await db_activity(u), len(measured))
+                    for k, u in dbs.items()
+                }
+                out["cpu_window_s"] = round(window_s, 2)
+                out["runqueue_wait_s"] = {k: round(v, 2) for k, v in waited.items()}
+                return out
+
+            # Measured: open loop at the paced rate, then each --sweep rate for as long.
+            main_count = round(per_s * seconds)
+            result.update(await measure(per_s, args.warmup, main_count))
+            first = args.warmup + main_count
+            result["sweep"] = []
+            for sweep_rate in args.sweep:
+                count = round(sweep_rate * seconds)
+                result["sweep"].append(await measure(sweep_rate, first, count))
+                first += count
             result["goal_p99_ms"] = 250
         finally:
             for resp in responses:
@@ -616,6 +631,27 @@ def report(r: dict[str, Any]) -> str:
         "client event loop lag over the posting (5 ms sleeps): "
         + ", ".join(f"{k} {v}" for k, v in r["client_loop_lag"].items() if k != "count"),
     ]
+    phases = [r, *r.get("sweep", [])]
+    if len(phases) > 1:
+        lines += [
+            "",
+            "| rate /s | accepted /s | POST → 204 p50 / p99 | → credited p50 / p99 "
+            "| → SSE p50 / p99 / max | events ok | waiting for CPU s | client lag max |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for ph in phases:
+            a, c, e2 = ph["post_to_204"], ph["post_to_credited"], ph["post_to_sse"]
+            ev = ph["events"]
+            clean = not (ev["missing"] or ev["misdelivered"] or ev["duplicates"])
+            lines.append(
+                f"| {ph['rate_per_s']:,.0f} | {ph['accepted_per_s']:,.0f} "
+                f"| {a.get('p50_ms')} / {a.get('p99_ms')} "
+                f"| {c.get('p50_ms')} / {c.get('p99_ms')} "
+                f"| {e2.get('p50_ms')} / {e2.get('p99_ms')} / {e2.get('max_ms')} "
+                f"| {ev['arrived']:,}/{ev['expected']:,}{'' if clean else ' !'} "
+                f"| {sum(ph['runqueue_wait_s'].values()):.1f} in {ph['cpu_window_s']} "
+                f"| {ph['client_loop_lag'].get('max_ms')} ms |"
+            )
     return "\n".join(lines)
 
 
@@ -632,6 +668,13 @@ def cli() -> None:
         metavar="PATH",
         help="run the gateway under cProfile, stats to PATH (slows it: not for the figures)",
     )
+    parser.add_argument(
+        "--sweep",
+        type=lambda v: [float(x) for x in v.split(",") if x],
+        default=[],
+        metavar="R1,R2,...",
+        help="after the main rate, more phases at these rates (same processes and streams)",
+    )
     parser.add_argument("--wait", type=float, default=120, help="s to wait for the last events")
     args = parser.parse_args()
     result = uvloop.run(main(args))
@@ -639,9 +682,10 @@ def cli() -> None:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (RESULTS / f"sse-latency-{stamp}.json").write_text(json.dumps(result, indent=2))
     print(report(result))
-    e = result["events"]
-    if e["missing"] or e["misdelivered"] or e["duplicates"] or result["refused"]:
-        sys.exit(1)
+    for phase in [result, *result["sweep"]]:
+        e = phase["events"]
+        if e["missing"] or e["misdelivered"] or e["duplicates"] or phase["refused"]:
+            sys.exit(1)
 
 
 if __name__ == "__main__":

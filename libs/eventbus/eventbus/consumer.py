@@ -114,6 +114,7 @@ class Consumer:
         max_deliveries: int = 8,
         ack_wait_s: float = 30.0,
         retry_delays_s: Sequence[float] = (0.5, 2, 5, 15, 30, 60),
+        fetch_wait_s: float = 1.0,
     ) -> None:
         self.name = name
         self.stream = stream
@@ -125,6 +126,7 @@ class Consumer:
         self._max_deliveries = max_deliveries
         self._ack_wait_s = ack_wait_s
         self._retry_delays_s = retry_delays_s
+        self._fetch_wait_s = fetch_wait_s
         self.handled = 0
 
     async def ensure(self) -> None:
@@ -155,7 +157,8 @@ class Consumer:
                     sampled = time.monotonic()
                     await self._sample_lag()
                 try:
-                    msgs = await sub.fetch(self._batch_size, timeout=1.0)
+                    # Hands over what is there at once, not a full batch (tested).
+                    msgs = await sub.fetch(self._batch_size, timeout=self._fetch_wait_s)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue  # nothing to do within the fetch window
                 except Exception as exc:  # NATS away: keep trying, slower each time

@@ -171,6 +171,32 @@ async def test_messages_are_handled_once_acked_and_carry_their_correlation(
     assert sorted(r["event_id"] for r in inbox) == ids
 
 
+async def test_a_lone_message_is_handled_without_waiting_for_its_batch_to_fill(
+    pool: asyncpg.Pool, jetstream: Nats, unique_id: str
+) -> None:
+    """A trickle (one payment, then quiet): the consumer asks for up to 200 and may wait 60 s
+    for them, yet hands a lone message over at once — within _eventually's 10 s — instead of
+    holding it until the batch fills or the wait ends (a latency a trickle would pay per hop)."""
+    await ensure_streams(jetstream.js, STREAM)
+    consumer, _ = _consumer(pool, jetstream.js, unique_id, batch_size=200, fetch_wait_s=60)
+
+    await consumer.ensure()
+    task = asyncio.create_task(consumer.run(asyncio.Event()))
+    try:
+        await asyncio.sleep(0.2)  # the consumer is waiting on an empty stream
+        first = await _publish(jetstream.js, consumer.subject, f"{unique_id}-1", _payload(1))
+        await _eventually(lambda: _settled(jetstream.js, consumer, first), "the lone one", task)
+        # And again after the quiet: every lone message, not only the first.
+        second = await _publish(jetstream.js, consumer.subject, f"{unique_id}-2", _payload(2))
+        await _eventually(lambda: _settled(jetstream.js, consumer, second), "the next", task)
+    finally:  # a stop would wait out the 60 s fetch: cancel instead
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    assert [r["points"] for r in await _effects(pool, consumer.name)] == [1, 2]
+
+
 async def test_a_redelivered_event_id_has_one_effect_across_batches_and_restarts(
     pool: asyncpg.Pool, jetstream: Nats, unique_id: str
 ) -> None:

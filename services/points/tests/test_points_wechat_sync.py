@@ -35,10 +35,11 @@ from mall_testing.plugin import FreshDatabase
 from points.adapters import wechat_sync as queue
 from points.bootstrap import MIGRATIONS, bootstrap
 from points.config import Settings
-from points.domain.model import AttributedPayment
+from points.domain.model import AttributedPayment, AttributedRefund
 from points.domain.wechat_sync import SyncKind, SyncState
 from points.entrypoints.ops import wechat_sync_commands
 from points.service_layer.credits import credit_payments
+from points.service_layer.reversals import reverse_refunds
 from points.service_layer.wechat_sync import SyncPolicy, WeChatPointsSync
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
@@ -524,6 +525,40 @@ async def test_a_report_claimed_by_a_worker_that_died_is_sent_after_its_lease(
     sent = await row(pool, p.transaction_id)
     assert (claim.attempt, sent["state"], sent["attempts"]) == (1, "SENT", 2)
     assert platform.calls[p.transaction_id] == 1
+
+
+async def test_a_refunds_reversal_waits_until_its_payments_credit_was_sent(
+    pool: asyncpg.Pool, platform: FakePlatform, mall_id: str
+) -> None:
+    """Both due at once (a refund right after its payment): the platform must hear the credit
+    first, or it would end at the credit's total, not the reversal's."""
+    p = payment(mall_id, 6_600)
+    await credit(pool, p)
+    refund = AttributedRefund(
+        event_id=str(uuid.uuid4()),
+        mall_id=mall_id,
+        member_id=p.member_id,
+        transaction_id=p.transaction_id,
+        refund_id=f"5030{uuid.uuid4().hex[:20]}",
+        refund_amount_fen=6_600,
+        pay_amount_fen=6_600,
+        appid=p.appid,
+        openid=p.openid,
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await reverse_refunds(conn, [(refund, {})])
+    async with pool.acquire() as conn:
+        first = await queue.claim_due(conn, limit=10, lease_s=0.05)
+    assert [c.report.kind for c in first] == [SyncKind.CREDIT]  # the reversal waits
+
+    await asyncio.sleep(0.1)  # that claim's lease runs out: a worker now sends both, in order
+    async with worker(pool, platform) as w:
+        assert await w.deliver_due() == 1  # the credit
+        assert await w.deliver_due() == 1  # then, and only then, the reversal
+
+    states = {r["kind"]: r["state"] for r in await rows(pool, p.transaction_id)}
+    assert states == {"credit": "SENT", "reversal": "SENT"}
+    assert platform.calls[p.transaction_id] == 2
 
 
 async def test_a_late_outcome_of_an_expired_claim_changes_nothing(

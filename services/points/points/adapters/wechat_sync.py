@@ -129,8 +129,15 @@ async def claim_due(conn: Connection, *, limit: int, lease_s: float) -> list[Cla
         f"""UPDATE wechat_points_sync s
                SET attempts = s.attempts + 1,
                    next_attempt_at = now() + make_interval(secs => $2)
-              FROM (SELECT mall_id, transaction_id, kind FROM wechat_points_sync
+              FROM (SELECT mall_id, transaction_id, kind FROM wechat_points_sync w
                      WHERE state = 'PENDING' AND next_attempt_at <= now()
+                       -- a reversal waits for its payment's credit: the platform must hear
+                       -- "+N" before "back to M", never the other way round
+                       AND NOT (kind = 'reversal' AND EXISTS (
+                               SELECT 1 FROM wechat_points_sync c
+                                WHERE c.mall_id = w.mall_id
+                                  AND c.transaction_id = w.transaction_id
+                                  AND c.kind = 'credit' AND c.state <> 'SENT'))
                      ORDER BY next_attempt_at
                      LIMIT $1
                      FOR UPDATE SKIP LOCKED) due

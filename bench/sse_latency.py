@@ -142,10 +142,17 @@ async def db_activity(url: str) -> dict[str, Any]:
             "SELECT relname, seq_scan, seq_tup_read, coalesce(idx_scan, 0) AS idx_scan,"
             " n_tup_ins + n_tup_upd + n_tup_del AS written FROM pg_stat_user_tables"
         )
+        index_rows = await conn.fetch(
+            "SELECT indexrelname, idx_scan, idx_tup_read FROM pg_stat_user_indexes"
+        )
     finally:
         await conn.close()
     tables = {r["relname"]: {k: int(r[k]) for k in list(r.keys())[1:]} for r in rows}
-    return {"commits": int(commits), "tables": tables}
+    indexes = {
+        r["indexrelname"]: {"idx_scan": int(r["idx_scan"]), "idx_tup_read": int(r["idx_tup_read"])}
+        for r in index_rows
+    }
+    return {"commits": int(commits), "tables": tables, "indexes": indexes}
 
 
 def db_delta(before: dict[str, Any], after: dict[str, Any], payments: int) -> dict[str, Any]:
@@ -157,9 +164,16 @@ def db_delta(before: dict[str, Any], after: dict[str, Any], payments: int) -> di
         if any(per.values()):
             tables[name] = per
     busiest = sorted(tables.items(), key=lambda kv: -(kv[1]["seq_tup_read"] + kv[1]["written"]))
+    indexes = {}
+    for name, counts in after["indexes"].items():
+        was = before["indexes"].get(name, {})
+        per = {k: round((v - was.get(k, 0)) / payments, 2) for k, v in counts.items()}
+        if any(per.values()):
+            indexes[name] = per
     return {
         "commits_per_payment": round((after["commits"] - before["commits"]) / payments, 2),
         "tables_per_payment": dict(busiest),
+        "indexes_per_payment": dict(sorted(indexes.items(), key=lambda kv: -kv[1]["idx_scan"])),
     }
 
 

@@ -504,6 +504,38 @@ async def test_partial_refunds_add_up_to_the_payment_and_no_further(
     assert subjects == [ATTRIBUTED, REFUNDED, REFUNDED]
 
 
+async def test_a_refund_parking_while_its_payment_is_attributed_is_not_left_parked(
+    member_db: str, conn: asyncpg.Connection, shop: Shop
+) -> None:
+    """Forces the interleaving the storm found: the refund parks (not committed yet) while
+    its payment is attributed on another connection. Without one waiting for the other, each
+    misses the other and the refund stays parked for good."""
+    tx = f"4200{uuid.uuid4().hex[:20]}"
+    early = refund(shop, tx, 3_000)
+    first, second = await asyncpg.connect(member_db), await asyncpg.connect(member_db)
+    try:
+        parking = first.transaction()
+        await parking.start()
+        await attribute_refunds(first, [(early, {})])
+        racing = asyncio.create_task(
+            attribute(second, captured(shop, openid(), amount_fen=9_000, transaction_id=tx))
+        )
+        await _wait_until_blocked(conn, second.get_server_pid())
+        await parking.commit()
+        await racing
+    finally:
+        await first.close()
+        await second.close()
+
+    state = await conn.fetchval(
+        "SELECT state FROM refunds WHERE mall_id = $1 AND refund_id = $2",
+        shop.mall_id,
+        early.refund_id,
+    )
+    assert state == "attributed"
+    assert [s for s, _ in await events(conn, shop.mall_id)] == [ATTRIBUTED, REFUNDED]
+
+
 async def test_a_refund_before_its_payment_is_parked_then_follows_the_payment(
     conn: asyncpg.Connection, shop: Shop
 ) -> None:

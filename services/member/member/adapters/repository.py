@@ -262,6 +262,22 @@ async def car_park_exists(conn: Connection, mall_id: str, car_park_id: str) -> b
     )
 
 
+async def lock_transactions(conn: Connection, keys: Sequence[tuple[str, str]]) -> None:
+    """Transaction-scoped locks on (mall, transaction id), taken in one order: a payment and
+    its refund handled at the same moment see each other (one waits for the other's commit)
+    instead of each missing the other and leaving the refund parked for good."""
+    if not keys:
+        return
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock(k)
+             FROM (SELECT DISTINCT hashtextextended(m || ':' || t, 7) AS k
+                     FROM unnest($1::text[], $2::text[]) AS u(m, t)) keys
+            ORDER BY k""",
+        [m for m, _ in keys],
+        [t for _, t in keys],
+    )
+
+
 async def tenant_exists(conn: Connection, mall_id: str, tenant_id: str) -> bool:
     return bool(
         await conn.fetchval(

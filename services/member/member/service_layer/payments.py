@@ -56,6 +56,9 @@ async def attribute_payments(
         )
         for p in batch
     ]
+    await repository.lock_transactions(
+        conn, [(a.store.mall_id, a.payment.transaction_id) for a in attributions]
+    )  # before recording: a refund parking at this moment is seen below, or sees this
     new = await repository.record_payments(conn, attributions)
     fresh: list[tuple[Attribution, dict[str, str]]] = []
     for attribution, (_, headers) in zip(attributions, payments, strict=True):

@@ -25,11 +25,17 @@ async def attribute_refunds(
     """Inside the caller's transaction. A refund of more than was paid is refused
     (``refund_exceeds_payment``, dead-lettered); a refund seen before is skipped."""
     malls = await repository.malls_for_appids(conn, [r.appid for r, _ in refunds])
+    for refund, _ in refunds:
+        if refund.appid not in malls:
+            raise NotFound("unknown_mall", f"no mall has appid {refund.appid}")
+    # Before looking for the payment: one attributed at this moment is then seen, or sees
+    # this refund parked (see repository.lock_transactions).
+    await repository.lock_transactions(
+        conn, [(malls[r.appid], r.transaction_id) for r, _ in refunds]
+    )
     outgoing: list[OutgoingEvent] = []
     for refund, headers in refunds:
-        mall_id = malls.get(refund.appid)
-        if mall_id is None:
-            raise NotFound("unknown_mall", f"no mall has appid {refund.appid}")
+        mall_id = malls[refund.appid]
         payment = await repository.recorded_payment(conn, mall_id, refund.transaction_id)
         if payment is None:
             if await repository.insert_refund(conn, mall_id, refund, "parked"):

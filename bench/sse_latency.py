@@ -358,6 +358,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         points_db = await create_database(pg_url, "bench_sse_points")
         await migrate(member_db, MEMBER_MIGRATIONS)
         await migrate(points_db, POINTS_MIGRATIONS)
+        if args.explain_slow_ms is not None:  # diagnosis: slow statements' plans to the log
+            conn = await asyncpg.connect(pg_url)
+            try:
+                for db in ("bench_sse_member", "bench_sse_points"):
+                    await conn.execute(
+                        f"ALTER DATABASE {db} SET session_preload_libraries = 'auto_explain';"
+                        f"ALTER DATABASE {db} SET auto_explain.log_min_duration = "
+                        f"{int(args.explain_slow_ms)};"
+                        f"ALTER DATABASE {db} SET auto_explain.log_analyze = on;"
+                        f"ALTER DATABASE {db} SET auto_explain.log_nested_statements = on"
+                    )
+            finally:
+                await conn.close()
         member_port, points_port, http_port = free_port(), free_port(), free_port()
         common = {"NATS_URL": nats_url}
         procs.append(
@@ -688,6 +701,13 @@ def cli() -> None:
         default=[],
         metavar="R1,R2,...",
         help="after the main rate, more phases at these rates (same processes and streams)",
+    )
+    parser.add_argument(
+        "--explain-slow-ms",
+        type=int,
+        metavar="MS",
+        help="log the plans of member's and points' statements slower than MS (auto_explain, "
+        "to the PostgreSQL server's log; diagnosis only)",
     )
     parser.add_argument("--wait", type=float, default=120, help="s to wait for the last events")
     args = parser.parse_args()

@@ -497,6 +497,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 missing = sum(t not in tracker.arrived for t in warm)
                 raise RuntimeError(f"warm-up: refused {dict(refused)}, {missing} events missing")
 
+            # A mall's tables have statistics: fresh ones filled within the autovacuum naptime
+            # would not, and their plans scan whole tables per batch (--no-analyze shows it).
+            if args.analyze:
+                for url_ in (member_db, points_db):
+                    conn = await asyncpg.connect(url_)
+                    try:
+                        await conn.execute("ANALYZE")
+                    finally:
+                        await conn.close()
+            result["analyzed_before_measuring"] = args.analyze
+
             # Idle: the same processes and streams, no payments (heartbeats, polling relays
             # and consumers): the fixed cost that the measured window's CPU includes.
             if args.idle > 0:
@@ -625,7 +636,8 @@ def report(r: dict[str, Any]) -> str:
         f"{r['members']:,} members, one open /v1/me/events stream each "
         f"(opened in {r['streams_open_s']} s; gateway RSS {r['gateway_rss_mb_with_streams']} MB); "
         f"{r['payments']:,} payments open loop at {r['rate_per_s']:,.0f}/s for "
-        f"{r['duration_s']} s",
+        f"{r['duration_s']} s; tables "
+        + ("ANALYZEd after the warm-up" if r.get("analyzed_before_measuring") else "not analyzed"),
         "",
         "| measure (ms from the POST's scheduled start) | count | p50 | p90 | p99 | max |",
         "|---|---|---|---|---|---|",
@@ -708,6 +720,12 @@ def cli() -> None:
         metavar="MS",
         help="log the plans of member's and points' statements slower than MS (auto_explain, "
         "to the PostgreSQL server's log; diagnosis only)",
+    )
+    parser.add_argument(
+        "--no-analyze",
+        dest="analyze",
+        action="store_false",
+        help="do not ANALYZE member's and points' databases after the warm-up",
     )
     parser.add_argument("--wait", type=float, default=120, help="s to wait for the last events")
     args = parser.parse_args()

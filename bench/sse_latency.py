@@ -8,7 +8,11 @@ member with that member's own token (minted with the gateway's signing key, as
 
 * baseline: an empty aiohttp POST handler (``bench/empty_servers.py``), closed loop at C in
   flight (its ceiling on this box now), and open loop at the same paced rate (its latency);
-* warm-up: W payments at a slow pace, every event awaited;
+* warm-up: W payments at a slow pace, every event awaited; then ``ANALYZE`` of member's and
+  points' databases (a mall's tables have statistics; tables filled from empty inside
+  autovacuum's naptime do not, and member then plans per-batch scans of the whole mall:
+  ``--no-analyze`` keeps that, and the per-index counters below show it);
+* idle: CPU of the same processes with the streams open and no payments (the fixed cost);
 * measured: R payments/s for D seconds, **open loop** (each POST starts at its scheduled
   time whether or not earlier ones were answered; latency counts from the scheduled time, so
   a client or server falling behind is not hidden), payments spread round-robin over the
@@ -16,15 +20,22 @@ member with that member's own token (minted with the gateway's signing key, as
   payment path, same payments, same run) and → the ``points`` event carrying its
   ``transaction_id`` on its member's stream (the "+N points" the shopper sees).
 
+``--sweep 250,500,750`` adds one phase per rate on the same processes and streams (a row
+each): where the goal is met on this box today.
+
 Checks: every payment's event arrived, on its own member's stream only, once (a missing, a
 misdelivered or a duplicated event is reported, and the run exits non-zero). Also reported:
 the accepted rate (204s per second of posting), CPU seconds per process over the measured
 window (gateway, member, points, PostgreSQL, nats-server, client — the ones this run
-started) and the machine's load average before and after.
+started), CPU ms per payment, seconds each part spent runnable but waiting for a CPU (summed
+over its threads: how starved the box left it), this client's own event-loop lag, PostgreSQL
+commits and per-table / per-index reads per payment, and the load average before and after.
+Diagnosis only: ``--profile-gateway PATH`` (cProfile), ``--explain-slow-ms MS`` (auto_explain
+plans, nested statements too, to the PostgreSQL server's log; with DATABASE_URL).
 
 Results: a table, and bench/results/sse-latency-<time>.json.
 
-    .venv/bin/python bench/sse_latency.py            # -m 2000 --rate 1000 -d 10
+    .venv/bin/python bench/sse_latency.py --sweep 250,500,750   # -m 2000 -r 1000 -d 10
 """
 
 from __future__ import annotations

@@ -72,6 +72,7 @@ bench: install ## Benchmarks with same-run baselines; writes bench/results/*.jso
 	$(VENV)/python bench/flash_grab.py
 	$(VENV)/python bench/parking.py
 	$(VENV)/python bench/storm.py
+	$(VENV)/python bench/sse_latency.py --sweep 250,500,750
 
 .PHONY: reconcile
 reconcile: install ## Reconcile a mall's payments end to end: MALL=<mall_id> [START=<iso>] [END=<iso>] (default: last 24 h up to 5 min ago); exit 1 on any difference

@@ -24,7 +24,7 @@ from kit.errors import AppError
 from kit.grpc_errors import from_rpc_error
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
-from kit.proto import timestamp
+from kit.proto import timestamp, to_datetime
 from mall.common.v1 import common_pb2
 from mall.coupons.v1 import coupons_pb2 as cpb
 from mall.coupons.v1 import coupons_service_pb2 as pb
@@ -605,6 +605,6 @@ async def test_wallet_summary_counts_coupons_still_to_use(api: Api) -> None:
 
     assert summary.available == 2
     assert summary.next_expiry == soon.valid_until
-    assert far.valid_until.seconds > soon.valid_until.seconds
+    assert to_datetime(far.valid_until) > to_datetime(soon.valid_until)  # soon is the next
     assert nobody.available == 0
     assert not nobody.HasField("next_expiry")

@@ -42,7 +42,8 @@ def test_a_stay_exactly_on_the_free_minute_boundary_is_free() -> None:
     entered = local(2026, 11, 26, 10, 0)
 
     assert charge(HOURLY, entered, entered + timedelta(minutes=15), SH) == 0
-    assert charge(HOURLY, entered, entered + timedelta(minutes=15, seconds=1), SH) == 500
+    a_second_more = entered + timedelta(minutes=15, seconds=1)
+    assert charge(HOURLY, entered, a_second_more, SH) == 500
 
 
 def test_longer_stays_pay_per_started_unit_from_the_entry() -> None:

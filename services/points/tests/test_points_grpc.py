@@ -15,6 +15,7 @@ import pytest
 from kit.cli import serving
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
+from kit.proto import to_datetime
 from mall.common.v1 import common_pb2
 from mall.points.v1 import points_pb2, points_service_pb2, points_service_pb2_grpc
 from mall_testing.plugin import FreshDatabase
@@ -109,7 +110,7 @@ async def test_get_account_reports_the_balance(api: PointsApi, unique_id: str) -
     assert account.updated_at.seconds > 0
     # The credit's lot is what expires first, and it expires after the credit.
     assert reply.next_expiring.points == 173
-    assert reply.next_expiring.expires_at.seconds > account.updated_at.seconds
+    assert to_datetime(reply.next_expiring.expires_at) > to_datetime(account.updated_at)
 
 
 async def test_an_account_never_credited_is_empty(api: PointsApi, unique_id: str) -> None:

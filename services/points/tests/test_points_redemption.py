@@ -17,6 +17,7 @@ from kit.cli import serving
 from kit.errors import Conflict
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
+from kit.proto import to_datetime
 from mall.points.v1 import events_pb2, points_pb2, points_service_pb2, points_service_pb2_grpc
 from mall_testing.plugin import FreshDatabase
 from points.bootstrap import MIGRATIONS, bootstrap
@@ -167,7 +168,7 @@ async def test_a_confirmed_hold_spends_the_points_once(
     held = await api.points.HoldPoints(hold_request(mall_id, member_id, 200), timeout=10)
     assert (held.account.balance, held.account.held, held.account.available) == (500, 200, 300)
     assert await position(api, mall_id, member_id) == (500, 200, 300)
-    assert held.expires_at.seconds > datetime.now(UTC).timestamp()
+    assert to_datetime(held.expires_at) > datetime.now(UTC)  # a hold that lasts
 
     confirm = points_service_pb2.ConfirmHoldRequest(mall_id=mall_id, hold_id=held.hold_id)
     first = await api.points.ConfirmHold(confirm, timeout=10)

@@ -78,7 +78,8 @@ def test_a_campaign_applies_only_inside_its_window() -> None:
 
     assert book.earn(paid(1_000)) == (50, "double-11@1")
     assert book.earn(paid(1_000, paid_at=end)) == (10, "base@1")
-    assert book.earn(paid(1_000, paid_at=start - timedelta(seconds=1))) == (10, "base@1")
+    just_before = start - timedelta(seconds=1)
+    assert book.earn(paid(1_000, paid_at=just_before)) == (10, "base@1")
 
 
 def test_source_and_minimum_amount_narrow_a_rule() -> None:
@@ -102,7 +103,8 @@ def test_a_payment_made_before_a_new_version_earns_by_the_old_one() -> None:
     v2 = replace(v1, points_per_unit=4, version=2, recorded_at=PAID)
     book = RuleBook([v2, v1])
 
-    assert book.earn(paid(1_000, paid_at=PAID - timedelta(seconds=1))) == (10, "base@1")
+    just_before = PAID - timedelta(seconds=1)
+    assert book.earn(paid(1_000, paid_at=just_before)) == (10, "base@1")
     assert book.earn(paid(1_000, paid_at=PAID)) == (40, "base@2")
     assert book.earn(paid(1_000, paid_at=EARLIER - timedelta(days=1))) == (10, "base-1")
 

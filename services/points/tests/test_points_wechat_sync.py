@@ -250,7 +250,8 @@ async def until(
     """Run ``step`` until ``check`` holds (10 s at most)."""
     deadline = time.monotonic() + 10
     while not await check():
-        assert time.monotonic() < deadline, "condition never held"
+        if time.monotonic() >= deadline:
+            raise AssertionError("the condition never held within 10 s of waiting")
         await step()
         await asyncio.sleep(0.02)
 

@@ -164,7 +164,8 @@ async def test_a_step_sends_its_mix_signed_and_encrypted(world: World) -> None:
     assert len(report["payments"]) == planned["payment"]
     assert all(sent is not None and acked >= sent for _, _, sent, acked, _ in report["payments"])
     assert report["gave_up"] == 0
-    assert report["ack_p99_ms"] is not None
+    acknowledged_p99 = report["ack_p99_ms"]
+    assert acknowledged_p99 is not None  # every delivery was answered, so the step reports it
     # The platform's statement knows the step's payments and refunds.
     since = (datetime.now(CST) - timedelta(minutes=5)).isoformat()
     status, bill = await world.call("GET", f"/control/bill?since={since.replace('+', '%2B')}")

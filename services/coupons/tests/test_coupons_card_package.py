@@ -36,6 +36,7 @@ from coupons.domain.card_package import (
 from coupons.entrypoints.card_package import card_package_commands
 from coupons.service_layer.card_package import CardPackageWorker, MirrorPolicy
 from kit.cli import serving
+from kit.credentials import hash_secret
 from kit.errors import InvalidInput
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
@@ -45,7 +46,6 @@ from mall.coupons.v1 import coupons_pb2, coupons_service_pb2, coupons_service_pb
 from mall.member.v1 import directory_pb2
 from mall.member.v1 import events_pb2 as member_events
 from mall_testing.plugin import FreshDatabase
-from member.domain.credentials import hash_secret
 from nats.js.client import JetStreamContext
 from wechatpay import signing
 from wechatpay.client import WeChatPayClient

@@ -36,6 +36,7 @@ from coupons.service_layer.commitment_clawbacks import ClawbackPolicy, ClawbackW
 from hypothesis import given
 from hypothesis import strategies as st
 from kit.cli import running, serving
+from kit.credentials import hash_secret
 from kit.errors import InvalidInput
 from kit.grpc_errors import from_rpc_error
 from kit.migrations import migrate
@@ -46,7 +47,6 @@ from mall.coupons.v1 import events_pb2
 from mall.member.v1 import directory_pb2
 from mall.member.v1 import events_pb2 as member_events
 from mall_testing.plugin import FreshDatabase
-from member.domain.credentials import hash_secret
 from nats.js.client import JetStreamContext
 from wechatpay import signing
 from wechatpay.client import WeChatPayClient

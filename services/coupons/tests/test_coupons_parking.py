@@ -30,6 +30,7 @@ from coupons.service_layer.claims import claim_batch
 from eventbus.consumer import Delivery
 from google.protobuf.message import Message
 from kit.cli import running, serving
+from kit.credentials import hash_secret
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
 from kit.proto import timestamp
@@ -41,7 +42,6 @@ from mall.parking.v1 import parking_pb2 as ppb
 from mall.parking.v1 import parking_service_pb2 as papi
 from mall.parking.v1 import parking_service_pb2_grpc as pstubs
 from mall_testing.plugin import FreshDatabase
-from member.domain.credentials import hash_secret
 from nats.js.client import JetStreamContext
 from parking.bootstrap import MIGRATIONS as PARKING_MIGRATIONS
 from parking.bootstrap import bootstrap as parking_bootstrap

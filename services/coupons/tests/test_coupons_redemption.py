@@ -20,6 +20,7 @@ from coupons.config import Settings
 from coupons.domain.redemption import Use
 from coupons.service_layer.redemptions import Redeemer
 from kit.cli import serving
+from kit.credentials import hash_secret
 from kit.errors import AppError
 from kit.grpc_errors import from_rpc_error
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
@@ -32,7 +33,6 @@ from mall.coupons.v1 import coupons_service_pb2_grpc as pb_grpc
 from mall.coupons.v1 import events_pb2
 from mall.member.v1 import directory_pb2
 from mall_testing.plugin import FreshDatabase
-from member.domain.credentials import hash_secret
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 FAILED = grpc.StatusCode.FAILED_PRECONDITION

@@ -10,10 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from kit.credentials import hash_secret, parse_presented, verify_secret
 from kit.errors import Forbidden, InvalidInput
-
-__all__ = ["hash_secret", "parse_presented", "verify_secret"]  # the format lives in kit
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import structlog
@@ -58,3 +58,34 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def work_until_stopped(
+    stop: asyncio.Event,
+    step: Callable[[], Awaitable[int]],
+    *,
+    idle_s: float,
+    full: int = 1,
+    failed_event: str,
+    transient: tuple[type[BaseException], ...] = (Exception,),
+    max_backoff_s: float = 10.0,
+) -> None:
+    """The loop of a polling worker: ``step`` does one round and says how much it handled.
+    At least ``full`` handled: go again at once (more may be due); fewer: wait ``idle_s``. A
+    ``transient`` failure (the database away) is logged as ``failed_event`` and retried,
+    backing off to ``max_backoff_s``; the worker never gives up."""
+    backoff = 0.1
+    while not stop.is_set():
+        try:
+            handled = await step()
+            backoff = 0.1
+        except transient as exc:
+            log.warning(failed_event, error=repr(exc), retry_in_s=backoff)
+            if await sleep_or_stop(stop, backoff):
+                return
+            backoff = min(backoff * 2, max_backoff_s)
+            continue
+        if handled >= full:
+            continue
+        if await sleep_or_stop(stop, idle_s):
+            return

@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from kit.lifecycle import Component, run_components, sleep_or_stop
+from kit.lifecycle import Component, run_components, sleep_or_stop, work_until_stopped
 
 
 async def test_a_crash_stops_every_other_component_and_is_raised() -> None:
@@ -82,3 +82,37 @@ async def test_a_role_with_nothing_to_run_lives_until_stopped() -> None:
 
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+async def test_a_polling_worker_drains_retries_and_stops() -> None:
+    """Full rounds run back to back, a transient failure is retried, a quiet round waits."""
+    stop = asyncio.Event()
+    rounds: list[str] = []
+    script = iter(["full", "full", "fails", "full", "quiet"])
+
+    async def step() -> int:
+        what = next(script)
+        rounds.append(what)
+        if what == "fails":
+            raise OSError("database away")
+        if what == "quiet":
+            stop.set()  # asked to stop during the idle wait that follows
+            return 0
+        return 10
+
+    await asyncio.wait_for(
+        work_until_stopped(stop, step, idle_s=60, full=10, failed_event="t", transient=(OSError,)),
+        timeout=5,  # the 60 s idle wait is cut short by the stop
+    )
+
+    assert rounds == ["full", "full", "fails", "full", "quiet"]
+
+
+async def test_a_polling_worker_lets_an_unexpected_error_through() -> None:
+    async def step() -> int:
+        raise ValueError("a bug, not an outage")
+
+    with pytest.raises(ValueError, match="a bug"):
+        await work_until_stopped(
+            asyncio.Event(), step, idle_s=1, failed_event="t", transient=(OSError,)
+        )

@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 from kit.db import Connection
 from kit.errors import NotFound
-from kit.lifecycle import sleep_or_stop
+from kit.lifecycle import work_until_stopped
 from wechatpay.client import PlatformRefused, PlatformUnavailable
 
 from coupons.adapters import card_package as sql
@@ -183,18 +183,10 @@ class CardPackageWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Component: mirror until asked to stop, polling for due rows."""
-        backoff = 0.1
-        while not stop.is_set():
-            try:
-                count = await self.deliver_due()
-                backoff = 0.1
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("card_package_worker_failed", error=repr(exc), retry_in_s=backoff)
-                if await sleep_or_stop(stop, backoff):
-                    return
-                backoff = min(backoff * 2, 10.0)
-                continue
-            if count:
-                continue
-            if await sleep_or_stop(stop, self._policy.poll_interval_s):
-                return
+        await work_until_stopped(
+            stop,
+            self.deliver_due,
+            idle_s=self._policy.poll_interval_s,
+            failed_event="card_package_worker_failed",
+            transient=(OSError, asyncpg.PostgresError),
+        )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 from eventbus.outbox import add_events
-from kit.lifecycle import sleep_or_stop
+from kit.lifecycle import work_until_stopped
 from wechatpay.client import PlatformRefused, PlatformUnavailable
 
 from coupons.adapters import commitment_clawbacks as queue
@@ -124,18 +124,11 @@ class ClawbackWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Component: deliver until asked to stop, polling for due rows."""
-        backoff = 0.1
-        while not stop.is_set():
-            try:
-                count = await self.deliver_due()
-                backoff = 0.1
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("commitment_clawbacks_failed", error=repr(exc), retry_in_s=backoff)
-                if await sleep_or_stop(stop, backoff):
-                    return
-                backoff = min(backoff * 2, 10.0)
-                continue
-            if count == self._policy.batch_size:
-                continue
-            if await sleep_or_stop(stop, self._policy.poll_interval_s):
-                return
+        await work_until_stopped(
+            stop,
+            self.deliver_due,
+            idle_s=self._policy.poll_interval_s,
+            full=self._policy.batch_size,
+            failed_event="commitment_clawbacks_failed",
+            transient=(OSError, asyncpg.PostgresError),
+        )

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import structlog
-from kit.lifecycle import Component, sleep_or_stop
+from kit.lifecycle import Component, sleep_or_stop, work_until_stopped
 from wechatpay.client import WeChatPayClient
 
 from parking.adapters.wechatpay import ParkingPlatform
@@ -54,16 +54,13 @@ def wechat_job(
             return
         async with client:
             platform = ParkingPlatform(client)
-            while not stop.is_set():
-                try:
-                    result = await send_due(pool, platform, retry_max_s=retry_max_s)
-                    busy = result.sent + result.skipped + result.failed + result.retrying
-                except Exception as exc:  # database away: try again next round
-                    log.warning("wechat_parking_job_failed", error=repr(exc))
-                    busy = 0
-                if busy:
-                    continue  # more may be due: no sleep while there is work
-                if await sleep_or_stop(stop, interval_s):
-                    return
+
+            async def step() -> int:
+                result = await send_due(pool, platform, retry_max_s=retry_max_s)
+                return result.sent + result.skipped + result.failed + result.retrying
+
+            await work_until_stopped(
+                stop, step, idle_s=interval_s, failed_event="wechat_parking_job_failed"
+            )
 
     return run

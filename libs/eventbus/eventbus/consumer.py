@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from kit import context
 from kit.db import Connection
 from kit.errors import AppError, Unavailable
+from kit.lifecycle import sleep_or_stop
 from kit.metrics import (
     CONSUMER_BATCH,
     CONSUMER_LAG,
@@ -115,6 +116,7 @@ class Consumer:
         ack_wait_s: float = 30.0,
         retry_delays_s: Sequence[float] = (0.5, 2, 5, 15, 30, 60),
         fetch_wait_s: float = 1.0,
+        linger_s: float = 0.0,
     ) -> None:
         self.name = name
         self.stream = stream
@@ -127,6 +129,7 @@ class Consumer:
         self._ack_wait_s = ack_wait_s
         self._retry_delays_s = retry_delays_s
         self._fetch_wait_s = fetch_wait_s
+        self._linger_s = linger_s
         self.handled = 0
 
     async def ensure(self) -> None:
@@ -168,6 +171,11 @@ class Consumer:
                     continue
                 backoff = 0.1
                 await self.process(msgs)
+                if self._linger_s and len(msgs) < self._batch_size:
+                    # Busy but not saturated: let the next batch gather for a moment rather
+                    # than pay a transaction for every message or two (group commit). An idle
+                    # consumer still gets its next message at once: the fetch waits for it.
+                    await sleep_or_stop(stop, self._linger_s)
         finally:
             await sub.unsubscribe()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 
 import asyncpg
 import structlog
@@ -22,6 +23,8 @@ from nats.js.client import JetStreamContext
 from eventbus.outbox import NOTIFY_CHANNEL
 
 log = structlog.get_logger(__name__)
+
+BACKLOG_SAMPLE_INTERVAL_S = 1.0
 
 _CLAIM = """SELECT seq, event_id, mall_id, subject, payload, headers
               FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"""
@@ -36,12 +39,15 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval_s: float = 1.0,
         max_backoff_s: float = 10.0,
+        linger_s: float = 0.0,
     ) -> None:
         self._pool = pool
         self._js = js
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
         self._max_backoff_s = max_backoff_s
+        self._linger_s = linger_s
+        self._backlog_sampled = 0.0
         self._wake = asyncio.Event()
         self._listener_lost = False
         self.published = 0
@@ -66,7 +72,12 @@ class OutboxRelay:
         return len(done)
 
     async def _sample_backlog(self) -> None:
-        """What is still waiting, for the outbox-backlog alert (cheap: the outbox is drained)."""
+        """What is still waiting, for the outbox-backlog alert (cheap: the outbox is drained);
+        at most once a second, not on every wake-up."""
+        now = time.monotonic()
+        if now - self._backlog_sampled < BACKLOG_SAMPLE_INTERVAL_S:
+            return
+        self._backlog_sampled = now
         try:
             OUTBOX_BACKLOG.set(await self._pool.fetchval("SELECT count(*) FROM outbox"))
         except (OSError, asyncpg.PostgresError) as exc:
@@ -106,6 +117,12 @@ class OutboxRelay:
                     continue
                 if count == self._batch_size:
                     continue  # more waiting: keep going without sleeping
+                if count and self._linger_s:
+                    # Events are flowing: let the next ones gather for a moment, so that a
+                    # claim-publish-delete transaction carries many rather than one or two.
+                    if await sleep_or_stop(stop, self._linger_s):
+                        break
+                    continue
                 waiter = asyncio.ensure_future(self._wake.wait())
                 stopper = asyncio.ensure_future(stop.wait())
                 await asyncio.wait(

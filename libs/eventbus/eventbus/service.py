@@ -87,6 +87,7 @@ async def assemble(
                 handler=s.handler,
                 batch_size=settings.consumer_batch_size,
                 ack_wait_s=settings.consumer_ack_wait_s,
+                linger_s=settings.consumer_linger_s,
             )
             for s in subscriptions
         ]
@@ -111,7 +112,7 @@ async def assemble(
         more = extras(pool) if extras is not None else Extras()
         components: dict[str, list[Component]] = {
             "serve": [grpc.run],
-            "relay": [OutboxRelay(pool, js).run],
+            "relay": [OutboxRelay(pool, js, linger_s=settings.outbox_linger_s).run],
             "consume": [c.run for c in consumers],
         }
         for role, added in more.components.items():

@@ -197,6 +197,41 @@ async def test_a_lone_message_is_handled_without_waiting_for_its_batch_to_fill(
     assert [r["points"] for r in await _effects(pool, consumer.name)] == [1, 2]
 
 
+async def test_a_busy_consumer_lets_the_next_batch_gather_before_it_fetches_again(
+    pool: asyncpg.Pool, jetstream: Nats, unique_id: str
+) -> None:
+    """Group commit under moderate load: after a partial batch the consumer lingers, so what
+    arrives meanwhile is handled in one transaction rather than one each. The lone first
+    message is still handled at once (the linger comes after a batch, never before one)."""
+    await ensure_streams(jetstream.js, STREAM)
+    handler = _Handler(f"test-{unique_id}")
+    batches: list[list[str]] = []
+
+    async def recording(conn: Connection, deliveries: Sequence[Delivery]) -> None:
+        batches.append([d.event_id for d in deliveries])
+        await handler(conn, deliveries)
+
+    consumer = Consumer(
+        pool,
+        jetstream.js,
+        name=handler.consumer,
+        stream=STREAM,
+        subject=f"points.t{unique_id}.credited",
+        handler=recording,
+        linger_s=2.0,
+    )
+    async with _running(consumer) as task:
+        first = await _publish(jetstream.js, consumer.subject, f"{unique_id}-0", _payload(0))
+        await _eventually(lambda: _settled(jetstream.js, consumer, first), "the first", task)
+        # The consumer now lingers: these five arrive one by one while it does.
+        for n in range(1, 6):
+            last = await _publish(jetstream.js, consumer.subject, f"{unique_id}-{n}", _payload(n))
+        await _eventually(lambda: _settled(jetstream.js, consumer, last), "the five", task)
+
+    assert batches == [[f"{unique_id}-0"], [f"{unique_id}-{n}" for n in range(1, 6)]]
+    assert len(await _effects(pool, consumer.name)) == 6
+
+
 async def test_a_redelivered_event_id_has_one_effect_across_batches_and_restarts(
     pool: asyncpg.Pool, jetstream: Nats, unique_id: str
 ) -> None:

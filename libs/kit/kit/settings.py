@@ -45,6 +45,11 @@ class ServiceSettings(BaseSettings):
     consumer_batch_size: int = Field(default=200, ge=1, le=1000)
     #: How long JetStream waits for an ack before redelivering to another replica.
     consumer_ack_wait_s: float = Field(default=30.0, gt=0)
+    #: After a partial batch, how long a consumer lets the next one gather (group commit
+    #: under moderate load; an idle consumer still takes its next message at once).
+    consumer_linger_s: float = Field(default=0.01, ge=0, le=1)
+    #: The same for the outbox relay after it published a partial batch.
+    outbox_linger_s: float = Field(default=0.005, ge=0, le=1)
 
 
 _DSN_PASSWORD = re.compile(r"(://[^/:@\s]*):[^/@\s]*@")

@@ -24,7 +24,9 @@ class Settings(ServiceSettings, MerchantSettings):
     expiry_reminder_days: int = Field(default=30, ge=1, le=3650)
 
     # -- WeChat Pay points sync (积分同步): the merchant settings come from MerchantSettings. --
-    wechatpay_sync_batch_size: int = Field(default=20, ge=1, le=200)
+    #: Reports sent concurrently by one worker: each is a signed HTTPS call that mostly waits
+    #: on the platform, so a batch of 20 could not keep up past ~250 payments/s.
+    wechatpay_sync_batch_size: int = Field(default=100, ge=1, le=200)
     wechatpay_sync_retry_base_s: float = Field(default=1.0, gt=0)
     wechatpay_sync_retry_max_s: float = Field(default=600.0, gt=0)
     wechatpay_sync_poll_interval_s: float = Field(default=1.0, gt=0)

@@ -55,7 +55,7 @@ class PointsPlatform(Protocol):
 
 @dataclass(frozen=True)
 class SyncPolicy:
-    batch_size: int = 20
+    batch_size: int = 100
     #: How long a claim lasts. Longer than any call can take, so one row is never in flight
     #: twice at once; if a worker dies holding rows, they are sent again after this.
     lease_s: float = 60.0

@@ -17,6 +17,7 @@ from kit.cli import Command, Roles
 from kit.db import open_pool, ping
 from kit.grpc_server import Authenticator, GrpcServer, Registration
 from kit.jetstream import connect
+from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.lifecycle import Component
 from kit.settings import ServiceSettings
 from nats.js.client import JetStreamContext
@@ -75,6 +76,7 @@ async def assemble(
     ):
         js = nc.jetstream()
         await ensure_streams(js, *streams, replicas=settings.jetstream_replicas)
+        await open_bucket(js, DIRECTORY_BUCKET, replicas=settings.jetstream_replicas)
         if callable(subscriptions):  # handlers that need JetStream themselves (a KV bucket)
             subscriptions = await subscriptions(js)
         consumers = [

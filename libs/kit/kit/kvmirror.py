@@ -22,12 +22,26 @@ log = structlog.get_logger(__name__)
 DIRECTORY_BUCKET = "DIRECTORY"
 
 
-async def open_bucket(js: JetStreamContext, bucket: str) -> KeyValue:
-    """The bucket, created if it does not exist yet (idempotent)."""
+async def open_bucket(
+    js: JetStreamContext, bucket: str, *, replicas: int | None = None
+) -> KeyValue:
+    """The bucket, created if it does not exist yet (idempotent).
+
+    With ``replicas`` (what a process's JETSTREAM_REPLICAS says) the bucket is also brought up
+    to that many copies if it has fewer: every process ensures it so at start, so whichever
+    starts first on a clustered NATS, the directory survives the loss of a server."""
     try:
-        return await js.key_value(bucket)
+        kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1))
+        return await js.create_key_value(
+            KeyValueConfig(bucket=bucket, history=1, replicas=replicas or 1)
+        )
+    if replicas is not None:
+        info = await js.stream_info(f"KV_{bucket}")
+        if (info.config.num_replicas or 1) < replicas:
+            info.config.num_replicas = replicas
+            await js.update_stream(info.config)
+    return kv
 
 
 #: Receives each change: the key and its new value, or None when the key was deleted.

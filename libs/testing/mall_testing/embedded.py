@@ -456,11 +456,15 @@ class EmbeddedNats(_EmbeddedServer):
         port: int | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
         stop_with_parent: bool = True,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        """``extra_args`` go to nats-server as they are (e.g. ``--cluster``/``--routes`` for
+        one node of a test cluster)."""
         super().__init__(
             base_dir, port=port, startup_timeout=startup_timeout, stop_with_parent=stop_with_parent
         )
         self.executable = nats_server_executable()
+        self.extra_args = list(extra_args)
 
     @property
     def store_dir(self) -> Path:
@@ -483,6 +487,7 @@ class EmbeddedNats(_EmbeddedServer):
             "-js",
             "-sd",
             str(self.store_dir),
+            *self.extra_args,
         ]
         return self._wrap(argv, death_signal="TERM")
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2_grpc
 from kit.cli import Roles, Service
 from kit.grpc_client import insecure_channel
 from kit.jetstream import connect
-from kit.kvmirror import DIRECTORY_BUCKET, KvMirror
+from kit.kvmirror import DIRECTORY_BUCKET, KvMirror, open_bucket
 from kit.lifecycle import Component
 from mall.coupons.v1 import commitments_service_pb2_grpc, coupons_service_pb2_grpc
 from mall.member.v1 import member_service_pb2_grpc
@@ -75,6 +75,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
     ):
         js = nc.jetstream()
         await ensure_streams(js, "PAYMENTS", replicas=settings.jetstream_replicas)
+        await open_bucket(js, DIRECTORY_BUCKET, replicas=settings.jetstream_replicas)
         directory = Directory()
         mirror = KvMirror(js, DIRECTORY_BUCKET, directory.apply)
         webhooks = Webhooks(

@@ -23,6 +23,7 @@ from kit import context
 from kit.db import Connection
 from kit.errors import AppError, Unavailable
 from kit.lifecycle import sleep_or_stop
+from kit.liveness import HEARTBEATS, Heartbeats
 from kit.metrics import (
     CONSUMER_BATCH,
     CONSUMER_LAG,
@@ -117,6 +118,7 @@ class Consumer:
         retry_delays_s: Sequence[float] = (0.5, 2, 5, 15, 30, 60),
         fetch_wait_s: float = 1.0,
         linger_s: float = 0.0,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self.name = name
         self.stream = stream
@@ -130,6 +132,7 @@ class Consumer:
         self._retry_delays_s = retry_delays_s
         self._fetch_wait_s = fetch_wait_s
         self._linger_s = linger_s
+        self._heartbeats = heartbeats if heartbeats is not None else HEARTBEATS
         self.handled = 0
 
     async def ensure(self) -> None:
@@ -149,13 +152,19 @@ class Consumer:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Component: fetch, handle, ack until asked to stop; finishes the batch in hand."""
+        """Component: fetch, handle, ack until asked to stop; finishes the batch in hand.
+
+        Beats on every turn (the fetch waits at most ``fetch_wait_s``), so only a turn stuck
+        on one await (a hung statement) goes stale and gets the process restarted."""
+        beat = self._heartbeats.beat
+        beat(self.name)  # from here on, a hang counts (in setting up too)
         await self.ensure()
         sub = await self._js.pull_subscribe_bind(self.name, stream=self.stream)
         backoff = 0.1
         sampled = 0.0
         try:
             while not stop.is_set():
+                beat(self.name)  # after a fetch timed out or failed, after processing
                 if time.monotonic() - sampled > LAG_SAMPLE_INTERVAL_S:
                     sampled = time.monotonic()
                     await self._sample_lag()
@@ -170,6 +179,7 @@ class Consumer:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1
+                beat(self.name)  # a fetch returned
                 await self.process(msgs)
                 if self._linger_s and len(msgs) < self._batch_size:
                     # Busy but not saturated: let the next batch gather for a moment rather
@@ -177,6 +187,7 @@ class Consumer:
                     # consumer still gets its next message at once: the fetch waits for it.
                     await sleep_or_stop(stop, self._linger_s)
         finally:
+            self._heartbeats.forget(self.name)  # stopped on purpose (or the process is ending)
             await sub.unsubscribe()
 
     async def _sample_lag(self) -> None:

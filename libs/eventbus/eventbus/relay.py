@@ -17,6 +17,7 @@ import time
 import asyncpg
 import structlog
 from kit.lifecycle import sleep_or_stop
+from kit.liveness import HEARTBEATS, Heartbeats
 from kit.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
 from nats.js.client import JetStreamContext
 
@@ -25,6 +26,7 @@ from eventbus.outbox import NOTIFY_CHANNEL
 log = structlog.get_logger(__name__)
 
 BACKLOG_SAMPLE_INTERVAL_S = 1.0
+HEARTBEAT_NAME = "outbox-relay"
 
 _CLAIM = """SELECT seq, event_id, mall_id, subject, payload, headers
               FROM outbox ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"""
@@ -40,6 +42,7 @@ class OutboxRelay:
         poll_interval_s: float = 1.0,
         max_backoff_s: float = 10.0,
         linger_s: float = 0.0,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self._pool = pool
         self._js = js
@@ -47,6 +50,7 @@ class OutboxRelay:
         self._poll_interval_s = poll_interval_s
         self._max_backoff_s = max_backoff_s
         self._linger_s = linger_s
+        self._heartbeats = heartbeats if heartbeats is not None else HEARTBEATS
         self._backlog_sampled = 0.0
         self._wake = asyncio.Event()
         self._listener_lost = False
@@ -95,11 +99,14 @@ class OutboxRelay:
         """Component: relay until asked to stop. Woken by NOTIFY, polling as a fallback.
 
         A database or NATS outage never ends the loop: the LISTEN connection is dropped and
-        taken again once the database answers (a restarted PostgreSQL forgets listeners)."""
+        taken again once the database answers (a restarted PostgreSQL forgets listeners).
+        Beats on every turn (at least every ``poll_interval_s``, or backoff while retrying),
+        so only a turn stuck on one await goes stale and gets the process restarted."""
         listener: asyncpg.pool.PoolConnectionProxy | None = None
         backoff = 0.1
         try:
             while not stop.is_set():
+                self._heartbeats.beat(HEARTBEAT_NAME)
                 # Cleared before the claim so that a NOTIFY arriving mid-batch is not lost.
                 self._wake.clear()
                 try:
@@ -133,6 +140,7 @@ class OutboxRelay:
                 waiter.cancel()
                 stopper.cancel()
         finally:
+            self._heartbeats.forget(HEARTBEAT_NAME)  # stopped on purpose: nothing to expect
             await self._unlisten(listener)
 
     def _on_notify(self, *_: object) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -17,6 +18,7 @@ from eventbus.streams import ensure_streams
 from kit import context
 from kit.db import Connection, open_pool
 from kit.errors import InvalidInput
+from kit.liveness import Heartbeats
 from kit.migrations import migrate
 from mall.points.v1 import events_pb2
 from mall_testing.plugin import FreshDatabase, Nats
@@ -230,6 +232,33 @@ async def test_a_busy_consumer_lets_the_next_batch_gather_before_it_fetches_agai
 
     assert batches == [[f"{unique_id}-0"], [f"{unique_id}-{n}" for n in range(1, 6)]]
     assert len(await _effects(pool, consumer.name)) == 6
+
+
+async def test_an_idle_consumer_keeps_beating_and_is_forgotten_once_stopped(
+    pool: asyncpg.Pool, jetstream: Nats, unique_id: str
+) -> None:
+    await ensure_streams(jetstream.js, STREAM)
+    ticks = itertools.count()
+    beats = Heartbeats(clock=lambda: float(next(ticks)))  # each beat a later "time"
+    consumer, _ = _consumer(pool, jetstream.js, unique_id, fetch_wait_s=0.05, heartbeats=beats)
+
+    async with _running(consumer) as task:
+
+        async def beating() -> bool:
+            return beats.count(consumer.name) >= 2
+
+        await _eventually(beating, "the first beats", task)
+        count, last = beats.count(consumer.name), beats.last(consumer.name)
+        assert last is not None
+
+        async def beating_on() -> bool:  # nothing to fetch: only the empty fetches go round
+            now = beats.last(consumer.name)
+            return beats.count(consumer.name) >= count + 3 and now is not None and now > last
+
+        await _eventually(beating_on, "more beats while idle", task)
+        assert beats.stale(max_age_s=1000) == []
+
+    assert beats.count(consumer.name) == 0  # stopped on purpose: not expected to beat
 
 
 async def test_a_redelivered_event_id_has_one_effect_across_batches_and_restarts(

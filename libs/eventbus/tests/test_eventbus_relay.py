@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -11,10 +12,11 @@ import pytest
 import structlog
 import structlog.testing
 from eventbus.outbox import OutgoingEvent, add_events, event
-from eventbus.relay import OutboxRelay
+from eventbus.relay import HEARTBEAT_NAME, OutboxRelay
 from eventbus.streams import ensure_streams
 from kit import context
 from kit.db import open_pool
+from kit.liveness import Heartbeats
 from kit.migrations import migrate
 from mall.points.v1 import events_pb2
 from mall_testing.plugin import FreshDatabase, Nats
@@ -188,6 +190,37 @@ async def test_the_running_relay_is_woken_by_commits(
         stop.set()
         await asyncio.wait_for(task, timeout=10)
     assert relay.published == 3
+
+
+async def test_an_idle_relay_keeps_beating_and_is_forgotten_once_stopped(
+    pool: asyncpg.Pool, jetstream: Nats
+) -> None:
+    ticks = itertools.count()
+    beats = Heartbeats(clock=lambda: float(next(ticks)))  # each beat a later "time"
+    relay = OutboxRelay(pool, jetstream.js, poll_interval_s=0.05, heartbeats=beats)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+
+        async def beating() -> bool:
+            assert not task.done(), task.result()
+            return beats.count(HEARTBEAT_NAME) >= 2
+
+        await _eventually(beating, "the first beats")
+        count, last = beats.count(HEARTBEAT_NAME), beats.last(HEARTBEAT_NAME)
+        assert last is not None
+
+        async def beating_on() -> bool:  # an empty outbox: only the poll wakes it
+            now = beats.last(HEARTBEAT_NAME)
+            return beats.count(HEARTBEAT_NAME) >= count + 3 and now is not None and now > last
+
+        await _eventually(beating_on, "more beats while idle")
+        assert beats.stale(max_age_s=1000) == []
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+    assert relay.published == 0
+    assert beats.count(HEARTBEAT_NAME) == 0  # stopped on purpose: not expected to beat
 
 
 async def test_the_running_relay_outlasts_a_missing_stream(

@@ -21,8 +21,8 @@ import uvloop
 
 from kit.grpc_server import GrpcServer
 from kit.lifecycle import Component, run_components
+from kit.liveness import ProbeServer
 from kit.logs import configure_logging, get_logger
-from kit.metrics import serve_metrics
 from kit.migrations import migrate
 from kit.settings import ServiceSettings, load_settings
 
@@ -75,14 +75,18 @@ class Service(Generic[S]):
         async with self.bootstrap(settings) as roles:
             if command in (*ROLES, "all"):
                 selected = ROLES if command == "all" else (command,)
-                if settings.metrics_port:
-                    serve_metrics(settings.metrics_port)
+                components = roles.select(selected)
+                if settings.metrics_port:  # /metrics and /livez, answered by this loop
+                    probes = ProbeServer(
+                        settings.metrics_port, max_age_s=settings.liveness_max_age_s
+                    )
+                    components = [*components, probes.run]
                 # What exists now (modules, types, functions, pools, clients) lives as long as
                 # the process: keep it out of the collector's full passes, which otherwise walk
                 # it all each time (40-130 ms pauses under load, a few ms once frozen).
                 gc.freeze()
                 log.info("starting", roles=list(selected))
-                await run_components(roles.select(selected))
+                await run_components(components)
                 return 0
             if command in roles.commands:
                 return await roles.commands[command](args)

@@ -6,7 +6,7 @@ deploy/README.md): change them only together.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -60,8 +60,3 @@ OUTBOX_PUBLISHED = Counter("mall_outbox_published_total", "Events the relay publ
 OUTBOX_BACKLOG = Gauge(
     "mall_outbox_backlog", "Events committed but not yet published (sampled by the relay)"
 )
-
-
-def serve_metrics(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped in-cluster
-    """Expose /metrics on its own port (a daemon thread; no effect on the event loop)."""
-    start_http_server(port, addr=host)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 import structlog
@@ -30,7 +30,7 @@ from kit.errors import (
 )
 from kit.grpc_errors import from_rpc_error
 from kit.grpc_server import GrpcServer, Metadata
-from kit.metrics import serve_metrics
+from kit.liveness import ProbeServer
 from mall.points.v1 import points_pb2, points_service_pb2, points_service_pb2_grpc
 from mall_testing.embedded import free_port
 from prometheus_client import REGISTRY
@@ -456,12 +456,24 @@ async def test_calls_are_counted_and_timed_by_method_and_outcome(unique_id: str)
     assert timed >= 2
 
 
-def test_metrics_are_served_in_the_prometheus_text_format() -> None:
+async def test_metrics_are_served_in_the_prometheus_text_format() -> None:
     port = free_port()
-    serve_metrics(port, host="127.0.0.1")
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
+    server = ProbeServer(port, host="127.0.0.1", max_age_s=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.run(stop))
+    try:
+        for _ in range(200):  # bounded: until it listens
+            if server.bound_port or task.done():
+                break
+            await asyncio.sleep(0.01)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            text = await resp.text()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
 
     for name in (
         "mall_grpc_requests_total",

@@ -85,7 +85,10 @@ async def add(conn: Connection, lots: Sequence[NewLot]) -> None:
            SELECT t.m, gen_random_uuid(), t.u, l.entry_id, t.p, t.p, t.e
              FROM unnest($1::text[], $2::uuid[], $3::text[], $4::bigint[], $5::timestamptz[])
                   AS t(m, u, x, p, e)
-             JOIN ledger l ON l.mall_id = t.m AND l.transaction_id = t.x AND l.kind = 'credit'""",
+            CROSS JOIN LATERAL (  -- one index probe per credit, whatever the ledger's size
+                  SELECT entry_id FROM ledger
+                   WHERE mall_id = t.m AND transaction_id = t.x AND kind = 'credit'
+                   LIMIT 1) AS l""",
         [lot.mall_id for lot in lots],
         [uuid.UUID(lot.member_id) for lot in lots],
         [lot.transaction_id for lot in lots],

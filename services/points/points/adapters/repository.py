@@ -84,9 +84,15 @@ async def credited_transactions(
 ) -> set[tuple[str, str]]:
     """Which (mall_id, transaction_id) already have their credit entry."""
     rows = await conn.fetch(
-        """SELECT l.mall_id, l.transaction_id
+        # One index probe per payment (LATERAL … LIMIT 1): a plain join is planned for a
+        # guessed batch size and, cached while the ledger is small, keeps reading every
+        # credit in it as it grows.
+        """SELECT t.m AS mall_id, t.x AS transaction_id
              FROM unnest($1::text[], $2::text[]) AS t(m, x)
-             JOIN ledger l ON l.mall_id = t.m AND l.transaction_id = t.x AND l.kind = 'credit'""",
+            CROSS JOIN LATERAL (
+                  SELECT 1 FROM ledger l
+                   WHERE l.mall_id = t.m AND l.transaction_id = t.x AND l.kind = 'credit'
+                   LIMIT 1) AS credited""",
         [k[0] for k in keys],
         [k[1] for k in keys],
     )

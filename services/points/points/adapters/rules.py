@@ -136,11 +136,14 @@ async def earned_on_days(
     if not ordered:
         return {}
     rows = await conn.fetch(
-        """SELECT t.m, t.u, t.d, coalesce(sum(l.points), 0) AS points
+        # Summed per key by index (LATERAL): a join is planned for a guessed batch size and,
+        # cached while the ledger is small, keeps walking all of its credits as it grows.
+        """SELECT t.m, t.u, t.d, e.points
              FROM unnest($1::text[], $2::uuid[], $3::date[]) AS t(m, u, d)
-             LEFT JOIN ledger l ON l.mall_id = t.m AND l.member_id = t.u AND l.mall_day = t.d
-                               AND l.kind = 'credit'
-            GROUP BY t.m, t.u, t.d""",
+            CROSS JOIN LATERAL (
+                  SELECT coalesce(sum(l.points), 0) AS points FROM ledger l
+                   WHERE l.mall_id = t.m AND l.member_id = t.u AND l.mall_day = t.d
+                     AND l.kind = 'credit') AS e""",
         [k[0] for k in ordered],
         [uuid.UUID(k[1]) for k in ordered],
         [k[2] for k in ordered],

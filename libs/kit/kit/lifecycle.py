@@ -14,6 +14,8 @@ from typing import Any
 
 import structlog
 
+from kit.liveness import HEARTBEATS, Heartbeats
+
 log = structlog.get_logger(__name__)
 
 Component = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
@@ -69,23 +71,40 @@ async def work_until_stopped(
     failed_event: str,
     transient: tuple[type[BaseException], ...] = (Exception,),
     max_backoff_s: float = 10.0,
+    heartbeat: str | None = None,
+    heartbeats: Heartbeats = HEARTBEATS,
 ) -> None:
     """The loop of a polling worker: ``step`` does one round and says how much it handled.
     At least ``full`` handled: go again at once (more may be due); fewer: wait ``idle_s``. A
     ``transient`` failure (the database away) is logged as ``failed_event`` and retried,
-    backing off to ``max_backoff_s``; the worker never gives up."""
+    backing off to ``max_backoff_s``; the worker never gives up. With ``heartbeat`` the worker
+    beats under that name after every round (its waits declared), so /livez names it if one
+    round hangs."""
+
+    def beat(pausing_s: float = 0.0) -> None:
+        if heartbeat is not None:
+            heartbeats.beat(heartbeat, pausing_s=pausing_s)
+
     backoff = 0.1
-    while not stop.is_set():
-        try:
-            handled = await step()
-            backoff = 0.1
-        except transient as exc:
-            log.warning(failed_event, error=repr(exc), retry_in_s=backoff)
-            if await sleep_or_stop(stop, backoff):
+    beat()
+    try:
+        while not stop.is_set():
+            try:
+                handled = await step()
+                backoff = 0.1
+            except transient as exc:
+                log.warning(failed_event, error=repr(exc), retry_in_s=backoff)
+                beat(pausing_s=backoff)
+                if await sleep_or_stop(stop, backoff):
+                    return
+                backoff = min(backoff * 2, max_backoff_s)
+                continue
+            if handled >= full:
+                beat()
+                continue
+            beat(pausing_s=idle_s)
+            if await sleep_or_stop(stop, idle_s):
                 return
-            backoff = min(backoff * 2, max_backoff_s)
-            continue
-        if handled >= full:
-            continue
-        if await sleep_or_stop(stop, idle_s):
-            return
+    finally:
+        if heartbeat is not None:
+            heartbeats.forget(heartbeat)

@@ -22,15 +22,20 @@ class Heartbeats:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._last: dict[str, float] = {}
+        self._pause: dict[str, float] = {}
         self._count: dict[str, int] = {}
 
-    def beat(self, name: str) -> None:
+    def beat(self, name: str, *, pausing_s: float = 0.0) -> None:
+        """Progress now; ``pausing_s``: the component is about to wait that long on purpose
+        (a polling worker's idle wait, a backoff), which does not count against it."""
         self._last[name] = self._clock()
+        self._pause[name] = pausing_s
         self._count[name] = self._count.get(name, 0) + 1
 
     def forget(self, name: str) -> None:
         """A component that stopped on purpose is no longer expected to beat."""
         self._last.pop(name, None)
+        self._pause.pop(name, None)
         self._count.pop(name, None)
 
     def count(self, name: str) -> int:
@@ -41,7 +46,11 @@ class Heartbeats:
 
     def stale(self, max_age_s: float) -> list[str]:
         now = self._clock()
-        return sorted(name for name, at in self._last.items() if now - at > max_age_s)
+        return sorted(
+            name
+            for name, at in self._last.items()
+            if now - at > max_age_s + self._pause.get(name, 0.0)
+        )
 
 
 #: The process-wide instance components use unless given another (as prometheus' REGISTRY).

@@ -8,6 +8,7 @@ import signal
 
 import pytest
 from kit.lifecycle import Component, run_components, sleep_or_stop, work_until_stopped
+from kit.liveness import Heartbeats
 
 
 async def test_a_crash_stops_every_other_component_and_is_raised() -> None:
@@ -116,3 +117,73 @@ async def test_a_polling_worker_lets_an_unexpected_error_through() -> None:
         await work_until_stopped(
             asyncio.Event(), step, idle_s=1, failed_event="t", transient=(OSError,)
         )
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_named_polling_worker_is_named_stale_when_a_round_hangs() -> None:
+    clock = _Clock()
+    beats = Heartbeats(clock)
+    stop = asyncio.Event()
+    hang = asyncio.Event()
+    rounds = 0
+
+    async def step() -> int:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 3:
+            await hang.wait()  # a round that never returns (a call without a timeout)
+        return 0  # quiet: wait idle_s before the next round
+
+    worker = asyncio.create_task(
+        work_until_stopped(
+            stop, step, idle_s=0.01, failed_event="t", heartbeat="job", heartbeats=beats
+        )
+    )
+    for _ in range(500):  # the worker reaches its hanging round
+        if rounds == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert rounds == 3
+    assert beats.count("job") == 3  # at start and after each finished round
+
+    clock.now += 29
+    assert beats.stale(30) == []
+    clock.now += 2  # past the max age and the 0.01 s wait it declared: the hang shows
+    assert beats.stale(30) == ["job"]
+
+    hang.set()
+    stop.set()
+    await asyncio.wait_for(worker, timeout=5)
+    assert beats.stale(30) == []  # stopped on purpose: forgotten
+    assert beats.count("job") == 0
+
+
+async def test_a_polling_worker_is_not_stale_while_it_waits_out_a_long_idle() -> None:
+    clock = _Clock()
+    beats = Heartbeats(clock)
+    stop = asyncio.Event()
+    waiting = asyncio.Event()
+
+    async def step() -> int:
+        waiting.set()
+        return 0
+
+    worker = asyncio.create_task(
+        work_until_stopped(
+            stop, step, idle_s=3600, failed_event="t", heartbeat="hourly", heartbeats=beats
+        )
+    )
+    await asyncio.wait_for(waiting.wait(), timeout=5)
+    await asyncio.sleep(0)  # the round's beat, then its hour-long wait
+    clock.now += 3000
+
+    assert beats.stale(30) == []
+    stop.set()
+    await asyncio.wait_for(worker, timeout=5)

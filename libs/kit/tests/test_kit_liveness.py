@@ -47,6 +47,18 @@ def test_a_component_that_stopped_beating_is_named_once_past_the_max_age() -> No
     assert beats.count("consumer") == 2
 
 
+def test_a_declared_pause_does_not_count_against_a_component() -> None:
+    """A polling worker about to wait 5 minutes says so; only time beyond that counts."""
+    clock = _Clock()
+    beats = Heartbeats(clock)
+    beats.beat("hourly-job", pausing_s=300)
+    clock.now += 320
+
+    assert beats.stale(30) == []
+    clock.now += 11
+    assert beats.stale(30) == ["hourly-job"]
+
+
 def test_a_forgotten_component_is_never_stale() -> None:
     clock = _Clock()
     beats = Heartbeats(clock)

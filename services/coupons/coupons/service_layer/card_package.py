@@ -189,4 +189,5 @@ class CardPackageWorker:
             idle_s=self._policy.poll_interval_s,
             failed_event="card_package_worker_failed",
             transient=(OSError, asyncpg.PostgresError),
+            heartbeat="coupons-card-package",
         )

@@ -131,4 +131,5 @@ class ClawbackWorker:
             full=self._policy.batch_size,
             failed_event="commitment_clawbacks_failed",
             transient=(OSError, asyncpg.PostgresError),
+            heartbeat="coupons-commitment-clawbacks",
         )

@@ -60,7 +60,11 @@ def wechat_job(
                 return result.sent + result.skipped + result.failed + result.retrying
 
             await work_until_stopped(
-                stop, step, idle_s=interval_s, failed_event="wechat_parking_job_failed"
+                stop,
+                step,
+                idle_s=interval_s,
+                failed_event="wechat_parking_job_failed",
+                heartbeat="parking-wechatpay",
             )
 
     return run

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import structlog
 from kit.lifecycle import sleep_or_stop
+from kit.liveness import HEARTBEATS
 from wechatpay.client import PlatformRefused, PlatformUnavailable, ResponseNotVerified
 
 from points.adapters import metrics
@@ -31,6 +32,7 @@ from points.domain.wechat_sync import DEFAULT_TIME_ZONE, SyncState, retry_delay
 log = structlog.get_logger(__name__)
 
 _OUTCOMES = {SyncState.SENT: "sent", SyncState.PENDING: "retried", SyncState.FAILED: "failed"}
+HEARTBEAT = "points-wechat-sync"
 #: How often the idle worker refreshes the backlog gauges.
 _SAMPLE_EVERY_S = 5.0
 
@@ -202,6 +204,7 @@ class WeChatPointsSync:
         sampled_at = 0.0
         try:
             while not stop.is_set():
+                HEARTBEATS.beat(HEARTBEAT)  # every turn: /livez names a send that hangs
                 self._wake.clear()  # before the claim, so a NOTIFY mid-batch is not lost
                 try:
                     count = await self.deliver_due()
@@ -227,5 +230,6 @@ class WeChatPointsSync:
                 waiter.cancel()
                 stopper.cancel()
         finally:
+            HEARTBEATS.forget(HEARTBEAT)
             await listener.remove_listener(queue.NOTIFY_CHANNEL, wake)
             await self._pool.release(listener)

@@ -62,6 +62,37 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return True
 
 
+async def every(
+    stop: asyncio.Event,
+    interval_s: float,
+    tick: Callable[[], Awaitable[None]],
+    *,
+    failed_event: str,
+    transient: tuple[type[BaseException], ...] = (Exception,),
+    heartbeat: str | None = None,
+    heartbeats: Heartbeats = HEARTBEATS,
+) -> None:
+    """The loop of a periodic job: ``tick`` now, then every ``interval_s`` until stopped. A
+    ``transient`` failure (the database away) is logged as ``failed_event`` and the job tries
+    again at the next tick. With ``heartbeat`` it beats after every tick, declaring the wait
+    that follows, so /livez names it only if a tick hangs."""
+    try:
+        while True:
+            if heartbeat is not None:
+                heartbeats.beat(heartbeat)
+            try:
+                await tick()
+            except transient as exc:
+                log.warning(failed_event, error=repr(exc), retry_in_s=interval_s)
+            if heartbeat is not None:
+                heartbeats.beat(heartbeat, pausing_s=interval_s)
+            if await sleep_or_stop(stop, interval_s):
+                return
+    finally:
+        if heartbeat is not None:
+            heartbeats.forget(heartbeat)
+
+
 async def work_until_stopped(
     stop: asyncio.Event,
     step: Callable[[], Awaitable[int]],

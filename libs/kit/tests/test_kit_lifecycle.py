@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from kit.lifecycle import Component, run_components, sleep_or_stop, work_until_stopped
+from kit.lifecycle import Component, every, run_components, sleep_or_stop, work_until_stopped
 from kit.liveness import Heartbeats
 
 
@@ -187,3 +187,60 @@ async def test_a_polling_worker_is_not_stale_while_it_waits_out_a_long_idle() ->
     assert beats.stale(30) == []
     stop.set()
     await asyncio.wait_for(worker, timeout=5)
+
+
+async def test_a_periodic_job_ticks_at_once_survives_an_outage_and_declares_its_wait() -> None:
+    clock = _Clock()
+    beats = Heartbeats(clock)
+    stop = asyncio.Event()
+    ticks: list[str] = []
+    script = iter(["ok", "fails", "ok"])
+
+    async def tick() -> None:
+        what = next(script)
+        ticks.append(what)
+        if what == "fails":
+            raise OSError("database away")
+        if len(ticks) == 3:
+            stop.set()  # asked to stop during the wait that follows
+
+    job = asyncio.create_task(
+        every(
+            stop,
+            0.01,
+            tick,
+            failed_event="t",
+            transient=(OSError,),
+            heartbeat="job",
+            heartbeats=beats,
+        )
+    )
+    await asyncio.wait_for(job, timeout=5)
+    assert ticks == ["ok", "fails", "ok"]  # the outage was one missed tick, not the end
+    assert beats.count("job") == 0  # forgotten once stopped
+
+    # An hourly job waiting out its hour is not stale.
+    ticked = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def hourly() -> None:
+        ticked.set()
+
+    job = asyncio.create_task(
+        every(stop, 3600, hourly, failed_event="t", heartbeat="hourly", heartbeats=beats)
+    )
+    await asyncio.wait_for(ticked.wait(), timeout=5)
+    await asyncio.sleep(0)  # its beat after the tick, declaring the hour
+    clock.now += 3000
+    assert beats.stale(30) == []
+    assert beats.count("hourly") == 2
+    stop.set()
+    await asyncio.wait_for(job, timeout=5)
+
+
+async def test_a_periodic_job_lets_an_unexpected_error_through() -> None:
+    async def tick() -> None:
+        raise ValueError("a bug, not an outage")
+
+    with pytest.raises(ValueError, match="a bug"):
+        await every(asyncio.Event(), 1, tick, failed_event="t", transient=(OSError,))

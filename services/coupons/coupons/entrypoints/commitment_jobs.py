@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from kit.cli import Command
 from kit.db import Connection
-from kit.lifecycle import Component, sleep_or_stop
+from kit.lifecycle import Component, every
 
 from coupons.adapters import commitment_clawbacks as clawbacks
 from coupons.adapters.commitment_payscore import WeChatPayScore
@@ -34,25 +34,25 @@ def sweep_job(
     """Every ``interval_s``: fail cards past their deadline (queueing their clawbacks), then
     remind of cards near it; one replica at a time (advisory lock), each card once."""
 
+    async def tick() -> None:
+        async with pool.acquire() as conn:
+            done = await sweep(
+                conn, datetime.now(UTC), remind_before=remind_before, grace=grace, exclusive=True
+            )
+        if done is None:
+            log.debug("commitment_sweep_skipped", reason="another replica runs it")
+        elif any(done):
+            log.info("commitment_swept", failed=done[0], reminded=done[1])
+
     async def run(stop: asyncio.Event) -> None:
-        while True:
-            try:
-                async with pool.acquire() as conn:
-                    done = await sweep(
-                        conn,
-                        datetime.now(UTC),
-                        remind_before=remind_before,
-                        grace=grace,
-                        exclusive=True,
-                    )
-                if done is None:
-                    log.debug("commitment_sweep_skipped", reason="another replica runs it")
-                elif any(done):
-                    log.info("commitment_swept", failed=done[0], reminded=done[1])
-            except (OSError, asyncpg.PostgresError) as error:  # retried at the next tick
-                log.warning("commitment_sweep_failed", error=str(error))
-            if await sleep_or_stop(stop, interval_s):
-                return
+        await every(
+            stop,
+            interval_s,
+            tick,
+            failed_event="commitment_sweep_failed",
+            transient=(OSError, asyncpg.PostgresError),
+            heartbeat="coupons-commitment-sweep",
+        )
 
     return run
 

@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from kit.cli import Command
 from kit.db import Connection
-from kit.lifecycle import Component, sleep_or_stop
+from kit.lifecycle import Component, every
 
 from coupons.service_layer.expiry import DEFAULT_REMINDER, run_expiry
 
@@ -43,20 +43,24 @@ def expiry_commands(
 def expiry_job(
     pool: asyncpg.Pool, interval_s: float, remind_before: timedelta = DEFAULT_REMINDER
 ) -> Component:
+    async def tick() -> None:
+        async with pool.acquire() as conn:
+            done = await run_expiry(
+                conn, datetime.now(UTC), remind_before=remind_before, exclusive=True
+            )
+        if done is None:
+            log.debug("coupon_expiry_skipped", reason="another replica runs it")
+        elif done.expired or done.reminded:
+            log.info("coupons_expired", **asdict(done))
+
     async def run(stop: asyncio.Event) -> None:
-        while True:
-            try:
-                async with pool.acquire() as conn:
-                    done = await run_expiry(
-                        conn, datetime.now(UTC), remind_before=remind_before, exclusive=True
-                    )
-                if done is None:
-                    log.debug("coupon_expiry_skipped", reason="another replica runs it")
-                elif done.expired or done.reminded:
-                    log.info("coupons_expired", **asdict(done))
-            except (OSError, asyncpg.PostgresError) as error:  # retried at the next tick
-                log.warning("coupon_expiry_failed", error=str(error))
-            if await sleep_or_stop(stop, interval_s):
-                return
+        await every(
+            stop,
+            interval_s,
+            tick,
+            failed_event="coupon_expiry_failed",
+            transient=(OSError, asyncpg.PostgresError),
+            heartbeat="coupons-expiry",
+        )
 
     return run

@@ -15,7 +15,7 @@ import structlog
 from eventbus.consumer import Delivery
 from kit.cli import Command
 from kit.db import Connection
-from kit.lifecycle import Component, sleep_or_stop
+from kit.lifecycle import Component, every
 from mall.member.v1 import events_pb2
 
 from member.service_layer.tag_rules import evaluate_all, tag_payers
@@ -46,15 +46,19 @@ async def on_refund_attributed(conn: Connection, deliveries: Sequence[Delivery])
 def tag_rules_job(pool: asyncpg.Pool, interval_s: float) -> Component:
     """Every ``interval_s``: evaluate every mall's rules, one replica per mall at a time."""
 
+    async def tick() -> None:
+        async with pool.acquire() as conn:
+            await evaluate_all(conn, datetime.now(UTC), exclusive=True)
+
     async def run(stop: asyncio.Event) -> None:
-        while True:
-            try:
-                async with pool.acquire() as conn:
-                    await evaluate_all(conn, datetime.now(UTC), exclusive=True)
-            except (OSError, asyncpg.PostgresError) as error:  # retried at the next tick
-                log.warning("tag_rules_evaluation_failed", error=str(error))
-            if await sleep_or_stop(stop, interval_s):
-                return
+        await every(
+            stop,
+            interval_s,
+            tick,
+            failed_event="tag_rules_evaluation_failed",
+            transient=(OSError, asyncpg.PostgresError),
+            heartbeat="member-tag-rules",
+        )
 
     return run
 

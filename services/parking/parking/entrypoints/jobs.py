@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import structlog
-from kit.lifecycle import Component, sleep_or_stop, work_until_stopped
+from kit.lifecycle import Component, every, work_until_stopped
 from wechatpay.client import WeChatPayClient
 
 from parking.adapters.wechatpay import ParkingPlatform
@@ -23,15 +23,20 @@ def holds_job(pool: asyncpg.Pool, points: PointsPort | None, interval_s: float) 
         if points is None:
             log.warning("points_holds_job_disabled", reason="POINTS_GRPC_TARGET is empty")
             return
-        while True:
-            try:
-                result = await settle_holds(pool, points, datetime.now(UTC))
-                if result.confirmed or result.released or result.failed:
-                    log.info("points_holds_settled", **vars(result))
-            except Exception as exc:  # database away: try again next round
-                log.warning("points_holds_job_failed", error=repr(exc))
-            if await sleep_or_stop(stop, interval_s):
-                return
+
+        async def tick() -> None:
+            result = await settle_holds(pool, points, datetime.now(UTC))
+            if result.confirmed or result.released or result.failed:
+                log.info("points_holds_settled", **vars(result))
+
+        # Any failure (database or points away) is tried again at the next round.
+        await every(
+            stop,
+            interval_s,
+            tick,
+            failed_event="points_holds_job_failed",
+            heartbeat="parking-holds",
+        )
 
     return run
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 from kit.cli import Command
-from kit.lifecycle import Component, sleep_or_stop
+from kit.lifecycle import Component, every
 
 from points.entrypoints.ops import Connect
 from points.service_layer.expiry import (
@@ -52,22 +52,26 @@ def expiry_job(
     """Every ``interval_s``: expire due lots, then remind of the lots expiring within
     ``reminder_days``, on one replica at a time (advisory lock)."""
 
+    async def tick() -> None:
+        async with pool.acquire() as conn:
+            now = datetime.now(UTC)
+            done = await expire_all(conn, now, exclusive=True)
+            reminded = await remind_all(conn, now, reminder_days, exclusive=True)
+        if reminded:
+            log.info("points_expiry_reminded", lots=reminded)
+        if done is None:
+            log.debug("points_expiry_skipped", reason="another replica runs it")
+        elif done.lots:
+            log.info("points_expired", **asdict(done))
+
     async def run(stop: asyncio.Event) -> None:
-        while True:
-            try:
-                async with pool.acquire() as conn:
-                    now = datetime.now(UTC)
-                    done = await expire_all(conn, now, exclusive=True)
-                    reminded = await remind_all(conn, now, reminder_days, exclusive=True)
-                if reminded:
-                    log.info("points_expiry_reminded", lots=reminded)
-                if done is None:
-                    log.debug("points_expiry_skipped", reason="another replica runs it")
-                elif done.lots:
-                    log.info("points_expired", **asdict(done))
-            except (OSError, asyncpg.PostgresError) as error:  # retried at the next tick
-                log.warning("points_expiry_failed", error=str(error))
-            if await sleep_or_stop(stop, interval_s):
-                return
+        await every(
+            stop,
+            interval_s,
+            tick,
+            failed_event="points_expiry_failed",
+            transient=(OSError, asyncpg.PostgresError),
+            heartbeat="points-expiry",
+        )
 
     return run

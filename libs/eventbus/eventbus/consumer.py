@@ -164,7 +164,7 @@ class Consumer:
         sampled = 0.0
         try:
             while not stop.is_set():
-                beat(self.name)  # after a fetch timed out or failed, after processing
+                beat(self.name)  # every turn: after processing, a fetch timing out or failing
                 if time.monotonic() - sampled > LAG_SAMPLE_INTERVAL_S:
                     sampled = time.monotonic()
                     await self._sample_lag()
@@ -179,7 +179,6 @@ class Consumer:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1
-                beat(self.name)  # a fetch returned
                 await self.process(msgs)
                 if self._linger_s and len(msgs) < self._batch_size:
                     # Busy but not saturated: let the next batch gather for a moment rather

@@ -16,6 +16,7 @@ import time
 
 import asyncpg
 import structlog
+from kit.db import DB_UNAVAILABLE
 from kit.lifecycle import sleep_or_stop
 from kit.liveness import HEARTBEATS, Heartbeats
 from kit.metrics import OUTBOX_BACKLOG, OUTBOX_PUBLISHED
@@ -84,7 +85,7 @@ class OutboxRelay:
         self._backlog_sampled = now
         try:
             OUTBOX_BACKLOG.set(await self._pool.fetchval("SELECT count(*) FROM outbox"))
-        except (OSError, asyncpg.PostgresError) as exc:
+        except DB_UNAVAILABLE as exc:
             log.warning("outbox_backlog_sample_failed", error=repr(exc))
 
     async def _publish(self, row: asyncpg.Record) -> None:

@@ -38,10 +38,15 @@ async def open_pool(
         await pool.close()
 
 
+#: What a database that is away or restarting raises: a job or worker tries again later.
+DB_UNAVAILABLE: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError)
+_NO_ANSWER: tuple[type[BaseException], ...] = (*DB_UNAVAILABLE, TimeoutError)
+
+
 async def ping(pool: asyncpg.Pool) -> bool:
     """True when the database answers; used by the health check."""
     try:
         async with pool.acquire(timeout=2) as conn:
             return bool(await conn.fetchval("SELECT true", timeout=2))
-    except (OSError, asyncpg.PostgresError, TimeoutError):
+    except _NO_ANSWER:
         return False

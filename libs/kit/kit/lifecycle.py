@@ -62,6 +62,11 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return True
 
 
+def _beat(heartbeats: Heartbeats, name: str | None, pausing_s: float = 0.0) -> None:
+    if name is not None:
+        heartbeats.beat(name, pausing_s=pausing_s)
+
+
 async def every(
     stop: asyncio.Event,
     interval_s: float,
@@ -78,14 +83,12 @@ async def every(
     that follows, so /livez names it only if a tick hangs."""
     try:
         while True:
-            if heartbeat is not None:
-                heartbeats.beat(heartbeat)
+            _beat(heartbeats, heartbeat)
             try:
                 await tick()
             except transient as exc:
                 log.warning(failed_event, error=repr(exc), retry_in_s=interval_s)
-            if heartbeat is not None:
-                heartbeats.beat(heartbeat, pausing_s=interval_s)
+            _beat(heartbeats, heartbeat, pausing_s=interval_s)
             if await sleep_or_stop(stop, interval_s):
                 return
     finally:
@@ -111,13 +114,8 @@ async def work_until_stopped(
     backing off to ``max_backoff_s``; the worker never gives up. With ``heartbeat`` the worker
     beats under that name after every round (its waits declared), so /livez names it if one
     round hangs."""
-
-    def beat(pausing_s: float = 0.0) -> None:
-        if heartbeat is not None:
-            heartbeats.beat(heartbeat, pausing_s=pausing_s)
-
     backoff = 0.1
-    beat()
+    _beat(heartbeats, heartbeat)
     try:
         while not stop.is_set():
             try:
@@ -125,15 +123,15 @@ async def work_until_stopped(
                 backoff = 0.1
             except transient as exc:
                 log.warning(failed_event, error=repr(exc), retry_in_s=backoff)
-                beat(pausing_s=backoff)
+                _beat(heartbeats, heartbeat, pausing_s=backoff)
                 if await sleep_or_stop(stop, backoff):
                     return
                 backoff = min(backoff * 2, max_backoff_s)
                 continue
             if handled >= full:
-                beat()
+                _beat(heartbeats, heartbeat)
                 continue
-            beat(pausing_s=idle_s)
+            _beat(heartbeats, heartbeat, pausing_s=idle_s)
             if await sleep_or_stop(stop, idle_s):
                 return
     finally:

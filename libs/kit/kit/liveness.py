@@ -1,8 +1,9 @@
 """Liveness from the event loop: /livez and /metrics served by aiohttp in the loop itself.
 
-Workers (relay, consume) record progress with ``HEARTBEATS.beat(name)`` on each turn of their
-loop. /livez fails when one of them has not beaten for ``max_age_s`` (stuck on one await, e.g.
-a hung statement) and, being served by the same loop, times out when the loop itself hangs:
+Long-running loops (consumers, the outbox relay, polling workers, periodic jobs) record progress
+with ``HEARTBEATS.beat(name)`` on each turn, declaring any wait they are about to make. /livez
+fails when one of them has not beaten for ``max_age_s`` beyond that wait (stuck on one await,
+e.g. a hung statement) and, being served by the same loop, times out when the loop itself hangs:
 either way the kubelet restarts the container. A thread could not tell: it answers regardless.
 """
 

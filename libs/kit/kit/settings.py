@@ -41,8 +41,9 @@ class ServiceSettings(BaseSettings):
     jetstream_replicas: int = Field(default=1, ge=1, le=5)
     #: Port of the Prometheus /metrics endpoint; 0 leaves it off (tests, several local copies).
     metrics_port: int = Field(default=0, ge=0, le=65535)
-    #: /livez (on METRICS_PORT) fails once a worker loop (a consumer, the outbox relay) has
-    #: made no progress for this long: stuck on one await, it gets restarted.
+    #: /livez (on METRICS_PORT) fails once a loop that beats (a consumer, the outbox relay, a
+    #: polling worker, a periodic job) has made no progress for this long beyond the wait it
+    #: declared: stuck on one await, the process gets restarted.
     liveness_max_age_s: float = Field(default=120.0, gt=0)
     #: Messages a consumer fetches and commits in one transaction.
     consumer_batch_size: int = Field(default=200, ge=1, le=1000)

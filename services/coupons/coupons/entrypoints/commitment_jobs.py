@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import structlog
 from kit.cli import Command
-from kit.db import Connection
+from kit.db import DB_UNAVAILABLE, Connection
 from kit.lifecycle import Component, every
 
 from coupons.adapters import commitment_clawbacks as clawbacks
@@ -50,7 +50,7 @@ def sweep_job(
             interval_s,
             tick,
             failed_event="commitment_sweep_failed",
-            transient=(OSError, asyncpg.PostgresError),
+            transient=DB_UNAVAILABLE,
             heartbeat="coupons-commitment-sweep",
         )
 

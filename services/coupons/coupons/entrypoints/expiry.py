@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import structlog
 from kit.cli import Command
-from kit.db import Connection
+from kit.db import DB_UNAVAILABLE, Connection
 from kit.lifecycle import Component, every
 
 from coupons.service_layer.expiry import DEFAULT_REMINDER, run_expiry
@@ -59,7 +59,7 @@ def expiry_job(
             interval_s,
             tick,
             failed_event="coupon_expiry_failed",
-            transient=(OSError, asyncpg.PostgresError),
+            transient=DB_UNAVAILABLE,
             heartbeat="coupons-expiry",
         )
 

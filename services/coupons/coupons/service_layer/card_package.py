@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import asyncpg
 import structlog
-from kit.db import Connection
+from kit.db import DB_UNAVAILABLE, Connection
 from kit.errors import NotFound
 from kit.lifecycle import work_until_stopped
 from wechatpay.client import PlatformRefused, PlatformUnavailable
@@ -188,6 +188,6 @@ class CardPackageWorker:
             self.deliver_due,
             idle_s=self._policy.poll_interval_s,
             failed_event="card_package_worker_failed",
-            transient=(OSError, asyncpg.PostgresError),
+            transient=DB_UNAVAILABLE,
             heartbeat="coupons-card-package",
         )

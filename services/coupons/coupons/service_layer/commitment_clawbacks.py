@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 from eventbus.outbox import add_events
+from kit.db import DB_UNAVAILABLE
 from kit.lifecycle import work_until_stopped
 from wechatpay.client import PlatformRefused, PlatformUnavailable
 
@@ -130,6 +131,6 @@ class ClawbackWorker:
             idle_s=self._policy.poll_interval_s,
             full=self._policy.batch_size,
             failed_event="commitment_clawbacks_failed",
-            transient=(OSError, asyncpg.PostgresError),
+            transient=DB_UNAVAILABLE,
             heartbeat="coupons-commitment-clawbacks",
         )

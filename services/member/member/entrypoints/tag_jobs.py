@@ -14,7 +14,7 @@ import asyncpg
 import structlog
 from eventbus.consumer import Delivery
 from kit.cli import Command
-from kit.db import Connection
+from kit.db import DB_UNAVAILABLE, Connection
 from kit.lifecycle import Component, every
 from mall.member.v1 import events_pb2
 
@@ -56,7 +56,7 @@ def tag_rules_job(pool: asyncpg.Pool, interval_s: float) -> Component:
             interval_s,
             tick,
             failed_event="tag_rules_evaluation_failed",
-            transient=(OSError, asyncpg.PostgresError),
+            transient=DB_UNAVAILABLE,
             heartbeat="member-tag-rules",
         )
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 from kit.cli import Command
+from kit.db import DB_UNAVAILABLE
 from kit.lifecycle import Component, every
 
 from points.entrypoints.ops import Connect
@@ -70,7 +71,7 @@ def expiry_job(
             interval_s,
             tick,
             failed_event="points_expiry_failed",
-            transient=(OSError, asyncpg.PostgresError),
+            transient=DB_UNAVAILABLE,
             heartbeat="points-expiry",
         )
 

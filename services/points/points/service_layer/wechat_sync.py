@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import structlog
+from kit.db import DB_UNAVAILABLE
 from kit.lifecycle import sleep_or_stop
 from kit.liveness import HEARTBEATS
 from wechatpay.client import PlatformRefused, PlatformUnavailable, ResponseNotVerified
@@ -132,7 +133,7 @@ class WeChatPointsSync:
         try:
             async with self._pool.acquire() as conn:
                 now = await queue.backlog(conn)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except DB_UNAVAILABLE as exc:
             log.warning("wechat_points_sync_backlog_sample_failed", error=repr(exc))
             return
         metrics.WECHAT_SYNC_PENDING.set(now.pending)

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable
 
 import grpc
-from coupons.adapters.directory import Directory as CouponsDirectory
 from gateway.adapters.directory import Directory, ShopRef
+from kit.directory import Directory as CallerDirectory
 from kit.kvmirror import DIRECTORY_BUCKET, KvMirror
 from mall.member.v1 import member_service_pb2, member_service_pb2_grpc
 from mall_testing.demo import DemoMall, seed
@@ -73,9 +73,9 @@ async def test_directory_changes_reach_a_mirror_started_before_and_after(
 async def test_credentials_and_their_revocation_reach_a_mirror(
     suite: Suite, jetstream: Nats
 ) -> None:
-    """Tenant POS credentials (hashes only) are checked locally by coupons: the bucket carries
-    them, and a revocation reaches the copy as well."""
-    copy = CouponsDirectory()
+    """Tenant POS credentials (hashes only) are checked locally by coupons and parking: the
+    bucket carries them, and a revocation reaches the copy as well."""
+    copy = CallerDirectory()
     stop = asyncio.Event()
     task = asyncio.create_task(copy.mirrored(jetstream.js)(stop))
     try:

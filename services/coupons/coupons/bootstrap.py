@@ -4,7 +4,7 @@ CouponsService (stocks, claims, the flash grab's batch claim, redemption, rules,
 CommitmentService over gRPC with health and reflection; post-payment and refund consumers on
 member's events; parking-hour coupons used by settled parking sessions (parking's events);
 member merges followed; the outbox relay and periodic jobs; the directory (stores, tenant
-credentials) mirrored from member's DIRECTORY bucket in the serve role.
+credentials) mirrored from member's DIRECTORY bucket in the serve role, for both APIs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import eventbus
 from eventbus.service import Extras, Subscription, assemble
 from kit.cli import Roles, Service
+from kit.directory import Directory
 from kit.jetstream import connect
 from mall.coupons.v1 import (
     commitments_service_pb2,
@@ -25,7 +26,6 @@ from mall.coupons.v1 import (
     coupons_service_pb2_grpc,
 )
 
-from coupons.adapters.directory import Directory
 from coupons.commitment_settings import CommitmentSettings
 from coupons.config import Settings
 from coupons.entrypoints import card_package, consumers, merge_consumer
@@ -102,7 +102,7 @@ async def bootstrap(
                 ),
                 (
                     commitments_service_pb2_grpc.add_CommitmentServiceServicer_to_server,
-                    CommitmentServicer(pool),
+                    CommitmentServicer(pool, directory),
                 ),
             ],
             descriptor=[coupons_service_pb2.DESCRIPTOR, commitments_service_pb2.DESCRIPTOR],
@@ -132,7 +132,7 @@ async def bootstrap(
 
 
 def commitment_subscriptions() -> list[Subscription]:
-    """Commitment cards: payments count on cards; credentials and stores check callers."""
+    """Commitment cards: payments count on cards, refunds stop counting."""
     return [
         Subscription(
             "commitment-payments",
@@ -145,18 +145,6 @@ def commitment_subscriptions() -> list[Subscription]:
             "MEMBER",
             commitment_events.REFUND_ATTRIBUTED,
             commitment_events.on_refund_attributed,
-        ),
-        Subscription(
-            "commitment-credentials",
-            "MEMBER",
-            commitment_events.CREDENTIAL_UPSERTED,
-            commitment_events.on_credential_upserted,
-        ),
-        Subscription(
-            "commitment-stores",
-            "MEMBER",
-            commitment_events.STORE_UPSERTED,
-            commitment_events.on_store_upserted,
         ),
     ]
 

@@ -1,6 +1,6 @@
 """Commitment cards (支付分先享卡) on the real coupons service: real PostgreSQL, real NATS
-JetStream (payments and directory changes arrive as member's events), the WeChat Pay
-simulator collecting clawbacks through pay-score.
+JetStream (payments arrive as member's events, the directory through member's DIRECTORY
+bucket), the WeChat Pay simulator collecting clawbacks through pay-score.
 
 The real case: 3 purchases in 15 days, 1.5 yuan off each purchase of 4 yuan or more. One card
 is fulfilled on its 3rd purchase; another is clawed back at its deadline, the simulator seeing
@@ -39,6 +39,7 @@ from kit.cli import running, serving
 from kit.credentials import hash_secret
 from kit.errors import InvalidInput
 from kit.grpc_errors import from_rpc_error
+from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.migrations import migrate
 from kit.proto import timestamp, to_datetime
 from mall.coupons.v1 import commitments_service_pb2 as pb
@@ -218,50 +219,43 @@ async def fetchval(world: World, sql: str, *args: Any) -> Any:
 @pytest.fixture
 async def mall(world: World, unique_id: str) -> Mall:
     """A mall whose directory (a tenant with a store and a credential, another tenant's store)
-    reaches coupons the way it does in production: member's directory events."""
+    reaches coupons the way it does in production: member's DIRECTORY bucket."""
     mall_id, tenant = f"mall-{unique_id}", f"tea-{unique_id}"
     secret, credential_id = uuid.uuid4().hex, f"cred-{unique_id}"
-    events = [
-        (
-            "member.directory.store_upserted",
-            member_events.StoreUpserted(
-                store=directory_pb2.Store(mall_id=mall_id, tenant_id=tenant, store_id="s1")
-            ),
-        ),
-        (
-            "member.directory.store_upserted",
-            member_events.StoreUpserted(
-                store=directory_pb2.Store(mall_id=mall_id, tenant_id="someone-else", store_id="s9")
-            ),
-        ),
-        (
-            "member.directory.credential_upserted",
-            member_events.CredentialUpserted(
-                credential=directory_pb2.Credential(
-                    mall_id=mall_id,
-                    credential_id=credential_id,
-                    tenant_id=tenant,
-                    secret_hash=await asyncio.to_thread(hash_secret, secret),
-                )
-            ),
-        ),
-    ]
-    for subject, message in events:
-        await world.js.publish(
-            subject, message.SerializeToString(), headers={"Nats-Msg-Id": str(uuid.uuid4())}
-        )
+    kv = await open_bucket(world.js, DIRECTORY_BUCKET)
+    for store_id, owner in (("s1", tenant), ("s9", "someone-else")):
+        store = directory_pb2.Store(mall_id=mall_id, tenant_id=owner, store_id=store_id)
+        await kv.put(f"store.{mall_id}.{store_id}", store.SerializeToString())
+    credential = directory_pb2.Credential(
+        mall_id=mall_id,
+        credential_id=credential_id,
+        tenant_id=tenant,
+        secret_hash=await asyncio.to_thread(hash_secret, secret),
+    )
+    await kv.put(f"credential.{mall_id}.{credential_id}", credential.SerializeToString())
+    created = Mall(mall_id, "s1", "s9", f"{credential_id}.{secret}")
 
     async def arrived() -> bool:
-        count = await fetchval(
-            world,
-            """SELECT (SELECT count(*) FROM commitment_stores WHERE mall_id = $1)
-                    + (SELECT count(*) FROM commitment_credentials WHERE mall_id = $1)""",
-            mall_id,
+        """The copy follows the bucket in order: once the credential is in, so are the stores."""
+        probe = pb.ApplyCommitmentDiscountRequest(
+            mall_id=mall_id,
+            member_id=str(uuid.uuid4()),
+            store_id="s1",
+            order_amount_fen=400,
+            request_id=str(uuid.uuid4()),
         )
-        return bool(count == 3)
+        try:
+            await world.api.ApplyCommitmentDiscount(
+                probe, metadata=(("x-mall-credential", created.credential),)
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            return False
+        return True
 
-    await eventually(arrived, "the directory events")
-    return Mall(mall_id, "s1", "s9", f"{credential_id}.{secret}")
+    await eventually(arrived, "the directory entries")
+    return created
 
 
 def tenant(mall: Mall) -> tuple[tuple[str, str], ...]:
@@ -570,6 +564,35 @@ async def test_tenant_rpcs_need_the_tenants_own_credential_and_stores(
         mall_id=mall.mall_id, offer_id=o.offer_id, member_id=str(uuid.uuid4())
     )
     assert (await refused(world.api.AcceptCommitmentCard(no_payer)))[1] == "missing_payer"
+
+
+async def test_a_store_that_changes_hands_in_the_directory_is_no_longer_the_tenants(
+    world: World, mall: Mall
+) -> None:
+    o = await offer(world, mall)
+    member, _ = await accept(world, mall, o.offer_id)
+    kv = await open_bucket(world.js, DIRECTORY_BUCKET)
+    moved = directory_pb2.Store(mall_id=mall.mall_id, tenant_id="new-owner", store_id="s1")
+    await kv.put(f"store.{mall.mall_id}.s1", moved.SerializeToString())
+
+    async def refused_there() -> bool:
+        apply = pb.ApplyCommitmentDiscountRequest(
+            mall_id=mall.mall_id,
+            member_id=member,
+            store_id=mall.store_id,
+            order_amount_fen=800,
+            request_id=str(uuid.uuid4()),
+        )
+        try:
+            await world.api.ApplyCommitmentDiscount(apply, metadata=tenant(mall))
+        except grpc.aio.AioRpcError as rpc_error:
+            error = from_rpc_error(rpc_error)
+            return error is not None and error.code == "store_not_yours"
+        return False
+
+    await eventually(refused_there, "the store's new owner in the directory copy")
+    code, reason = await refused(offer(world, mall))
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "store_not_yours")
 
 
 async def test_two_sweeps_at_once_fail_and_remind_each_card_once(world: World, mall: Mall) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import eventbus
 from eventbus.service import Extras, Subscription, assemble
 from kit.cli import Roles, Service
+from kit.directory import Directory
 from kit.jetstream import connect
 from mall.parking.v1 import parking_service_pb2, parking_service_pb2_grpc
 
-from parking.adapters.credentials import Credentials
 from parking.adapters.points import points_client
 from parking.config import Settings
 from parking.entrypoints.auth import CarParkAuthenticator
@@ -57,7 +57,7 @@ SUBSCRIPTIONS = [
 @contextlib.asynccontextmanager
 async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
     config = ConfigCache(settings.config_cache_s)
-    credentials = Credentials()  # car-park credentials, mirrored from member's bucket
+    directory = Directory()  # car-park credentials, mirrored from member's bucket
     wechat = settings.wechatpay_client()  # keys load now: a bad file stops the start
     async with (
         connect(settings.nats_url, name=f"{NAME}-directory") as directory_nc,
@@ -89,7 +89,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             descriptor=parking_service_pb2.DESCRIPTOR,
             extras=lambda pool: Extras(
                 components={
-                    "serve": [credentials.mirrored(directory_nc.jetstream())],
+                    "serve": [directory.mirrored(directory_nc.jetstream())],
                     "relay": [
                         holds_job(pool, points, settings.holds_interval_s),
                         wechat_job(
@@ -103,7 +103,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                 commands=ops_commands(pool.acquire),
             ),
             authenticate=lambda pool: CarParkAuthenticator(
-                credentials, cache_s=settings.credential_cache_s
+                directory, cache_s=settings.credential_cache_s
             ),
         ) as roles,
     ):

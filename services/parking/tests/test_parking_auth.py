@@ -1,4 +1,4 @@
-"""The car-park credential check on parking's copy of member's DIRECTORY bucket."""
+"""The car-park credential check on the process's copy of member's DIRECTORY bucket."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 from kit.credentials import hash_secret
+from kit.directory import Directory
 from kit.errors import Forbidden, Unauthenticated
 from kit.proto import timestamp
 from mall.member.v1 import directory_pb2
-from parking.adapters.credentials import Credentials
 from parking.entrypoints.auth import CarParkAuthenticator, car_park_caller
 
 QUOTE = "/mall.parking.v1.CarParkService/QuoteExit"
@@ -22,8 +22,8 @@ def entry(credential: directory_pb2.Credential) -> tuple[str, bytes]:
 
 
 async def test_a_revoked_or_deleted_credential_stops_working() -> None:
-    credentials = Credentials()
-    auth = CarParkAuthenticator(credentials, cache_s=0)  # no cache: every call checks
+    directory = Directory()
+    auth = CarParkAuthenticator(directory, cache_s=0)  # no cache: every call checks
     secret, credential_id = uuid.uuid4().hex, f"cred-{uuid.uuid4().hex[:8]}"
     credential = directory_pb2.Credential(
         mall_id="mall-a",
@@ -32,7 +32,7 @@ async def test_a_revoked_or_deleted_credential_stops_working() -> None:
         secret_hash=hash_secret(secret),
     )
     presented = {"x-mall-credential": f"{credential_id}.{secret}"}
-    credentials.apply(*entry(credential))
+    directory.apply(*entry(credential))
 
     fields = await auth(QUOTE, presented)
     assert fields == {"mall_id": "mall-a", "car_park_id": "p1", "credential_id": credential_id}
@@ -41,20 +41,20 @@ async def test_a_revoked_or_deleted_credential_stops_working() -> None:
         car_park_caller("mall-a", "p2")
 
     credential.revoked_at.CopyFrom(timestamp(datetime.now(UTC)))
-    credentials.apply(*entry(credential))
+    directory.apply(*entry(credential))
     with pytest.raises(Unauthenticated):
         await auth(QUOTE, presented)
 
-    credentials.apply(entry(credential)[0], None)
+    directory.apply(entry(credential)[0], None)
     with pytest.raises(Unauthenticated):
         await auth(QUOTE, presented)
 
 
 async def test_a_tenant_credential_does_not_open_the_gates() -> None:
-    credentials = Credentials()
-    auth = CarParkAuthenticator(credentials, cache_s=0)
+    directory = Directory()
+    auth = CarParkAuthenticator(directory, cache_s=0)
     secret = uuid.uuid4().hex
-    credentials.apply(
+    directory.apply(
         *entry(
             directory_pb2.Credential(
                 mall_id="mall-a",

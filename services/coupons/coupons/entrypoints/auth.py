@@ -1,33 +1,42 @@
-"""Who is calling coupons' gRPC API: the server's ``authenticate`` hook.
+"""Who is calling coupons' gRPC APIs: the server's ``authenticate`` hook.
 
-RedeemCoupon is for tenant POS only: ``x-mall-credential: <credential_id>.<secret>`` of a valid
-tenant credential (checked against the directory mirror). CreateStock, PutPostPaymentRule,
+RedeemCoupon, CreateCommitmentOffer and ApplyCommitmentDiscount are for tenant POS only:
+``x-mall-credential: <credential_id>.<secret>`` of a valid tenant credential, checked against
+the process's copy of the directory (``kit.directory``, mirrored from member's bucket; calls
+are refused as UNAVAILABLE until it is loaded). CreateStock, PutPostPaymentRule,
 CreateClaimCode and GetStockStats take a tenant credential (then they act on that tenant's own
 stocks and stores only) or none: the mall's ops API inside the cluster, behind the network
-policy, as member's admin RPCs are. The gateway's RPCs (claim, list) refuse a tenant
-credential, so a POS cannot claim or browse wallets.
+policy, as member's admin RPCs are. CouponsService's gateway RPCs (claim, list) refuse a tenant
+credential, so a POS cannot claim or browse wallets; CommitmentService's gateway RPCs ignore it.
 
 A verified credential is cached per process for ``cache_s`` (the scrypt cost is paid once per
-credential); a revoked one stops working within that time.
+credential, off the event loop); a revoked one stops working within that time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import time
 from dataclasses import dataclass
 
 from kit.credentials import CREDENTIAL_HEADER, parse_presented, verify_secret
+from kit.directory import Directory
 from kit.errors import Forbidden, Unauthenticated, Unavailable
 from kit.grpc_server import Metadata
 
-from coupons.adapters.directory import Directory
-
-_SERVICE = "/mall.coupons.v1.CouponsService/"
-TENANT_ONLY = frozenset({_SERVICE + "RedeemCoupon"})
+_COUPONS = "/mall.coupons.v1.CouponsService/"
+_COMMITMENTS = "/mall.coupons.v1.CommitmentService/"
+TENANT_ONLY = frozenset(
+    {
+        _COUPONS + "RedeemCoupon",
+        _COMMITMENTS + "CreateCommitmentOffer",
+        _COMMITMENTS + "ApplyCommitmentDiscount",
+    }
+)
 TENANT_OR_OPS = frozenset(
-    _SERVICE + m for m in ("CreateStock", "PutPostPaymentRule", "CreateClaimCode", "GetStockStats")
+    _COUPONS + m for m in ("CreateStock", "PutPostPaymentRule", "CreateClaimCode", "GetStockStats")
 )
 _MAX_CACHED = 10_000
 
@@ -68,11 +77,9 @@ class CredentialAuthenticator:
 
     async def __call__(self, method: str, metadata: Metadata) -> dict[str, str]:
         _caller.set(None)
-        if not method.startswith(_SERVICE):  # CommitmentService checks its callers itself
-            return {}
         presented = metadata.get(CREDENTIAL_HEADER, "")
         if method not in TENANT_ONLY and method not in TENANT_OR_OPS:
-            if presented:
+            if presented and method.startswith(_COUPONS):
                 raise Forbidden("rpc_not_for_tenants", f"{method} is not open to tenant callers")
             return {}
         if not presented:
@@ -81,11 +88,11 @@ class CredentialAuthenticator:
             return {}
         if not self._directory.ready:
             raise Unavailable("directory_not_ready", "the directory is loading; retry shortly")
-        caller = self.verify(presented)
+        caller = await self.verify(presented)
         _caller.set(caller)
         return {"mall_id": caller.mall_id, "tenant_id": caller.tenant_id}
 
-    def verify(self, presented: str) -> Caller:
+    async def verify(self, presented: str) -> Caller:
         key = hashlib.sha256(presented.encode()).digest()
         now = time.monotonic()
         hit = self._verified.get(key)
@@ -93,7 +100,11 @@ class CredentialAuthenticator:
             return hit[1]
         credential_id, secret = parse_presented(presented)
         entry = self._directory.credential(credential_id)
-        if entry is None or entry.revoked or not verify_secret(secret, entry.secret_hash):
+        if (
+            entry is None
+            or entry.revoked
+            or not await asyncio.to_thread(verify_secret, secret, entry.secret_hash)
+        ):
             raise Unauthenticated("invalid_credential", "unknown, revoked or wrong credential")
         if not entry.tenant_id:
             raise Forbidden("not_a_tenant_credential", "this RPC needs a tenant credential")

@@ -1,5 +1,4 @@
-"""Commitment card event handlers: attributed payments count on cards; directory changes
-(credentials, stores) keep the local copy the commitment RPCs check callers against."""
+"""Commitment card event handlers: attributed payments count on cards, refunds stop counting."""
 
 from __future__ import annotations
 
@@ -10,13 +9,10 @@ from kit.db import Connection
 from kit.proto import to_datetime
 from mall.member.v1 import events_pb2 as member_events
 
-from coupons.adapters import commitment_directory as directory
 from coupons.service_layer.commitment import Payment, Refund, count_payments, refund_payments
 
 PAYMENT_ATTRIBUTED = "member.payment.attributed"
 REFUND_ATTRIBUTED = "member.refund.attributed"
-CREDENTIAL_UPSERTED = "member.directory.credential_upserted"
-STORE_UPSERTED = "member.directory.store_upserted"
 
 
 def _payment(d: Delivery) -> Payment:
@@ -46,22 +42,3 @@ async def on_refund_attributed(conn: Connection, deliveries: Sequence[Delivery])
         refund = Refund(msg.mall_id, msg.refund_id, msg.transaction_id, msg.refund_amount_fen)
         refunds.append((refund, d.context))
     await refund_payments(conn, refunds)
-
-
-async def on_credential_upserted(conn: Connection, deliveries: Sequence[Delivery]) -> None:
-    for d in deliveries:
-        c = d.decode(member_events.CredentialUpserted).credential
-        await directory.put_credential(
-            conn,
-            c.credential_id,
-            c.mall_id,
-            c.tenant_id,
-            c.secret_hash,
-            c.HasField("revoked_at"),
-        )
-
-
-async def on_store_upserted(conn: Connection, deliveries: Sequence[Delivery]) -> None:
-    for d in deliveries:
-        s = d.decode(member_events.StoreUpserted).store
-        await directory.put_store(conn, s.mall_id, s.store_id, s.tenant_id)

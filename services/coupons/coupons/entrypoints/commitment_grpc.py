@@ -1,35 +1,29 @@
 """gRPC servicer of commitment cards (``mall.coupons.v1.CommitmentService``). Translation only.
 
-Tenant RPCs (CreateCommitmentOffer, ApplyCommitmentDiscount) check the caller's
-``x-mall-credential`` here, against coupons' own copy of member's credentials (fed by
-``member.directory.credential_upserted``), so this servicer does not depend on the process's
-authentication hook. Verified credentials are cached for ``cache_s`` (the scrypt cost is paid
-once per credential and replica). The gateway-facing RPCs stay open inside the cluster, like
-member's and points'.
+Tenant RPCs (CreateCommitmentOffer, ApplyCommitmentDiscount) act for the tenant that the
+server's authentication hook (``entrypoints.auth``) verified, in its own mall and at its own
+stores (the directory copy says whose a store is). The gateway-facing RPCs stay open inside
+the cluster, like member's and points'.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from kit.credentials import CREDENTIAL_HEADER, parse_presented, verify_secret
-from kit.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from kit.directory import Directory
+from kit.errors import Forbidden, InvalidInput, NotFound
 from kit.proto import timestamp
 from mall.coupons.v1 import commitments_service_pb2 as pb
 from mall.coupons.v1 import commitments_service_pb2_grpc as pb_grpc
 
 from coupons.adapters import commitment_clawbacks as clawbacks
-from coupons.adapters import commitment_directory as directory
 from coupons.adapters import commitment_repository as repo
 from coupons.adapters.commitment_repository import CardRow, Offer
 from coupons.domain.commitment import CardStatus, OfferTerms
+from coupons.entrypoints.auth import Caller, tenant_caller
 from coupons.service_layer import commitment
 
 _STATUS = {
@@ -42,13 +36,6 @@ _CLAWBACK = {
     clawbacks.COLLECTED: pb.CLAWBACK_STATUS_COLLECTED,
     clawbacks.REFUSED: pb.CLAWBACK_STATUS_REFUSED,
 }
-_MAX_CACHED = 10_000
-
-
-@dataclass(frozen=True)
-class Tenant:
-    mall_id: str
-    tenant_id: str
 
 
 def _uuid(value: str, name: str) -> str:
@@ -62,6 +49,14 @@ def _required(**fields: str) -> None:
     for name, value in fields.items():
         if not value:
             raise InvalidInput("missing_field", f"{name} is required")
+
+
+def _tenant(mall_id: str) -> Caller:
+    """The verified tenant behind the call, which must be of the request's mall."""
+    caller = tenant_caller()
+    if mall_id != caller.mall_id:
+        raise Forbidden("mall_not_yours", f"the credential is not for mall {mall_id}")
+    return caller
 
 
 def offer_message(offer: Offer) -> pb.CommitmentOffer:
@@ -117,43 +112,16 @@ def card_message(row: CardRow, claw: clawbacks.Clawback | None = None) -> pb.Com
 
 
 class CommitmentServicer(pb_grpc.CommitmentServiceServicer):
-    def __init__(self, pool: asyncpg.Pool, *, credential_cache_s: float = 30.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, directory: Directory) -> None:
         self._pool = pool
-        self._cache_s = credential_cache_s
-        self._verified: dict[bytes, tuple[float, Tenant]] = {}
-
-    async def _tenant(self, context: Any, mall_id: str) -> Tenant:
-        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        presented = metadata.get(CREDENTIAL_HEADER, "")
-        if not presented:
-            raise Unauthenticated("invalid_credential", f"{CREDENTIAL_HEADER} is required")
-        key = hashlib.sha256(presented.encode()).digest()
-        now = time.monotonic()
-        hit = self._verified.get(key)
-        if hit is not None and hit[0] > now:
-            tenant = hit[1]
-        else:
-            credential_id, secret = parse_presented(presented)
-            async with self._pool.acquire() as conn:
-                found = await directory.get_credential(conn, credential_id)
-            if found is None or not await asyncio.to_thread(verify_secret, secret, found[2]):
-                raise Unauthenticated("invalid_credential", "unknown or revoked credential")
-            if not found[1]:
-                raise Forbidden("not_a_tenant_credential", "this RPC needs a tenant credential")
-            tenant = Tenant(found[0], found[1])
-            if len(self._verified) >= _MAX_CACHED:
-                self._verified.clear()
-            self._verified[key] = (now + self._cache_s, tenant)
-        if mall_id != tenant.mall_id:
-            raise Forbidden("mall_not_yours", f"the credential is not for mall {mall_id}")
-        return tenant
+        self._directory = directory
 
     async def CreateCommitmentOffer(
         self, request: pb.CreateCommitmentOfferRequest, context: Any
     ) -> pb.CreateCommitmentOfferResponse:
         o = request.offer
         _required(mall_id=o.mall_id, request_id=request.request_id)
-        tenant = await self._tenant(context, o.mall_id)
+        tenant = _tenant(o.mall_id)
         terms = OfferTerms(
             o.title,
             tuple(o.store_ids),
@@ -164,7 +132,12 @@ class CommitmentServicer(pb_grpc.CommitmentServiceServicer):
         )
         async with self._pool.acquire() as conn:
             offer = await commitment.create_offer(
-                conn, o.mall_id, tenant.tenant_id, request.request_id, terms
+                conn,
+                o.mall_id,
+                tenant.tenant_id,
+                request.request_id,
+                terms,
+                self._directory.store_tenant,
             )
         return pb.CreateCommitmentOfferResponse(offer=offer_message(offer))
 
@@ -211,13 +184,12 @@ class CommitmentServicer(pb_grpc.CommitmentServiceServicer):
     ) -> pb.ApplyCommitmentDiscountResponse:
         _required(mall_id=request.mall_id, store_id=request.store_id)
         member_id = _uuid(request.member_id, "member_id")
-        tenant = await self._tenant(context, request.mall_id)
+        tenant = _tenant(request.mall_id)
+        if self._directory.store_tenant(request.mall_id, request.store_id) != tenant.tenant_id:
+            raise Forbidden(
+                "store_not_yours", f"store {request.store_id} is not a store of this tenant"
+            )
         async with self._pool.acquire() as conn:
-            owners = await directory.store_tenants(conn, request.mall_id, [request.store_id])
-            if owners.get(request.store_id) != tenant.tenant_id:
-                raise Forbidden(
-                    "store_not_yours", f"store {request.store_id} is not a store of this tenant"
-                )
             found = await commitment.apply_discount(
                 conn,
                 request.mall_id,

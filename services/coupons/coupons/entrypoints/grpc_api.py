@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 from kit.batching import Batcher
 from kit.db import Connection
+from kit.directory import Directory
 from kit.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound
 from kit.proto import timestamp
 from mall.common.v1 import common_pb2
@@ -20,7 +21,6 @@ from mall.coupons.v1 import coupons_service_pb2_grpc
 from coupons.adapters import coupons as coupons_sql
 from coupons.adapters import rules as rules_sql
 from coupons.adapters import stocks as stocks_sql
-from coupons.adapters.directory import Directory
 from coupons.adapters.events import CHANNELS
 from coupons.domain.claims import MAX_BATCH, Channel, Claim, Outcome
 from coupons.domain.redemption import Use

@@ -19,7 +19,6 @@ from kit.db import Connection
 from kit.errors import Forbidden, InvalidInput, NotFound
 
 from coupons.adapters import commitment_clawbacks as clawbacks
-from coupons.adapters import commitment_directory as directory
 from coupons.adapters import commitment_events as events
 from coupons.adapters import commitment_purchases as purchases
 from coupons.adapters import commitment_repository as repo
@@ -31,6 +30,7 @@ from coupons.domain.commitment import (
     count_purchase,
     still_counts,
 )
+from coupons.service_layer.offers import StoreTenant
 
 DEFAULT_BATCH = 500
 #: How long after its deadline a card is settled: a payment made before the deadline still
@@ -71,13 +71,19 @@ class Discount:
 
 
 async def create_offer(
-    conn: Connection, mall_id: str, tenant_id: str, request_id: str, terms: OfferTerms
+    conn: Connection,
+    mall_id: str,
+    tenant_id: str,
+    request_id: str,
+    terms: OfferTerms,
+    store_tenant: StoreTenant,
 ) -> Offer:
+    """A tenant's offer, at its own stores only (``store_tenant`` answers from the directory
+    copy, so the check reads no table)."""
     if not request_id or len(request_id) > 128:
         raise InvalidInput("invalid_request_id", "request_id is 1..128 characters")
-    owners = await directory.store_tenants(conn, mall_id, terms.store_ids)
     for store_id in terms.store_ids:
-        if owners.get(store_id) != tenant_id:
+        if store_tenant(mall_id, store_id) != tenant_id:
             raise Forbidden("store_not_yours", f"store {store_id} is not a store of this tenant")
     return await repo.create_offer(conn, mall_id, tenant_id, request_id, terms)
 

@@ -1,11 +1,12 @@
 """Who is calling parking's gRPC API: the server's ``authenticate`` hook.
 
 CarParkService RPCs require ``x-mall-credential: <credential_id>.<secret>`` of a valid,
-unrevoked car-park credential (parking's copy of member's DIRECTORY bucket, held in memory by
-the serve role; calls are refused as UNAVAILABLE until the copy is loaded); the servicer checks
-that the request's mall and car park are the caller's own. A caller presenting a credential on
-any other RPC is refused, so a car park cannot read members' plates. ParkingService (gateway)
-and ParkingAdminService (ops) stay inside the cluster, guarded by the network policy.
+unrevoked car-park credential (``kit.directory``: the copy of member's DIRECTORY bucket held in
+memory by the serve role; calls are refused as UNAVAILABLE until the copy is loaded); the
+servicer checks that the request's mall and car park are the caller's own. A caller presenting
+a credential on any other RPC is refused, so a car park cannot read members' plates.
+ParkingService (gateway) and ParkingAdminService (ops) stay inside the cluster, guarded by the
+network policy.
 
 Verified secrets are cached in-process for ``cache_s`` so the scrypt cost is paid once per
 credential and replica; a revoked credential keeps working on a replica for at most that long.
@@ -19,10 +20,10 @@ import hashlib
 import time
 
 from kit.credentials import CREDENTIAL_HEADER, parse_presented, verify_secret
+from kit.directory import Directory
 from kit.errors import Forbidden, Unauthenticated, Unavailable
 from kit.grpc_server import Metadata
 
-from parking.adapters.credentials import Credentials
 from parking.domain.credentials import CarParkCaller
 
 CAR_PARK_PREFIX = "/mall.parking.v1.CarParkService/"
@@ -47,8 +48,8 @@ def car_park_caller(mall_id: str, car_park_id: str) -> CarParkCaller:
 class CarParkAuthenticator:
     """``authenticate(method, metadata)`` for the gRPC server; returns log-context fields."""
 
-    def __init__(self, credentials: Credentials, *, cache_s: float = 30.0) -> None:
-        self._credentials = credentials
+    def __init__(self, directory: Directory, *, cache_s: float = 30.0) -> None:
+        self._directory = directory
         self._cache_s = cache_s
         self._verified: dict[bytes, tuple[float, CarParkCaller]] = {}
         self._checking: dict[bytes, asyncio.Future[CarParkCaller]] = {}
@@ -100,9 +101,9 @@ class CarParkAuthenticator:
 
     async def _check(self, presented: str) -> CarParkCaller:
         credential_id, secret = parse_presented(presented)
-        if not self._credentials.ready:
+        if not self._directory.ready:
             raise Unavailable("directory_not_ready", "the directory is loading; retry shortly")
-        row = self._credentials.get(credential_id)
+        row = self._directory.credential(credential_id)
         if (
             row is None
             or row.revoked

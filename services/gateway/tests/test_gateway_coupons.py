@@ -8,6 +8,7 @@ cards; and the claim coalescer and sold-out memory alone, with a fake coupons.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import secrets
@@ -710,11 +711,14 @@ def test_session_tokens_of_every_forged_shape_are_refused() -> None:
         jwt.encode({**claims, "iss": "someone-else"}, key, algorithm="HS256"),
         jwt.encode({**claims, "exp": now - 1}, key, algorithm="HS256"),  # expired
         jwt.encode({k: v for k, v in claims.items() if k != "jti"}, key, algorithm="HS256"),
-        jwt.encode(claims, key, algorithm="HS512"),  # not this header: PyJWT refuses it
+        jwt.encode(claims, key, algorithm="HS512"),  # not the allowed algorithm
         jwt.encode(claims, "", algorithm="none"),  # unsigned
         f"{header}.{payload}.",
         f"{header}.{payload}",
         f"{header}.%%%.{signature}",
+        f"{pair.access_token}!!!!",  # junk after the signature (PyJWT's GHSA-hxm8-2xgr-2p9m)
+        f"{pair.access_token}=",
+        f"{header}.{base64.urlsafe_b64encode(b'[1, 2]').decode().rstrip('=')}.{signature}",
         pair.refresh_token,  # the wrong kind
     ]
     for token in refused:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 
@@ -17,6 +18,9 @@ log = structlog.get_logger(__name__)
 #: Codes for the errors aiohttp raises itself (no route, wrong method, body over the limit).
 _CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# One child per (route, status): prometheus-client's labels() takes a lock on every call.
+_requests = functools.cache(HTTP_REQUESTS.labels)
+_latency = functools.cache(HTTP_LATENCY.labels)
 
 
 @web.middleware
@@ -44,8 +48,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             # The route's pattern, not the path: openids and mall ids stay out of label values.
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
-            HTTP_REQUESTS.labels(route, str(status)).inc()
-            HTTP_LATENCY.labels(route).observe(elapsed)
+            _requests(route, str(status)).inc()
+            _latency(route).observe(elapsed)
             log.info("http", status=status, duration_ms=round(elapsed * 1000, 2))
         response.headers[context.CORRELATION_HEADER] = fields["correlation_id"]
         return response

@@ -62,7 +62,7 @@ async def on_tier_changed(conn: Connection, deliveries: Sequence[Delivery]) -> N
 
 async def on_directory_changed(conn: Connection, deliveries: Sequence[Delivery]) -> None:
     """Keep the malls (time zone, WeChat ids) and car parks (names) the relay's WeChat calls
-    and the quotes use. Credentials come through the DIRECTORY bucket (adapters.credentials)."""
+    and the quotes use. Credentials come through the DIRECTORY bucket (kit.directory)."""
     for d in deliveries:
         kind = d.subject.rsplit(".", 1)[-1]
         if kind == "mall_upserted":

@@ -124,6 +124,12 @@ async def warm(session: aiohttp.ClientSession, url: str, concurrency: int) -> No
     await pressing(4 * concurrency, concurrency, one)
 
 
+def listeners(port: int) -> int:
+    """Sockets listening on ``port`` (one per process sharing it with SO_REUSEPORT)."""
+    rows = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+    return sum(1 for r in rows if r[1].endswith(f":{port:04X}") and r[3] == "0A")
+
+
 async def ready_grpc(port: int) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await health_pb2_grpc.HealthStub(channel).Check(
@@ -198,7 +204,9 @@ async def baseline(session: aiohttp.ClientSession, n: int, concurrency: int) -> 
         empty.wait()
 
 
-async def main(shoppers: int, coupons: int, concurrency: int, again: bool) -> dict[str, Any]:
+async def main(
+    shoppers: int, coupons: int, concurrency: int, again: bool, gateways: int
+) -> dict[str, Any]:
     procs: list[Replica] = []
     result: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(),
@@ -206,6 +214,7 @@ async def main(shoppers: int, coupons: int, concurrency: int, again: bool) -> di
         "concurrency": concurrency,
         "shoppers": shoppers,
         "coupons": coupons,
+        "gateways": gateways,
     }
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with (
@@ -248,23 +257,29 @@ async def main(shoppers: int, coupons: int, concurrency: int, again: bool) -> di
             folder = Path(tempfile.mkdtemp(prefix="bench-grab-"))
             (folder / "miniprograms.json").write_text(json.dumps({mall.appid: "s" * 32}))
             gateway_port = free_port()
-            gateway = spawn(
-                "gateway",
-                ["-m", "gateway", "serve"],
-                {
-                    "NATS_URL": nats_url,
-                    "HTTP_PORT": str(gateway_port),
-                    "MEMBER_GRPC_TARGET": f"127.0.0.1:{ports['member']}",
-                    "POINTS_GRPC_TARGET": f"127.0.0.1:{ports['points']}",
-                    "COUPONS_GRPC_TARGET": f"127.0.0.1:{ports['coupons']}",
-                    "MINIPROGRAM_SECRETS_FILE": str(folder / "miniprograms.json"),
-                    "SESSION_SIGNING_KEY": key,
-                    "RATE_LIMIT_PER_IP": "",  # one client address makes all the load
-                    "RATE_LIMIT_PER_MEMBER": "",
-                },
-            )
-            procs.append(gateway)
+            for n in range(gateways):  # replicas share the port (SO_REUSEPORT), as pods do
+                procs.append(
+                    spawn(
+                        f"gateway-{n}",
+                        ["-m", "gateway", "serve"],
+                        {
+                            "NATS_URL": nats_url,
+                            "HTTP_PORT": str(gateway_port),
+                            "MEMBER_GRPC_TARGET": f"127.0.0.1:{ports['member']}",
+                            "POINTS_GRPC_TARGET": f"127.0.0.1:{ports['points']}",
+                            "COUPONS_GRPC_TARGET": f"127.0.0.1:{ports['coupons']}",
+                            "MINIPROGRAM_SECRETS_FILE": str(folder / "miniprograms.json"),
+                            "SESSION_SIGNING_KEY": key,
+                            "RATE_LIMIT_PER_IP": "",  # one client address makes all the load
+                            "RATE_LIMIT_PER_MEMBER": "",
+                        },
+                    )
+                )
             await wait_http(session, f"http://127.0.0.1:{gateway_port}/readyz")
+            for _ in range(100):  # the first one up answered /readyz; wait for the rest
+                if listeners(gateway_port) >= gateways:
+                    break
+                await asyncio.sleep(0.2)
 
             tokens = SessionTokens(key, access_ttl_s=7200, refresh_ttl_s=86_400)
             people = [
@@ -349,7 +364,7 @@ def report(r: dict[str, Any]) -> str:
     base, grab = r["baseline_empty_aiohttp"], r["flash_grab"]
     lines = [
         f"{r['cores']} cores, {r['concurrency']} in flight, {r['shoppers']:,} shoppers for "
-        f"{r['coupons']:,} coupons",
+        f"{r['coupons']:,} coupons, {r.get('gateways', 1)} gateway process(es)",
         "",
         "| measure | per s | vs empty | p50 / p99 ms |",
         "|---|---|---|---|",
@@ -385,8 +400,11 @@ def cli() -> None:
     parser.add_argument("--coupons", type=int, default=2_000, help="coupons in the stock")
     parser.add_argument("-c", type=int, default=256, help="requests in flight")
     parser.add_argument("--again", action="store_true", help="then every shopper retries")
+    parser.add_argument(
+        "--gateways", type=int, default=1, help="gateway processes sharing the port"
+    )
     args = parser.parse_args()
-    result = uvloop.run(main(args.shoppers, args.coupons, args.c, args.again))
+    result = uvloop.run(main(args.shoppers, args.coupons, args.c, args.again, args.gateways))
     print(report(result))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

@@ -85,20 +85,26 @@ async def want_returned(conn: Connection, mall_id: str, coupon_id: str) -> bool:
 
 
 async def claim_coupons(conn: Connection, limit: int, lease_s: float) -> list[CouponClaim]:
-    """Due coupons whose stock exists at the platform and whose holder it knows."""
+    """Due coupons whose stock exists at the platform and whose holder it knows. A coupon's
+    holder (appid, openid) is pinned at its first claim: every later call names the identity
+    it was sent to, whatever its member's identity has become since (a merge, another appid)."""
     rows = await conn.fetch(
         """WITH due AS (
-             SELECT c.mall_id, c.coupon_id, s.platform_stock_id, p.appid, p.openid
+             SELECT c.mall_id, c.coupon_id, s.platform_stock_id,
+                    CASE WHEN c.openid <> '' THEN c.appid ELSE p.appid END AS appid,
+                    CASE WHEN c.openid <> '' THEN c.openid ELSE p.openid END AS openid
                FROM card_package_coupons c
                JOIN card_package_stocks s
                  ON s.mall_id = c.mall_id AND s.stock_id = c.stock_id AND s.state = 'created'
-               JOIN card_package_payers p
+               LEFT JOIN card_package_payers p
                  ON p.mall_id = c.mall_id AND p.member_id = c.member_id
               WHERE c.status = 'pending' AND c.next_attempt_at <= now()
+                AND (c.openid <> '' OR p.openid IS NOT NULL)
               ORDER BY c.next_attempt_at LIMIT $1
                 FOR UPDATE OF c SKIP LOCKED)
            UPDATE card_package_coupons c
-              SET attempts = c.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+              SET attempts = c.attempts + 1, next_attempt_at = now() + make_interval(secs => $2),
+                  appid = due.appid, openid = due.openid
              FROM due WHERE c.mall_id = due.mall_id AND c.coupon_id = due.coupon_id
            RETURNING c.mall_id, c.coupon_id, c.coupon_code, c.wanted, c.platform, c.use_time,
                      c.cycle, c.attempts, c.failures, due.platform_stock_id, due.appid,

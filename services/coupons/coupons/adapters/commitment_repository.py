@@ -133,14 +133,15 @@ async def accept_card(
     openid: str,
     accepted_at: datetime,
 ) -> tuple[CardRow, bool]:
-    """The member's card of the offer, and whether it was created now."""
+    """The member's own card of the offer (not one a merge brought beside it), and whether it
+    was created now."""
     t = offer.terms
     row = await conn.fetchrow(
         """INSERT INTO commitment_cards
                (mall_id, card_id, offer_id, tenant_id, member_id, store_ids, purchases_required,
                 min_amount_fen, discount_fen, appid, openid, accepted_at, deadline)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-           ON CONFLICT (mall_id, offer_id, member_id) DO NOTHING
+           ON CONFLICT (mall_id, offer_id, member_id, merged_from) DO NOTHING
            RETURNING *""",
         offer.mall_id,
         uuid.uuid4(),
@@ -160,7 +161,7 @@ async def accept_card(
         return _card(row), True
     row = await conn.fetchrow(
         """SELECT * FROM commitment_cards
-            WHERE mall_id = $1 AND offer_id = $2 AND member_id = $3""",
+            WHERE mall_id = $1 AND offer_id = $2 AND member_id = $3 AND merged_from = ''""",
         offer.mall_id,
         offer.offer_id,
         member_id,
@@ -194,16 +195,25 @@ async def member_cards(
 async def lock_active_cards(
     conn: Connection, mall_id: str, member_id: str, store_id: str
 ) -> list[CardRow]:
-    """The member's active cards that apply at the store, locked, oldest first."""
+    """The member's active cards that apply at the store, locked, oldest first. A member
+    merged into another stands for its survivor, who holds its cards now (a payment or a
+    checkout can still name it: member's events reach coupons' consumers in no set order)."""
+    try:
+        merged: uuid.UUID | None = uuid.UUID(member_id)
+    except ValueError:
+        merged = None
     rows = await conn.fetch(
         """SELECT * FROM commitment_cards
-            WHERE mall_id = $1 AND member_id = $2 AND status = 'active'
-              AND $3 = ANY(store_ids)
+            WHERE mall_id = $1 AND status = 'active' AND $3 = ANY(store_ids)
+              AND member_id = COALESCE(
+                    (SELECT survivor_member_id::text FROM member_merges
+                      WHERE mall_id = $1 AND merged_member_id = $4), $2)
             ORDER BY accepted_at, card_id
               FOR UPDATE""",
         mall_id,
         member_id,
         store_id,
+        merged,
     )
     return [_card(r) for r in rows]
 

@@ -1,5 +1,6 @@
 """Following member merges (member.identity.merged): the absorbed member's coupons, claim keys
-and per-member limit counters move to the survivor.
+and per-member limit counters, commitment cards and card package mirror rows move to the
+survivor, in one transaction with the merge's record.
 
 Ordering between services is not guaranteed, so a claim can still name the absorbed member
 after the merge was followed here (a post-payment coupon for a payment attributed just before
@@ -7,6 +8,27 @@ the merge, a shopper's retry). Claims share-lock their claimants and look for a 
 the lock (``claims.claim_batch`` makes such a claim for the survivor); the merge locks both
 members exclusively. A claim racing the merge thus either commits first and is moved by it, or
 waits and lands on the survivor — and the survivor's per-member limit counts both.
+
+Commitment cards (支付分先享卡): the survivor's payments must count on a card the absorbed member
+accepted, so its cards are the survivor's now (payments and checkouts still naming the absorbed
+member find them too: ``commitment_repository.lock_active_cards``; one counted while the merge
+commits can still miss them, as counting takes no share lock like claims do). A member has one
+live card of an offer: when both hold an active one, the survivor's card takes the other's
+purchases and applied discounts, their progress and discounts given add up (a payment counted on
+both counts once), and its window spans both (earliest acceptance, latest deadline), so neither
+side loses what it earned; reaching the purchases required fulfils it now (announced), and if it
+fails the clawback is every discount both gave. A settled card (fulfilled, or failed with its
+clawback) is history and is never folded: it moves as it is, marked ``merged_from`` when the
+survivor already holds a card of the offer, as does an active card beside the survivor's settled
+one, which runs on to its own deadline. Clawbacks move with their cards; each keeps the
+pay-score identity (appid, openid) of whoever accepted the card.
+
+Card package (卡包): ``card_package_payers`` is who a member is at WeChat, used to send a coupon;
+``card_package_coupons.member_id`` is whose identity a coupon goes to. The absorbed member's
+mirrored coupons move to the survivor as its coupons did; each already sent (or tried) keeps the
+identity it went to (pinned: later use/return calls name the openid that holds it, nothing is
+sent again); those not sent yet go to the survivor's identity, which is the absorbed member's if
+the survivor had none. The absorbed member's identity is kept for coupon events still naming it.
 """
 
 from __future__ import annotations
@@ -15,9 +37,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
+from eventbus.outbox import add_events
 from kit.db import Connection
 
-from coupons.adapters import merges
+from coupons.adapters import commitment_events, merges
+from coupons.adapters import commitment_repository as cards
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +56,8 @@ class MemberMerged:
 
 async def follow_merges(conn: Connection, merged: Sequence[MemberMerged]) -> int:
     """Inside the caller's transaction: record each merge and move the absorbed member's
-    coupons; how many coupons moved (0 for a merge seen before)."""
+    coupons, commitment cards and card package rows; how many coupons moved (0 for a merge
+    seen before)."""
     total = 0
     for m in merged:
         if m.merged_member_id == m.survivor_member_id:
@@ -43,11 +68,27 @@ async def follow_merges(conn: Connection, merged: Sequence[MemberMerged]) -> int
         )
         moved = await merges.move_member(conn, m.mall_id, m.merged_member_id, m.survivor_member_id)
         total += moved
+        moved_cards = await merges.move_commitment_cards(
+            conn, m.mall_id, m.merged_member_id, m.survivor_member_id
+        )
+        fulfilled = []
+        for card_id in moved_cards.fulfilled:
+            row = await cards.get_card(conn, m.mall_id, card_id)
+            assert row is not None
+            fulfilled.append(commitment_events.fulfilled(row, row.card.discount_given_fen))
+        await add_events(conn, fulfilled)
+        mirrored = await merges.move_card_package(
+            conn, m.mall_id, m.merged_member_id, m.survivor_member_id
+        )
         log.info(
             "member_merge_followed",
             mall_id=m.mall_id,
             survivor_member_id=m.survivor_member_id,
             merged_member_id=m.merged_member_id,
             moved_coupons=moved,
+            moved_commitment_cards=moved_cards.moved,
+            folded_commitment_cards=moved_cards.folded,
+            fulfilled_commitment_cards=len(fulfilled),
+            moved_card_package_coupons=mirrored,
         )
     return total

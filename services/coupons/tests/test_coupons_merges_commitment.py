@@ -1,0 +1,429 @@
+"""Commitment cards and the card package mirror follow member merges (member.identity.merged)
+on real PostgreSQL: the absorbed member's card counts the survivor's payments (and late ones
+still naming the absorbed member), two active cards of one offer fold into one without losing
+a purchase or a discount, a settled card moves as it is with its clawback, mirrored coupons
+move with the identity they were sent to pinned; a repeated merge changes nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from coupons.adapters import card_package as mirror
+from coupons.adapters import card_package_stocks as mirror_stocks
+from coupons.adapters import commitment_clawbacks as clawbacks
+from coupons.adapters import commitment_repository as repo
+from coupons.adapters.commitment_repository import CardRow, Offer
+from coupons.bootstrap import MIGRATIONS
+from coupons.domain.commitment import CardStatus, OfferTerms
+from coupons.entrypoints.merge_consumer import IDENTITY_MERGED, on_identity_merged
+from coupons.service_layer import commitment
+from coupons.service_layer.commitment import Payment
+from eventbus.consumer import Delivery
+from kit.migrations import migrate
+from mall.member.v1 import events_pb2 as member_events
+from mall_testing.plugin import FreshDatabase
+
+APPID = "wx0mergecommitment"
+#: 3 purchases in 15 days at s1, 1.5 yuan off each order of 4 yuan or more.
+TERMS = OfferTerms("15天3次，每次立减1.5元", ("s1",), 3, 15, 400, 150)
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=5)
+
+
+@pytest.fixture(scope="module")
+async def pool(fresh_database: FreshDatabase) -> AsyncIterator[asyncpg.Pool]:
+    url = await fresh_database("coupons")
+    await migrate(url, MIGRATIONS)
+    async with asyncpg.create_pool(url, min_size=2, max_size=8) as pool:
+        yield pool
+
+
+def member() -> str:
+    return str(uuid.uuid4())
+
+
+async def make_offer(pool: asyncpg.Pool, mall_id: str) -> Offer:
+    async with pool.acquire() as conn:
+        return await repo.create_offer(conn, mall_id, "coffee", str(uuid.uuid4()), TERMS)
+
+
+async def accept(pool: asyncpg.Pool, offer: Offer, member_id: str, at: datetime) -> CardRow:
+    async with pool.acquire() as conn:
+        return await commitment.accept_card(
+            conn, offer.mall_id, offer.offer_id, member_id, APPID, f"o-{member_id[:8]}", at
+        )
+
+
+async def checkout(pool: asyncpg.Pool, mall_id: str, member_id: str, at: datetime) -> int:
+    """A 5-yuan order at s1: the discount the POS applies."""
+    async with pool.acquire() as conn:
+        found = await commitment.apply_discount(
+            conn, mall_id, member_id, "s1", 500, str(uuid.uuid4()), at
+        )
+    return found.discount_fen
+
+
+async def pay(
+    pool: asyncpg.Pool, mall_id: str, member_id: str, at: datetime, discount_fen: int = 0
+) -> str:
+    """member.payment.attributed of that 5-yuan order (less the discount applied to it)."""
+    transaction_id = f"4200{uuid.uuid4().int % 10**12:012d}"
+    payment = Payment(mall_id, member_id, "s1", transaction_id, 500 - discount_fen, at)
+    async with pool.acquire() as conn, conn.transaction():
+        await commitment.count_payments(conn, [(payment, {})])
+    return transaction_id
+
+
+async def buy(pool: asyncpg.Pool, mall_id: str, member_id: str, at: datetime) -> str:
+    """Checkout with the card's discount, then the payment."""
+    return await pay(pool, mall_id, member_id, at, await checkout(pool, mall_id, member_id, at))
+
+
+def merged_event(mall_id: str, survivor: str, absorbed: str) -> Delivery:
+    msg = member_events.IdentityMerged(
+        event_id=str(uuid.uuid4()),
+        mall_id=mall_id,
+        survivor_member_id=survivor,
+        merged_member_id=absorbed,
+        merge_request_id=f"merge-{uuid.uuid4().hex[:8]}",
+    )
+    return Delivery(event_id=msg.event_id, subject=IDENTITY_MERGED, data=msg.SerializeToString())
+
+
+async def snapshot(pool: asyncpg.Pool, mall_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the mall that a merge may touch."""
+    tables = {
+        "commitment_cards": "card_id",
+        "commitment_purchases": "card_id, transaction_id",
+        "commitment_applications": "application_id",
+        "commitment_clawbacks": "card_id",
+        "card_package_coupons": "coupon_id",
+        "card_package_payers": "member_id",
+        "outbox": "event_id",
+    }
+    found = {}
+    for table, order in tables.items():
+        rows = await pool.fetch(
+            f"SELECT * FROM {table} WHERE mall_id = $1 ORDER BY {order}", mall_id
+        )
+        found[table] = [dict(r) for r in rows]
+    return found
+
+
+async def merge(pool: asyncpg.Pool, mall_id: str, survivor: str, absorbed: str) -> None:
+    """Follow the merge, then again (a redelivery outside the inbox): nothing changes."""
+    async with pool.acquire() as conn:
+        async with conn.transaction():  # as the batched consumer does
+            await on_identity_merged(conn, [merged_event(mall_id, survivor, absorbed)])
+        before = await snapshot(pool, mall_id)
+        async with conn.transaction():
+            await on_identity_merged(conn, [merged_event(mall_id, survivor, absorbed)])
+    assert await snapshot(pool, mall_id) == before
+
+
+async def sweep_at(pool: asyncpg.Pool, moment: datetime) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await commitment.fail_due(conn, moment, limit=1000)
+
+
+async def cards_of(pool: asyncpg.Pool, mall_id: str) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        """SELECT card_id::text AS card_id, member_id, merged_from, status, purchases_made,
+                  discount_given_fen, accepted_at, deadline
+             FROM commitment_cards WHERE mall_id = $1 ORDER BY accepted_at""",
+        mall_id,
+    )
+
+
+async def events_of(pool: asyncpg.Pool, mall_id: str, subject: str) -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE mall_id = $1 AND subject = $2", mall_id, subject
+        )
+    )
+
+
+# -- commitment cards ------------------------------------------------------------------------
+
+
+async def test_the_absorbed_members_card_is_fulfilled_by_the_survivors_payments(
+    pool: asyncpg.Pool, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    survivor, absorbed = member(), member()
+    offer = await make_offer(pool, mall_id)
+    card = await accept(pool, offer, absorbed, T0)
+    await buy(pool, mall_id, absorbed, T0 + timedelta(days=1))
+
+    await merge(pool, mall_id, survivor, absorbed)
+
+    # The survivor's checkout gets the card's discount and its payment counts; a payment that
+    # still names the absorbed member (attributed before the merge, consumed after) counts too.
+    assert await checkout(pool, mall_id, survivor, T0 + timedelta(days=2)) == 150
+    await pay(pool, mall_id, survivor, T0 + timedelta(days=2), 150)
+    await pay(pool, mall_id, absorbed, T0 + timedelta(days=3))
+    (row,) = await cards_of(pool, mall_id)
+    assert (row["card_id"], row["member_id"]) == (card.card_id, survivor)
+    assert (row["status"], row["purchases_made"], row["discount_given_fen"]) == (
+        "fulfilled",
+        3,
+        300,
+    )
+    # The deadline passes: nothing fails, nothing is clawed back.
+    await sweep_at(pool, card.card.deadline + timedelta(days=1))
+    async with pool.acquire() as conn:
+        assert await clawbacks.get(conn, mall_id, card.card_id) is None
+        assert [c.card_id for c in await repo.member_cards(conn, mall_id, survivor)] == [
+            card.card_id
+        ]
+        assert await repo.member_cards(conn, mall_id, absorbed) == []
+    assert await events_of(pool, mall_id, "coupons.commitment.failed") == 0
+
+
+async def test_two_active_cards_of_an_offer_fold_into_one_losing_no_purchase(
+    pool: asyncpg.Pool, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    survivor, absorbed = member(), member()
+    offer = await make_offer(pool, mall_id)
+    theirs = await accept(pool, offer, absorbed, T0)
+    ours = await accept(pool, offer, survivor, T0 + timedelta(days=2))
+    first = await buy(pool, mall_id, absorbed, T0 + timedelta(hours=1))
+    second = await buy(pool, mall_id, survivor, T0 + timedelta(days=2, hours=1))
+    # A discount applied on the absorbed member's card whose payment has not come yet.
+    assert await checkout(pool, mall_id, absorbed, T0 + timedelta(days=3)) == 150
+
+    await merge(pool, mall_id, survivor, absorbed)
+
+    (row,) = await cards_of(pool, mall_id)
+    assert (row["card_id"], row["member_id"], row["merged_from"]) == (ours.card_id, survivor, "")
+    assert (row["status"], row["purchases_made"], row["discount_given_fen"]) == (
+        "active",
+        2,
+        300,
+    )
+    # Its window spans both: the earliest acceptance, the latest deadline.
+    assert (row["accepted_at"], row["deadline"]) == (theirs.card.accepted_at, ours.card.deadline)
+    purchases = await pool.fetch(
+        """SELECT card_id::text AS card_id, transaction_id, discount_fen
+             FROM commitment_purchases WHERE mall_id = $1 ORDER BY paid_at""",
+        mall_id,
+    )
+    assert [(p["card_id"], p["transaction_id"], p["discount_fen"]) for p in purchases] == [
+        (ours.card_id, first, 150),
+        (ours.card_id, second, 150),
+    ]
+    # The awaited payment (still naming the absorbed member) finds its discount and fulfils
+    # the one card, announced once.
+    await pay(pool, mall_id, absorbed, T0 + timedelta(days=3), 150)
+    (row,) = await cards_of(pool, mall_id)
+    assert (row["status"], row["purchases_made"], row["discount_given_fen"]) == (
+        "fulfilled",
+        3,
+        450,
+    )
+    assert await events_of(pool, mall_id, "coupons.commitment.fulfilled") == 1
+
+
+async def test_a_fold_that_reaches_the_purchases_fulfils_and_one_that_falls_short_claws_back_both(
+    pool: asyncpg.Pool, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    offer = await make_offer(pool, mall_id)
+    # 2 + 1 purchases: the folded card is fulfilled by the merge.
+    survivor, absorbed = member(), member()
+    await accept(pool, offer, absorbed, T0)
+    ours = await accept(pool, offer, survivor, T0)
+    await buy(pool, mall_id, absorbed, T0 + timedelta(hours=1))
+    await buy(pool, mall_id, absorbed, T0 + timedelta(hours=2))
+    await buy(pool, mall_id, survivor, T0 + timedelta(hours=3))
+    await merge(pool, mall_id, survivor, absorbed)
+    async with pool.acquire() as conn:
+        done = await repo.get_card(conn, mall_id, ours.card_id)
+    assert done is not None
+    assert (done.member_id, done.card.status, done.card.purchases_made) == (
+        survivor,
+        CardStatus.FULFILLED,
+        3,
+    )
+    assert done.card.discount_given_fen == 450
+    assert await events_of(pool, mall_id, "coupons.commitment.fulfilled") == 1
+
+    # 1 + 1 purchases: the card fails at its deadline and claws back both discounts.
+    other_mall = f"{mall_id}-b"
+    offer = await make_offer(pool, other_mall)
+    survivor, absorbed = member(), member()
+    await accept(pool, offer, absorbed, T0)
+    ours = await accept(pool, offer, survivor, T0 + timedelta(days=1))
+    await buy(pool, other_mall, absorbed, T0 + timedelta(hours=1))
+    await buy(pool, other_mall, survivor, T0 + timedelta(days=1, hours=1))
+    await merge(pool, other_mall, survivor, absorbed)
+    await sweep_at(pool, ours.card.deadline + timedelta(hours=1))
+    async with pool.acquire() as conn:
+        owed = await clawbacks.get(conn, other_mall, ours.card_id)
+    assert owed is not None
+    assert (owed.member_id, owed.amount_fen) == (survivor, 300)
+    assert len(await cards_of(pool, other_mall)) == 1
+
+
+async def test_a_settled_card_moves_as_it_is_beside_the_survivors_with_its_clawback(
+    pool: asyncpg.Pool, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    survivor, absorbed = member(), member()
+    offer = await make_offer(pool, mall_id)
+    theirs = await accept(pool, offer, absorbed, T0 - timedelta(days=20))
+    await buy(pool, mall_id, absorbed, T0 - timedelta(days=19))
+    await sweep_at(pool, T0)  # the absorbed member's card failed: 1.5 yuan to claw back
+    ours = await accept(pool, offer, survivor, T0)
+
+    await merge(pool, mall_id, survivor, absorbed)
+
+    rows = await cards_of(pool, mall_id)
+    assert [(r["card_id"], r["member_id"], r["merged_from"], r["status"]) for r in rows] == [
+        (theirs.card_id, survivor, absorbed, "failed"),
+        (ours.card_id, survivor, "", "active"),
+    ]
+    async with pool.acquire() as conn:
+        owed = await clawbacks.get(conn, mall_id, theirs.card_id)
+        again = await commitment.accept_card(
+            conn, mall_id, offer.offer_id, survivor, APPID, "o-again", T0 + timedelta(days=1)
+        )
+    assert owed is not None
+    # The clawback is the survivor's now, deducted as before from whoever accepted the card.
+    assert (owed.member_id, owed.amount_fen, owed.openid) == (survivor, 150, theirs.openid)
+    assert again.card_id == ours.card_id  # accepting again finds the survivor's own card
+    # The survivor's payments count on its active card only.
+    await buy(pool, mall_id, survivor, T0 + timedelta(days=1))
+    rows = await cards_of(pool, mall_id)
+    assert [r["purchases_made"] for r in rows] == [1, 1]
+
+
+# -- the card package mirror -----------------------------------------------------------------
+
+
+async def flagged_stock(pool: asyncpg.Pool, mall_id: str) -> str:
+    stock_id = f"stock-{uuid.uuid4().hex[:8]}"
+    async with pool.acquire() as conn:
+        await mirror_stocks.flag_stock(
+            conn, mall_id, stock_id, {"out_request_no": f"{mall_id}/{stock_id}"}
+        )
+        await conn.execute(
+            """UPDATE card_package_stocks SET state = 'created', platform_stock_id = $3
+                WHERE mall_id = $1 AND stock_id = $2""",
+            mall_id,
+            stock_id,
+            f"P{uuid.uuid4().int % 10**9}",
+        )
+    return stock_id
+
+
+async def want(
+    pool: asyncpg.Pool, mall_id: str, stock_id: str, coupon_id: str, member_id: str, wanted: str
+) -> None:
+    async with pool.acquire() as conn:
+        await mirror.want(
+            conn,
+            mall_id,
+            coupon_id,
+            stock_id,
+            member_id,
+            f"code-{coupon_id}",
+            wanted,
+            T0 if wanted == "used" else None,
+        )
+
+
+async def claimed(pool: asyncpg.Pool, mall_id: str) -> dict[str, tuple[str, str]]:
+    """Claim the due mirrored coupons: the mall's, coupon → (wanted, openid called with)."""
+    async with pool.acquire() as conn:
+        claims = await mirror.claim_coupons(conn, 1000, 60)
+        for c in claims:  # each call made: the platform holds what is wanted
+            await mirror.save_coupon(conn, c, platform=c.wanted)
+    return {c.coupon_id: (c.wanted, c.openid) for c in claims if c.mall_id == mall_id}
+
+
+async def test_mirrored_coupons_move_with_the_identity_they_were_sent_to(
+    pool: asyncpg.Pool, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    survivor, absorbed = member(), member()
+    stock_id = await flagged_stock(pool, mall_id)
+    async with pool.acquire() as conn:
+        await mirror_stocks.put_payers(
+            conn, [(mall_id, absorbed, APPID, "o-absorbed"), (mall_id, survivor, APPID, "o-ours")]
+        )
+    await want(pool, mall_id, stock_id, "sent-1", absorbed, "sent")
+    await want(pool, mall_id, stock_id, "sent-2", absorbed, "sent")
+    await want(pool, mall_id, stock_id, "ours-1", survivor, "sent")
+    assert await claimed(pool, mall_id) == {
+        "sent-1": ("sent", "o-absorbed"),
+        "sent-2": ("sent", "o-absorbed"),
+        "ours-1": ("sent", "o-ours"),
+    }
+    # sent-2 was sent before identities were pinned on the coupons (migration 0057).
+    await pool.execute(
+        """UPDATE card_package_coupons SET appid = '', openid = ''
+            WHERE mall_id = $1 AND coupon_id = 'sent-2'""",
+        mall_id,
+    )
+    await want(pool, mall_id, stock_id, "unsent", absorbed, "sent")  # claimed, not sent yet
+
+    await merge(pool, mall_id, survivor, absorbed)
+
+    rows = await pool.fetch(
+        """SELECT coupon_id, member_id, platform FROM card_package_coupons
+            WHERE mall_id = $1 ORDER BY coupon_id""",
+        mall_id,
+    )
+    assert [(r["coupon_id"], r["member_id"], r["platform"]) for r in rows] == [
+        ("ours-1", survivor, "sent"),
+        ("sent-1", survivor, "sent"),
+        ("sent-2", survivor, "sent"),
+        ("unsent", survivor, "none"),
+    ]
+    # The coupons redeemed after the merge (the core names the survivor): each is used at the
+    # platform under the openid that holds it; the one never sent goes to the survivor's
+    # identity; nothing already sent is sent again.
+    await want(pool, mall_id, stock_id, "sent-1", survivor, "used")
+    await want(pool, mall_id, stock_id, "sent-2", survivor, "used")
+    assert await claimed(pool, mall_id) == {
+        "sent-1": ("used", "o-absorbed"),
+        "sent-2": ("used", "o-absorbed"),
+        "unsent": ("sent", "o-ours"),
+    }
+    # The survivor now pays under the absorbed member's WeChat identity: its own coupon, sent
+    # before, is still used under the openid that holds it.
+    async with pool.acquire() as conn:
+        await mirror_stocks.put_payers(conn, [(mall_id, survivor, APPID, "o-absorbed")])
+    await want(pool, mall_id, stock_id, "ours-1", survivor, "used")
+    assert await claimed(pool, mall_id) == {"ours-1": ("used", "o-ours")}
+    payers = await pool.fetch(
+        """SELECT member_id, openid FROM card_package_payers WHERE mall_id = $1
+            ORDER BY openid""",
+        mall_id,
+    )
+    assert {r["member_id"]: r["openid"] for r in payers} == {
+        absorbed: "o-absorbed",  # kept for coupon events still naming the absorbed member
+        survivor: "o-absorbed",
+    }
+
+
+async def test_a_survivor_unknown_at_wechat_takes_the_absorbed_members_identity(
+    pool: asyncpg.Pool, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    survivor, absorbed = member(), member()
+    stock_id = await flagged_stock(pool, mall_id)
+    async with pool.acquire() as conn:
+        await mirror_stocks.put_payers(conn, [(mall_id, absorbed, APPID, "o-absorbed")])
+
+    await merge(pool, mall_id, survivor, absorbed)
+
+    # A coupon the survivor claims after the merge reaches its card package.
+    await want(pool, mall_id, stock_id, "later", survivor, "sent")
+    assert await claimed(pool, mall_id) == {"later": ("sent", "o-absorbed")}

@@ -2,29 +2,35 @@
 on real PostgreSQL: the absorbed member's card counts the survivor's payments (and late ones
 still naming the absorbed member), two active cards of one offer fold into one without losing
 a purchase or a discount, a settled card moves as it is with its clawback, mirrored coupons
-move with the identity they were sent to pinned; a repeated merge changes nothing."""
+move with the identity they were sent to pinned; a repeated merge changes nothing. The merge
+and the payments also arrive over NATS JetStream to the running consume role."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import nats
 import pytest
 from coupons.adapters import card_package as mirror
 from coupons.adapters import card_package_stocks as mirror_stocks
 from coupons.adapters import commitment_clawbacks as clawbacks
 from coupons.adapters import commitment_repository as repo
 from coupons.adapters.commitment_repository import CardRow, Offer
-from coupons.bootstrap import MIGRATIONS
+from coupons.bootstrap import MIGRATIONS, bootstrap
+from coupons.config import Settings
 from coupons.domain.commitment import CardStatus, OfferTerms
 from coupons.entrypoints.merge_consumer import IDENTITY_MERGED, on_identity_merged
 from coupons.service_layer import commitment
 from coupons.service_layer.commitment import Payment
 from eventbus.consumer import Delivery
+from kit.cli import running
 from kit.migrations import migrate
+from kit.proto import timestamp
 from mall.member.v1 import events_pb2 as member_events
 from mall_testing.plugin import FreshDatabase
 
@@ -35,9 +41,14 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=5)
 
 
 @pytest.fixture(scope="module")
-async def pool(fresh_database: FreshDatabase) -> AsyncIterator[asyncpg.Pool]:
+async def url(fresh_database: FreshDatabase) -> str:
     url = await fresh_database("coupons")
     await migrate(url, MIGRATIONS)
+    return url
+
+
+@pytest.fixture(scope="module")
+async def pool(url: str) -> AsyncIterator[asyncpg.Pool]:
     async with asyncpg.create_pool(url, min_size=2, max_size=8) as pool:
         yield pool
 
@@ -301,6 +312,64 @@ async def test_a_settled_card_moves_as_it_is_beside_the_survivors_with_its_clawb
     await buy(pool, mall_id, survivor, T0 + timedelta(days=1))
     rows = await cards_of(pool, mall_id)
     assert [r["purchases_made"] for r in rows] == [1, 1]
+
+
+async def test_the_merge_and_the_payments_arrive_over_jetstream(
+    url: str, pool: asyncpg.Pool, nats_url: str, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    survivor, absorbed = member(), member()
+    offer = await make_offer(pool, mall_id)
+    card = await accept(pool, offer, absorbed, T0)
+    settings = Settings(database_url=url, nats_url=nats_url, grpc_port=0, log_level="warning")
+    nc = await nats.connect(nats_url)
+
+    async def publish(subject: str, message: Any) -> None:
+        await nc.jetstream().publish(
+            subject, message.SerializeToString(), headers={"Nats-Msg-Id": message.event_id}
+        )
+
+    async def eventually(check: Callable[[], Awaitable[bool]]) -> bool:
+        for _ in range(300):
+            if await check():
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def held_by_survivor() -> bool:
+        return [r["member_id"] for r in await cards_of(pool, mall_id)] == [survivor]
+
+    async def fulfilled() -> bool:
+        return [r["status"] for r in await cards_of(pool, mall_id)] == ["fulfilled"]
+
+    try:
+        async with bootstrap(settings) as roles, running(roles, ("consume",)):
+            merged = merged_event(mall_id, survivor, absorbed)
+            await nc.jetstream().publish(
+                IDENTITY_MERGED, merged.data, headers={"Nats-Msg-Id": merged.event_id}
+            )
+            assert await eventually(held_by_survivor)
+            # Two payments of the survivor, and one attributed to the absorbed member before
+            # the merge that comes after it.
+            for i, payer in enumerate((survivor, survivor, absorbed)):
+                await publish(
+                    "member.payment.attributed",
+                    member_events.PaymentAttributed(
+                        event_id=str(uuid.uuid4()),
+                        mall_id=mall_id,
+                        member_id=payer,
+                        tenant_id="coffee",
+                        store_id="s1",
+                        amount_fen=500,
+                        transaction_id=f"4200{unique_id}{i}",
+                        paid_at=timestamp(T0 + timedelta(days=1, hours=i)),
+                    ),
+                )
+            assert await eventually(fulfilled)
+    finally:
+        await nc.close()
+    (row,) = await cards_of(pool, mall_id)
+    assert (row["card_id"], row["member_id"], row["purchases_made"]) == (card.card_id, survivor, 3)
 
 
 # -- the card package mirror -----------------------------------------------------------------

@@ -42,6 +42,7 @@ import uvloop
 from eventbus.consumer import Consumer, Handler
 from eventbus.streams import ensure_streams
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kit.credentials import CREDENTIAL_HEADER
 from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.common.v1 import common_pb2
@@ -53,7 +54,6 @@ from mall_testing.embedded import free_port
 from member.adapters import repository
 from member.bootstrap import MIGRATIONS as MEMBER_MIGRATIONS
 from member.domain.model import JoinChannel
-from member.entrypoints.auth import CREDENTIAL_HEADER
 from member.entrypoints.consumers import PAYMENT_CAPTURED, on_payment_captured
 from member.service_layer import directory
 from points.bootstrap import MIGRATIONS as POINTS_MIGRATIONS

@@ -3,11 +3,12 @@ self-describing scrypt hash member publishes (``scrypt$n$r$p$salt$digest``)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 
 import pytest
-from kit.credentials import parse_presented, verify_secret
+from kit.credentials import VerifiedCallers, parse_presented, verify_secret
 from kit.errors import Unauthenticated
 
 
@@ -38,3 +39,62 @@ def test_a_presented_credential_is_id_dot_secret() -> None:
     for bad in ("", "cred-only", ".secret", "cred."):
         with pytest.raises(Unauthenticated):
             parse_presented(bad)
+
+
+# -- VerifiedCallers: the check once per credential, shared by the calls that present it at once --
+
+
+async def test_a_burst_presenting_one_credential_pays_one_check() -> None:
+    callers: VerifiedCallers[str] = VerifiedCallers(cache_s=30)
+    checks: list[str] = []
+    release = asyncio.Event()
+
+    async def check(presented: str) -> str:
+        checks.append(presented)
+        await release.wait()  # the scrypt check, still running when the rest of the burst comes
+        return f"caller of {presented}"
+
+    burst = [asyncio.create_task(callers.get("cred-1.s", check)) for _ in range(32)]
+    other = asyncio.create_task(callers.get("cred-2.s", check))
+    await asyncio.sleep(0)
+    release.set()
+    assert set(await asyncio.gather(*burst)) == {"caller of cred-1.s"}
+    assert await other == "caller of cred-2.s"
+    assert await callers.get("cred-1.s", check) == "caller of cred-1.s"  # remembered
+    assert sorted(checks) == ["cred-1.s", "cred-2.s"]
+
+
+async def test_a_refusal_reaches_every_waiter_and_is_not_remembered() -> None:
+    callers: VerifiedCallers[str] = VerifiedCallers(cache_s=30)
+    checks = 0
+    release = asyncio.Event()
+
+    async def refuse(presented: str) -> str:
+        nonlocal checks
+        checks += 1
+        await release.wait()
+        raise Unauthenticated("invalid_credential", "wrong secret")
+
+    waiting = [asyncio.create_task(callers.get("cred-1.bad", refuse)) for _ in range(5)]
+    await asyncio.sleep(0)
+    release.set()
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(o, Unauthenticated) for o in outcomes)
+    assert checks == 1
+
+    async def accept(presented: str) -> str:
+        return "now right"
+
+    assert await callers.get("cred-1.bad", accept) == "now right"  # the refusal was not kept
+
+
+async def test_a_remembered_caller_is_checked_again_after_cache_s() -> None:
+    callers: VerifiedCallers[int] = VerifiedCallers(cache_s=0)
+    checks = 0
+
+    async def check(presented: str) -> int:
+        nonlocal checks
+        checks += 1
+        return checks
+
+    assert [await callers.get("cred-1.s", check) for _ in range(3)] == [1, 2, 3]

@@ -9,19 +9,18 @@ stocks and stores only) or none: the mall's ops API inside the cluster, behind t
 policy, as member's admin RPCs are. CouponsService's gateway RPCs (claim, list) refuse a tenant
 credential, so a POS cannot claim or browse wallets; CommitmentService's gateway RPCs ignore it.
 
-A verified credential is cached per process for ``cache_s`` (the scrypt cost is paid once per
-credential, off the event loop); a revoked one stops working within that time.
+A verified credential is remembered per process for ``cache_s``
+(``kit.credentials.VerifiedCallers``: the scrypt cost is paid once per credential, off the event
+loop, however many calls present it at once); a revoked one stops working within that time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
-import time
 from dataclasses import dataclass
 
-from kit.credentials import CREDENTIAL_HEADER, parse_presented, verify_secret
+from kit.credentials import CREDENTIAL_HEADER, VerifiedCallers, parse_presented, verify_secret
 from kit.directory import Directory
 from kit.errors import Forbidden, Unauthenticated, Unavailable
 from kit.grpc_server import Metadata
@@ -38,7 +37,6 @@ TENANT_ONLY = frozenset(
 TENANT_OR_OPS = frozenset(
     _COUPONS + m for m in ("CreateStock", "PutPostPaymentRule", "CreateClaimCode", "GetStockStats")
 )
-_MAX_CACHED = 10_000
 
 
 @dataclass(frozen=True)
@@ -72,8 +70,7 @@ class CredentialAuthenticator:
 
     def __init__(self, directory: Directory, *, cache_s: float = 30.0) -> None:
         self._directory = directory
-        self._cache_s = cache_s
-        self._verified: dict[bytes, tuple[float, Caller]] = {}
+        self._verified: VerifiedCallers[Caller] = VerifiedCallers(cache_s=cache_s)
 
     async def __call__(self, method: str, metadata: Metadata) -> dict[str, str]:
         _caller.set(None)
@@ -93,11 +90,9 @@ class CredentialAuthenticator:
         return {"mall_id": caller.mall_id, "tenant_id": caller.tenant_id}
 
     async def verify(self, presented: str) -> Caller:
-        key = hashlib.sha256(presented.encode()).digest()
-        now = time.monotonic()
-        hit = self._verified.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        return await self._verified.get(presented, self._check)
+
+    async def _check(self, presented: str) -> Caller:
         credential_id, secret = parse_presented(presented)
         entry = self._directory.credential(credential_id)
         if (
@@ -108,8 +103,4 @@ class CredentialAuthenticator:
             raise Unauthenticated("invalid_credential", "unknown, revoked or wrong credential")
         if not entry.tenant_id:
             raise Forbidden("not_a_tenant_credential", "this RPC needs a tenant credential")
-        caller = Caller(entry.mall_id, entry.tenant_id, entry.credential_id)
-        if len(self._verified) >= _MAX_CACHED:
-            self._verified.clear()
-        self._verified[key] = (now + self._cache_s, caller)
-        return caller
+        return Caller(entry.mall_id, entry.tenant_id, entry.credential_id)

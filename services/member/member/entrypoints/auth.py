@@ -11,25 +11,23 @@ The other RPCs (DirectoryService, GetMember, GetMemberByIdentity, IssueCheckoutC
 called by the gateway and ops tools inside the cluster and stay open for now, guarded by the
 network policy; ops/gateway authentication is a later step.
 
-Verified credentials are cached in-process for ``credential_cache_s`` so the scrypt cost is
-paid once per credential and replica, not per call: a revoked credential keeps working on a
-replica for at most that long.
+Verified credentials are remembered in-process for ``credential_cache_s``
+(``kit.credentials.VerifiedCallers``) so the scrypt cost is paid once per credential and replica,
+not per call: a revoked credential keeps working on a replica for at most that long.
 """
 
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import time
 
 import asyncpg
+from kit.credentials import CREDENTIAL_HEADER, VerifiedCallers
 from kit.errors import Forbidden, Unauthenticated
 from kit.grpc_server import Metadata
 
 from member.domain.credentials import Principal
 from member.service_layer.credentials import verify_credential
 
-CREDENTIAL_HEADER = "x-mall-credential"
 TENANT_METHODS = frozenset(
     {
         "/mall.member.v1.MemberService/IdentifyMember",
@@ -39,7 +37,6 @@ TENANT_METHODS = frozenset(
     }
 )
 CRM_SERVICE = "/mall.member.v1.CrmService/"
-_MAX_CACHED = 10_000
 
 _caller: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "member_caller", default=None
@@ -70,8 +67,7 @@ class CredentialAuthenticator:
 
     def __init__(self, pool: asyncpg.Pool, *, cache_s: float = 30.0) -> None:
         self._pool = pool
-        self._cache_s = cache_s
-        self._verified: dict[bytes, tuple[float, Principal]] = {}
+        self._verified: VerifiedCallers[Principal] = VerifiedCallers(cache_s=cache_s)
 
     async def __call__(self, method: str, metadata: Metadata) -> dict[str, str]:
         _caller.set(None)
@@ -101,16 +97,8 @@ class CredentialAuthenticator:
         }
 
     async def _verify(self, presented: str) -> Principal:
-        key = hashlib.sha256(presented.encode()).digest()
-        now = time.monotonic()
-        hit = self._verified.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        return await self._verified.get(presented, self._check)
+
+    async def _check(self, presented: str) -> Principal:
         async with self._pool.acquire() as conn:
-            principal = await verify_credential(conn, presented)
-        if len(self._verified) >= _MAX_CACHED:
-            self._verified = {k: v for k, v in self._verified.items() if v[0] > now}
-            if len(self._verified) >= _MAX_CACHED:
-                self._verified.clear()
-        self._verified[key] = (now + self._cache_s, principal)
-        return principal
+            return await verify_credential(conn, presented)

@@ -8,18 +8,17 @@ a credential on any other RPC is refused, so a car park cannot read members' pla
 ParkingService (gateway) and ParkingAdminService (ops) stay inside the cluster, guarded by the
 network policy.
 
-Verified secrets are cached in-process for ``cache_s`` so the scrypt cost is paid once per
-credential and replica; a revoked credential keeps working on a replica for at most that long.
+Verified secrets are remembered in-process for ``cache_s`` (``kit.credentials.VerifiedCallers``)
+so the scrypt cost is paid once per credential and replica; a revoked credential keeps working
+on a replica for at most that long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
-import time
 
-from kit.credentials import CREDENTIAL_HEADER, parse_presented, verify_secret
+from kit.credentials import CREDENTIAL_HEADER, VerifiedCallers, parse_presented, verify_secret
 from kit.directory import Directory
 from kit.errors import Forbidden, Unauthenticated, Unavailable
 from kit.grpc_server import Metadata
@@ -27,7 +26,6 @@ from kit.grpc_server import Metadata
 from parking.domain.credentials import CarParkCaller
 
 CAR_PARK_PREFIX = "/mall.parking.v1.CarParkService/"
-_MAX_CACHED = 10_000
 
 _caller: contextvars.ContextVar[CarParkCaller | None] = contextvars.ContextVar(
     "parking_caller", default=None
@@ -50,9 +48,7 @@ class CarParkAuthenticator:
 
     def __init__(self, directory: Directory, *, cache_s: float = 30.0) -> None:
         self._directory = directory
-        self._cache_s = cache_s
-        self._verified: dict[bytes, tuple[float, CarParkCaller]] = {}
-        self._checking: dict[bytes, asyncio.Future[CarParkCaller]] = {}
+        self._verified: VerifiedCallers[CarParkCaller] = VerifiedCallers(cache_s=cache_s)
 
     async def __call__(self, method: str, metadata: Metadata) -> dict[str, str]:
         _caller.set(None)
@@ -72,32 +68,7 @@ class CarParkAuthenticator:
         }
 
     async def _verify(self, presented: str) -> CarParkCaller:
-        key = hashlib.sha256(presented.encode()).digest()
-        now = time.monotonic()
-        hit = self._verified.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        pending = self._checking.get(key)
-        if pending is not None:  # a gate's burst at start pays the scrypt check once
-            return await asyncio.shield(pending)
-        future: asyncio.Future[CarParkCaller] = asyncio.get_running_loop().create_future()
-        self._checking[key] = future
-        try:
-            caller = await self._check(presented)
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
-            raise
-        except BaseException:
-            future.cancel()
-            raise
-        finally:
-            self._checking.pop(key, None)
-        future.set_result(caller)
-        if len(self._verified) >= _MAX_CACHED:
-            self._verified.clear()
-        self._verified[key] = (now + self._cache_s, caller)
-        return caller
+        return await self._verified.get(presented, self._check)
 
     async def _check(self, presented: str) -> CarParkCaller:
         credential_id, secret = parse_presented(presented)

@@ -11,7 +11,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import nats
@@ -38,6 +38,8 @@ APPID = "wx0mergecommitment"
 #: 3 purchases in 15 days at s1, 1.5 yuan off each order of 4 yuan or more.
 TERMS = OfferTerms("15天3次，每次立减1.5元", ("s1",), 3, 15, 400, 150)
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=5)
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -312,6 +314,108 @@ async def test_a_settled_card_moves_as_it_is_beside_the_survivors_with_its_clawb
     await buy(pool, mall_id, survivor, T0 + timedelta(days=1))
     rows = await cards_of(pool, mall_id)
     assert [r["purchases_made"] for r in rows] == [1, 1]
+
+
+async def while_merging(
+    pool: asyncpg.Pool, mall_id: str, survivor: str, absorbed: str, during: Awaitable[T]
+) -> T:
+    """Follow the merge in a transaction held open until ``during`` (on a connection of its
+    own) waits on a lock it holds; then commit it and let ``during`` finish."""
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await on_identity_merged(conn, [merged_event(mall_id, survivor, absorbed)])
+            task = asyncio.ensure_future(during)
+            while not task.done():
+                waiting = await pool.fetchval(
+                    """SELECT EXISTS (SELECT 1 FROM pg_locks
+                                       WHERE NOT granted AND $1 = ANY(pg_blocking_pids(pid)))""",
+                    conn.get_server_pid(),
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert not task.done(), "it went ahead of the merge instead of waiting for it"
+        except BaseException:
+            await tx.rollback()
+            raise
+        await tx.commit()
+    return await task
+
+
+@pytest.mark.parametrize("survivors_card", [False, True], ids=["moved", "folded"])
+async def test_a_payment_counted_while_the_merge_commits_counts_on_the_survivors_card(
+    pool: asyncpg.Pool, unique_id: str, survivors_card: bool
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    survivor, absorbed = member(), member()
+    offer = await make_offer(pool, mall_id)
+    theirs = await accept(pool, offer, absorbed, T0)
+    kept = await accept(pool, offer, survivor, T0) if survivors_card else theirs
+    await buy(pool, mall_id, absorbed, T0 + timedelta(hours=1))
+
+    # Attributed to the absorbed member before the merge, counted as it commits: it waits for
+    # the merge (which holds the card) and counts on the card the survivor holds after it.
+    late = await while_merging(
+        pool, mall_id, survivor, absorbed, pay(pool, mall_id, absorbed, T0 + timedelta(hours=2))
+    )
+
+    (row,) = await cards_of(pool, mall_id)
+    assert (row["card_id"], row["member_id"]) == (kept.card_id, survivor)
+    assert (row["status"], row["purchases_made"]) == ("active", 2)
+    counted = await pool.fetch(
+        """SELECT card_id::text AS card_id FROM commitment_purchases
+            WHERE mall_id = $1 AND transaction_id = $2""",
+        mall_id,
+        late,
+    )
+    assert [r["card_id"] for r in counted] == [kept.card_id]
+    assert await events_of(pool, mall_id, "coupons.commitment.progressed") == 2
+
+
+async def test_a_checkout_while_the_merge_commits_gets_the_survivors_card_discount(
+    pool: asyncpg.Pool, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    survivor, absorbed = member(), member()
+    offer = await make_offer(pool, mall_id)
+    card = await accept(pool, offer, absorbed, T0)
+
+    at = T0 + timedelta(hours=1)
+    discount = await while_merging(
+        pool, mall_id, survivor, absorbed, checkout(pool, mall_id, absorbed, at)
+    )
+    assert discount == 150
+    await pay(pool, mall_id, absorbed, at, discount)  # matched to the discount it got
+    (row,) = await cards_of(pool, mall_id)
+    assert (row["card_id"], row["member_id"]) == (card.card_id, survivor)
+    assert (row["purchases_made"], row["discount_given_fen"]) == (1, 150)
+
+
+async def test_a_payment_naming_a_member_merged_before_waits_for_its_survivors_merge(
+    pool: asyncpg.Pool, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    first, second, last = member(), member(), member()
+    offer = await make_offer(pool, mall_id)
+    card = await accept(pool, offer, first, T0)
+    await merge(pool, mall_id, second, first)  # the card is the second member's
+
+    # The second member merges into the last while a payment still naming the first counts.
+    late = await while_merging(
+        pool, mall_id, last, second, pay(pool, mall_id, first, T0 + timedelta(hours=1))
+    )
+
+    (row,) = await cards_of(pool, mall_id)
+    assert (row["card_id"], row["member_id"], row["purchases_made"]) == (card.card_id, last, 1)
+    counted_on = await pool.fetchval(
+        """SELECT card_id::text FROM commitment_purchases
+            WHERE mall_id = $1 AND transaction_id = $2""",
+        mall_id,
+        late,
+    )
+    assert counted_on == card.card_id
 
 
 async def test_the_merge_and_the_payments_arrive_over_jetstream(

@@ -1,6 +1,6 @@
 """SQL for commitment cards: offers, cards, and the deadline sweep and reminders (applied
-discounts and counted purchases: ``commitment_purchases``; the directory slice:
-``commitment_directory``)."""
+discounts and counted purchases: ``commitment_purchases``; stores' tenants come from the
+directory copy, ``kit.directory``, not from here)."""
 
 from __future__ import annotations
 
@@ -195,25 +195,17 @@ async def member_cards(
 async def lock_active_cards(
     conn: Connection, mall_id: str, member_id: str, store_id: str
 ) -> list[CardRow]:
-    """The member's active cards that apply at the store, locked, oldest first. A member
-    merged into another stands for its survivor, who holds its cards now (a payment or a
-    checkout can still name it: member's events reach coupons' consumers in no set order)."""
-    try:
-        merged: uuid.UUID | None = uuid.UUID(member_id)
-    except ValueError:
-        merged = None
+    """The member's active cards that apply at the store, locked, oldest first (a merged
+    member's are its survivor's: callers pass the survivor, ``merges.hold_members``)."""
     rows = await conn.fetch(
         """SELECT * FROM commitment_cards
-            WHERE mall_id = $1 AND status = 'active' AND $3 = ANY(store_ids)
-              AND member_id = COALESCE(
-                    (SELECT survivor_member_id::text FROM member_merges
-                      WHERE mall_id = $1 AND merged_member_id = $4), $2)
+            WHERE mall_id = $1 AND member_id = $2 AND status = 'active'
+              AND $3 = ANY(store_ids)
             ORDER BY accepted_at, card_id
               FOR UPDATE""",
         mall_id,
         member_id,
         store_id,
-        merged,
     )
     return [_card(r) for r in rows]
 

@@ -2,12 +2,14 @@
 order claims against a merge, and moving coupons, limit counters and claim keys, commitment
 cards and the card package mirror's rows (what each means: ``service_layer.merges``).
 
-Claims hold a SHARED transaction-scoped advisory lock per claimant (they never wait on each
-other); a merge holds EXCLUSIVE ones on both members. So a claim either commits before the
-merge moves the member (and is moved with the rest) or, after the merge, sees it and is made
-for the survivor. Members share ``BUCKETS`` locks (a flash-grab batch of 2,000 claimants takes
-at most that many, well inside PostgreSQL's lock table); a merge briefly holds up the claims of
-the members hashed with its two, which is harmless.
+Claims, payment counting and checkout discounts hold a SHARED transaction-scoped advisory lock
+per member they name (they never wait on each other); a merge holds EXCLUSIVE ones on both
+members. So a claim either commits before the merge moves the member (and is moved with the
+rest) or, after the merge, sees it and is made for the survivor. Members share ``BUCKETS`` locks
+(a flash-grab batch of 2,000 claimants takes at most that many, well inside PostgreSQL's lock
+table); a merge briefly holds up the claims of the members hashed with its two, which is
+harmless. Each side takes its advisory locks in one statement, in bucket order, before any row
+lock, so neither waits on the other in a cycle.
 """
 
 from __future__ import annotations
@@ -32,25 +34,74 @@ def _lock_keys(members: Iterable[tuple[str, str]]) -> list[str]:
     return sorted({f"{mall_id}:{member_id}" for mall_id, member_id in members})
 
 
+#: _LOCK over the members and the survivors ``member_merges`` already names for them.
+_LOCK_WITH_SURVIVORS = """SELECT pg_advisory_xact_lock_shared($2::int, b)
+             FROM (SELECT DISTINCT hashtext(k) & ($3::int - 1) AS b
+                     FROM (SELECT unnest($1::text[]) AS k
+                           UNION ALL
+                           SELECT g.mall_id || ':' || g.survivor_member_id::text
+                             FROM unnest($4::text[], $5::uuid[]) AS t(m, u)
+                             JOIN member_merges g
+                               ON g.mall_id = t.m AND g.merged_member_id = t.u) AS keys
+                  ) AS buckets
+            ORDER BY b"""
+
+
 async def hold_members(
-    conn: Connection, members: Sequence[tuple[str, str]]
+    conn: Connection, members: Sequence[tuple[str, str]], *, survivors_too: bool = False
 ) -> dict[tuple[str, str], str]:
-    """In a claim's transaction: share-lock the claimants against merges; then the survivor
-    of each claimant already merged (read after the lock, so a merge that committed while
-    the claim waited is seen)."""
+    """In a claim's (or a payment's, a checkout's) transaction: share-lock the members against
+    merges; then the survivor of each member already merged (read after the lock, so a merge
+    that committed while this waited is seen).
+
+    ``survivors_too`` also share-locks those survivors, for callers that go on to use the
+    survivor's rows under the merged member's lock (payments): the survivor may be being
+    merged itself. Its locks are taken with the members' in one statement; only a survivor
+    merged again between that statement's read and its locks takes a second one (out of
+    bucket order: it can meet a merge in a deadlock, which PostgreSQL breaks and the caller
+    retries)."""
     if not members:
         return {}
+    if not survivors_too:
+        await conn.execute(
+            _LOCK.format(fn="pg_advisory_xact_lock_shared"),
+            _lock_keys(members),
+            LOCK_SPACE,
+            BUCKETS,
+        )
+        return await survivors(conn, members)
+    keys = _lock_keys(members)
     await conn.execute(
-        _LOCK.format(fn="pg_advisory_xact_lock_shared"), _lock_keys(members), LOCK_SPACE, BUCKETS
+        _LOCK_WITH_SURVIVORS,
+        keys,
+        LOCK_SPACE,
+        BUCKETS,
+        [m[0] for m in members],
+        [uuid.UUID(m[1]) for m in members],
     )
-    return await survivors(conn, members)
+    held = set(keys)
+    while True:
+        found = await survivors(conn, members)
+        more = [k for k in _lock_keys((m, s) for (m, _), s in found.items()) if k not in held]
+        if not more:
+            return found
+        await conn.execute(
+            _LOCK.format(fn="pg_advisory_xact_lock_shared"), more, LOCK_SPACE, BUCKETS
+        )
+        held.update(more)
 
 
-async def lock_for_merge(conn: Connection, mall_id: str, merged: str, survivor: str) -> None:
-    """In a merge's transaction: wait for the claims of either member in flight; hold new ones."""
+async def lock_for_merge(conn: Connection, merges: Iterable[tuple[str, str, str]]) -> None:
+    """In a merge batch's transaction: wait for the claims, payments and checkouts of its
+    members (each merge's ``(mall_id, merged, survivor)``) in flight; hold new ones. All in
+    one statement: one lock per merge would hold some while waiting for others."""
     await conn.execute(
         _LOCK.format(fn="pg_advisory_xact_lock"),
-        _lock_keys([(mall_id, merged), (mall_id, survivor)]),
+        _lock_keys(
+            member
+            for mall_id, merged, survivor in merges
+            for member in ((mall_id, merged), (mall_id, survivor))
+        ),
         LOCK_SPACE,
         BUCKETS,
     )

@@ -10,7 +10,8 @@ even contend for rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,6 +23,7 @@ from coupons.adapters import commitment_clawbacks as clawbacks
 from coupons.adapters import commitment_events as events
 from coupons.adapters import commitment_purchases as purchases
 from coupons.adapters import commitment_repository as repo
+from coupons.adapters import merges
 from coupons.adapters.commitment_repository import CardRow, Offer
 from coupons.domain.commitment import (
     DEFAULT_REMINDER,
@@ -124,10 +126,12 @@ async def apply_discount(
     if not request_id or len(request_id) > 128:
         raise InvalidInput("invalid_request_id", "request_id is 1..128 characters")
     async with conn.transaction():
+        survivor = await _hold_against_merges(conn, [(mall_id, member_id)])
         seen = await purchases.find_application(conn, mall_id, store_id, request_id)
         if seen is not None:
             return Discount(seen.discount_fen, await repo.get_card(conn, mall_id, seen.card_id))
-        for row in await repo.lock_active_cards(conn, mall_id, member_id, store_id):
+        payer = survivor.get((mall_id, member_id), member_id)
+        for row in await repo.lock_active_cards(conn, mall_id, payer, store_id):
             discount = row.card.discount_for(store_id, order_amount_fen, now)
             if discount:
                 # Orders discounted but not paid yet hold their purchases: a card never gives
@@ -151,17 +155,38 @@ async def apply_discount(
     return Discount(0, None)
 
 
+async def _hold_against_merges(
+    conn: Connection, members: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """Share-lock the members (and their known survivors) against merges, before any card is
+    locked (the order a merge takes them in); the survivor of each member merged. The cards a
+    member merged into another accepted are the survivor's now, and a merge committing while a
+    payment or checkout waits moves them: it then uses the survivor's. An id that is not a
+    UUID was never merged."""
+    return await merges.hold_members(
+        conn, sorted({m for m in members if _is_uuid(m[1])}), survivors_too=True
+    )
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 async def count_payments(
     conn: Connection, payments: Sequence[tuple[Payment, dict[str, str]]]
 ) -> int:
     """Count each payment on every active card of its payer it qualifies for (inside the
     consumer's transaction); return how many purchases counted."""
+    survivor = await _hold_against_merges(conn, [(p.mall_id, p.member_id) for p, _ in payments])
     counted = 0
     out: list[OutgoingEvent] = []
     for payment, headers in payments:
-        rows = await repo.lock_active_cards(
-            conn, payment.mall_id, payment.member_id, payment.store_id
-        )
+        payer = survivor.get((payment.mall_id, payment.member_id), payment.member_id)
+        rows = await repo.lock_active_cards(conn, payment.mall_id, payer, payment.store_id)
         for row in rows:
             if not row.card.open_at(payment.paid_at):
                 continue

@@ -10,18 +10,19 @@ members exclusively. A claim racing the merge thus either commits first and is m
 waits and lands on the survivor — and the survivor's per-member limit counts both.
 
 Commitment cards (支付分先享卡): the survivor's payments must count on a card the absorbed member
-accepted, so its cards are the survivor's now (payments and checkouts still naming the absorbed
-member find them too: ``commitment_repository.lock_active_cards``; one counted while the merge
-commits can still miss them, as counting takes no share lock like claims do). A member has one
-live card of an offer: when both hold an active one, the survivor's card takes the other's
-purchases and applied discounts, their progress and discounts given add up (a payment counted on
-both counts once), and its window spans both (earliest acceptance, latest deadline), so neither
-side loses what it earned; reaching the purchases required fulfils it now (announced), and if it
-fails the clawback is every discount both gave. A settled card (fulfilled, or failed with its
-clawback) is history and is never folded: it moves as it is, marked ``merged_from`` when the
-survivor already holds a card of the offer, as does an active card beside the survivor's settled
-one, which runs on to its own deadline. Clawbacks move with their cards; each keeps the
-pay-score identity (appid, openid) of whoever accepted the card.
+accepted, so its cards are the survivor's now. Payments and checkouts still naming the absorbed
+member share-lock it (and its survivor) as claims do and then use the survivor's cards
+(``commitment.count_payments``, ``commitment.apply_discount``): one racing the merge counts
+before the cards move, or waits and counts on the survivor's. A member has one live card of an
+offer: when both hold an active one, the survivor's card takes the other's purchases and applied
+discounts, their progress and discounts given add up (a payment counted on both counts once),
+and its window spans both (earliest acceptance, latest deadline), so neither side loses what it
+earned; reaching the purchases required fulfils it now (announced), and if it fails the clawback
+is every discount both gave. A settled card (fulfilled, or failed with its clawback) is history
+and is never folded: it moves as it is, marked ``merged_from`` when the survivor already holds a
+card of the offer, as does an active card beside the survivor's settled one, which runs on to
+its own deadline. Clawbacks move with their cards; each keeps the pay-score identity (appid,
+openid) of whoever accepted the card.
 
 Card package (卡包): ``card_package_payers`` is who a member is at WeChat, used to send a coupon;
 ``card_package_coupons.member_id`` is whose identity a coupon goes to. The absorbed member's
@@ -58,11 +59,14 @@ async def follow_merges(conn: Connection, merged: Sequence[MemberMerged]) -> int
     """Inside the caller's transaction: record each merge and move the absorbed member's
     coupons, commitment cards and card package rows; how many coupons moved (0 for a merge
     seen before)."""
+    todo = [m for m in merged if m.merged_member_id != m.survivor_member_id]
+    if not todo:
+        return 0
+    await merges.lock_for_merge(
+        conn, [(m.mall_id, m.merged_member_id, m.survivor_member_id) for m in todo]
+    )
     total = 0
-    for m in merged:
-        if m.merged_member_id == m.survivor_member_id:
-            continue
-        await merges.lock_for_merge(conn, m.mall_id, m.merged_member_id, m.survivor_member_id)
+    for m in todo:
         await merges.record_merge(
             conn, m.mall_id, m.merged_member_id, m.survivor_member_id, m.merge_request_id
         )

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
+import nats.js.errors
 from google.protobuf.descriptor import FileDescriptor
 from kit.cli import Command, Roles
 from kit.db import open_pool, ping
@@ -47,6 +48,23 @@ class Subscription:
     handler: Handler
 
 
+@dataclass(frozen=True)
+class Retired:
+    """A durable consumer the service had and no longer has (``<service>-<handler>``)."""
+
+    handler_name: str
+    stream: str
+
+
+async def retire(js: JetStreamContext, name: str, retired: Sequence[Retired]) -> None:
+    """Delete the service's retired durable consumers. Nothing reads them any more, yet the
+    stream would keep each one's state, and its pending count would grow with every message
+    on its subject for as long as the stream lives; a later start finds them gone already."""
+    for r in retired:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_consumer(r.stream, f"{name}-{r.handler_name}")
+
+
 @contextlib.asynccontextmanager
 async def assemble(
     name: str,
@@ -59,8 +77,10 @@ async def assemble(
     descriptor: FileDescriptor | Sequence[FileDescriptor],
     extras: Callable[[asyncpg.Pool], Extras] | None = None,
     authenticate: Callable[[asyncpg.Pool], Authenticator] | None = None,
+    retired: Sequence[Retired] = (),
 ) -> AsyncIterator[Roles]:
-    """``authenticate`` builds the gRPC server's auth hook on the pool (see GrpcServer).
+    """``authenticate`` builds the gRPC server's auth hook on the pool (see GrpcServer);
+    ``retired`` names the durable consumers the service dropped (deleted at every start).
 
     ``descriptor`` names the proto file(s) whose services the process serves: health and
     reflection list every service in them."""
@@ -77,6 +97,7 @@ async def assemble(
         js = nc.jetstream()
         await ensure_streams(js, *streams, replicas=settings.jetstream_replicas)
         await open_bucket(js, DIRECTORY_BUCKET, replicas=settings.jetstream_replicas)
+        await retire(js, name, retired)
         if callable(subscriptions):  # handlers that need JetStream themselves (a KV bucket)
             subscriptions = await subscriptions(js)
         consumers = [

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from eventbus.service import Retired, retire
 from eventbus.streams import STREAMS, ensure_streams
 from mall_testing.plugin import Nats
-from nats.js.api import StreamConfig
+from nats.js.api import ConsumerConfig, StreamConfig
 
 
 async def test_every_stream_is_created_for_its_producer(jetstream: Nats) -> None:
@@ -32,3 +33,21 @@ async def test_ensuring_again_is_harmless_and_repairs_a_drifted_configuration(
     assert info.config.duplicate_window == 3600.0
     assert info.state.messages == 1  # updated in place, not recreated
     assert (await jetstream.js.get_msg("POINTS", ack.seq)).data == b"kept"
+
+
+async def test_retired_consumers_are_deleted_and_the_rest_kept(
+    jetstream: Nats, unique_id: str
+) -> None:
+    await ensure_streams(jetstream.js, "MEMBER")
+    service = f"svc{unique_id}"
+    for handler in ("old", "kept"):
+        await jetstream.js.add_consumer(
+            "MEMBER", ConsumerConfig(durable_name=f"{service}-{handler}", filter_subject="member.>")
+        )
+
+    await retire(jetstream.js, service, [Retired("old", "MEMBER"), Retired("never-was", "MEMBER")])
+    await retire(jetstream.js, service, [Retired("old", "MEMBER")])  # the next start: gone already
+
+    names = {c.name for c in await jetstream.js.consumers_info("MEMBER")}
+    assert f"{service}-old" not in names
+    assert f"{service}-kept" in names

@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import eventbus
-from eventbus.service import Extras, Subscription, assemble
+from eventbus.service import Extras, Retired, Subscription, assemble
 from kit.cli import Roles, Service
 from kit.directory import Directory
 from kit.jetstream import connect
@@ -61,6 +61,11 @@ async def bootstrap(
             NAME,
             settings,
             streams=["COUPONS", "MEMBER", "PARKING"],
+            # The commitment RPCs' directory copy in SQL, now kit.directory (migration 0058).
+            retired=[
+                Retired("commitment-credentials", "MEMBER"),
+                Retired("commitment-stores", "MEMBER"),
+            ],
             subscriptions=[
                 *commitment_subscriptions(),
                 *card_package_subscriptions(),

@@ -26,7 +26,7 @@ from coupons.config import Settings
 from coupons.domain.commitment import CardStatus, OfferTerms
 from coupons.entrypoints.merge_consumer import IDENTITY_MERGED, on_identity_merged
 from coupons.service_layer import commitment
-from coupons.service_layer.commitment import Payment
+from coupons.service_layer.commitment import Payment, Refund
 from eventbus.consumer import Delivery
 from kit.cli import running
 from kit.migrations import migrate
@@ -416,6 +416,121 @@ async def test_a_payment_naming_a_member_merged_before_waits_for_its_survivors_m
         late,
     )
     assert counted_on == card.card_id
+
+
+async def refund(pool: asyncpg.Pool, mall_id: str, transaction_id: str, amount_fen: int) -> int:
+    """member.refund.attributed of part of a payment (it names no member): how many counted
+    purchases it took off their cards."""
+    found = Refund(mall_id, f"5030{uuid.uuid4().hex[:24]}", transaction_id, amount_fen)
+    async with pool.acquire() as conn, conn.transaction():
+        return await commitment.refund_payments(conn, [(found, {})])
+
+
+async def counted_on(pool: asyncpg.Pool, mall_id: str) -> list[tuple[str, str, int, bool]]:
+    """(card, transaction, refunded, voided) of every purchase of the mall."""
+    rows = await pool.fetch(
+        """SELECT card_id::text AS card_id, transaction_id, refunded_fen,
+                  voided_at IS NOT NULL AS voided
+             FROM commitment_purchases WHERE mall_id = $1 ORDER BY paid_at""",
+        mall_id,
+    )
+    return [(r["card_id"], r["transaction_id"], r["refunded_fen"], r["voided"]) for r in rows]
+
+
+async def assert_sums_match_purchases(pool: asyncpg.Pool, mall_id: str) -> None:
+    """Each card's progress and discounts given are those of the purchases still counting."""
+    rows = await pool.fetch(
+        """SELECT c.card_id, c.purchases_made, c.discount_given_fen,
+                  count(p.*) FILTER (WHERE p.voided_at IS NULL) AS n,
+                  COALESCE(sum(p.discount_fen) FILTER (WHERE p.voided_at IS NULL), 0) AS fen
+             FROM commitment_cards c
+             LEFT JOIN commitment_purchases p ON p.mall_id = c.mall_id AND p.card_id = c.card_id
+            WHERE c.mall_id = $1
+            GROUP BY c.card_id, c.purchases_made, c.discount_given_fen""",
+        mall_id,
+    )
+    assert rows
+    for r in rows:
+        assert (r["purchases_made"], r["discount_given_fen"]) == (r["n"], r["fen"])
+
+
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+async def test_a_purchase_refunded_around_a_fold_stops_counting_on_the_kept_card(
+    pool: asyncpg.Pool, unique_id: str, when: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    survivor, absorbed = member(), member()
+    offer = await make_offer(pool, mall_id)
+    await accept(pool, offer, absorbed, T0)
+    ours = await accept(pool, offer, survivor, T0)
+    theirs = await buy(pool, mall_id, absorbed, T0 + timedelta(hours=1))  # 350 paid, 150 off
+    mine = await buy(pool, mall_id, survivor, T0 + timedelta(hours=2))
+
+    # 150 of the absorbed member's purchase refunded (200 paid + 150 off no longer reaches
+    # 400): before the merge, while its fold holds the purchase (the refund names no member,
+    # so it waits on the purchase's row), or after it.
+    if when == "before":
+        assert await refund(pool, mall_id, theirs, 150) == 1
+        await merge(pool, mall_id, survivor, absorbed)
+    elif when == "during":
+        taken = await while_merging(
+            pool, mall_id, survivor, absorbed, refund(pool, mall_id, theirs, 150)
+        )
+        assert taken == 1, "the refund missed the purchase the fold moved"
+    else:
+        await merge(pool, mall_id, survivor, absorbed)
+        assert await refund(pool, mall_id, theirs, 150) == 1
+
+    (row,) = await cards_of(pool, mall_id)
+    assert (row["card_id"], row["status"], row["purchases_made"], row["discount_given_fen"]) == (
+        ours.card_id,
+        "active",
+        1,
+        150,
+    )
+    assert await counted_on(pool, mall_id) == [
+        (ours.card_id, theirs, 150, True),
+        (ours.card_id, mine, 0, False),
+    ]
+    await assert_sums_match_purchases(pool, mall_id)
+    # The survivor's next purchase is its second: the refunded one does not fulfil the card.
+    await buy(pool, mall_id, survivor, T0 + timedelta(hours=3))
+    (row,) = await cards_of(pool, mall_id)
+    assert (row["status"], row["purchases_made"]) == ("active", 2)
+    await assert_sums_match_purchases(pool, mall_id)
+
+
+async def test_a_refund_while_a_fold_drops_a_payment_counted_on_both_reaches_the_kept_one(
+    pool: asyncpg.Pool, unique_id: str
+) -> None:
+    mall_id = f"mall-{unique_id}"
+    survivor, absorbed = member(), member()
+    offer = await make_offer(pool, mall_id)
+    await accept(pool, offer, absorbed, T0)
+    ours = await accept(pool, offer, survivor, T0)
+    mine = await buy(pool, mall_id, survivor, T0 + timedelta(hours=1))
+    # One 5-yuan payment counted on both cards (attributed to each member in turn).
+    both = await pay(pool, mall_id, absorbed, T0 + timedelta(hours=2))
+    payment = Payment(mall_id, survivor, "s1", both, 500, T0 + timedelta(hours=2))
+    async with pool.acquire() as conn, conn.transaction():
+        assert await commitment.count_payments(conn, [(payment, {})]) == 1
+
+    # 200 refunded (300 paid, nothing off) while the fold drops the absorbed card's copy.
+    taken = await while_merging(pool, mall_id, survivor, absorbed, refund(pool, mall_id, both, 200))
+
+    assert taken == 1
+    (row,) = await cards_of(pool, mall_id)
+    assert (row["card_id"], row["status"], row["purchases_made"], row["discount_given_fen"]) == (
+        ours.card_id,
+        "active",
+        1,
+        150,
+    )
+    assert await counted_on(pool, mall_id) == [
+        (ours.card_id, mine, 0, False),
+        (ours.card_id, both, 200, True),
+    ]
+    await assert_sums_match_purchases(pool, mall_id)
 
 
 async def test_the_merge_and_the_payments_arrive_over_jetstream(

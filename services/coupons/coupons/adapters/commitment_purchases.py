@@ -184,6 +184,16 @@ async def refund_purchases(
     conn: Connection, mall_id: str, transaction_id: str, amount_fen: int
 ) -> list[CountedPurchase]:
     """Add a refund to every counted purchase of the payment; the purchases after it."""
+    # Lock them first, in card order (as a merge's fold does, ``merges.move_commitment_cards``),
+    # then update in a statement of its own: one waiting on a fold reads the purchases as the
+    # fold left them (moved to the kept card, or the copy it dropped gone).
+    await conn.execute(
+        """SELECT 1 FROM commitment_purchases
+            WHERE mall_id = $1 AND transaction_id = $2 AND voided_at IS NULL
+            ORDER BY card_id FOR UPDATE""",
+        mall_id,
+        transaction_id,
+    )
     rows = await conn.fetch(
         """UPDATE commitment_purchases SET refunded_fen = refunded_fen + $3
             WHERE mall_id = $1 AND transaction_id = $2 AND voided_at IS NULL

@@ -224,6 +224,20 @@ async def move_commitment_cards(
     (nothing on a repeat: the merged member holds no card any more)."""
     # commitment_cards.member_id is text: compare the ids as the cards spell them.
     merged, survivor = str(uuid.UUID(merged)), str(uuid.UUID(survivor))
+    # Refunds name no member (the advisory locks do not hold them): they lock a payment's
+    # purchases, by transaction in card order, then its cards. Lock the purchases of both
+    # members' active cards first, in that order: a refund in flight finishes before the fold
+    # reads them, one coming later waits and finds them where the fold put them.
+    await conn.execute(
+        """SELECT 1 FROM commitment_purchases
+            WHERE mall_id = $1
+              AND card_id IN (SELECT card_id FROM commitment_cards
+                               WHERE mall_id = $1 AND member_id = ANY($2::text[])
+                                 AND status = 'active')
+            ORDER BY card_id, transaction_id FOR UPDATE""",
+        mall_id,
+        [merged, survivor],
+    )
     # Both members' cards, locked in the order payments lock them (lock_active_cards).
     await conn.execute(
         """SELECT 1 FROM commitment_cards WHERE mall_id = $1 AND member_id = ANY($2::text[])
@@ -276,34 +290,29 @@ async def _fold_card(conn: Connection, mall_id: str, gone: uuid.UUID, kept: uuid
     its offer, add up their progress, span both windows; drop the emptied card. Whether the
     kept card is fulfilled by it."""
     # A payment counted on both cards counts once on the kept one (with the discount it got
-    # there): what it added to the gone card is not added again.
+    # there): the gone card's copy is dropped, and what it added there is not added again.
     dup = await conn.fetchrow(
-        """SELECT count(*) AS n, COALESCE(sum(g.discount_fen), 0) AS fen
-             FROM commitment_purchases g
-             JOIN commitment_purchases k
-               ON k.mall_id = g.mall_id AND k.card_id = $3
-              AND k.transaction_id = g.transaction_id
-            WHERE g.mall_id = $1 AND g.card_id = $2 AND g.voided_at IS NULL""",
+        """WITH dropped AS (
+             DELETE FROM commitment_purchases g
+              WHERE g.mall_id = $1 AND g.card_id = $2
+                AND EXISTS (SELECT 1 FROM commitment_purchases k
+                             WHERE k.mall_id = $1 AND k.card_id = $3
+                               AND k.transaction_id = g.transaction_id)
+             RETURNING g.discount_fen, g.voided_at)
+           SELECT count(*) AS n, COALESCE(sum(discount_fen), 0) AS fen
+             FROM dropped WHERE voided_at IS NULL""",
         mall_id,
         gone,
         kept,
     )
     assert dup is not None
+    # The rest move as they are (refunds, voids), updated rather than copied: the rows stay
+    # the same rows, so anything that locked one follows it to the kept card.
     await conn.execute(
-        """INSERT INTO commitment_purchases
-               (mall_id, card_id, transaction_id, store_id, amount_fen, discount_fen, paid_at,
-                number, refunded_fen, voided_at)
-           SELECT mall_id, $3, transaction_id, store_id, amount_fen, discount_fen, paid_at,
-                  number, refunded_fen, voided_at
-             FROM commitment_purchases WHERE mall_id = $1 AND card_id = $2
-            ORDER BY transaction_id
-           ON CONFLICT DO NOTHING""",
+        "UPDATE commitment_purchases SET card_id = $3 WHERE mall_id = $1 AND card_id = $2",
         mall_id,
         gone,
         kept,
-    )
-    await conn.execute(
-        "DELETE FROM commitment_purchases WHERE mall_id = $1 AND card_id = $2", mall_id, gone
     )
     await conn.execute(
         "UPDATE commitment_applications SET card_id = $3 WHERE mall_id = $1 AND card_id = $2",

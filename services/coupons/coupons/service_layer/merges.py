@@ -18,11 +18,15 @@ offer: when both hold an active one, the survivor's card takes the other's purch
 discounts, their progress and discounts given add up (a payment counted on both counts once),
 and its window spans both (earliest acceptance, latest deadline), so neither side loses what it
 earned; reaching the purchases required fulfils it now (announced), and if it fails the clawback
-is every discount both gave. A settled card (fulfilled, or failed with its clawback) is history
-and is never folded: it moves as it is, marked ``merged_from`` when the survivor already holds a
-card of the offer, as does an active card beside the survivor's settled one, which runs on to
-its own deadline. Clawbacks move with their cards; each keeps the pay-score identity (appid,
-openid) of whoever accepted the card.
+is every discount both gave. The purchases move as the same rows: a refund names no member
+(the member locks cannot hold it) but locks the payment's purchases before its cards, as the
+fold does, so one racing the fold applies first (and the fold adds up what is left) or waits
+and applies to the purchase on the kept card (which, if the fold fulfilled it, was earned and
+stays so, as after any payment that fulfils a card). A settled card (fulfilled, or failed with
+its clawback) is history and is never folded: it moves as it is, marked ``merged_from`` when
+the survivor already holds a card of the offer, as does an active card beside the survivor's
+settled one, which runs on to its own deadline. Clawbacks move with their cards; each keeps
+the pay-score identity (appid, openid) of whoever accepted the card.
 
 Card package (卡包): ``card_package_payers`` is who a member is at WeChat, used to send a coupon;
 ``card_package_coupons.member_id`` is whose identity a coupon goes to. The absorbed member's

@@ -3,6 +3,14 @@
 Health follows the real dependencies (PostgreSQL, NATS) instead of always saying SERVING;
 reflection is on so that grpcurl and ops tools can discover the API; shutdown flips health
 to NOT_SERVING first so load balancers stop routing before in-flight calls are drained.
+
+Connections live at most ``max_connection_age_s`` (GRPC_MAX_CONNECTION_AGE_S, 5 min; gRPC
+adds +/-10 % jitter so clients do not all reconnect together): then the server sends GOAWAY,
+lets the calls in flight finish for up to the default deadline (which caps every handler),
+and closes. The client reconnects and resolves the target's name again, so replicas added
+since (a scale-out) start taking calls within one age even from long-lived clients
+(kit.grpc_client balances over every address it gets).
+Clients' keepalive pings (kit.grpc_client: every 30 s, with or without calls) are accepted.
 """
 
 from __future__ import annotations
@@ -111,6 +119,28 @@ async def _safely(check: HealthCheck) -> bool:
         return False
 
 
+#: Shortest interval between a client's pings the server accepts (below kit.grpc_client's
+#: 30 s, so its keepalive never counts as abuse and gets the connection closed).
+MIN_PING_INTERVAL_MS = 10_000
+
+
+def server_options(
+    *, max_connection_age_s: float, max_connection_age_grace_s: float
+) -> list[tuple[str, int]]:
+    """grpc.aio server options; a ``max_connection_age_s`` of 0 lets connections live on."""
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+    ]
+    if max_connection_age_s > 0:
+        options += [
+            ("grpc.max_connection_age_ms", max(1, round(max_connection_age_s * 1000))),
+            ("grpc.max_connection_age_grace_ms", round(max_connection_age_grace_s * 1000)),
+        ]
+    return options
+
+
 class GrpcServer:
     """One grpc.aio server with health, reflection and the shared interceptor."""
 
@@ -127,6 +157,7 @@ class GrpcServer:
         authenticate: Authenticator | None = None,
         grace_s: float = 10.0,
         health_interval_s: float = 2.0,
+        max_connection_age_s: float = 300.0,
     ) -> None:
         self.service = service
         self._registrations = registrations
@@ -140,7 +171,10 @@ class GrpcServer:
             interceptors=[
                 ServerInterceptor(default_deadline_s=default_deadline_s, authenticate=authenticate)
             ],
-            options=[("grpc.so_reuseport", 0)],
+            options=server_options(
+                max_connection_age_s=max_connection_age_s,
+                max_connection_age_grace_s=default_deadline_s,
+            ),
         )
         self.port = 0
 

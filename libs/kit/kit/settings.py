@@ -37,6 +37,10 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     grpc_default_deadline_s: float = Field(default=10.0, gt=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    #: The gRPC server closes each connection after this long (GOAWAY, calls in flight
+    #: finish), so clients resolve the target again and spread onto replicas added since;
+    #: 0 keeps connections open for good.
+    grpc_max_connection_age_s: float = Field(default=300.0, ge=0)
     #: Replicas of the streams this process creates (3 on a production NATS cluster).
     jetstream_replicas: int = Field(default=1, ge=1, le=5)
     #: Port of the Prometheus /metrics endpoint; 0 leaves it off (tests, several local copies).

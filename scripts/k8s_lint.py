@@ -16,8 +16,10 @@ Checks (each problem is one line naming the object; exit status 1 if there is an
   targets a workload that exists;
 - every ``*_GRPC_TARGET`` (a ConfigMap key, or a container's literal ``env``) that names an
   in-cluster host (``svc``, ``svc.ns``, ``svc.ns.svc[.cluster.local]``) names a Service that
-  exists and exposes that port. Empty values (the feature is off), ``$(VAR)`` references
-  and hosts outside the cluster are not checked;
+  exists and exposes that port, and that this Service is headless (``clusterIP: None``): a
+  gRPC client keeps one HTTP/2 connection, which a ClusterIP would pin to one pod, while a
+  headless name gives kit's round_robin channels every replica. Empty values (the feature
+  is off), ``$(VAR)`` references and hosts outside the cluster are not checked;
 - and the NetworkPolicies let each pod that reads such a target (through ``envFrom`` of the
   ConfigMap, or its own ``env``) reach the pods behind that Service on that port: an egress
   rule of the caller's policies and an ingress rule of the target's, when policies select
@@ -275,6 +277,11 @@ def check_grpc_targets(objs: list[Obj]) -> Iterator[str]:
             yield (
                 f"{ref(obj)}: {variable}={value!r}: Service/{name}{where} has no port {port} "
                 f"(ports: {ports or 'none'})"
+            )
+        if svc.get("spec", {}).get("clusterIP") != "None":
+            yield (
+                f"{ref(obj)}: {variable}={value!r}: Service/{name}{where} is not headless "
+                "(clusterIP: None), so each client's one connection sticks to one of its pods"
             )
 
 

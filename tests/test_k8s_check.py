@@ -78,8 +78,10 @@ def test_a_service_selecting_no_pods_fails(tmp_path: Path) -> None:
     k8s = broken_copy(
         tmp_path,
         "base/parking.yaml",
-        "    app.kubernetes.io/component: serve\n  ports:",
-        "    app.kubernetes.io/component: server\n  ports:",
+        "  type: ClusterIP\n  selector:\n    app.kubernetes.io/name: parking\n"
+        "    app.kubernetes.io/component: serve\n",
+        "  type: ClusterIP\n  selector:\n    app.kubernetes.io/name: parking\n"
+        "    app.kubernetes.io/component: server\n",
     )
     result = run_check(k8s)
     output = result.stdout + result.stderr
@@ -92,15 +94,15 @@ def test_a_grpc_target_on_a_port_its_service_does_not_expose_fails(tmp_path: Pat
     k8s = broken_copy(
         tmp_path,
         "base/gateway.yaml",
-        "PARKING_GRPC_TARGET: parking:50063",
-        "PARKING_GRPC_TARGET: parking:50099",
+        "PARKING_GRPC_TARGET: dns:///parking-grpc:50063",
+        "PARKING_GRPC_TARGET: dns:///parking-grpc:50099",
     )
     result = run_check(k8s)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert (
-        "ConfigMap/gateway (namespace mall): PARKING_GRPC_TARGET='parking:50099': "
-        "Service/parking (namespace mall) has no port 50099 (ports: [9464, 50063])"
+        "ConfigMap/gateway (namespace mall): PARKING_GRPC_TARGET='dns:///parking-grpc:50099': "
+        "Service/parking-grpc (namespace mall) has no port 50099 (ports: [50063])"
     ) in output
     assert "structural checks" in output
 
@@ -115,12 +117,15 @@ def load_lint() -> ModuleType:
     return module
 
 
-def service(name: str, namespace: str, port: int) -> dict[str, Any]:
+def service(name: str, namespace: str, port: int, *, headless: bool = True) -> dict[str, Any]:
+    spec: dict[str, Any] = {"ports": [{"name": "grpc", "port": port}]}
+    if headless:
+        spec["clusterIP"] = "None"
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {"ports": [{"name": "grpc", "port": port}]},
+        "spec": spec,
     }
 
 
@@ -137,6 +142,7 @@ def test_grpc_targets_must_name_an_existing_service_by_any_in_cluster_spelling()
             "CRM_GRPC_TARGET": "crm.example.com:443",  # outside the cluster: not checked
             "PARKING_GRPC_TARGET": "parkin:50063",  # a typo
             "AUDIT_GRPC_TARGET": "audit.ops:50070",  # another namespace, no such Service
+            "LEDGER_GRPC_TARGET": "ledger:50071",  # a ClusterIP Service: pinned to one pod
         },
     }
     job = {
@@ -162,12 +168,16 @@ def test_grpc_targets_must_name_an_existing_service_by_any_in_cluster_spelling()
         service("points", "mall", 50062),
         service("member", "mall", 50061),
         service("parking", "other", 50063),  # same name, another namespace
+        service("ledger", "mall", 50071, headless=False),
     ]
     assert lint.problems(objs) == [
         "ConfigMap/caller (namespace mall): PARKING_GRPC_TARGET='parkin:50063' names "
         "Service/parkin (namespace mall), which does not exist",
         "ConfigMap/caller (namespace mall): AUDIT_GRPC_TARGET='audit.ops:50070' names "
         "Service/audit (namespace ops), which does not exist",
+        "ConfigMap/caller (namespace mall): LEDGER_GRPC_TARGET='ledger:50071': "
+        "Service/ledger (namespace mall) is not headless (clusterIP: None), so each "
+        "client's one connection sticks to one of its pods",
         "Job/tool (namespace mall): POINTS_GRPC_TARGET (container 'run')='dns:///points:5': "
         "Service/points (namespace mall) has no port 5 (ports: [50062])",
     ]
@@ -184,7 +194,7 @@ def test_a_grpc_target_the_network_policies_block_fails(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
     assert (
-        "ConfigMap/parking (namespace mall): POINTS_GRPC_TARGET='points:50062': "
+        "ConfigMap/parking (namespace mall): POINTS_GRPC_TARGET='dns:///points-grpc:50062': "
         "Deployment/parking-worker (namespace mall) cannot reach Deployment/points "
         "(namespace mall) on port 50062: no ingress rule of the policies selecting "
         "Deployment/points (namespace mall) allows it"
@@ -236,6 +246,7 @@ def test_grpc_targets_must_be_open_both_ways_for_every_pod_that_reads_them() -> 
             "kind": "Service",
             "metadata": {"name": "points", "namespace": "mall"},
             "spec": {
+                "clusterIP": "None",
                 "selector": {"app": "points"},
                 "ports": [{"port": 50062, "targetPort": "grpc"}],
             },

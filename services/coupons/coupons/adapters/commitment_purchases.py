@@ -1,13 +1,20 @@
 """SQL for what counts on commitment cards: discounts applied at checkout, the purchases that
-counted, and refunds (which may come before their payment)."""
+counted, and refunds (which may come before their payment), and the per-payment locks that
+keep a payment and its refunds apart (``hold_payments``).
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from kit.db import Connection
+
+#: Advisory lock namespace (first key) of the per-payment locks: not the member locks'
+#: (``merges.LOCK_SPACE``) nor the sweep's (a one-key lock, a space of its own).
+PAYMENT_LOCK_SPACE = 0x436D5478  # "CmTx"
 
 
 @dataclass(frozen=True)
@@ -123,13 +130,15 @@ async def add_purchase(
     discount_fen: int,
     paid_at: datetime,
     number: int,
+    refunded_fen: int,
 ) -> bool:
-    """Record a counted purchase; False if this payment already counted on this card."""
+    """Record a counted purchase with what refunds that came before it took off already (a
+    later refund adds to that); False if this payment already counted on this card."""
     inserted = await conn.fetchval(
         """INSERT INTO commitment_purchases
                (mall_id, card_id, transaction_id, store_id, amount_fen, discount_fen, paid_at,
-                number)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                number, refunded_fen)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
            ON CONFLICT DO NOTHING RETURNING true""",
         mall_id,
         uuid.UUID(card_id),
@@ -139,8 +148,28 @@ async def add_purchase(
         discount_fen,
         paid_at,
         number,
+        refunded_fen,
     )
     return bool(inserted)
+
+
+# -- a payment and its refunds, one at a time -----------------------------------------------
+
+
+async def hold_payments(conn: Connection, payments: Iterable[tuple[str, str]]) -> None:
+    """Lock the payments ``(mall_id, transaction_id)`` until the transaction ends, so that a
+    payment's counting and its refunds, handled by two consumers, never run at once: the one
+    that comes second waits and then reads the rows the first committed (neither sees the
+    other's uncommitted row, so both at once lost the refund). All in one statement, in key
+    order, before any row lock (the order: ``service_layer.commitment``); at most a batch's
+    worth of locks (distinct payments hashed alike just share one)."""
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock($1::int, h)
+             FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k) AS keys
+            ORDER BY h""",
+        PAYMENT_LOCK_SPACE,
+        sorted({f"{mall_id}:{transaction_id}" for mall_id, transaction_id in payments}),
+    )
 
 
 # -- refunds --------------------------------------------------------------------------------

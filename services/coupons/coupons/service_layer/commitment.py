@@ -6,6 +6,19 @@ LOCKED and commits the failure, the clawback row and the event together, so each
 (and is clawed back, and announced) exactly once; the reminder stamps ``reminded_at`` the same
 way. ``exclusive`` runs also take a transaction-level advisory lock so that replicas do not
 even contend for rows.
+
+Payments and refunds come through two consumers, so a payment and its refund can be handled in
+either order or at once. A refund is recorded even before its payment; the payment counts by
+what is left of it and is saved with that much refunded already, so later refunds add up. Both
+batches lock their payments first (``purchases.hold_payments``), so the second of the two waits
+and reads what the first committed. The lock order, so that no cycle forms:
+
+1. members (``merges.hold_members``: payments and checkouts share them, a merge takes them);
+2. payments (payment and refund batches; merges and checkouts take none);
+3. rows: cards, or a payment's purchases and then cards (refunds, and a merge's fold).
+
+Locks of 1 and of 2 are each taken in one statement, in key order, before any row lock: whoever
+waits for one holds no row that another could be waiting for in turn.
 """
 
 from __future__ import annotations
@@ -182,11 +195,18 @@ async def count_payments(
     """Count each payment on every active card of its payer it qualifies for (inside the
     consumer's transaction); return how many purchases counted."""
     survivor = await _hold_against_merges(conn, [(p.mall_id, p.member_id) for p, _ in payments])
+    await purchases.hold_payments(conn, [(p.mall_id, p.transaction_id) for p, _ in payments])
     counted = 0
     out: list[OutgoingEvent] = []
     for payment, headers in payments:
         payer = survivor.get((payment.mall_id, payment.member_id), payment.member_id)
         rows = await repo.lock_active_cards(conn, payment.mall_id, payer, payment.store_id)
+        # Refunds that came first: read under the payment's lock, so none is being added.
+        refunded = (
+            await purchases.refunded_fen(conn, payment.mall_id, payment.transaction_id)
+            if rows
+            else 0
+        )
         for row in rows:
             if not row.card.open_at(payment.paid_at):
                 continue
@@ -198,7 +218,6 @@ async def count_payments(
                 payment.amount_fen,
                 payment.transaction_id,
             )
-            refunded = await purchases.refunded_fen(conn, payment.mall_id, payment.transaction_id)
             paid = payment.amount_fen - refunded
             if not row.card.counts(payment.store_id, paid, discount, payment.paid_at):
                 continue
@@ -213,6 +232,7 @@ async def count_payments(
                 discount,
                 payment.paid_at,
                 progress.purchases_made,
+                refunded,
             ):
                 continue
             await repo.record_progress(
@@ -241,6 +261,7 @@ async def refund_payments(
     """Take refunded purchases off active cards (inside the consumer's transaction); a refund
     that comes before its payment is kept and applied when the payment counts. Return how
     many purchases stopped counting."""
+    await purchases.hold_payments(conn, [(r.mall_id, r.transaction_id) for r, _ in refunds])
     voided = 0
     out: list[OutgoingEvent] = []
     for refund, headers in refunds:

@@ -130,6 +130,7 @@ async def assemble(
             port=settings.grpc_port,
             default_deadline_s=settings.grpc_default_deadline_s,
             grace_s=settings.shutdown_grace_s,
+            max_connection_age_s=settings.grpc_max_connection_age_s,
             authenticate=authenticate(pool) if authenticate is not None else None,
         )
         more = extras(pool) if extras is not None else Extras()

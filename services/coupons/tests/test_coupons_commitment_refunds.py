@@ -5,11 +5,10 @@ once what is left of it (plus its discount) is under the card's minimum."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 import pytest
@@ -21,6 +20,7 @@ from coupons.service_layer import commitment
 from coupons.service_layer.commitment import Payment, Refund
 from kit.db import Connection
 from kit.migrations import migrate
+from mall_testing.locks import while_open
 from mall_testing.plugin import FreshDatabase
 
 APPID = "wx0commitmentrefund"
@@ -120,34 +120,6 @@ async def test_refunds_before_and_after_the_payment_add_up(
     assert await take_back(pool, refund(card, paid, 300)) == 1
     assert await progress(pool, card) == (0, 0)
     assert await purchases(pool, card) == [(paid, 900, True)]
-
-
-async def while_open(
-    pool: asyncpg.Pool, first: Callable[[Connection], Awaitable[Any]], then: Awaitable[T]
-) -> T:
-    """Run ``first`` in a transaction held open until ``then`` (on a connection of its own)
-    waits on a lock it holds; then commit it and let ``then`` finish."""
-    async with pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            await first(conn)
-            task = asyncio.ensure_future(then)
-            while not task.done():
-                waiting = await pool.fetchval(
-                    """SELECT EXISTS (SELECT 1 FROM pg_locks
-                                       WHERE NOT granted AND $1 = ANY(pg_blocking_pids(pid)))""",
-                    conn.get_server_pid(),
-                )
-                if waiting:
-                    break
-                await asyncio.sleep(0.01)
-            assert not task.done(), "it went ahead without waiting for the other to commit"
-        except BaseException:
-            await tx.rollback()
-            raise
-        await tx.commit()
-    return await task
 
 
 async def test_a_refund_handled_while_its_payment_counts_takes_the_purchase_off(

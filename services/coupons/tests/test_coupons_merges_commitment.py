@@ -32,6 +32,7 @@ from kit.cli import running
 from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.member.v1 import events_pb2 as member_events
+from mall_testing.locks import while_open
 from mall_testing.plugin import FreshDatabase
 
 APPID = "wx0mergecommitment"
@@ -319,29 +320,12 @@ async def test_a_settled_card_moves_as_it_is_beside_the_survivors_with_its_clawb
 async def while_merging(
     pool: asyncpg.Pool, mall_id: str, survivor: str, absorbed: str, during: Awaitable[T]
 ) -> T:
-    """Follow the merge in a transaction held open until ``during`` (on a connection of its
-    own) waits on a lock it holds; then commit it and let ``during`` finish."""
-    async with pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            await on_identity_merged(conn, [merged_event(mall_id, survivor, absorbed)])
-            task = asyncio.ensure_future(during)
-            while not task.done():
-                waiting = await pool.fetchval(
-                    """SELECT EXISTS (SELECT 1 FROM pg_locks
-                                       WHERE NOT granted AND $1 = ANY(pg_blocking_pids(pid)))""",
-                    conn.get_server_pid(),
-                )
-                if waiting:
-                    break
-                await asyncio.sleep(0.01)
-            assert not task.done(), "it went ahead of the merge instead of waiting for it"
-        except BaseException:
-            await tx.rollback()
-            raise
-        await tx.commit()
-    return await task
+    """Follow the merge in a transaction held open until ``during`` waits on it."""
+
+    async def merging(conn: asyncpg.Connection) -> None:
+        await on_identity_merged(conn, [merged_event(mall_id, survivor, absorbed)])
+
+    return await while_open(pool, merging, during)
 
 
 @pytest.mark.parametrize("survivors_card", [False, True], ids=["moved", "folded"])

@@ -11,13 +11,20 @@ and closes. The client reconnects and resolves the target's name again, so repli
 since (a scale-out) start taking calls within one age even from long-lived clients
 (kit.grpc_client balances over every address it gets).
 Clients' keepalive pings (kit.grpc_client: every 30 s, with or without calls) are accepted.
+
+Admin APIs (directory writes, rules, ops-only RPCs) may get a port of their own
+(ADMIN_GRPC_PORT): a second server answers them there and the main port does not serve them,
+so a network policy admitting a caller to the main port does not admit it to them. Ops reach
+the admin port by port-forward. Without one (0: dev, tests) every API is on the main port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -41,13 +48,28 @@ Metadata = dict[str, str]
 Authenticator = Callable[[str, Metadata], Awaitable[dict[str, str]]]
 Registration = tuple[Callable[[Any, grpc.aio.Server], None], Any]
 
+_ops = contextvars.ContextVar("grpc_ops_allowed", default=False)
+
+
+def ops_allowed() -> bool:
+    """Whether the current call may act as ops without a credential: it came in on the admin
+    port, or on the main port of a server that has none. False outside a call (closed)."""
+    return _ops.get()
+
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Correlation context, auth hook, deadline, error mapping and one log line per call."""
 
-    def __init__(self, *, default_deadline_s: float, authenticate: Authenticator | None = None):
+    def __init__(
+        self,
+        *,
+        default_deadline_s: float,
+        authenticate: Authenticator | None = None,
+        ops: bool = True,
+    ):
         self._default_deadline_s = default_deadline_s
         self._authenticate = authenticate
+        self._ops = ops  # what ops_allowed() says in this server's calls
 
     async def intercept_service(
         self,
@@ -63,8 +85,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         inner = handler.unary_unary
         deadline = self._default_deadline_s
         authenticate = self._authenticate
+        ops = self._ops
 
         async def behavior(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            _ops.set(ops)  # each call runs in its own task: this stays within the call
             metadata = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
             fields = context.from_headers(metadata)
             started = time.perf_counter()
@@ -141,8 +165,45 @@ def server_options(
     return options
 
 
+class _Recorder:
+    """Stands in for a server to learn which gRPC services a registration adds."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        self.names += [h.service_name() for h in handlers if hasattr(h, "service_name")]
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        self.names.append(service)
+
+
+def _services_of(registrations: Sequence[Registration]) -> set[str]:
+    recorder = _Recorder()
+    for add, servicer in registrations:
+        add(servicer, recorder)  # type: ignore[arg-type]
+    return set(recorder.names)
+
+
+@dataclass(frozen=True)
+class _Listener:
+    """One grpc.aio server, what it serves and where."""
+
+    server: grpc.aio.Server
+    registrations: list[Registration]
+    address: str
+
+
 class GrpcServer:
-    """One grpc.aio server with health, reflection and the shared interceptor."""
+    """One grpc.aio server with health, reflection and the shared interceptor; a second one
+    on ``admin_port`` for ``admin_registrations`` if that port is set.
+
+    With ``admin_port`` 0 the admin registrations are served on the main port with the
+    others (a registration in both lists once) and every call there may act as ops
+    (``ops_allowed()``). With an admin port, the main server serves ``registrations`` only
+    and its calls are not ops; the admin server serves ``admin_registrations`` (a
+    registration may be in both), with the same interceptor and health, and its calls are.
+    """
 
     def __init__(
         self,
@@ -153,6 +214,8 @@ class GrpcServer:
         health_checks: Sequence[HealthCheck] = (),
         host: str = "127.0.0.1",
         port: int = 0,
+        admin_registrations: Sequence[Registration] = (),
+        admin_port: int = 0,
         default_deadline_s: float = 10.0,
         authenticate: Authenticator | None = None,
         grace_s: float = 10.0,
@@ -160,41 +223,59 @@ class GrpcServer:
         max_connection_age_s: float = 300.0,
     ) -> None:
         self.service = service
-        self._registrations = registrations
         self._service_names = list(service_names)
         self._checks = health_checks
-        self._address = f"{host}:{port}"
         self._grace_s = grace_s
         self._interval_s = health_interval_s
         self.health = health_aio.HealthServicer()
-        self.server = grpc.aio.server(
-            interceptors=[
-                ServerInterceptor(default_deadline_s=default_deadline_s, authenticate=authenticate)
-            ],
-            options=server_options(
-                max_connection_age_s=max_connection_age_s,
-                max_connection_age_grace_s=default_deadline_s,
-            ),
-        )
+        separate = admin_port != 0
+        main = list(registrations)
+        if not separate:  # one server: a registration in both lists is added once
+            main += [r for r in admin_registrations if r[0] not in {add for add, _ in main}]
+
+        def server(registered: list[Registration], port: int, *, ops: bool) -> _Listener:
+            interceptor = ServerInterceptor(
+                default_deadline_s=default_deadline_s, authenticate=authenticate, ops=ops
+            )
+            aio = grpc.aio.server(
+                interceptors=[interceptor],
+                options=server_options(
+                    max_connection_age_s=max_connection_age_s,
+                    max_connection_age_grace_s=default_deadline_s,
+                ),
+            )
+            return _Listener(aio, registered, f"{host}:{port}")
+
+        self._main = server(main, port, ops=not separate)
+        self._admin = server(list(admin_registrations), admin_port, ops=True) if separate else None
+        self.server = self._main.server
         self.port = 0
+        self.admin_port = 0  # bound once started; 0 without a separate admin server
 
     async def start(self) -> int:
-        for add, servicer in self._registrations:
-            add(servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = await self._start(self._main)
+        if self._admin is not None:
+            self.admin_port = await self._start(self._admin)
+        await self._refresh_health()
+        log.info("grpc_listening", port=self.port, admin_port=self.admin_port or None)
+        return self.port
+
+    async def _start(self, listener: _Listener) -> int:
+        for add, servicer in listener.registrations:
+            add(servicer, listener.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, listener.server)
+        served = _services_of(listener.registrations)
         reflection.enable_server_reflection(
             [
-                *self._service_names,
+                *(name for name in self._service_names if name in served),
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
-            self.server,
+            listener.server,
         )
-        self.port = self.server.add_insecure_port(self._address)
-        await self.server.start()
-        await self._refresh_health()
-        log.info("grpc_listening", port=self.port)
-        return self.port
+        port = listener.server.add_insecure_port(listener.address)
+        await listener.server.start()
+        return port
 
     async def _refresh_health(self) -> bool:
         healthy = all([await _safely(check) for check in self._checks])
@@ -209,7 +290,8 @@ class GrpcServer:
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self._grace_s)
+        listeners = [self._main] if self._admin is None else [self._main, self._admin]
+        await asyncio.gather(*(x.server.stop(self._grace_s) for x in listeners))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Component: serve until asked to stop, keeping health in step with dependencies."""

@@ -31,6 +31,10 @@ class ServiceSettings(BaseSettings):
     nats_url: str = Field(default="nats://127.0.0.1:4222", pattern=r"^(nats|tls)://")
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    #: Port of the admin APIs (directory writes, rules, ops calls without a credential),
+    #: which then leave GRPC_PORT, so a network policy admitting the gateway there does not
+    #: admit it to them; 0 keeps them on GRPC_PORT (dev, tests, ``make run``).
+    admin_grpc_port: int = Field(default=0, ge=0, le=65535)
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -74,12 +74,15 @@ async def assemble(
     subscriptions: Sequence[Subscription]
     | Callable[[JetStreamContext], Awaitable[Sequence[Subscription]]] = (),
     servicers: Callable[[asyncpg.Pool], Sequence[Registration]] = lambda pool: (),
+    admin_servicers: Callable[[asyncpg.Pool], Sequence[Registration]] = lambda pool: (),
     descriptor: FileDescriptor | Sequence[FileDescriptor],
     extras: Callable[[asyncpg.Pool], Extras] | None = None,
     authenticate: Callable[[asyncpg.Pool], Authenticator] | None = None,
     retired: Sequence[Retired] = (),
 ) -> AsyncIterator[Roles]:
     """``authenticate`` builds the gRPC server's auth hook on the pool (see GrpcServer);
+    ``admin_servicers`` are the admin APIs, served on ADMIN_GRPC_PORT when it is set (ops
+    reach it by port-forward) and with ``servicers`` on GRPC_PORT when it is not;
     ``retired`` names the durable consumers the service dropped (deleted at every start).
 
     ``descriptor`` names the proto file(s) whose services the process serves: health and
@@ -124,10 +127,12 @@ async def assemble(
         grpc = GrpcServer(
             service=name,
             registrations=servicers(pool),
+            admin_registrations=admin_servicers(pool),
             service_names=[s.full_name for f in files for s in f.services_by_name.values()],
             health_checks=[db_ok, nats_ok],
             host=settings.grpc_host,
             port=settings.grpc_port,
+            admin_port=settings.admin_grpc_port,
             default_deadline_s=settings.grpc_default_deadline_s,
             grace_s=settings.shutdown_grace_s,
             max_connection_age_s=settings.grpc_max_connection_age_s,

@@ -253,9 +253,9 @@ class GrpcServer:
         self.admin_port = 0  # bound once started; 0 without a separate admin server
 
     async def start(self) -> int:
-        self.port = await self._start(self._main)
-        if self._admin is not None:
+        if self._admin is not None:  # first: ``port`` set means both listen (kit.cli.serving)
             self.admin_port = await self._start(self._admin)
+        self.port = await self._start(self._main)
         await self._refresh_health()
         log.info("grpc_listening", port=self.port, admin_port=self.admin_port or None)
         return self.port

@@ -10,14 +10,17 @@ credentials) mirrored from member's DIRECTORY bucket in the serve role, for both
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 import eventbus
 from eventbus.service import Extras, Retired, Subscription, assemble
 from kit.cli import Roles, Service
 from kit.directory import Directory
+from kit.grpc_server import Registration
 from kit.jetstream import connect
 from mall.coupons.v1 import (
     commitments_service_pb2,
@@ -55,6 +58,19 @@ async def bootstrap(
     remind_before = timedelta(hours=commitments.commitment_reminder_hours)
     settle_grace = timedelta(seconds=commitments.commitment_settle_grace_s)
     directory = Directory()  # stores and tenant credentials, mirrored from member's bucket
+
+    @functools.cache  # one servicer (and one Redeemer) for the main and the admin port
+    def coupons_api(pool: asyncpg.Pool) -> Registration:
+        redeemer = Redeemer(
+            pool,
+            max_batch=settings.redemption_batch_max,
+            workers=settings.redemption_batch_workers,
+        )
+        servicer = CouponsServicer(
+            pool, directory, SoldOutMemory(settings.sold_out_memory_s), redeemer
+        )
+        return coupons_service_pb2_grpc.add_CouponsServiceServicer_to_server, servicer
+
     async with (
         connect(settings.nats_url, name=f"{NAME}-directory") as directory_nc,
         assemble(
@@ -92,24 +108,15 @@ async def bootstrap(
                 ),
             ],
             servicers=lambda pool: [
-                (
-                    coupons_service_pb2_grpc.add_CouponsServiceServicer_to_server,
-                    CouponsServicer(
-                        pool,
-                        directory,
-                        SoldOutMemory(settings.sold_out_memory_s),
-                        Redeemer(
-                            pool,
-                            max_batch=settings.redemption_batch_max,
-                            workers=settings.redemption_batch_workers,
-                        ),
-                    ),
-                ),
+                coupons_api(pool),
                 (
                     commitments_service_pb2_grpc.add_CommitmentServiceServicer_to_server,
                     CommitmentServicer(pool, directory),
                 ),
             ],
+            # Stock RPCs without a credential are ops calls, taken on ADMIN_GRPC_PORT only
+            # when it is set (entrypoints.auth); the same servicer serves both ports.
+            admin_servicers=lambda pool: [coupons_api(pool)],
             descriptor=[coupons_service_pb2.DESCRIPTOR, commitments_service_pb2.DESCRIPTOR],
             extras=lambda pool: Extras(
                 components={

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import eventbus
 from eventbus.service import Subscription, assemble
 from kit.cli import Roles, Service
+from kit.grpc_server import Registration
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from mall.member.v1 import member_service_pb2, member_service_pb2_grpc
 from nats.js.client import JetStreamContext
@@ -55,21 +58,29 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
     checkout_policy = CheckoutPolicy(
         code_ttl_s=settings.checkout_code_ttl_s, clock_skew_s=settings.pos_clock_skew_s
     )
+
+    @functools.cache  # one servicer for the main and the admin port
+    def members(pool: asyncpg.Pool) -> Registration:
+        servicer = MemberServicer(pool, checkout_policy)
+        return member_service_pb2_grpc.add_MemberServiceServicer_to_server, servicer
+
     async with assemble(
         NAME,
         settings,
         streams=["PAYMENTS", "MEMBER"],
         subscriptions=subscriptions,
         servicers=lambda pool: [
-            (
-                member_service_pb2_grpc.add_MemberServiceServicer_to_server,
-                MemberServicer(pool, checkout_policy),
-            ),
+            members(pool),
+            (member_service_pb2_grpc.add_CrmServiceServicer_to_server, CrmServicer(pool)),
+        ],
+        # Ops only (IssueCredential, ...), and MemberService for its ops RPCs (MergeMembers,
+        # ...; entrypoints.auth): on ADMIN_GRPC_PORT when it is set.
+        admin_servicers=lambda pool: [
+            members(pool),
             (
                 member_service_pb2_grpc.add_DirectoryServiceServicer_to_server,
                 DirectoryServicer(pool),
             ),
-            (member_service_pb2_grpc.add_CrmServiceServicer_to_server, CrmServicer(pool)),
         ],
         descriptor=member_service_pb2.DESCRIPTOR,
         extras=lambda pool: ops_extras(pool, settings.tag_rules_interval_s),

@@ -81,6 +81,9 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
                     parking_service_pb2_grpc.add_CarParkServiceServicer_to_server,
                     CarParkServicer(pool, config, points),
                 ),
+            ],
+            # Fee schedules and policies are ops': on ADMIN_GRPC_PORT when it is set.
+            admin_servicers=lambda pool: [
                 (
                     parking_service_pb2_grpc.add_ParkingAdminServiceServicer_to_server,
                     ParkingAdminServicer(pool, config),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,11 +14,13 @@ import eventbus
 import structlog
 from eventbus.service import Extras, Subscription, assemble
 from kit.cli import Roles, Service
+from kit.grpc_server import Registration
 from kit.lifecycle import Component
 from mall.points.v1 import points_service_pb2, points_service_pb2_grpc
 
 from points.config import Settings
 from points.domain.expiry import ExpiryPolicy
+from points.entrypoints.auth import authenticate
 from points.entrypoints.consumers import (
     PAYMENT_ATTRIBUTED,
     REFUND_ATTRIBUTED,
@@ -87,6 +90,12 @@ def reconciler(settings: Settings, pool: asyncpg.Pool) -> Reconciler:
 @contextlib.asynccontextmanager
 async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
     expiry = ExpiryPolicy.parse(settings.points_expiry_policy)
+
+    @functools.cache  # one servicer for the main and the admin port
+    def accounts(pool: asyncpg.Pool) -> Registration:
+        servicer = PointsServicer(pool, hold_ttl=timedelta(seconds=settings.hold_ttl_s))
+        return points_service_pb2_grpc.add_PointsServiceServicer_to_server, servicer
+
     async with assemble(
         NAME,
         settings,
@@ -99,11 +108,11 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             Subscription("identity-merged", "MEMBER", IDENTITY_MERGED, on_identity_merged),
             Subscription("coupon-claimed", "COUPONS", COUPON_CLAIMED, on_coupon_claimed),
         ],
-        servicers=lambda pool: [
-            (
-                points_service_pb2_grpc.add_PointsServiceServicer_to_server,
-                PointsServicer(pool, hold_ttl=timedelta(seconds=settings.hold_ttl_s)),
-            ),
+        servicers=lambda pool: [accounts(pool)],
+        # Rules, reconciliation and PointsService's AdjustPoints (entrypoints.auth) are ops':
+        # on ADMIN_GRPC_PORT when it is set.
+        admin_servicers=lambda pool: [
+            accounts(pool),
             (
                 points_service_pb2_grpc.add_PointsAdminServiceServicer_to_server,
                 PointsAdminServicer(pool),
@@ -114,6 +123,7 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
             ),
         ],
         descriptor=points_service_pb2.DESCRIPTOR,
+        authenticate=lambda pool: authenticate,
         extras=lambda pool: Extras(
             components={
                 "relay": [

@@ -5,9 +5,12 @@ RedeemCoupon, CreateCommitmentOffer and ApplyCommitmentDiscount are for tenant P
 the process's copy of the directory (``kit.directory``, mirrored from member's bucket; calls
 are refused as UNAVAILABLE until it is loaded). CreateStock, PutPostPaymentRule,
 CreateClaimCode and GetStockStats take a tenant credential (then they act on that tenant's own
-stocks and stores only) or none: the mall's ops API inside the cluster, behind the network
-policy, as member's admin RPCs are. CouponsService's gateway RPCs (claim, list) refuse a tenant
-credential, so a POS cannot claim or browse wallets; CommitmentService's gateway RPCs ignore it.
+stocks and stores only) or none: an ops call, taken only on the admin port (ADMIN_GRPC_PORT,
+reached by port-forward; ``kit.grpc_server.ops_allowed``), or on the one port when there is
+no admin port (dev, tests); on the main port with an admin port such a call is refused, so
+the gateway's access to that port is no access to the stocks. CouponsService's gateway RPCs
+(claim, list) refuse a tenant credential, so a POS cannot claim or browse wallets;
+CommitmentService's gateway RPCs ignore it.
 
 A verified credential is remembered per process for ``cache_s``
 (``kit.credentials.VerifiedCallers``: the scrypt cost is paid once per credential, off the event
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from kit.credentials import CREDENTIAL_HEADER, VerifiedCallers, parse_presented, verify_secret
 from kit.directory import Directory
 from kit.errors import Forbidden, Unauthenticated, Unavailable
-from kit.grpc_server import Metadata
+from kit.grpc_server import Metadata, ops_allowed
 
 _COUPONS = "/mall.coupons.v1.CouponsService/"
 _COMMITMENTS = "/mall.coupons.v1.CommitmentService/"
@@ -82,6 +85,11 @@ class CredentialAuthenticator:
         if not presented:
             if method in TENANT_ONLY:
                 raise Unauthenticated("invalid_credential", f"{CREDENTIAL_HEADER} is required")
+            if not ops_allowed():
+                raise Unauthenticated(
+                    "invalid_credential",
+                    f"{method} needs a tenant credential; ops calls go to the admin port",
+                )
             return {}
         if not self._directory.ready:
             raise Unavailable("directory_not_ready", "the directory is loading; retry shortly")

@@ -7,9 +7,11 @@ caller presenting a tenant or car-park credential on any other RPC is refused, s
 cannot browse members. CrmService RPCs require a CRM credential (mall-level, issued with
 ``crm``) and may only name its mall.
 
-The other RPCs (DirectoryService, GetMember, GetMemberByIdentity, IssueCheckoutCode, …) are
-called by the gateway and ops tools inside the cluster and stay open for now, guarded by the
-network policy; ops/gateway authentication is a later step.
+MergeMembers, ListMembers and SetMemberTags are ops calls: taken only on the admin port
+(ADMIN_GRPC_PORT, reached by port-forward; ``kit.grpc_server.ops_allowed``), or on the one
+port when there is no admin port (dev, tests). DirectoryService is served on the admin port
+alone when there is one. The other RPCs (GetMember, GetMemberByIdentity, IssueCheckoutCode,
+…) are the gateway's, open to the callers the network policy admits to the main port.
 
 Verified credentials are remembered in-process for ``credential_cache_s``
 (``kit.credentials.VerifiedCallers``) so the scrypt cost is paid once per credential and replica,
@@ -23,7 +25,7 @@ import contextvars
 import asyncpg
 from kit.credentials import CREDENTIAL_HEADER, VerifiedCallers
 from kit.errors import Forbidden, Unauthenticated
-from kit.grpc_server import Metadata
+from kit.grpc_server import Metadata, ops_allowed
 
 from member.domain.credentials import Principal
 from member.service_layer.credentials import verify_credential
@@ -37,6 +39,9 @@ TENANT_METHODS = frozenset(
     }
 )
 CRM_SERVICE = "/mall.member.v1.CrmService/"
+OPS_METHODS = frozenset(
+    f"/mall.member.v1.MemberService/{m}" for m in ("MergeMembers", "ListMembers", "SetMemberTags")
+)
 
 _caller: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "member_caller", default=None
@@ -83,6 +88,10 @@ class CredentialAuthenticator:
         if method not in TENANT_METHODS:
             if presented:
                 raise Forbidden("rpc_not_for_tenants", f"{method} is not open to tenant callers")
+            if method in OPS_METHODS and not ops_allowed():
+                raise Unauthenticated(
+                    "invalid_credential", f"{method} is for ops: call it on the admin port"
+                )
             return {}
         if not presented:
             raise Unauthenticated("invalid_credential", f"{CREDENTIAL_HEADER} is required")

@@ -1,0 +1,25 @@
+"""Who may call points' gRPC APIs: the server's ``authenticate`` hook.
+
+PointsService is the gateway's and parking's (balances, ledger, holds), open to the callers
+the network policy admits to the main port, except AdjustPoints (points by hand), an ops
+call: taken only on the admin port (ADMIN_GRPC_PORT, reached by port-forward;
+``kit.grpc_server.ops_allowed``), or on the one port when there is no admin port (dev,
+tests). PointsAdminService and ReconciliationService are served on the admin port alone when
+there is one.
+"""
+
+from __future__ import annotations
+
+from kit.errors import Unauthenticated
+from kit.grpc_server import Metadata, ops_allowed
+
+OPS_METHODS = frozenset({"/mall.points.v1.PointsService/AdjustPoints"})
+
+
+async def authenticate(method: str, metadata: Metadata) -> dict[str, str]:
+    """``authenticate(method, metadata)`` for the gRPC server; no caller fields to log."""
+    if method in OPS_METHODS and not ops_allowed():
+        raise Unauthenticated(
+            "invalid_credential", f"{method} is for ops: call it on the admin port"
+        )
+    return {}

@@ -24,7 +24,11 @@ Checks (each problem is one line naming the object; exit status 1 if there is an
   ConfigMap, or its own ``env``) reach the pods behind that Service on that port: an egress
   rule of the caller's policies and an ingress rule of the target's, when policies select
   them. Jobs are not taken as callers (migrations read the service's ConfigMap but call
-  no one). ``ipBlock`` peers are taken to match no pod.
+  no one). ``ipBlock`` peers are taken to match no pod;
+- a container port named ``grpc-admin`` (a service's admin APIs, ADMIN_GRPC_PORT: ops reach
+  it by port-forward only) is the target of no Service port, and no ingress rule of the
+  NetworkPolicies selecting its pod admits it (a rule without ports admits every port), nor
+  is the pod left without an ingress policy, when the manifests have any.
 
 Built-in kinds are told from custom resources by API group: core, the unsuffixed built-in
 groups, and ``*.k8s.io`` (reserved for Kubernetes itself). PyYAML comes from the check's
@@ -437,6 +441,59 @@ def check_grpc_reachable(objs: list[Obj], pods: list[PodTemplate]) -> Iterator[s
                 break
 
 
+ADMIN_PORT_NAME = "grpc-admin"
+
+
+def check_admin_ports(objs: list[Obj], pods: list[PodTemplate]) -> Iterator[str]:
+    policies = [
+        o for o in objs if o.get("kind") == "NetworkPolicy" and group_of(o) == "networking.k8s.io"
+    ]
+    services = [o for o in objs if o.get("kind") == "Service" and group_of(o) == ""]
+    for pod in pods:
+        numbers = [
+            int(p["containerPort"])
+            for c in pod.containers()
+            for p in c.get("ports") or []
+            if p.get("name") == ADMIN_PORT_NAME and "containerPort" in p
+        ]
+        for number in numbers:
+            for svc in services:
+                selector = svc.get("spec", {}).get("selector") or {}
+                if not selector or svc.get("metadata", {}).get("namespace") != pod.namespace:
+                    continue
+                if not selects(selector, pod.labels):
+                    continue
+                for sp in svc.get("spec", {}).get("ports") or []:
+                    if sp.get("targetPort", sp.get("port")) in (ADMIN_PORT_NAME, number):
+                        yield (
+                            f"{ref(svc)}: port {sp.get('name') or sp.get('port')!r} exposes "
+                            f"{ref(pod.owner)}'s {ADMIN_PORT_NAME} port {number} (ops reach it "
+                            "by port-forward only)"
+                        )
+            if not policies:
+                continue
+            selecting = [
+                p
+                for p in policies
+                if p.get("metadata", {}).get("namespace") == pod.namespace
+                and "Ingress" in policy_types(p)
+                and label_selector_matches(p.get("spec", {}).get("podSelector") or {}, pod.labels)
+            ]
+            if not selecting:
+                yield (
+                    f"{ref(pod.owner)}: no NetworkPolicy selects its pods for ingress, so its "
+                    f"{ADMIN_PORT_NAME} port {number} is open to every pod"
+                )
+            for policy in selecting:
+                for rule in policy.get("spec", {}).get("ingress") or []:
+                    if port_matches(rule.get("ports"), number, ADMIN_PORT_NAME):
+                        yield (
+                            f"{ref(policy)}: an ingress rule admits {ref(pod.owner)}'s "
+                            f"{ADMIN_PORT_NAME} port {number} (ops reach it by port-forward only)"
+                        )
+                        break
+
+
 def problems(objs: list[Obj]) -> list[str]:
     pods = [p for p in (pod_template(o) for o in objs) if p is not None]
     found = [line for pod in pods for line in check_probes(pod)]
@@ -444,6 +501,7 @@ def problems(objs: list[Obj]) -> list[str]:
     found += check_pdbs_and_hpas(objs, pods)
     found += check_grpc_targets(objs)
     found += check_grpc_reachable(objs, pods)
+    found += check_admin_ports(objs, pods)
     return found
 
 

@@ -305,3 +305,76 @@ def test_grpc_targets_must_be_open_both_ways_for_every_pod_that_reads_them() -> 
         "on port 50062: no ingress rule of the policies selecting Deployment/points "
         "(namespace mall) allows it"
     ) in found
+
+
+def test_admin_ports_are_exposed_by_no_service_and_admitted_by_no_policy() -> None:
+    lint = load_lint()
+    ports = [
+        {"name": "grpc", "containerPort": 50062},
+        {"name": "grpc-admin", "containerPort": 50072},
+    ]
+    objs: list[Any] = [
+        workload("Deployment", "points", {"app": "points"}, {"name": "serve", "ports": ports}),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "points", "namespace": "mall"},
+            "spec": {
+                "selector": {"app": "points"},
+                "ports": [{"port": 50062, "targetPort": "grpc"}],
+            },
+        },
+        policy(
+            "points-in",
+            {
+                "podSelector": {"matchLabels": {"app": "points"}},
+                "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 50062}]}],
+            },
+        ),
+    ]
+    assert lint.problems(objs) == []
+
+    # A Service port on it, by name or by number.
+    objs[1]["spec"]["ports"].append({"name": "admin", "port": 50072, "targetPort": "grpc-admin"})
+    objs[1]["spec"]["ports"].append({"name": "raw", "port": 50072})
+    assert lint.problems(objs) == [
+        "Service/points (namespace mall): port 'admin' exposes Deployment/points (namespace "
+        "mall)'s grpc-admin port 50072 (ops reach it by port-forward only)",
+        "Service/points (namespace mall): port 'raw' exposes Deployment/points (namespace "
+        "mall)'s grpc-admin port 50072 (ops reach it by port-forward only)",
+    ]
+    del objs[1]["spec"]["ports"][1:]
+
+    # A rule that admits every port, or a range that takes the admin port in.
+    admitted = (
+        "NetworkPolicy/points-in (namespace mall): an ingress rule admits Deployment/points "
+        "(namespace mall)'s grpc-admin port 50072 (ops reach it by port-forward only)"
+    )
+    rule = objs[2]["spec"]["ingress"][0]
+    for opened in ([], [{"port": 50060, "endPort": 50079}], [{"port": "grpc-admin"}]):
+        rule["ports"] = opened
+        assert lint.problems(objs) == [admitted], opened
+
+    # No ingress policy selects the pod at all: every port of it is open.
+    objs[2]["spec"]["podSelector"] = {"matchLabels": {"app": "other"}}
+    assert lint.problems(objs) == [
+        "Deployment/points (namespace mall): no NetworkPolicy selects its pods for ingress, "
+        "so its grpc-admin port 50072 is open to every pod"
+    ]
+
+
+def test_a_policy_admitting_an_admin_port_fails(tmp_path: Path) -> None:
+    k8s = broken_copy(
+        tmp_path,
+        "components/partner-grpc/network-policy.yaml",
+        "        - protocol: TCP\n          port: 50064\n",
+        "        - protocol: TCP\n          port: 50064\n"
+        "        - protocol: TCP\n          port: 50074\n",
+    )
+    result = run_check(k8s)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert (
+        "NetworkPolicy/partner-grpc-from-ingress (namespace mall): an ingress rule admits "
+        "Deployment/coupons (namespace mall)'s grpc-admin port 50074"
+    ) in output

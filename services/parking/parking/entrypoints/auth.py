@@ -5,8 +5,9 @@ unrevoked car-park credential (``kit.directory``: the copy of member's DIRECTORY
 memory by the serve role; calls are refused as UNAVAILABLE until the copy is loaded); the
 servicer checks that the request's mall and car park are the caller's own. A caller presenting
 a credential on any other RPC is refused, so a car park cannot read members' plates.
-ParkingService (gateway) and ParkingAdminService (ops) stay inside the cluster, guarded by the
-network policy.
+ParkingService (the gateway's, no ops-only RPC in it) stays inside the cluster, guarded by the
+network policy; ParkingAdminService (ops) is served on the admin port alone when
+ADMIN_GRPC_PORT is set (reached by port-forward).
 
 Verified secrets are remembered in-process for ``cache_s`` (``kit.credentials.VerifiedCallers``)
 so the scrypt cost is paid once per credential and replica; a revoked credential keeps working

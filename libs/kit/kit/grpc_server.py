@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from kit.lifecycle import sleep_or_stop
 from kit.metrics import GRPC_LATENCY, GRPC_REQUESTS
 
 log = structlog.get_logger(__name__)
+# One child per (method, outcome): prometheus-client's labels() takes a lock on every call.
+_requests = functools.cache(GRPC_REQUESTS.labels)
 health_aio: Any = _health.aio  # type: ignore[attr-defined]  # the asyncio servicer
 
 HealthCheck = Callable[[], Awaitable[bool]]
@@ -70,6 +73,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._default_deadline_s = default_deadline_s
         self._authenticate = authenticate
         self._ops = ops  # what ops_allowed() says in this server's calls
+        # method → (the servicer's handler, our wrapper): built once, not on every call.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -82,10 +87,19 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method: str = handler_call_details.method
         if method.startswith(("/grpc.health.", "/grpc.reflection.")):
             return handler
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         inner = handler.unary_unary
         deadline = self._default_deadline_s
         authenticate = self._authenticate
         ops = self._ops
+        latency = GRPC_LATENCY.labels(method)
 
         async def behavior(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
             _ops.set(ops)  # each call runs in its own task: this stays within the call
@@ -123,8 +137,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
                 finally:
                     elapsed = time.perf_counter() - started
-                    GRPC_REQUESTS.labels(method, outcome).inc()
-                    GRPC_LATENCY.labels(method).observe(elapsed)
+                    _requests(method, outcome).inc()
+                    latency.observe(elapsed)
                     log.info("rpc", outcome=outcome, duration_ms=round(elapsed * 1000, 2))
 
         return grpc.unary_unary_rpc_method_handler(

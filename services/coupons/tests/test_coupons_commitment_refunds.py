@@ -17,7 +17,12 @@ from coupons.adapters.commitment_repository import CardRow
 from coupons.bootstrap import MIGRATIONS
 from coupons.domain.commitment import OfferTerms
 from coupons.service_layer import commitment
-from coupons.service_layer.commitment import Payment, Refund
+from coupons.service_layer.commitment_purchases import (
+    Payment,
+    Refund,
+    count_payments,
+    refund_payments,
+)
 from kit.db import Connection
 from kit.migrations import migrate
 from mall_testing.locks import while_open
@@ -73,13 +78,13 @@ def transaction() -> str:
 async def count(pool: asyncpg.Pool, *payments: Payment) -> int:
     """One payments consumer batch: how many purchases counted."""
     async with pool.acquire() as conn, conn.transaction():
-        return await commitment.count_payments(conn, [(p, {}) for p in payments])
+        return await count_payments(conn, [(p, {}) for p in payments])
 
 
 async def take_back(pool: asyncpg.Pool, *refunds: Refund) -> int:
     """One refunds consumer batch: how many purchases stopped counting."""
     async with pool.acquire() as conn, conn.transaction():
-        return await commitment.refund_payments(conn, [(r, {}) for r in refunds])
+        return await refund_payments(conn, [(r, {}) for r in refunds])
 
 
 async def progress(pool: asyncpg.Pool, card: CardRow) -> tuple[int, int]:
@@ -128,7 +133,7 @@ async def test_a_refund_handled_while_its_payment_counts_takes_the_purchase_off(
     paid = transaction()
 
     async def counting(conn: Connection) -> None:
-        assert await commitment.count_payments(conn, [(payment(card, paid, 500), {})]) == 1
+        assert await count_payments(conn, [(payment(card, paid, 500), {})]) == 1
 
     # 2 of 5 yuan refunded while the payment's count is not committed yet: 3 left is under
     # the minimum, so the refund waits for the purchase and takes it off.
@@ -149,7 +154,7 @@ async def test_a_payment_counted_while_its_refund_is_recorded_counts_what_is_lef
 
     async def refunding(conn: Connection) -> None:
         # Before its payment: recorded, nothing to take off yet.
-        assert await commitment.refund_payments(conn, [(refund(card, paid, refunded), {})]) == 0
+        assert await refund_payments(conn, [(refund(card, paid, refunded), {})]) == 0
 
     # The payment (in a batch with another payer's) counts as the refund commits: it waits
     # for the refund and counts by what is left of 5 yuan.

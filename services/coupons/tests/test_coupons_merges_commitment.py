@@ -25,8 +25,8 @@ from coupons.bootstrap import MIGRATIONS, bootstrap
 from coupons.config import Settings
 from coupons.domain.commitment import CardStatus, OfferTerms
 from coupons.entrypoints.merge_consumer import IDENTITY_MERGED, on_identity_merged
-from coupons.service_layer import commitment
-from coupons.service_layer.commitment import Payment, Refund
+from coupons.service_layer import commitment, commitment_purchases
+from coupons.service_layer.commitment_purchases import Payment, Refund
 from eventbus.consumer import Delivery
 from kit.cli import running
 from kit.migrations import migrate
@@ -75,7 +75,7 @@ async def accept(pool: asyncpg.Pool, offer: Offer, member_id: str, at: datetime)
 async def checkout(pool: asyncpg.Pool, mall_id: str, member_id: str, at: datetime) -> int:
     """A 5-yuan order at s1: the discount the POS applies."""
     async with pool.acquire() as conn:
-        found = await commitment.apply_discount(
+        found = await commitment_purchases.apply_discount(
             conn, mall_id, member_id, "s1", 500, str(uuid.uuid4()), at
         )
     return found.discount_fen
@@ -88,7 +88,7 @@ async def pay(
     transaction_id = f"4200{uuid.uuid4().int % 10**12:012d}"
     payment = Payment(mall_id, member_id, "s1", transaction_id, 500 - discount_fen, at)
     async with pool.acquire() as conn, conn.transaction():
-        await commitment.count_payments(conn, [(payment, {})])
+        await commitment_purchases.count_payments(conn, [(payment, {})])
     return transaction_id
 
 
@@ -407,7 +407,7 @@ async def refund(pool: asyncpg.Pool, mall_id: str, transaction_id: str, amount_f
     purchases it took off their cards."""
     found = Refund(mall_id, f"5030{uuid.uuid4().hex[:24]}", transaction_id, amount_fen)
     async with pool.acquire() as conn, conn.transaction():
-        return await commitment.refund_payments(conn, [(found, {})])
+        return await commitment_purchases.refund_payments(conn, [(found, {})])
 
 
 async def counted_on(pool: asyncpg.Pool, mall_id: str) -> list[tuple[str, str, int, bool]]:
@@ -497,7 +497,7 @@ async def test_a_refund_while_a_fold_drops_a_payment_counted_on_both_reaches_the
     both = await pay(pool, mall_id, absorbed, T0 + timedelta(hours=2))
     payment = Payment(mall_id, survivor, "s1", both, 500, T0 + timedelta(hours=2))
     async with pool.acquire() as conn, conn.transaction():
-        assert await commitment.count_payments(conn, [(payment, {})]) == 1
+        assert await commitment_purchases.count_payments(conn, [(payment, {})]) == 1
 
     # 200 refunded (300 paid, nothing off) while the fold drops the absorbed card's copy.
     taken = await while_merging(pool, mall_id, survivor, absorbed, refund(pool, mall_id, both, 200))

@@ -161,8 +161,8 @@ async def hold_payments(conn: Connection, payments: Iterable[tuple[str, str]]) -
     payment's counting and its refunds, handled by two consumers, never run at once: the one
     that comes second waits and then reads the rows the first committed (neither sees the
     other's uncommitted row, so both at once lost the refund). All in one statement, in key
-    order, before any row lock (the order: ``service_layer.commitment``); at most a batch's
-    worth of locks (distinct payments hashed alike just share one)."""
+    order, before any row lock (the order: ``service_layer.commitment_purchases``); at most a
+    batch's worth of locks (distinct payments hashed alike just share one)."""
     await conn.execute(
         """SELECT pg_advisory_xact_lock($1::int, h)
              FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k) AS keys
@@ -213,9 +213,10 @@ async def refund_purchases(
     conn: Connection, mall_id: str, transaction_id: str, amount_fen: int
 ) -> list[CountedPurchase]:
     """Add a refund to every counted purchase of the payment; the purchases after it."""
-    # Lock them first, in card order (as a merge's fold does, ``merges.move_commitment_cards``),
-    # then update in a statement of its own: one waiting on a fold reads the purchases as the
-    # fold left them (moved to the kept card, or the copy it dropped gone).
+    # Lock them first, in card order (as a merge's fold does,
+    # ``commitment_merges.move_commitment_cards``), then update in a statement of its own: one
+    # waiting on a fold reads the purchases as the fold left them (moved to the kept card, or
+    # the copy it dropped gone).
     await conn.execute(
         """SELECT 1 FROM commitment_purchases
             WHERE mall_id = $1 AND transaction_id = $2 AND voided_at IS NULL

@@ -9,7 +9,12 @@ from kit.db import Connection
 from kit.proto import to_datetime
 from mall.member.v1 import events_pb2 as member_events
 
-from coupons.service_layer.commitment import Payment, Refund, count_payments, refund_payments
+from coupons.service_layer.commitment_purchases import (
+    Payment,
+    Refund,
+    count_payments,
+    refund_payments,
+)
 
 PAYMENT_ATTRIBUTED = "member.payment.attributed"
 REFUND_ATTRIBUTED = "member.refund.attributed"

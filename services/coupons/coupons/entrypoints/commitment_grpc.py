@@ -24,7 +24,7 @@ from coupons.adapters import commitment_repository as repo
 from coupons.adapters.commitment_repository import CardRow, Offer
 from coupons.domain.commitment import CardStatus, OfferTerms
 from coupons.entrypoints.auth import Caller, tenant_caller
-from coupons.service_layer import commitment
+from coupons.service_layer import commitment, commitment_purchases
 
 _STATUS = {
     CardStatus.ACTIVE: pb.COMMITMENT_CARD_STATUS_ACTIVE,
@@ -190,7 +190,7 @@ class CommitmentServicer(pb_grpc.CommitmentServiceServicer):
                 "store_not_yours", f"store {request.store_id} is not a store of this tenant"
             )
         async with self._pool.acquire() as conn:
-            found = await commitment.apply_discount(
+            found = await commitment_purchases.apply_discount(
                 conn,
                 request.mall_id,
                 member_id,

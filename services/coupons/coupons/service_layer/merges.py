@@ -12,7 +12,7 @@ waits and lands on the survivor — and the survivor's per-member limit counts b
 Commitment cards (支付分先享卡): the survivor's payments must count on a card the absorbed member
 accepted, so its cards are the survivor's now. Payments and checkouts still naming the absorbed
 member share-lock it (and its survivor) as claims do and then use the survivor's cards
-(``commitment.count_payments``, ``commitment.apply_discount``): one racing the merge counts
+(``commitment_purchases``: ``count_payments``, ``apply_discount``): one racing the merge counts
 before the cards move, or waits and counts on the survivor's. A member has one live card of an
 offer: when both hold an active one, the survivor's card takes the other's purchases and applied
 discounts, their progress and discounts given add up (a payment counted on both counts once),
@@ -45,7 +45,7 @@ import structlog
 from eventbus.outbox import add_events
 from kit.db import Connection
 
-from coupons.adapters import commitment_events, merges
+from coupons.adapters import card_package_merges, commitment_events, commitment_merges, merges
 from coupons.adapters import commitment_repository as cards
 
 log = structlog.get_logger(__name__)
@@ -76,7 +76,7 @@ async def follow_merges(conn: Connection, merged: Sequence[MemberMerged]) -> int
         )
         moved = await merges.move_member(conn, m.mall_id, m.merged_member_id, m.survivor_member_id)
         total += moved
-        moved_cards = await merges.move_commitment_cards(
+        moved_cards = await commitment_merges.move_commitment_cards(
             conn, m.mall_id, m.merged_member_id, m.survivor_member_id
         )
         fulfilled = []
@@ -85,7 +85,7 @@ async def follow_merges(conn: Connection, merged: Sequence[MemberMerged]) -> int
             assert row is not None
             fulfilled.append(commitment_events.fulfilled(row, row.card.discount_given_fen))
         await add_events(conn, fulfilled)
-        mirrored = await merges.move_card_package(
+        mirrored = await card_package_merges.move_card_package(
             conn, m.mall_id, m.merged_member_id, m.survivor_member_id
         )
         log.info(

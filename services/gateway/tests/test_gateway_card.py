@@ -65,6 +65,9 @@ class Stack:
     signing_key: str
     points_settings: PointsSettings
     nc: NatsClient
+    #: (mall, member) of every card the gateway's live feed told the reader to forget.
+    invalidated: set[tuple[str, str]]
+    forgotten: asyncio.Event  # set at each of those
     points_api: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     @property
@@ -121,6 +124,10 @@ class Stack:
             async with asyncio.timeout(10):
                 while await joined.get() != member_id:
                     pass
+                # The gateway hears the event on a connection of its own, maybe later.
+                while (self.mall.mall_id, member_id) not in self.invalidated:
+                    self.forgotten.clear()
+                    await self.forgotten.wait()
         finally:
             await sub.unsubscribe()
         return token, member_id
@@ -147,7 +154,20 @@ async def stack(
     (folder / "miniprograms.json").write_text(json.dumps({mall.appid: secret}))
     signing_key = secrets.token_urlsafe(48)
     sim_settings = SimulatorSettings.create(miniprograms=(MiniProgram(mall.appid, secret),))
+    invalidated: set[tuple[str, str]] = set()
+    forgotten = asyncio.Event()
+    forget = CardReader.invalidate
+
+    def recorded(reader: CardReader, mall_id: str, member_id: str) -> None:
+        forget(reader, mall_id, member_id)
+        invalidated.add((mall_id, member_id))
+        forgotten.set()
+
     async with contextlib.AsyncExitStack() as stack:
+        # The gateway's reader is built with this in place; the real one still does the work.
+        stack.enter_context(pytest.MonkeyPatch.context()).setattr(
+            CardReader, "invalidate", recorded
+        )
         sim = await stack.enter_async_context(serve(sim_settings))
         member = await stack.enter_async_context(
             member_bootstrap(MemberSettings(database_url=member_db, grpc_port=0, **common))
@@ -203,6 +223,8 @@ async def stack(
             signing_key,
             points_settings,
             nc,
+            invalidated,
+            forgotten,
         )
         await card_stack.start_points_api()
         stack.push_async_callback(lambda: card_stack.points_api.aclose())

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make k8s-check: lint the Dockerfile, lint and render every kustomize overlay, validate the
 # output offline against Kubernetes $K8S_VERSION with strict schemas, run our structural
-# checks (scripts/k8s_lint.py) and checkov. Any failure fails the run, with its reason.
+# checks (scripts/k8s_lint.py) and checkov, and that the NATS users rendered from
+# deploy/nats/permissions.yaml are up to date. Any failure fails the run, with its reason.
 #
 #   scripts/k8s-check.sh [K8S_DIR]      # default: deploy/k8s (overlays in K8S_DIR/overlays/*)
 #
@@ -72,6 +73,17 @@ fi
 
 say "yamllint ${K8S_DIR#"$ROOT"/}"
 "$BIN/yamllint" --strict -c "$K8S_DIR/.yamllint" "$K8S_DIR" || fail "yamllint: $K8S_DIR"
+
+say "NATS users (scripts/nats_permissions.py check)"
+if [[ "$K8S_DIR" == "$ROOT/deploy/k8s" ]]; then
+    if "$BIN/python" "$ROOT/scripts/nats_permissions.py" check; then
+        echo "ok"
+    else
+        fail "NATS users: generated files out of date with deploy/nats/permissions.yaml"
+    fi
+else
+    echo "skipped: the generated files live in deploy/k8s, not in ${K8S_DIR}"
+fi
 
 shopt -s nullglob
 overlays=("$K8S_DIR"/overlays/*/kustomization.yaml)

@@ -26,3 +26,7 @@ ensure_basic_auth postgres-superuser postgres
 for svc in member points parking coupons; do
     ensure_basic_auth "$svc-db" "$svc"
 done
+# NATS users (deploy/nats/permissions.yaml): the dev nats-server and the services share them.
+for user in gateway member points parking coupons ops; do
+    ensure_basic_auth "$user-nats" "$user"
+done

@@ -24,6 +24,10 @@ import aiohttp
 import nats
 import nats.errors
 import pytest
+from coupons.bootstrap import MIGRATIONS as COUPONS_MIGRATIONS
+from coupons.bootstrap import bootstrap as coupons_bootstrap
+from coupons.commitment_settings import CommitmentSettings
+from coupons.config import Settings as CouponsSettings
 from eventbus.streams import STREAMS, ensure_streams
 from gateway.adapters import claims_feed
 from gateway.adapters.live import FEED_SUBJECTS
@@ -41,6 +45,9 @@ from member.config import Settings as MemberSettings
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from parking.bootstrap import MIGRATIONS as PARKING_MIGRATIONS
+from parking.bootstrap import bootstrap as parking_bootstrap
+from parking.config import Settings as ParkingSettings
 from points.bootstrap import MIGRATIONS as POINTS_MIGRATIONS
 from points.bootstrap import bootstrap as points_bootstrap
 from points.config import Settings as PointsSettings
@@ -360,5 +367,49 @@ async def test_the_payment_path_runs_with_each_service_as_its_user(
         body = await wait_for_balance(suite, mall, openid, 123)
         assert body["lifetime_earned"] == 123
     # Nothing any of them did on the way (start, consumers, directory, live feeds) was refused.
+    log = server.nats.log_path.read_text()
+    assert "Violation" not in log, [line for line in log.splitlines() if "Violation" in line]
+
+
+async def test_coupons_and_parking_start_and_consume_as_their_users(
+    server: Server, fresh_database: FreshDatabase
+) -> None:
+    """Their starts (streams, DIRECTORY, retired consumers, durable consumers, the directory
+    mirrors) pass under their users, and their consumers are in place."""
+    coupons_db = await fresh_database("coupons")
+    parking_db = await fresh_database("parking")
+    await migrate(coupons_db, COUPONS_MIGRATIONS)
+    await migrate(parking_db, PARKING_MIGRATIONS)
+    common: dict[str, Any] = {"grpc_port": 0, "log_format": "console", "log_level": "warning"}
+    coupons_settings = CouponsSettings(
+        database_url=coupons_db, nats_url=server.url("coupons"), **common
+    )
+    parking_settings = ParkingSettings(
+        database_url=parking_db, nats_url=server.url("parking"), points_grpc_target="", **common
+    )
+    commitments = CommitmentSettings(commitment_sweep_interval_s=3600, wechatpay_api_base="")
+    async with (
+        coupons_bootstrap(coupons_settings, commitments) as coupons,
+        running(coupons),
+        parking_bootstrap(parking_settings) as parking,
+        running(parking),
+        server.connect("ops", []) as ops,
+    ):
+        ojs = ops.jetstream()
+
+        async def consumers(stream: str) -> set[str]:
+            return {c.name for c in await ojs.consumers_info(stream)}
+
+        for _ in range(600):
+            on_member = await consumers("MEMBER")
+            if {"parking-payment-attributed", "parking-directory"} <= on_member and any(
+                name.startswith("coupons-") for name in on_member
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"consumers on MEMBER: {await consumers('MEMBER')}")
+        assert "parking-coupon-claimed" in await consumers("COUPONS")
+        assert any(name.startswith("coupons-") for name in await consumers("PARKING"))
     log = server.nats.log_path.read_text()
     assert "Violation" not in log, [line for line in log.splitlines() if "Violation" in line]

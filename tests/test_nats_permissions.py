@@ -194,7 +194,7 @@ async def test_each_service_does_its_work_and_is_refused_the_rest(server: Server
     ):
         # member: its streams at start (creating PAYMENTS if it is first), the directory.
         mjs = member.jetstream()
-        await ensure_streams(mjs, "PAYMENTS", "MEMBER")
+        await ensure_streams(mjs, "PAYMENTS", "MEMBER", service="member")
         directory = await open_bucket(mjs, DIRECTORY_BUCKET)
         await directory.put("mall-1.shop.7", b"store-7")
         ack = await mjs.publish("member.member.joined", b"m-1", timeout=5)
@@ -202,7 +202,7 @@ async def test_each_service_does_its_work_and_is_refused_the_rest(server: Server
 
         # points: ensures what it reads, mirrors the directory, pull-consumes MEMBER and acks.
         pjs = points.jetstream()
-        await ensure_streams(pjs, "MEMBER", "POINTS", "COUPONS")
+        await ensure_streams(pjs, "MEMBER", "POINTS", "COUPONS", service="points")
         seen: dict[str, bytes | None] = {}
         mirror = KvMirror(pjs, DIRECTORY_BUCKET, lambda k, v: seen.__setitem__(k, v))
         stop = asyncio.Event()
@@ -230,8 +230,8 @@ async def test_each_service_does_its_work_and_is_refused_the_rest(server: Server
 
         # gateway: publishes payments with a JetStream ack, hears the points feed live.
         gjs = gateway.jetstream()
-        await ensure_streams(gjs, "PAYMENTS")
-        await open_bucket(gjs, DIRECTORY_BUCKET)
+        await ensure_streams(gjs, "PAYMENTS", service="gateway")
+        await open_bucket(gjs, DIRECTORY_BUCKET, replicas=1, owned=False)
         ack = await gjs.publish("payments.payment.captured", b"tx-1", timeout=5)
         assert ack.stream == "PAYMENTS"
         heard: asyncio.Queue[str] = asyncio.Queue()

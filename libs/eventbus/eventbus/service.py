@@ -18,7 +18,7 @@ from kit.cli import Command, Roles
 from kit.db import open_pool, ping
 from kit.grpc_server import Authenticator, GrpcServer, Registration
 from kit.jetstream import connect
-from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
+from kit.kvmirror import DIRECTORY_BUCKET, DIRECTORY_OWNER, open_bucket
 from kit.lifecycle import Component
 from kit.settings import ServiceSettings
 from nats.js.client import JetStreamContext
@@ -98,8 +98,13 @@ async def assemble(
         connect(settings.nats_url, name=name) as nc,
     ):
         js = nc.jetstream()
-        await ensure_streams(js, *streams, replicas=settings.jetstream_replicas)
-        await open_bucket(js, DIRECTORY_BUCKET, replicas=settings.jetstream_replicas)
+        await ensure_streams(js, *streams, replicas=settings.jetstream_replicas, service=name)
+        await open_bucket(
+            js,
+            DIRECTORY_BUCKET,
+            replicas=settings.jetstream_replicas,
+            owned=name == DIRECTORY_OWNER,
+        )
         await retire(js, name, retired)
         if callable(subscriptions):  # handlers that need JetStream themselves (a KV bucket)
             subscriptions = await subscriptions(js)

@@ -51,3 +51,17 @@ async def test_retired_consumers_are_deleted_and_the_rest_kept(
     names = {c.name for c in await jetstream.js.consumers_info("MEMBER")}
     assert f"{service}-old" not in names
     assert f"{service}-kept" in names
+
+
+async def test_a_service_changes_only_the_streams_it_owns(jetstream: Nats, unique_id: str) -> None:
+    await jetstream.js.add_stream(
+        StreamConfig(name="POINTS", subjects=["points.>"], duplicate_window=60.0)
+    )
+
+    # member reads POINTS: an existing stream is left to points, a missing one is created.
+    await ensure_streams(jetstream.js, "POINTS", "COUPONS", service="member")
+    assert (await jetstream.js.stream_info("POINTS")).config.duplicate_window == 60.0
+    assert (await jetstream.js.stream_info("COUPONS")).config.duplicate_window == 3600.0
+
+    await ensure_streams(jetstream.js, "POINTS", service="points")
+    assert (await jetstream.js.stream_info("POINTS")).config.duplicate_window == 3600.0

@@ -20,23 +20,26 @@ from nats.js.kv import KeyValue
 log = structlog.get_logger(__name__)
 
 DIRECTORY_BUCKET = "DIRECTORY"
+#: The service that writes it (the others mirror it).
+DIRECTORY_OWNER = "member"
 
 
 async def open_bucket(
-    js: JetStreamContext, bucket: str, *, replicas: int | None = None
+    js: JetStreamContext, bucket: str, *, replicas: int | None = None, owned: bool = True
 ) -> KeyValue:
     """The bucket, created if it does not exist yet (idempotent).
 
-    With ``replicas`` (what a process's JETSTREAM_REPLICAS says) the bucket is also brought up
-    to that many copies if it has fewer: every process ensures it so at start, so whichever
-    starts first on a clustered NATS, the directory survives the loss of a server."""
+    With ``replicas`` (what a process's JETSTREAM_REPLICAS says) it is created with that many
+    copies, whichever process starts first on a clustered NATS; the bucket's writer
+    (``owned``) also brings an existing one up to that many. A reader leaves an existing bucket
+    as it is: its NATS user may not change it (deploy/nats/permissions.yaml)."""
     try:
         kv = await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
         return await js.create_key_value(
             KeyValueConfig(bucket=bucket, history=1, replicas=replicas or 1)
         )
-    if replicas is not None:
+    if replicas is not None and owned:
         info = await js.stream_info(f"KV_{bucket}")
         if (info.config.num_replicas or 1) < replicas:
             info.config.num_replicas = replicas

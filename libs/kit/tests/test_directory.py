@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import nats.js.errors
+import pytest
 from kit.directory import CredentialEntry, Directory
 from kit.kvmirror import DIRECTORY_BUCKET, open_bucket
 from kit.proto import timestamp
@@ -92,3 +94,19 @@ def test_a_copy_filled_by_hand_is_ready_at_once() -> None:
     assert directory.store_tenant("m1", "s1") == "coffee"
     directory.apply(store("m1", "s1", "")[0], None)
     assert directory.store_tenant("m1", "s1") is None
+
+
+async def test_a_reader_leaves_an_existing_bucket_to_its_writer(
+    jetstream: Nats, unique_id: str
+) -> None:
+    bucket = f"READ{unique_id}"
+    kv = await open_bucket(jetstream.js, bucket)  # one copy, as the writer made it
+    await kv.put("k", b"v")
+
+    # A reader configured for three copies opens it as it is (one server could not hold three:
+    # asking would fail, as it would for a reader NATS forbids to change the bucket).
+    read = await open_bucket(jetstream.js, bucket, replicas=3, owned=False)
+    assert (await read.get("k")).value == b"v"
+    assert (await jetstream.js.stream_info(f"KV_{bucket}")).config.num_replicas == 1
+    with pytest.raises(nats.js.errors.Error):
+        await open_bucket(jetstream.js, bucket, replicas=3)  # the writer does ask

@@ -74,8 +74,8 @@ async def bootstrap(settings: Settings) -> AsyncIterator[Roles]:
         ) as wechat_http,
     ):
         js = nc.jetstream()
-        await ensure_streams(js, "PAYMENTS", replicas=settings.jetstream_replicas)
-        await open_bucket(js, DIRECTORY_BUCKET, replicas=settings.jetstream_replicas)
+        await ensure_streams(js, "PAYMENTS", replicas=settings.jetstream_replicas, service=NAME)
+        await open_bucket(js, DIRECTORY_BUCKET, replicas=settings.jetstream_replicas, owned=False)
         directory = Directory()
         mirror = KvMirror(js, DIRECTORY_BUCKET, directory.apply)
         webhooks = Webhooks(

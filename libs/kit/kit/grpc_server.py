@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kit import context
-from kit.errors import AppError
+from kit.errors import AppError, Unauthenticated
 from kit.grpc_errors import to_status
 from kit.lifecycle import sleep_or_stop
 from kit.metrics import GRPC_LATENCY, GRPC_REQUESTS
@@ -58,6 +58,15 @@ def ops_allowed() -> bool:
     """Whether the current call may act as ops without a credential: it came in on the admin
     port, or on the main port of a server that has none. False outside a call (closed)."""
     return _ops.get()
+
+
+def require_ops(method: str, detail: str | None = None) -> None:
+    """Refuse the current call unless it may act as ops (``ops_allowed``): UNAUTHENTICATED
+    ``invalid_credential``, pointing the caller at the admin port."""
+    if not ops_allowed():
+        raise Unauthenticated(
+            "invalid_credential", detail or f"{method} is for ops: call it on the admin port"
+        )
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from kit.credentials import CREDENTIAL_HEADER, VerifiedCallers, parse_presented, verify_secret
 from kit.directory import Directory
 from kit.errors import Forbidden, Unauthenticated, Unavailable
-from kit.grpc_server import Metadata, ops_allowed
+from kit.grpc_server import Metadata, require_ops
 
 _COUPONS = "/mall.coupons.v1.CouponsService/"
 _COMMITMENTS = "/mall.coupons.v1.CommitmentService/"
@@ -85,11 +85,9 @@ class CredentialAuthenticator:
         if not presented:
             if method in TENANT_ONLY:
                 raise Unauthenticated("invalid_credential", f"{CREDENTIAL_HEADER} is required")
-            if not ops_allowed():
-                raise Unauthenticated(
-                    "invalid_credential",
-                    f"{method} needs a tenant credential; ops calls go to the admin port",
-                )
+            require_ops(
+                method, f"{method} needs a tenant credential; ops calls go to the admin port"
+            )
             return {}
         if not self._directory.ready:
             raise Unavailable("directory_not_ready", "the directory is loading; retry shortly")

@@ -25,7 +25,7 @@ import contextvars
 import asyncpg
 from kit.credentials import CREDENTIAL_HEADER, VerifiedCallers
 from kit.errors import Forbidden, Unauthenticated
-from kit.grpc_server import Metadata, ops_allowed
+from kit.grpc_server import Metadata, require_ops
 
 from member.domain.credentials import Principal
 from member.service_layer.credentials import verify_credential
@@ -88,10 +88,8 @@ class CredentialAuthenticator:
         if method not in TENANT_METHODS:
             if presented:
                 raise Forbidden("rpc_not_for_tenants", f"{method} is not open to tenant callers")
-            if method in OPS_METHODS and not ops_allowed():
-                raise Unauthenticated(
-                    "invalid_credential", f"{method} is for ops: call it on the admin port"
-                )
+            if method in OPS_METHODS:
+                require_ops(method)
             return {}
         if not presented:
             raise Unauthenticated("invalid_credential", f"{CREDENTIAL_HEADER} is required")

@@ -10,16 +10,13 @@ there is one.
 
 from __future__ import annotations
 
-from kit.errors import Unauthenticated
-from kit.grpc_server import Metadata, ops_allowed
+from kit.grpc_server import Metadata, require_ops
 
 OPS_METHODS = frozenset({"/mall.points.v1.PointsService/AdjustPoints"})
 
 
 async def authenticate(method: str, metadata: Metadata) -> dict[str, str]:
     """``authenticate(method, metadata)`` for the gRPC server; no caller fields to log."""
-    if method in OPS_METHODS and not ops_allowed():
-        raise Unauthenticated(
-            "invalid_credential", f"{method} is for ops: call it on the admin port"
-        )
+    if method in OPS_METHODS:
+        require_ops(method)
     return {}

@@ -5,19 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 from coupons.adapters import stocks as stocks_sql
+from coupons.bootstrap import MIGRATIONS
 from coupons.domain.claims import Channel, Claim, Outcome
 from coupons.domain.stocks import Kind, NewStock, Stock, Terms, validate
 from coupons.service_layer.claims import claim_batch
 from coupons.service_layer.sold_out import SoldOutMemory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kit.migrations import migrate
+from mall_testing.plugin import FreshDatabase
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module")
+async def pool(fresh_database: FreshDatabase) -> AsyncIterator[asyncpg.Pool]:
+    url = await fresh_database("coupons")
+    await migrate(url, MIGRATIONS)
+    async with asyncpg.create_pool(url, min_size=2, max_size=12) as pool:
+        yield pool
 
 
 def new_stock(mall_id: str, **overrides: object) -> NewStock:

@@ -6,6 +6,7 @@ once what is left of it (plus its discount) is under the card's minimum."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -13,6 +14,7 @@ import asyncpg
 import pytest
 from coupons.adapters import commitment_repository as repo
 from coupons.adapters.commitment_repository import CardRow
+from coupons.bootstrap import MIGRATIONS
 from coupons.domain.commitment import OfferTerms
 from coupons.service_layer import commitment
 from coupons.service_layer.commitment_purchases import (
@@ -22,7 +24,9 @@ from coupons.service_layer.commitment_purchases import (
     refund_payments,
 )
 from kit.db import Connection
+from kit.migrations import migrate
 from mall_testing.locks import while_open
+from mall_testing.plugin import FreshDatabase
 
 APPID = "wx0commitmentrefund"
 #: 3 purchases in 15 days at s1, 1.5 yuan off each order of 4 yuan or more.
@@ -31,6 +35,19 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=5)
 PAID_AT = T0 + timedelta(hours=1)
 
 T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+async def url(fresh_database: FreshDatabase) -> str:
+    url = await fresh_database("coupons")
+    await migrate(url, MIGRATIONS)
+    return url
+
+
+@pytest.fixture(scope="module")
+async def pool(url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(url, min_size=2, max_size=6) as pool:
+        yield pool
 
 
 @pytest.fixture

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
 from coupons.adapters import stocks as stocks_sql
+from coupons.bootstrap import MIGRATIONS
 from coupons.domain.claims import Claim, Outcome
 from coupons.domain.stocks import Kind, NewStock, Stock, Terms, validate
 from coupons.entrypoints.merge_consumer import IDENTITY_MERGED, on_identity_merged
@@ -19,12 +20,22 @@ from coupons.entrypoints.translate import new_stock, stock_message
 from coupons.service_layer.claims import Result, claim_batch
 from eventbus.consumer import Delivery
 from kit.errors import InvalidInput
+from kit.migrations import migrate
 from mall.coupons.v1 import coupons_pb2
 from mall.coupons.v1 import coupons_service_pb2 as api
 from mall.member.v1 import events_pb2 as member_events
+from mall_testing.plugin import FreshDatabase
 
 NOW = datetime.now(UTC)
 MONDAY, TUESDAY = date(2026, 11, 23), date(2026, 11, 24)
+
+
+@pytest.fixture(scope="module")
+async def pool(fresh_database: FreshDatabase) -> AsyncIterator[asyncpg.Pool]:
+    url = await fresh_database("coupons")
+    await migrate(url, MIGRATIONS)
+    async with asyncpg.create_pool(url, min_size=2, max_size=12) as pool:
+        yield pool
 
 
 def terms(

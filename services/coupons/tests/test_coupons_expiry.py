@@ -6,17 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from coupons.bootstrap import MIGRATIONS
 from coupons.entrypoints.expiry import expiry_commands
 from coupons.service_layer.expiry import EXPIRY_LOCK, ExpiryRun, run_expiry
+from kit.migrations import migrate
 from kit.proto import to_datetime
 from mall.coupons.v1 import events_pb2
+from mall_testing.plugin import FreshDatabase
 
 #: Coupons of these tests are valid until EXPIRES (whole seconds: timestamptz keeps µs anyway).
 EXPIRES = datetime(2026, 12, 31, 16, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+async def pool(fresh_database: FreshDatabase) -> AsyncIterator[asyncpg.Pool]:
+    url = await fresh_database("coupons")
+    await migrate(url, MIGRATIONS)
+    async with asyncpg.create_pool(url, min_size=2, max_size=8) as pool:
+        yield pool
 
 
 async def issue(

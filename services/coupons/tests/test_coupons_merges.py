@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import nats
 import pytest
 from coupons.adapters import stocks as stocks_sql
-from coupons.bootstrap import bootstrap
+from coupons.bootstrap import MIGRATIONS, bootstrap
 from coupons.config import Settings
 from coupons.domain.claims import Channel, Claim, Outcome
 from coupons.domain.stocks import Kind, NewStock, Stock, Terms
@@ -21,9 +22,24 @@ from coupons.service_layer.claims import Result, claim_batch
 from eventbus.consumer import Delivery
 from kit.cli import running
 from kit.db import Connection
+from kit.migrations import migrate
 from mall.member.v1 import events_pb2 as member_events
+from mall_testing.plugin import FreshDatabase
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module")
+async def url(fresh_database: FreshDatabase) -> str:
+    url = await fresh_database("coupons")
+    await migrate(url, MIGRATIONS)
+    return url
+
+
+@pytest.fixture(scope="module")
+async def pool(url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(url, min_size=2, max_size=8) as pool:
+        yield pool
 
 
 async def make_stock(pool: asyncpg.Pool, mall_id: str, max_per_member: int = 0) -> Stock:

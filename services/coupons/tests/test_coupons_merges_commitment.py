@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ from coupons.adapters import card_package_stocks as mirror_stocks
 from coupons.adapters import commitment_clawbacks as clawbacks
 from coupons.adapters import commitment_repository as repo
 from coupons.adapters.commitment_repository import CardRow, Offer
-from coupons.bootstrap import bootstrap
+from coupons.bootstrap import MIGRATIONS, bootstrap
 from coupons.config import Settings
 from coupons.domain.commitment import CardStatus, OfferTerms
 from coupons.entrypoints.merge_consumer import IDENTITY_MERGED, on_identity_merged
@@ -29,9 +29,11 @@ from coupons.service_layer import commitment, commitment_purchases
 from coupons.service_layer.commitment_purchases import Payment, Refund
 from eventbus.consumer import Delivery
 from kit.cli import running
+from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.member.v1 import events_pb2 as member_events
 from mall_testing.locks import while_open
+from mall_testing.plugin import FreshDatabase
 
 APPID = "wx0mergecommitment"
 #: 3 purchases in 15 days at s1, 1.5 yuan off each order of 4 yuan or more.
@@ -39,6 +41,19 @@ TERMS = OfferTerms("15天3次，每次立减1.5元", ("s1",), 3, 15, 400, 150)
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=5)
 
 T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+async def url(fresh_database: FreshDatabase) -> str:
+    url = await fresh_database("coupons")
+    await migrate(url, MIGRATIONS)
+    return url
+
+
+@pytest.fixture(scope="module")
+async def pool(url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(url, min_size=2, max_size=8) as pool:
+        yield pool
 
 
 def member() -> str:

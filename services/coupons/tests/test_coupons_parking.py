@@ -21,7 +21,7 @@ import grpc
 import nats
 import pytest
 from coupons.adapters import stocks as stocks_sql
-from coupons.bootstrap import bootstrap
+from coupons.bootstrap import MIGRATIONS, bootstrap
 from coupons.config import Settings
 from coupons.domain.claims import Channel, Claim
 from coupons.domain.stocks import Kind, NewStock, Stock, Terms
@@ -50,6 +50,13 @@ from parking.config import Settings as ParkingSettings
 NOW = datetime.now(UTC)
 SH = ZoneInfo("Asia/Shanghai")
 T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+async def url(fresh_database: FreshDatabase) -> str:
+    url = await fresh_database("coupons")
+    await migrate(url, MIGRATIONS)
+    return url
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import asyncpg
 import nats
 import pytest
 from coupons.adapters import stocks as stocks_sql
-from coupons.bootstrap import bootstrap
+from coupons.bootstrap import MIGRATIONS, bootstrap
 from coupons.config import Settings
 from coupons.domain.claims import Claim
 from coupons.domain.post_payment import Rule
@@ -24,11 +24,20 @@ from coupons.service_layer.offers import put_rule
 from coupons.service_layer.redemptions import redeem
 from eventbus.consumer import Delivery
 from kit.cli import running
+from kit.migrations import migrate
 from kit.proto import timestamp
 from mall.coupons.v1 import events_pb2 as coupon_events
 from mall.member.v1 import events_pb2 as member_events
+from mall_testing.plugin import FreshDatabase
 
 NOW = datetime.now(UTC)
+
+
+@pytest.fixture(scope="module")
+async def url(fresh_database: FreshDatabase) -> str:
+    url = await fresh_database("coupons")
+    await migrate(url, MIGRATIONS)
+    return url
 
 
 @pytest.fixture

@@ -415,7 +415,10 @@ async def test_stop_turns_health_off_first_and_drains_calls_in_flight() -> None:
                 return False
 
             await _eventually(refusing_new_calls, "the server to refuse new calls")
-            assert refusals == [grpc.StatusCode.UNAVAILABLE]
+            # UNAVAILABLE as a rule; CANCELLED when the call reached the transport just as the
+            # server began shutting it down (grpc's own race, about 1 run in 6 here).
+            assert len(refusals) == 1
+            assert refusals[0] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
             assert not in_flight.done()  # the call in flight is given its grace period
 
             release.set()

@@ -13,10 +13,11 @@ a tenant credential written to the DIRECTORY key-value bucket (as member writes 
   the gateway's coalescer sends). Claims/s over the whole grab, per-claim latency p50/p99 (a
   claim waits for its batch's answer), and the proof from the database: exactly ``--coupons``
   coupons, oversold = 0, no member holding two;
-* redemption: ``-k`` coupons claimed, then RedeemCoupon with the tenant credential at
-  ``--concurrency`` in flight, in ``--rounds`` rounds alternating with rounds of the empty
-  unary call (a second empty server kept up for this), so both see the same machine: RPC/s,
-  p50/p99, ratio to the empty unary call.
+* redemption: ``-k`` coupons claimed per way, then ``--rounds`` rounds alternating the empty
+  unary call (a second empty server kept up for this), RedeemCoupon with the tenant
+  credential at ``--concurrency`` in flight, and RedeemCoupons with ``--concurrency`` tills
+  each keeping its stream open and redeeming one coupon at a time, so all three see the same
+  machine: redemptions/s, p50/p99, ratio to the empty unary call.
 
 Results: printed as a table and written to bench/results/coupons-<time>.json.
 """
@@ -221,6 +222,34 @@ def _shifted(
     return lambda i: one(offset + i)
 
 
+class Tills:
+    """One RedeemCoupons stream per till, opened once (a till stays connected): each worker of
+    ``timed`` takes an idle till, redeems one coupon on it and gives it back."""
+
+    def __init__(
+        self, stub: pb_grpc.CouponsServiceAsyncStub, metadata: tuple[tuple[str, str], ...], n: int
+    ) -> None:
+        self._idle: asyncio.Queue[Any] = asyncio.Queue()
+        for _ in range(n):
+            # Written to as it goes: no request iterator (grpc's type stubs want one).
+            self._idle.put_nowait(stub.RedeemCoupons(metadata=metadata))  # type: ignore[call-arg]
+
+    async def redeem(self, request: pb.RedeemCouponRequest) -> pb.RedeemCouponsResponse:
+        till = self._idle.get_nowait()
+        try:
+            await till.write(request)
+            answer: pb.RedeemCouponsResponse = await till.read()
+        finally:
+            self._idle.put_nowait(till)
+        return answer
+
+    async def close(self) -> None:
+        while not self._idle.empty():
+            till = self._idle.get_nowait()
+            await till.done_writing()
+            await till.code()  # the server ends its side once ours is done
+
+
 async def redemption(
     stub: pb_grpc.CouponsServiceAsyncStub,
     db: str,
@@ -229,17 +258,20 @@ async def redemption(
     k: int,
     concurrency: int,
     rounds: int,
+    only: str | None = None,
 ) -> dict[str, Any]:
-    """RedeemCoupon and the empty unary call in alternating rounds, so that both see the same
-    machine (other work on a shared box moves the figures by 2x within a minute)."""
+    """RedeemCoupon, RedeemCoupons (a stream per till) and the empty unary call in alternating
+    rounds, so that all see the same machine (other work on a shared box moves the figures by
+    2x within a minute)."""
     warmup = 200
-    stock_id = await create_stock(stub, k + warmup, per_member=0)
+    per_way = k + warmup
+    stock_id = await create_stock(stub, 2 * per_way, per_member=0)
     coupon_ids: list[str] = []
     claims = [
         pb.ClaimCouponRequest(
             mall_id=MALL, stock_id=stock_id, member_id=str(uuid.uuid4()), request_id="r"
         )
-        for _ in range(k + warmup)
+        for _ in range(2 * per_way)
     ]
     for i in range(0, len(claims), 500):
         answer = await stub.ClaimCoupons(pb.ClaimCouponsRequest(claims=claims[i : i + 500]))
@@ -254,45 +286,53 @@ async def redemption(
     finally:
         await conn.close()
 
-    async def redeem(i: int) -> None:
-        reply = await stub.RedeemCoupon(
-            pb.RedeemCouponRequest(
-                mall_id=MALL,
-                coupon_id=coupon_ids[i],
-                store_id=STORE,
-                use_request_id=f"pos-{i}",
-                order_amount_fen=12_800,
-            ),
-            metadata=metadata,
-            timeout=10,
+    def use(i: int) -> pb.RedeemCouponRequest:
+        return pb.RedeemCouponRequest(
+            mall_id=MALL,
+            coupon_id=coupon_ids[i],
+            store_id=STORE,
+            use_request_id=f"pos-{i}",
+            order_amount_fen=12_800,
         )
+
+    async def redeem(i: int) -> None:
+        reply = await stub.RedeemCoupon(use(i), metadata=metadata, timeout=10)
         if reply.discount_fen != 5000:
             raise RuntimeError(f"coupon {coupon_ids[i]} took off {reply.discount_fen}")
+
+    tills = Tills(stub, metadata, concurrency)
+
+    async def redeem_streamed(i: int) -> None:
+        answer = await tills.redeem(use(per_way + i))
+        if answer.redeemed.discount_fen != 5000:
+            raise RuntimeError(f"coupon {coupon_ids[per_way + i]} answered {answer}")
 
     check = health_pb2.HealthCheckRequest()
 
     async def nothing(_: int) -> None:
         await empty.Check(check)
 
+    ways = {"empty": nothing, "redeem": redeem, "redeem_stream": redeem_streamed}
+    if only is not None:  # profiling one way (the report then has no ratio)
+        ways = {only: ways[only]}
     # Warm-up: the first call pays the credential's scrypt check; later ones hit the cache.
-    await timed(warmup, concurrency, lambda i: redeem(k + i))
-    await timed(warmup, concurrency, nothing)
+    for one in ways.values():
+        await timed(warmup, concurrency, _shifted(one, k))
     per_round = k // rounds
-    spent = {"redeem": 0.0, "empty": 0.0}
-    latencies: dict[str, list[float]] = {"redeem": [], "empty": []}
+    spent = dict.fromkeys(ways, 0.0)
+    latencies: dict[str, list[float]] = {name: [] for name in ways}
     for r in range(rounds):
-        offset = r * per_round
-        for name, one in (("empty", nothing), ("redeem", redeem)):
-            rate, lat = await timed(per_round, concurrency, _shifted(one, offset))
+        for name, one in ways.items():
+            rate, lat = await timed(per_round, concurrency, _shifted(one, r * per_round))
             spent[name] += per_round / rate
             latencies[name].extend(lat)
+    await tills.close()
     calls = per_round * rounds
     return {
         "redemptions": calls,
         "concurrency": concurrency,
         "rounds": rounds,
-        "empty_unary": latency_summary(calls / spent["empty"], latencies["empty"]),
-        "redeem": latency_summary(calls / spent["redeem"], latencies["redeem"]),
+        **{name: latency_summary(calls / spent[name], latencies[name]) for name in ways},
     }
 
 
@@ -334,14 +374,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             ):
                 stub = pb_grpc.CouponsServiceStub(channel)
                 await directory_ready(stub, metadata)
-                grab = await flash_grab(
-                    stub,
-                    db,
-                    args.shoppers,
-                    args.coupons,
-                    args.repeat,
-                    args.batch,
-                    args.batches_in_flight,
+                grab = (
+                    None
+                    if args.only_redemption
+                    else await flash_grab(
+                        stub,
+                        db,
+                        args.shoppers,
+                        args.coupons,
+                        args.repeat,
+                        args.batch,
+                        args.batches_in_flight,
+                    )
                 )
                 redeem = await redemption(
                     stub,
@@ -351,6 +395,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     args.k,
                     args.concurrency,
                     args.rounds,
+                    args.only_redemption,
                 )
         finally:
             server.proc.send_signal(signal.SIGTERM)
@@ -371,7 +416,9 @@ def report(result: dict[str, Any]) -> str:
     empty = result["baselines"]["grpc_empty_unary_latency"]
     g, r = result["flash_grab"], result["redemption"]
     c = r["concurrency"]
-    e, rd = r["empty_unary"], r["redeem"]
+    if g is None:
+        return json.dumps(r, indent=2)
+    e, rd, rs = r["empty"], r["redeem"], r["redeem_stream"]
     sold_out = f"{g['sold_out_p99_ms']:.1f} ms" if g["sold_out_p99_ms"] is not None else "—"
     return "\n".join(
         [
@@ -393,6 +440,9 @@ def report(result: dict[str, Any]) -> str:
             f"| RedeemCoupon (核销), tenant credential, {c} in flight | {rd['per_s']:,.0f}/s | "
             f"{rd['per_s'] / e['per_s']:.2f} of empty unary | "
             f"{rd['p50_ms']:.1f} / {rd['p99_ms']:.1f} ms |",
+            f"| RedeemCoupons (核销 on a till's stream), {c} tills, one at a time each | "
+            f"{rs['per_s']:,.0f}/s | {rs['per_s'] / e['per_s']:.2f} of empty unary | "
+            f"{rs['p50_ms']:.1f} / {rs['p99_ms']:.1f} ms |",
             "",
             "load average (1, 5, 15 min) at the end: "
             + ", ".join(f"{x:.1f}" for x in result["load_average_at_end"]),
@@ -411,6 +461,11 @@ if __name__ == "__main__":
     parser.add_argument("-c", "--concurrency", type=int, default=32, help="RPCs in flight")
     parser.add_argument("--baseline-n", type=int, default=5_000, help="empty unary calls")
     parser.add_argument("--rounds", type=int, default=5, help="alternating redeem/empty rounds")
+    parser.add_argument(
+        "--only-redemption",
+        choices=["empty", "redeem", "redeem_stream"],
+        help="no grab, and only this way of redeeming (to profile it)",
+    )
     args = parser.parse_args()
     outcome = uvloop.run(main(args))
     RESULTS.mkdir(parents=True, exist_ok=True)

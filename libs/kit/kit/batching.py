@@ -1,10 +1,11 @@
 """Answer concurrent single requests in batches: group commit inside one process.
 
-Callers ``await batcher.submit(item)`` one by one; the batcher hands whatever is waiting when
-a worker is free to ``handle`` as one list (at most ``max_batch``), and gives each caller its
-own answer. An idle batcher runs a batch of one at once, so batching adds no wait; under load,
-batches grow by themselves. Examples: the gateway coalescing concurrent HTTP claims into one
-ClaimCoupons call; coupons answering concurrent RedeemCoupon calls with one statement.
+Callers ``await batcher.submit(item)`` one by one (or hold ``enqueue(item)``'s future); the
+batcher hands whatever is waiting when a worker is free to ``handle`` as one list (at most
+``max_batch``), and gives each caller its own answer. An idle batcher runs a batch of one at
+once, so batching adds no wait; under load, batches grow by themselves. Examples: the gateway
+coalescing concurrent HTTP claims into one ClaimCoupons call; coupons answering concurrent
+redemptions (RedeemCoupon calls and RedeemCoupons streams) with one statement.
 
 ``handle`` returns one answer per item, in order: a value, or an exception for that caller
 alone. If ``handle`` raises, every caller of that batch gets the exception. With ``session``
@@ -58,10 +59,15 @@ class Batcher(Generic[T, R]):
         self.items = 0
 
     async def submit(self, item: T) -> R:
+        return await self.enqueue(item)
+
+    def enqueue(self, item: T) -> asyncio.Future[R]:
+        """Queue ``item`` and return the future of its answer, for a caller that has many in
+        flight and would rather not spend a task on each (a stream answering as they come)."""
         waiting: _Waiting[T, R] = _Waiting(item)
         self._queue.append(waiting)
         self._kick()
-        return await waiting.answer
+        return waiting.answer
 
     def _kick(self) -> None:
         """Start a worker if work waits and fewer than ``workers`` run."""

@@ -24,6 +24,12 @@ _CODES: dict[ErrorKind, tuple[grpc.StatusCode, int]] = {
 _KINDS = {grpc_code: kind for kind, (grpc_code, _) in _CODES.items()}
 
 
+def rpc_code(error: AppError) -> int:
+    """The google.rpc.Code number of the status ``error`` maps to (for an answer that reports a
+    refusal inside a message, e.g. one item of a stream, instead of ending the call)."""
+    return _CODES[error.kind][1]
+
+
 def to_status(error: AppError) -> grpc.Status:
     """A rich status: ErrorInfo.reason carries the stable error code."""
     _, rpc_code = _CODES[error.kind]

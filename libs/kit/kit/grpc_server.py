@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -70,7 +71,8 @@ def require_ops(method: str, detail: str | None = None) -> None:
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Correlation context, auth hook, deadline, error mapping and one log line per call."""
+    """Correlation context, auth hook, deadline, error mapping and one log line per call, for
+    unary calls and bidirectional streams (a stream is one call: checked once when it opens)."""
 
     def __init__(
         self,
@@ -91,7 +93,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None or (handler.unary_unary is None and handler.stream_stream is None):
             return handler
         method: str = handler_call_details.method
         if method.startswith(("/grpc.health.", "/grpc.reflection.")):
@@ -104,57 +106,89 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return wrapped
 
     def _wrap(self, method: str, handler: Any) -> Any:
-        inner = handler.unary_unary
-        deadline = self._default_deadline_s
-        authenticate = self._authenticate
-        ops = self._ops
-        latency = GRPC_LATENCY.labels(method)
+        serve = functools.partial(self._serve, method, GRPC_LATENCY.labels(method))
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
 
-        async def behavior(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            _ops.set(ops)  # each call runs in its own task: this stays within the call
-            metadata = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
-            fields = context.from_headers(metadata)
-            started = time.perf_counter()
-            outcome = "OK"
-            scope: asyncio.Timeout | None = None
-            with context.bound(**fields, rpc=method):
-                try:
-                    if authenticate is not None:
-                        principal = await authenticate(method, metadata)
-                        structlog.contextvars.bind_contextvars(**principal)
-                    remaining = ctx.time_remaining()
-                    budget = min(remaining, deadline) if remaining else deadline
-                    async with asyncio.timeout(budget) as scope:
-                        return await inner(request, ctx)
-                except AppError as exc:
-                    outcome = exc.code
-                    status = to_status(exc)
-                    await ctx.abort(status.code, status.details, status.trailing_metadata)
-                except TimeoutError:
-                    if scope is None or not scope.expired():  # inside the handler: pool, upstream
-                        outcome = "unavailable"
-                        log.warning("rpc_timed_out_inside")
-                        await ctx.abort(grpc.StatusCode.UNAVAILABLE, "timed out; retry")
-                    outcome = "deadline_exceeded"
-                    await ctx.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-                except grpc.aio.AbortError:
-                    outcome = "aborted"
-                    raise
-                except Exception:
-                    outcome = "internal"
-                    log.exception("rpc_failed")
-                    await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
-                finally:
-                    elapsed = time.perf_counter() - started
-                    _requests(method, outcome).inc()
-                    latency.observe(elapsed)
-                    log.info("rpc", outcome=outcome, duration_ms=round(elapsed * 1000, 2))
+            async def unary(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                return await serve(ctx, lambda: inner(request, ctx), self._default_deadline_s)
 
-        return grpc.unary_unary_rpc_method_handler(
-            behavior,
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        streamed = handler.stream_stream
+        if inspect.isasyncgenfunction(streamed):
+            produce = streamed
+
+            async def streamed(requests: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> None:
+                async for response in produce(requests, ctx):
+                    await ctx.write(response)
+
+        async def stream(requests: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> None:
+            # A stream lives as long as its caller keeps it (a till's session): no default
+            # deadline; the caller's own deadline, if any, still ends it.
+            await serve(ctx, lambda: streamed(requests, ctx), None)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    async def _serve(
+        self,
+        method: str,
+        latency: Any,
+        ctx: grpc.aio.ServicerContext[Any, Any],
+        run: Callable[[], Awaitable[Any]],
+        deadline: float | None,
+    ) -> Any:
+        """One call: its context, the auth hook, its deadline, errors as statuses, a log line."""
+        _ops.set(self._ops)  # each call runs in its own task: this stays within the call
+        metadata = {k: v for k, v in ctx.invocation_metadata() or () if isinstance(v, str)}
+        fields = context.from_headers(metadata)
+        started = time.perf_counter()
+        outcome = "OK"
+        scope: asyncio.Timeout | None = None
+        with context.bound(**fields, rpc=method):
+            try:
+                if self._authenticate is not None:
+                    principal = await self._authenticate(method, metadata)
+                    structlog.contextvars.bind_contextvars(**principal)
+                if deadline is None:
+                    return await run()
+                remaining = ctx.time_remaining()
+                budget = min(remaining, deadline) if remaining else deadline
+                async with asyncio.timeout(budget) as scope:
+                    return await run()
+            except AppError as exc:
+                outcome = exc.code
+                status = to_status(exc)
+                await ctx.abort(status.code, status.details, status.trailing_metadata)
+            except TimeoutError:
+                if scope is None or not scope.expired():  # inside the handler: pool, upstream
+                    outcome = "unavailable"
+                    log.warning("rpc_timed_out_inside")
+                    await ctx.abort(grpc.StatusCode.UNAVAILABLE, "timed out; retry")
+                outcome = "deadline_exceeded"
+                await ctx.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            except grpc.aio.AbortError:
+                outcome = "aborted"
+                raise
+            except asyncio.CancelledError:
+                outcome = "cancelled"  # the caller went away (or the server is stopping)
+                raise
+            except Exception:
+                outcome = "internal"
+                log.exception("rpc_failed")
+                await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                elapsed = time.perf_counter() - started
+                _requests(method, outcome).inc()
+                latency.observe(elapsed)
+                log.info("rpc", outcome=outcome, duration_ms=round(elapsed * 1000, 2))
 
 
 async def _safely(check: HealthCheck) -> bool:

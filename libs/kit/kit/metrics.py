@@ -21,6 +21,11 @@ GRPC_LATENCY = Histogram(
     ["method"],
     buckets=_LATENCY,
 )
+GRPC_STREAM_MESSAGES = Counter(
+    "mall_grpc_stream_messages_total",
+    "Requests answered inside a gRPC stream (each a unit of work), by method and outcome code",
+    ["method", "code"],
+)
 HTTP_REQUESTS = Counter(
     "mall_http_requests_total",
     "HTTP requests handled, by route and status",

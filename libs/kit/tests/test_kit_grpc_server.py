@@ -31,6 +31,7 @@ from kit.errors import (
 from kit.grpc_errors import from_rpc_error
 from kit.grpc_server import GrpcServer, Metadata
 from kit.liveness import ProbeServer
+from mall.coupons.v1 import coupons_service_pb2, coupons_service_pb2_grpc
 from mall.points.v1 import points_pb2, points_service_pb2, points_service_pb2_grpc
 from mall_testing.embedded import free_port
 from prometheus_client import REGISTRY
@@ -485,3 +486,70 @@ async def test_metrics_are_served_in_the_prometheus_text_format() -> None:
         "mall_outbox_backlog",
     ):
         assert f"# TYPE {name.removesuffix('_total')}" in text
+
+
+class _Tills(coupons_service_pb2_grpc.CouponsServiceServicer):
+    """RedeemCoupons answers each request with its use_request_id; "stop" ends the stream with
+    an AppError after the answers before it, as a revoked credential does."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    async def RedeemCoupons(
+        self, requests: AsyncIterator[coupons_service_pb2.RedeemCouponRequest], ctx: Any
+    ) -> AsyncIterator[coupons_service_pb2.RedeemCouponsResponse]:
+        async for request in requests:
+            self.seen.append(structlog.contextvars.get_contextvars())
+            if request.use_request_id == "stop":
+                raise Unauthenticated("invalid_credential", "revoked")
+            yield coupons_service_pb2.RedeemCouponsResponse(use_request_id=request.use_request_id)
+
+
+async def test_a_stream_is_one_call_checked_once_and_its_error_carries_the_reason() -> None:
+    method = "/mall.coupons.v1.CouponsService/RedeemCoupons"
+    checked: list[Metadata] = []
+
+    async def authenticate(rpc: str, metadata: Metadata) -> dict[str, str]:
+        checked.append(metadata)
+        return {"tenant_id": "coffee"}
+
+    def count(code: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "mall_grpc_requests_total", {"method": method, "code": code}
+        )
+        return value or 0.0
+
+    tills = _Tills()
+    server = GrpcServer(
+        service="coupons",
+        registrations=[(coupons_service_pb2_grpc.add_CouponsServiceServicer_to_server, tills)],
+        service_names=["mall.coupons.v1.CouponsService"],
+        port=0,
+        authenticate=authenticate,
+    )
+    before = count("invalid_credential")
+    async with _serving(server) as channel:
+        stub = coupons_service_pb2_grpc.CouponsServiceStub(channel)
+        uses = ["u1", "u2", "stop", "never-read"]
+        call = stub.RedeemCoupons(
+            iter(coupons_service_pb2.RedeemCouponRequest(use_request_id=u) for u in uses),
+            metadata=(("x-mall-credential", "c.s"), ("x-correlation-id", "till-7")),
+        )
+        answered: list[str] = []
+
+        async def read_all() -> None:
+            async for answer in call:
+                answered.append(answer.use_request_id)
+
+        ended = await _rpc_error(read_all())
+
+    assert answered == ["u1", "u2"]
+    error = from_rpc_error(ended)
+    assert ended.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert error is not None
+    assert error.code == "invalid_credential"
+    assert len(checked) == 1  # once for the stream, not per message
+    assert checked[0]["x-mall-credential"] == "c.s"
+    assert all(seen["tenant_id"] == "coffee" for seen in tills.seen)
+    assert all(seen["correlation_id"] == "till-7" for seen in tills.seen)
+    assert count("invalid_credential") == before + 1

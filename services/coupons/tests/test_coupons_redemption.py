@@ -608,3 +608,212 @@ async def test_wallet_summary_counts_coupons_still_to_use(api: Api) -> None:
     assert to_datetime(far.valid_until) > to_datetime(soon.valid_until)  # soon is the next
     assert nobody.available == 0
     assert not nobody.HasField("next_expiry")
+
+
+# -- RedeemCoupons: a till's stream ------------------------------------------------------------
+
+
+def outcome(answer: pb.RedeemCouponsResponse) -> tuple[str, int, str]:
+    """(use_request_id, code, reason) of one streamed answer; code 0 when redeemed."""
+    if answer.WhichOneof("outcome") == "redeemed":
+        return answer.use_request_id, 0, ""
+    return answer.use_request_id, answer.refused.code, answer.refused.reason
+
+
+async def streamed(
+    api: Api, requests: list[pb.RedeemCouponRequest], who: Metadata
+) -> list[pb.RedeemCouponsResponse]:
+    """Every request on one stream, written without waiting; the answers as they came."""
+    call = api.stub.RedeemCoupons(iter(requests), metadata=who)
+    return [answer async for answer in call]
+
+
+def open_till(api: Api, who: Metadata) -> Any:
+    """A stream the test writes to as it goes (grpc.aio takes no request iterator for that;
+    its type stubs want one)."""
+    return api.stub.RedeemCoupons(metadata=who)  # type: ignore[call-arg]
+
+
+async def answer_of(call: Any) -> pb.RedeemCouponsResponse:
+    answer = await call.read()
+    assert isinstance(answer, pb.RedeemCouponsResponse), answer
+    return answer
+
+
+async def test_a_till_stream_answers_each_redemption_in_order_as_the_unary_call_would(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    s = await create(api, api.a, store_ids=["a1"])
+    good, below, expired = [await claimed(api, s) for _ in range(3)]
+    await db.execute(
+        "UPDATE coupons SET valid_until = now() - interval '1 second' WHERE coupon_id = $1",
+        expired.coupon_id,
+    )
+    first = redeem(api, good, "a1", 12_000, use="till-1")
+    requests = [
+        first,
+        first,  # the till retried: the same answer
+        redeem(api, good, "a1", 12_000, use="till-2"),
+        redeem(api, below, "a1", 9_999, use="till-3"),
+        redeem(api, below, "b1", 20_000, use="till-4"),
+        redeem(api, expired, "a1", 20_000, use="till-5"),
+        pb.RedeemCouponRequest(
+            mall_id=api.mall_id, coupon_id="404", store_id="a1", use_request_id="till-6"
+        ),
+        redeem(api, below, "a1", -1, use="till-7"),
+    ]
+
+    answers = await streamed(api, requests, api.a)
+
+    assert [outcome(a) for a in answers] == [
+        ("till-1", 0, ""),
+        ("till-1", 0, ""),
+        ("till-2", FAILED.value[0], "coupon_used"),
+        ("till-3", FAILED.value[0], "below_threshold"),
+        ("till-4", DENIED.value[0], "store_not_yours"),
+        ("till-5", FAILED.value[0], "coupon_expired"),
+        ("till-6", grpc.StatusCode.NOT_FOUND.value[0], "coupon_not_found"),
+        ("till-7", grpc.StatusCode.INVALID_ARGUMENT.value[0], "invalid_order_amount"),
+    ]
+    assert answers[0].redeemed == answers[1].redeemed
+    assert answers[0].redeemed.discount_fen == 2000
+    assert answers[0].redeemed.coupon.status == cpb.COUPON_STATUS_USED
+    assert answers[3].refused.message  # for people: what the threshold is
+    # The unary call sees what the stream did: the retry answers the same, the rest unchanged.
+    unary = await api.stub.RedeemCoupon(first, metadata=api.a)
+    assert unary == answers[0].redeemed
+    rows = await db.fetch(
+        "SELECT coupon_id, status, use_request_id FROM coupons WHERE coupon_id = ANY($1)",
+        [good.coupon_id, below.coupon_id, expired.coupon_id],
+    )
+    assert {r["coupon_id"]: (r["status"], r["use_request_id"]) for r in rows} == {
+        good.coupon_id: ("used", "till-1"),
+        below.coupon_id: ("available", None),
+        expired.coupon_id: ("available", None),
+    }
+    redeemed = await db.fetchval(
+        """SELECT count(*) FROM outbox WHERE subject = 'coupons.coupon.redeemed'
+             AND mall_id = $1 AND payload LIKE '%' || $2::bytea || '%'""",
+        api.mall_id,
+        good.coupon_id.encode(),
+    )
+    assert redeemed == 1
+
+
+async def test_tenant_b_stream_cannot_redeem_tenant_as_coupon_and_nothing_changes(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    s = await create(api, api.a)
+    coupon = await claimed(api, s)
+    before = await outbox(db, "coupons.coupon.redeemed", api.mall_id)
+
+    answers = await streamed(
+        api,
+        [redeem(api, coupon, "b1", 50_000, use="b-1"), redeem(api, coupon, "a1", 50_000, "b-2")],
+        api.b,
+    )
+
+    assert [outcome(a) for a in answers] == [
+        ("b-1", DENIED.value[0], "coupon_not_usable_here"),
+        ("b-2", DENIED.value[0], "store_not_yours"),
+    ]
+    status = await db.fetchval(
+        "SELECT status FROM coupons WHERE mall_id = $1 AND coupon_id = $2",
+        api.mall_id,
+        coupon.coupon_id,
+    )
+    assert status == "available"
+    assert await outbox(db, "coupons.coupon.redeemed", api.mall_id) == before
+
+
+async def test_a_stream_without_a_tenant_credential_is_refused_before_anything_is_read(
+    api: Api,
+) -> None:
+    s = await create(api, api.a)
+    coupon = await claimed(api, s)
+    call = api.stub.RedeemCoupons(iter([redeem(api, coupon, "a1", 20_000)]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call:
+            pass
+    error = from_rpc_error(caught.value)
+    assert (caught.value.code(), error.code if error else "") == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "invalid_credential",
+    )
+    claimed_again = await api.stub.RedeemCoupon(redeem(api, coupon, "a1", 20_000), metadata=api.a)
+    assert claimed_again.discount_fen == 2000  # the refused stream used nothing
+
+
+async def test_revoking_the_credential_ends_its_open_stream(
+    api: Api, nats_url: str, db: asyncpg.Connection
+) -> None:
+    s = await create(api, api.a)
+    coupons = [await claimed(api, s) for _ in range(3)]
+    credential_id, secret = f"cred-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex
+    credential = directory_pb2.Credential(
+        mall_id=api.mall_id,
+        credential_id=credential_id,
+        tenant_id="coffee",
+        secret_hash=hash_secret(secret),
+    )
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await open_bucket(nc.jetstream(), DIRECTORY_BUCKET)
+        key = f"credential.{api.mall_id}.{credential_id}"
+        await kv.put(key, credential.SerializeToString())
+        till = (("x-mall-credential", f"{credential_id}.{secret}"),)
+        call = open_till(api, till)
+        for _ in range(200):  # until the mirror has the new credential
+            await call.write(redeem(api, coupons[0], "a1", 20_000, use="rv-0"))
+            try:
+                first = await answer_of(call)
+                break
+            except grpc.aio.AioRpcError:
+                call = open_till(api, till)
+                await asyncio.sleep(0.05)
+        assert outcome(first) == ("rv-0", 0, "")
+
+        credential.revoked_at.CopyFrom(timestamp(datetime.now(UTC)))
+        await kv.put(key, credential.SerializeToString())
+
+        async def until_refused() -> None:
+            for i in range(400):  # until the mirror sees the revocation
+                await call.write(redeem(api, coupons[1], "a1", 20_000, use=f"rv-{i + 1}"))
+                answer = await answer_of(call)
+                assert outcome(answer)[1:] in ((0, ""), (FAILED.value[0], "coupon_used"))
+                await asyncio.sleep(0.02)
+
+        code, reason = await refused(until_refused())
+    finally:
+        await nc.close()
+    assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "invalid_credential")
+    status = await db.fetchval(
+        "SELECT status FROM coupons WHERE coupon_id = $1", coupons[2].coupon_id
+    )
+    assert status == "available"
+
+
+async def test_a_stream_with_many_in_flight_and_racing_streams_redeem_each_coupon_once(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    s = await create(api, api.a, max_coupons=200)
+    coupons = [await claimed(api, s) for _ in range(150)]
+    many = [redeem(api, c, "a1", 10_000 + i, use=f"bulk-{i}") for i, c in enumerate(coupons)]
+    contested = await claimed(api, s)
+    racers = [[redeem(api, contested, "a1", 20_000, use=f"lane-{n}")] for n in range(12)]
+
+    bulk, *raced = await asyncio.gather(
+        streamed(api, many, api.a), *(streamed(api, r, api.a) for r in racers)
+    )
+
+    # More than the server keeps in flight per stream (STREAM_IN_FLIGHT): all answered, in order.
+    assert [outcome(a) for a in bulk] == [(f"bulk-{i}", 0, "") for i in range(150)]
+    assert {a.redeemed.coupon.coupon_id for a in bulk} == {c.coupon_id for c in coupons}
+    results = [outcome(answers[0]) for answers in raced]
+    winners = [r for r in results if r[1] == 0]
+    assert len(winners) == 1
+    assert sorted(r[2] for r in results if r[1] != 0) == ["coupon_used"] * 11
+    used_by = await db.fetchval(
+        "SELECT use_request_id FROM coupons WHERE coupon_id = $1", contested.coupon_id
+    )
+    assert used_by == winners[0][0]

@@ -1,6 +1,6 @@
 """Who is calling coupons' gRPC APIs: the server's ``authenticate`` hook.
 
-RedeemCoupon, CreateCommitmentOffer and ApplyCommitmentDiscount are for tenant POS only:
+RedeemCoupon(s), CreateCommitmentOffer and ApplyCommitmentDiscount are for tenant POS only:
 ``x-mall-credential: <credential_id>.<secret>`` of a valid tenant credential, checked against
 the process's copy of the directory (``kit.directory``, mirrored from member's bucket; calls
 are refused as UNAVAILABLE until it is loaded). CreateStock, PutPostPaymentRule,
@@ -33,6 +33,7 @@ _COMMITMENTS = "/mall.coupons.v1.CommitmentService/"
 TENANT_ONLY = frozenset(
     {
         _COUPONS + "RedeemCoupon",
+        _COUPONS + "RedeemCoupons",
         _COMMITMENTS + "CreateCommitmentOffer",
         _COMMITMENTS + "ApplyCommitmentDiscount",
     }

@@ -3,8 +3,10 @@ figures. Translation only: the rules live in the domain, the use cases in servic
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +14,9 @@ import asyncpg
 from kit.batching import Batcher
 from kit.db import Connection
 from kit.directory import Directory
-from kit.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound
+from kit.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
+from kit.grpc_errors import rpc_code
+from kit.metrics import GRPC_STREAM_MESSAGES
 from kit.proto import timestamp
 from mall.common.v1 import common_pb2
 from mall.coupons.v1 import coupons_service_pb2 as pb
@@ -23,14 +27,22 @@ from coupons.adapters import rules as rules_sql
 from coupons.adapters import stocks as stocks_sql
 from coupons.adapters.events import CHANNELS
 from coupons.domain.claims import MAX_BATCH, Channel, Claim, Outcome
+from coupons.domain.coupons import Coupon
 from coupons.domain.redemption import Use
 from coupons.entrypoints import translate
-from coupons.entrypoints.auth import current_caller, tenant_caller
+from coupons.entrypoints.auth import Caller, current_caller, tenant_caller
 from coupons.service_layer import offers, redemptions
 from coupons.service_layer.claims import Result, claim_batch
 from coupons.service_layer.sold_out import SoldOutMemory
 
 MAX_PAGE = 100
+#: Redemptions a RedeemCoupons stream may have unanswered; the stream reads no further until
+#: one is answered (a till sends one at a time; this bounds a misbehaving one).
+STREAM_IN_FLIGHT = 64
+Pending = asyncio.Future[tuple[Coupon, int]] | AppError
+_streamed = functools.cache(
+    functools.partial(GRPC_STREAM_MESSAGES.labels, "/mall.coupons.v1.CouponsService/RedeemCoupons")
+)
 
 
 def _page_size(page: common_pb2.PageRequest) -> int:
@@ -245,13 +257,70 @@ class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
     async def RedeemCoupon(
         self, request: pb.RedeemCouponRequest, context: Any
     ) -> pb.RedeemCouponResponse:
+        coupon, off = await self._redeemer.redeem(self._use(tenant_caller(), request))
+        return pb.RedeemCouponResponse(
+            coupon=translate.coupon_message(coupon, datetime.now(UTC)), discount_fen=off
+        )
+
+    async def RedeemCoupons(
+        self, requests: AsyncIterator[pb.RedeemCouponRequest], context: Any
+    ) -> AsyncIterator[pb.RedeemCouponsResponse]:
+        """A till's stream: each redemption joins the same batches as RedeemCoupon's (the
+        credential was checked when the stream opened; its revocation ends the stream), and the
+        answers go back in request order, at most STREAM_IN_FLIGHT unanswered at a time."""
         caller = tenant_caller()
+        pending: asyncio.Queue[tuple[str, Pending] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
+
+        async def read() -> None:
+            async for request in requests:
+                await slots.acquire()
+                self._still_valid(caller)
+                outcome: Pending
+                try:
+                    outcome = self._redeemer.enqueue(self._use(caller, request))
+                except AppError as refusal:
+                    outcome = refusal
+                pending.put_nowait((request.use_request_id, outcome))
+
+        reader = asyncio.create_task(read())
+        reader.add_done_callback(lambda _: pending.put_nowait(None))
+        try:
+            while (item := await pending.get()) is not None:
+                use_request_id, outcome = item
+                answer = pb.RedeemCouponsResponse(use_request_id=use_request_id)
+                try:
+                    if isinstance(outcome, AppError):
+                        raise outcome
+                    coupon, off = await outcome
+                    answer.redeemed.coupon.CopyFrom(
+                        translate.coupon_message(coupon, datetime.now(UTC))
+                    )
+                    answer.redeemed.discount_fen = off
+                    _streamed("OK").inc()
+                except AppError as refusal:
+                    answer.refused.code = rpc_code(refusal)
+                    answer.refused.reason = refusal.code
+                    answer.refused.message = refusal.message
+                    _streamed(refusal.code).inc()
+                yield answer
+                slots.release()
+            await reader  # the caller's end of the stream, or why reading stopped
+        finally:
+            reader.cancel()
+
+    def _still_valid(self, caller: Caller) -> None:
+        entry = self._directory.credential(caller.credential_id)
+        if entry is None or entry.revoked:
+            raise Unauthenticated("invalid_credential", "the credential was revoked")
+
+    def _use(self, caller: Caller, request: pb.RedeemCouponRequest) -> Use:
         if request.mall_id != caller.mall_id:
             raise Forbidden("mall_not_yours", f"the credential is not for mall {request.mall_id}")
         store_tenant = self._directory.store_tenant(request.mall_id, request.store_id)
         if store_tenant != caller.tenant_id:
             raise Forbidden("store_not_yours", f"store {request.store_id} is not a store of yours")
-        use = Use(
+        return Use(
             mall_id=request.mall_id,
             coupon_id=request.coupon_id,
             store_id=request.store_id,
@@ -259,10 +328,6 @@ class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
             use_request_id=request.use_request_id,
             order_amount_fen=request.order_amount_fen,
             transaction_id=request.transaction_id,
-        )
-        coupon, off = await self._redeemer.redeem(use)
-        return pb.RedeemCouponResponse(
-            coupon=translate.coupon_message(coupon, datetime.now(UTC)), discount_fen=off
         )
 
     # -- rules, codes, figures ----------------------------------------------------------------

@@ -10,6 +10,7 @@ idle service runs a batch of one at once: batching adds no wait.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -160,6 +161,10 @@ class Redeemer:
 
     async def redeem(self, use: Use) -> tuple[Coupon, int]:
         return await self._batcher.submit((use, context.current()))
+
+    def enqueue(self, use: Use) -> asyncio.Future[tuple[Coupon, int]]:
+        """The future answer of ``use`` (a stream keeps many in flight without a task each)."""
+        return self._batcher.enqueue((use, context.current()))
 
     @staticmethod
     async def _handle(

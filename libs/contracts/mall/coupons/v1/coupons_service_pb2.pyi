@@ -656,6 +656,72 @@ class RedeemCouponResponse(_message.Message):
 Global___RedeemCouponResponse: _TypeAlias = RedeemCouponResponse  # noqa: Y015
 
 @_typing.final
+class RedeemCouponsResponse(_message.Message):
+    """RedeemCouponsResponse answers one redemption of a RedeemCoupons stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USE_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REDEEMED_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    use_request_id: _builtins.str
+    """use_request_id of the request answered."""
+    @_builtins.property
+    def redeemed(self) -> Global___RedeemCouponResponse:
+        """Redeemed, as RedeemCoupon would answer (a retry: the first answer)."""
+
+    @_builtins.property
+    def refused(self) -> Global___RedemptionRefusal:
+        """Refused, and nothing changed."""
+
+    def __init__(
+        self,
+        *,
+        use_request_id: _builtins.str = ...,
+        redeemed: Global___RedeemCouponResponse | None = ...,
+        refused: Global___RedemptionRefusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "redeemed", b"redeemed", "refused", b"refused"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "redeemed", b"redeemed", "refused", b"refused", "use_request_id", b"use_request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["redeemed", "refused"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___RedeemCouponsResponse: _TypeAlias = RedeemCouponsResponse  # noqa: Y015
+
+@_typing.final
+class RedemptionRefusal(_message.Message):
+    """RedemptionRefusal is what RedeemCoupon's error status would say."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code (google.rpc.Code number), e.g. 9 for FAILED_PRECONDITION."""
+    reason: _builtins.str
+    """Stable reason code, the ErrorInfo reason (e.g. coupon_expired, store_not_yours)."""
+    message: _builtins.str
+    """What happened, for people."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedemptionRefusal: _TypeAlias = RedemptionRefusal  # noqa: Y015
+
+@_typing.final
 class PutPostPaymentRuleRequest(_message.Message):
     """PutPostPaymentRuleRequest carries the rule to store."""
 

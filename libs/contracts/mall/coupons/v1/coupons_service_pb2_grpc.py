@@ -81,6 +81,11 @@ class CouponsServiceStub:
                 request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponRequest.SerializeToString,
                 response_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponResponse.FromString,
                 _registered_method=True)
+        self.RedeemCoupons = channel.stream_stream(
+                '/mall.coupons.v1.CouponsService/RedeemCoupons',
+                request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponRequest.SerializeToString,
+                response_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponsResponse.FromString,
+                _registered_method=True)
         self.PutPostPaymentRule = channel.unary_unary(
                 '/mall.coupons.v1.CouponsService/PutPostPaymentRule',
                 request_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.PutPostPaymentRuleRequest.SerializeToString,
@@ -170,6 +175,18 @@ class CouponsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RedeemCoupons(self, request_iterator, context):
+        """RedeemCoupons is RedeemCoupon for a till that stays connected: one stream per POS, each
+        request one redemption, each response its outcome tagged with the request's
+        use_request_id, in request order. A refusal answers that redemption alone and the stream
+        goes on; the stream itself ends only for the caller (a missing or revoked credential) or
+        the server (shutdown, connection age): a POS then reopens it and resends what is
+        unanswered (the same use_request_id is redeemed once and answers the same).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PutPostPaymentRule(self, request, context):
         """PutPostPaymentRule creates or replaces a rule that issues coupons after payments.
         """
@@ -238,6 +255,11 @@ def add_CouponsServiceServicer_to_server(servicer, server):
                     servicer.RedeemCoupon,
                     request_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponRequest.FromString,
                     response_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponResponse.SerializeToString,
+            ),
+            'RedeemCoupons': grpc.stream_stream_rpc_method_handler(
+                    servicer.RedeemCoupons,
+                    request_deserializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponRequest.FromString,
+                    response_serializer=mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponsResponse.SerializeToString,
             ),
             'PutPostPaymentRule': grpc.unary_unary_rpc_method_handler(
                     servicer.PutPostPaymentRule,
@@ -500,6 +522,33 @@ class CouponsService:
             '/mall.coupons.v1.CouponsService/RedeemCoupon',
             mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponRequest.SerializeToString,
             mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemCoupons(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mall.coupons.v1.CouponsService/RedeemCoupons',
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponRequest.SerializeToString,
+            mall_dot_coupons_dot_v1_dot_coupons__service__pb2.RedeemCouponsResponse.FromString,
             options,
             channel_credentials,
             insecure,

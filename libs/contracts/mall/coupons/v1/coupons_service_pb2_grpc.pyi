@@ -66,6 +66,14 @@ class CouponsServiceStub:
     """RedeemCoupon uses a coupon at a store (核销), tenant POS only. Idempotent on
     use_request_id: a retry returns the same outcome.
     """
+    RedeemCoupons: _grpc.StreamStreamMultiCallable[_coupons_service_pb2.RedeemCouponRequest, _coupons_service_pb2.RedeemCouponsResponse]
+    """RedeemCoupons is RedeemCoupon for a till that stays connected: one stream per POS, each
+    request one redemption, each response its outcome tagged with the request's
+    use_request_id, in request order. A refusal answers that redemption alone and the stream
+    goes on; the stream itself ends only for the caller (a missing or revoked credential) or
+    the server (shutdown, connection age): a POS then reopens it and resends what is
+    unanswered (the same use_request_id is redeemed once and answers the same).
+    """
     PutPostPaymentRule: _grpc.UnaryUnaryMultiCallable[_coupons_service_pb2.PutPostPaymentRuleRequest, _coupons_service_pb2.PutPostPaymentRuleResponse]
     """PutPostPaymentRule creates or replaces a rule that issues coupons after payments."""
     CreateClaimCode: _grpc.UnaryUnaryMultiCallable[_coupons_service_pb2.CreateClaimCodeRequest, _coupons_service_pb2.CreateClaimCodeResponse]
@@ -105,6 +113,14 @@ class CouponsServiceAsyncStub(CouponsServiceStub):
     RedeemCoupon: _aio.UnaryUnaryMultiCallable[_coupons_service_pb2.RedeemCouponRequest, _coupons_service_pb2.RedeemCouponResponse]  # type: ignore[assignment]
     """RedeemCoupon uses a coupon at a store (核销), tenant POS only. Idempotent on
     use_request_id: a retry returns the same outcome.
+    """
+    RedeemCoupons: _aio.StreamStreamMultiCallable[_coupons_service_pb2.RedeemCouponRequest, _coupons_service_pb2.RedeemCouponsResponse]  # type: ignore[assignment]
+    """RedeemCoupons is RedeemCoupon for a till that stays connected: one stream per POS, each
+    request one redemption, each response its outcome tagged with the request's
+    use_request_id, in request order. A refusal answers that redemption alone and the stream
+    goes on; the stream itself ends only for the caller (a missing or revoked credential) or
+    the server (shutdown, connection age): a POS then reopens it and resends what is
+    unanswered (the same use_request_id is redeemed once and answers the same).
     """
     PutPostPaymentRule: _aio.UnaryUnaryMultiCallable[_coupons_service_pb2.PutPostPaymentRuleRequest, _coupons_service_pb2.PutPostPaymentRuleResponse]  # type: ignore[assignment]
     """PutPostPaymentRule creates or replaces a rule that issues coupons after payments."""
@@ -187,6 +203,19 @@ class CouponsServiceServicer:
     ) -> _typing.Union[_coupons_service_pb2.RedeemCouponResponse, _abc.Awaitable[_coupons_service_pb2.RedeemCouponResponse]]:
         """RedeemCoupon uses a coupon at a store (核销), tenant POS only. Idempotent on
         use_request_id: a retry returns the same outcome.
+        """
+
+    def RedeemCoupons(
+        self,
+        request_iterator: _MaybeAsyncIterator[_coupons_service_pb2.RedeemCouponRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coupons_service_pb2.RedeemCouponsResponse], _abc.AsyncIterator[_coupons_service_pb2.RedeemCouponsResponse]]:
+        """RedeemCoupons is RedeemCoupon for a till that stays connected: one stream per POS, each
+        request one redemption, each response its outcome tagged with the request's
+        use_request_id, in request order. A refusal answers that redemption alone and the stream
+        goes on; the stream itself ends only for the caller (a missing or revoked credential) or
+        the server (shutdown, connection age): a POS then reopens it and resends what is
+        unanswered (the same use_request_id is redeemed once and answers the same).
         """
 
     def PutPostPaymentRule(

@@ -817,3 +817,36 @@ async def test_a_stream_with_many_in_flight_and_racing_streams_redeem_each_coupo
         "SELECT use_request_id FROM coupons WHERE coupon_id = $1", contested.coupon_id
     )
     assert used_by == winners[0][0]
+
+
+async def test_a_till_that_drops_its_stream_resends_on_a_new_one_and_each_is_redeemed_once(
+    api: Api, db: asyncpg.Connection
+) -> None:
+    s = await create(api, api.a, max_coupons=100)
+    coupons = [await claimed(api, s) for _ in range(30)]
+    uses = [redeem(api, c, "a1", 20_000, use=f"drop-{i}") for i, c in enumerate(coupons)]
+    dropped = open_till(api, api.a)
+    for use in uses:
+        await dropped.write(use)
+    seen = [await answer_of(dropped) for _ in range(5)]
+    dropped.cancel()  # the till lost its connection with answers unread
+
+    again = await streamed(api, uses, api.a)
+
+    assert [outcome(a) for a in seen] == [(f"drop-{i}", 0, "") for i in range(5)]
+    assert [outcome(a) for a in again] == [(f"drop-{i}", 0, "") for i in range(30)]
+    assert [a.redeemed for a in again[:5]] == [a.redeemed for a in seen]
+    rows = await db.fetch(
+        "SELECT coupon_id, use_request_id FROM coupons WHERE coupon_id = ANY($1)",
+        [c.coupon_id for c in coupons],
+    )
+    assert {r["coupon_id"]: r["use_request_id"] for r in rows} == {
+        c.coupon_id: f"drop-{i}" for i, c in enumerate(coupons)
+    }
+    events = await db.fetchval(
+        """SELECT count(*) FROM outbox WHERE subject = 'coupons.coupon.redeemed'
+             AND mall_id = $1 AND payload LIKE ANY($2::bytea[])""",
+        api.mall_id,
+        [f"%{c.coupon_id}%".encode() for c in coupons],
+    )
+    assert events == 30

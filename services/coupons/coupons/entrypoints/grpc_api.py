@@ -308,6 +308,12 @@ class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
             await reader  # the caller's end of the stream, or why reading stopped
         finally:
             reader.cancel()
+            # The caller went away with answers unread: nobody will await them (a batch still
+            # applies what it took, and a retry on a new stream answers the same).
+            while not pending.empty():
+                left = pending.get_nowait()
+                if left is not None and isinstance(left[1], asyncio.Future):
+                    left[1].cancel()
 
     def _still_valid(self, caller: Caller) -> None:
         entry = self._directory.credential(caller.credential_id)

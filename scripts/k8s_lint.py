@@ -28,7 +28,9 @@ Checks (each problem is one line naming the object; exit status 1 if there is an
 - a container port named ``grpc-admin`` (a service's admin APIs, ADMIN_GRPC_PORT: ops reach
   it by port-forward only) is the target of no Service port, and no ingress rule of the
   NetworkPolicies selecting its pod admits it (a rule without ports admits every port), nor
-  is the pod left without an ingress policy, when the manifests have any.
+  is the pod left without an ingress policy, when the manifests have any;
+- every pod behind a Service that a gRPC Ingress (``backend-protocol: GRPC``) routes to has
+  a ``grpc-admin`` port: its ops APIs are off the port reached from outside.
 
 Built-in kinds are told from custom resources by API group: core, the unsuffixed built-in
 groups, and ``*.k8s.io`` (reserved for Kubernetes itself). PyYAML comes from the check's
@@ -494,6 +496,44 @@ def check_admin_ports(objs: list[Obj], pods: list[PodTemplate]) -> Iterator[str]
                         break
 
 
+GRPC_BACKEND = "nginx.ingress.kubernetes.io/backend-protocol"
+
+
+def check_grpc_ingresses(objs: list[Obj], pods: list[PodTemplate]) -> Iterator[str]:
+    """A gRPC server reached from outside keeps its ops APIs on a port of their own: some
+    RPCs (coupons' stock RPCs) take a call without a credential as ops where no admin port
+    is set, and an ingress routes by path to the main port only."""
+    services = {
+        (o.get("metadata", {}).get("namespace"), o.get("metadata", {}).get("name")): o
+        for o in objs
+        if o.get("kind") == "Service" and group_of(o) == ""
+    }
+    for ingress in objs:
+        if ingress.get("kind") != "Ingress" or group_of(ingress) != "networking.k8s.io":
+            continue
+        annotations = ingress.get("metadata", {}).get("annotations") or {}
+        if str(annotations.get(GRPC_BACKEND, "")).upper() != "GRPC":
+            continue
+        namespace = ingress.get("metadata", {}).get("namespace")
+        names = {
+            path.get("backend", {}).get("service", {}).get("name")
+            for rule in ingress.get("spec", {}).get("rules") or []
+            for path in (rule.get("http") or {}).get("paths") or []
+        }
+        for name in sorted(n for n in names if n):
+            svc = services.get((namespace, name))
+            selector = (svc or {}).get("spec", {}).get("selector") or {}
+            for pod in pods:
+                if pod.namespace != namespace or not selector or not selects(selector, pod.labels):
+                    continue
+                if ADMIN_PORT_NAME not in pod.port_names():
+                    yield (
+                        f"{ref(ingress)}: routes gRPC from outside to Service/{name}, whose "
+                        f"pods ({ref(pod.owner)}) have no {ADMIN_PORT_NAME} port: their ops "
+                        "APIs would answer on the routed one (set ADMIN_GRPC_PORT)"
+                    )
+
+
 def problems(objs: list[Obj]) -> list[str]:
     pods = [p for p in (pod_template(o) for o in objs) if p is not None]
     found = [line for pod in pods for line in check_probes(pod)]
@@ -502,6 +542,7 @@ def problems(objs: list[Obj]) -> list[str]:
     found += check_grpc_targets(objs)
     found += check_grpc_reachable(objs, pods)
     found += check_admin_ports(objs, pods)
+    found += check_grpc_ingresses(objs, pods)
     return found
 
 

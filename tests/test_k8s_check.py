@@ -378,3 +378,61 @@ def test_a_policy_admitting_an_admin_port_fails(tmp_path: Path) -> None:
         "NetworkPolicy/partner-grpc-from-ingress (namespace mall): an ingress rule admits "
         "Deployment/coupons (namespace mall)'s grpc-admin port 50074"
     ) in output
+
+
+def test_a_grpc_ingress_routes_only_to_pods_whose_ops_apis_have_a_port_of_their_own() -> None:
+    lint = load_lint()
+    ports = [
+        {"name": "grpc", "containerPort": 50064},
+        {"name": "grpc-admin", "containerPort": 50074},
+    ]
+    ingress: dict[str, Any] = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {
+            "name": "partner-grpc",
+            "namespace": "mall",
+            "annotations": {"nginx.ingress.kubernetes.io/backend-protocol": "GRPC"},
+        },
+        "spec": {
+            "rules": [
+                {
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/mall.coupons.v1.CouponsService/CreateStock",
+                                "pathType": "Exact",
+                                "backend": {
+                                    "service": {"name": "coupons", "port": {"name": "grpc"}}
+                                },
+                            }
+                        ]
+                    }
+                }
+            ]
+        },
+    }
+    objs: list[Any] = [
+        workload("Deployment", "coupons", {"app": "coupons"}, {"name": "serve", "ports": ports}),
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "coupons", "namespace": "mall"},
+            "spec": {
+                "selector": {"app": "coupons"},
+                "clusterIP": "None",
+                "ports": [{"name": "grpc", "port": 50064, "targetPort": "grpc"}],
+            },
+        },
+        ingress,
+    ]
+    assert lint.problems(objs) == []
+
+    del ports[1]  # ADMIN_GRPC_PORT unset: ops calls would be taken on the routed port
+    assert lint.problems(objs) == [
+        "Ingress/partner-grpc (namespace mall): routes gRPC from outside to Service/coupons, "
+        "whose pods (Deployment/coupons (namespace mall)) have no grpc-admin port: their ops "
+        "APIs would answer on the routed one (set ADMIN_GRPC_PORT)"
+    ]
+    ingress["metadata"]["annotations"] = {}  # not gRPC: not this check's
+    assert lint.problems(objs) == []

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -19,9 +18,7 @@ def timestamp(value: datetime) -> Timestamp:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     since = value - _EPOCH
-    return Timestamp(
-        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
-    )
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def to_datetime(ts: Timestamp) -> datetime:

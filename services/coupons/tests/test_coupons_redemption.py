@@ -850,3 +850,53 @@ async def test_a_till_that_drops_its_stream_resends_on_a_new_one_and_each_is_red
         [f"%{c.coupon_id}%".encode() for c in coupons],
     )
     assert events == 30
+
+
+async def test_a_stream_ends_at_the_connection_age_and_the_till_resends_on_a_new_one(
+    fresh_database: FreshDatabase, nats_url: str
+) -> None:
+    url = await fresh_database("coupons_stream_age")
+    await migrate(url, MIGRATIONS)
+    mall_id = f"mall-{uuid.uuid4().hex[:12]}"
+    a, _ = await _publish_directory(nats_url, mall_id)
+    settings = Settings(
+        database_url=url,
+        nats_url=nats_url,
+        grpc_port=0,
+        log_level="warning",
+        grpc_max_connection_age_s=1.0,  # then GOAWAY, and the stream's grace (the deadline)
+        grpc_default_deadline_s=1.0,
+    )
+    async with (
+        bootstrap(settings) as roles,
+        serving(roles) as target,
+        grpc.aio.insecure_channel(target) as channel,
+    ):
+        api = Api(url, pb_grpc.CouponsServiceStub(channel), mall_id, a, a)
+        s = await create(api, None, store_ids=["a1"])
+        first, second = await claimed(api, s), await claimed(api, s)
+        till = open_till(api, a)
+        for _ in range(200):  # until the mirror has the credential
+            await till.write(redeem(api, first, "a1", 20_000, use="age-1"))
+            try:
+                answered = await answer_of(till)
+                break
+            except grpc.aio.AioRpcError:
+                till = open_till(api, a)
+                await asyncio.sleep(0.05)
+        assert outcome(answered) == ("age-1", 0, "")
+
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await asyncio.wait_for(till.read(), timeout=15)  # a quiet till, past age and grace
+        assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+
+        again = await streamed(
+            api,
+            [
+                redeem(api, first, "a1", 20_000, use="age-1"),
+                redeem(api, second, "a1", 20_000, use="age-2"),
+            ],
+            a,
+        )
+        assert [outcome(x) for x in again] == [("age-1", 0, ""), ("age-2", 0, "")]
+        assert again[0].redeemed == answered.redeemed

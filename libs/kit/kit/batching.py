@@ -82,6 +82,8 @@ class Batcher(Generic[T, R]):
             async with self._session() as session:
                 while self._queue:
                     await asyncio.sleep(0)  # callers already on their way join this batch
+                    if not self._queue:
+                        break  # another worker took them meanwhile
                     batch = self._queue[: self._max_batch]
                     del self._queue[: self._max_batch]
                     if not await self._answer(session, batch):

@@ -111,3 +111,19 @@ def test_sizes_are_checked() -> None:
 
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(echo, max_batch=0)
+
+
+async def test_a_worker_that_finds_the_queue_taken_hands_no_empty_batch() -> None:
+    sizes: list[int] = []
+
+    async def handle(_: object, items: Sequence[int]) -> list[int]:
+        sizes.append(len(items))
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(handle, workers=2)
+    # The second submit starts a second worker; the first worker, running first, takes both.
+    answers = await asyncio.gather(batcher.submit(1), batcher.submit(2))
+
+    assert answers == [1, 2]
+    assert sizes == [2]
+    assert batcher.batches == 1

@@ -15,11 +15,14 @@ from coupons.adapters import stocks as stocks_sql
 from coupons.bootstrap import MIGRATIONS
 from coupons.domain.claims import Channel, Claim, Outcome
 from coupons.domain.stocks import Kind, NewStock, Stock, Terms, validate
+from coupons.entrypoints.grpc_api import CouponsServicer
 from coupons.service_layer.claims import claim_batch
 from coupons.service_layer.sold_out import SoldOutMemory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kit.directory import Directory
 from kit.migrations import migrate
+from mall.coupons.v1 import coupons_service_pb2 as pb
 from mall_testing.plugin import FreshDatabase
 
 NOW = datetime.now(UTC)
@@ -283,3 +286,42 @@ async def test_limits_hold_for_any_presses_and_batching(
     if per_member:
         assert all(n <= per_member for n in held.values())
     assert set(outcomes) <= {Outcome.CLAIMED, Outcome.SOLD_OUT, Outcome.LIMIT_REACHED}
+
+
+async def test_concurrent_claim_calls_share_batches_first_come_first_served(
+    pool: asyncpg.Pool, unique_id: str
+) -> None:
+    """Each gateway replica keeps several ClaimCoupons calls in flight during a grab: their
+    claims go to the hot stock row together, not one transaction per call in turn."""
+    stock = await create(pool, new_stock(unique_id, max_coupons=100, max_per_member=1))
+    servicer = CouponsServicer(pool, Directory())
+    calls = [
+        pb.ClaimCouponsRequest(
+            claims=[
+                pb.ClaimCouponRequest(
+                    mall_id=stock.mall_id,
+                    stock_id=stock.stock_id,
+                    member_id=str(uuid.uuid4()),
+                    request_id=f"r-{n}-{i}",
+                )
+                for i in range(30)
+            ]
+        )
+        for n in range(8)
+    ]
+
+    answers = await asyncio.gather(*(servicer.ClaimCoupons(call, None) for call in calls))
+
+    outcomes = [[r.outcome for r in a.results] for a in answers]
+    claimed = sum(row.count(pb.CLAIM_OUTCOME_CLAIMED) for row in outcomes)
+    assert claimed == 100
+    assert all(len(row) == 30 for row in outcomes)
+    for row in outcomes:  # within a call, first come first served: no win after a sell-out
+        first_refused = next(
+            (i for i, o in enumerate(row) if o != pb.CLAIM_OUTCOME_CLAIMED), len(row)
+        )
+        assert set(row[first_refused:]) <= {pb.CLAIM_OUTCOME_SOLD_OUT}
+    batches, items = servicer.claim_batching
+    assert items == 240
+    assert batches < len(calls)  # the 8 calls' claims in fewer transactions than calls
+    assert await counts(pool, stock) == (100, 100, 100)

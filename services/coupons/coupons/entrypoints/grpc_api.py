@@ -92,11 +92,18 @@ class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
         self._directory = directory
         self._memory = memory or SoldOutMemory()
         self._redeemer = redeemer or redemptions.Redeemer(pool)
-        # Concurrent single ClaimCoupon calls share a batch too (the gateway's coalescer sends
-        # ClaimCoupons; a caller that does not still gets one transaction per batch).
-        self._single_claims: Batcher[Claim, Result] = Batcher(
+        # Every claim waiting when a slot is free goes to the database as one batch: single
+        # ClaimCoupon calls, and the claims of concurrent ClaimCoupons calls (each gateway
+        # replica's coalescer keeps several in flight), so that a flash grab's hot stock row is
+        # locked by one transaction for all of them instead of by one per call, in turn.
+        self._claims: Batcher[Claim, Result] = Batcher(
             self._claim_many, session=pool.acquire, max_batch=500, workers=2
         )
+
+    @property
+    def claim_batching(self) -> tuple[int, int]:
+        """(batches, claims) sent to the database so far (tests, benchmarks)."""
+        return self._claims.batches, self._claims.items
 
     async def _claim_many(self, conn: Connection, claims: Sequence[Claim]) -> list[Result]:
         return await claim_batch(conn, claims, memory=self._memory)
@@ -148,14 +155,10 @@ class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
 
     # -- claims -------------------------------------------------------------------------------
 
-    async def _claim(self, claims: list[Claim]) -> list[Result]:
-        async with self._pool.acquire() as conn:
-            return await claim_batch(conn, claims, memory=self._memory)
-
     async def ClaimCoupon(
         self, request: pb.ClaimCouponRequest, context: Any
     ) -> pb.ClaimCouponResponse:
-        result = await self._single_claims.submit(translate.claim(request))
+        result = await self._claims.submit(translate.claim(request))
         if result.coupon is None:
             raise _refusal(result)
         return pb.ClaimCouponResponse(
@@ -167,7 +170,15 @@ class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
     ) -> pb.ClaimCouponsResponse:
         if len(request.claims) > MAX_BATCH:
             raise InvalidInput("batch_too_large", f"at most {MAX_BATCH} claims per call")
-        results = await self._claim([translate.claim(c) for c in request.claims])
+        # In the request's order (first come, first served), sharing batches with other calls.
+        answers = await asyncio.gather(
+            *(self._claims.enqueue(translate.claim(c)) for c in request.claims),
+            return_exceptions=True,
+        )
+        failed = next((a for a in answers if isinstance(a, BaseException)), None)
+        if failed is not None:
+            raise failed  # the batch failed as a whole (e.g. the database went away)
+        results = [a for a in answers if not isinstance(a, BaseException)]
         now = datetime.now(UTC)
         answer = pb.ClaimCouponsResponse()
         for r in results:

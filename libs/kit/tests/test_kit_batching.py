@@ -124,6 +124,6 @@ async def test_a_worker_that_finds_the_queue_taken_hands_no_empty_batch() -> Non
     # The second submit starts a second worker; the first worker, running first, takes both.
     answers = await asyncio.gather(batcher.submit(1), batcher.submit(2))
 
-    assert answers == [1, 2]
+    assert list(answers) == [1, 2]
     assert sizes == [2]
     assert batcher.batches == 1

@@ -63,13 +63,17 @@ k8s-check: ## Deploy checks: hadolint, yamllint, render overlays, kubernetes-val
 	scripts/k8s-check.sh
 
 .PHONY: bench
-bench: install ## Benchmarks with same-run baselines; writes bench/results/*.json
+.PHONY: bench-tools
+bench-tools: ## The flash grab's load generator (autocannon, from the npm registry) into bench/load
+	npm ci --prefix bench/load --no-audit --no-fund
+
+bench: install bench-tools ## Benchmarks with same-run baselines; writes bench/results/*.json
 	$(VENV)/python bench/payments.py --compare-replicas
 	$(VENV)/python bench/webhook.py
 	$(VENV)/python bench/consumers.py
 	$(VENV)/python bench/gateway_card.py
 	$(VENV)/python bench/coupons.py
-	$(VENV)/python bench/flash_grab.py
+	$(VENV)/python bench/flash_grab.py --gateways 2 --again
 	$(VENV)/python bench/parking.py
 	$(VENV)/python bench/storm.py
 	$(VENV)/python bench/sse_latency.py --sweep 250,500,750

@@ -2,8 +2,12 @@
 
 Starts embedded PostgreSQL and nats-server (or uses DATABASE_URL / NATS_URL), ``member all``,
 ``points all`` and ``coupons all`` as separate processes, seeds a mall, creates one stock of
-``--coupons`` coupons (one per member) and starts ``gateway serve`` pointed at them. Then, with
-one aiohttp client process at ``-c`` requests in flight:
+``--coupons`` coupons (one per member) and starts ``--gateways`` ``gateway serve`` processes on
+one port (SO_REUSEPORT, as the Deployment's replicas: at least 2) pointed at them. Then, with
+one load generator at ``-c`` connections — ``--client autocannon`` (default: Node.js,
+bench/load/press.mjs, `make bench-tools`; it costs the shared box about a quarter of what a
+Python client does per request) or ``--client aiohttp`` (this process, as earlier sessions
+measured):
 
 * baseline: an empty aiohttp handler (``bench/empty_servers.py``), ``--shoppers`` requests, same
   client, same run;
@@ -17,6 +21,9 @@ one aiohttp client process at ``-c`` requests in flight:
   (oversold = issued − stock, must be 0), shoppers holding two (must be 0);
 * ``--again``: then every shopper presses once more with the same request_id (a retry):
   winners must get the same coupon back, losers sold_out.
+
+Claims/s runs from the first press to the last answer (autocannon's own duration also counts
+opening its connections); with autocannon the JSON also has the answers per 250 ms.
 
 Results: a table, and bench/results/flash-grab-<time>.json.
 
@@ -38,6 +45,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,6 +95,98 @@ def figures(n: int, seconds: float, latencies: list[float]) -> dict[str, Any]:
         "p50_ms": round(percentile(latencies, 50), 2),
         "p99_ms": round(percentile(latencies, 99), 2),
     }
+
+
+#: bench/load: the Node.js load generator (autocannon), installed by `make bench-tools`.
+LOAD = ROOT / "bench" / "load"
+
+
+@dataclass
+class Pressed:
+    """One pass of presses, whichever client made it."""
+
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    #: "201 claimed", "409 sold_out", ...: how many presses were answered so.
+    outcomes: Counter[str]
+    #: Press index -> the coupon id its 201 carried.
+    won: dict[int, str]
+    #: When the last 201 came, in seconds from the first press.
+    last_201_s: float | None
+    #: Answers in each 250 ms from the first press (autocannon only).
+    timeline: list[int] | None = None
+
+    def figures(self, n: int) -> dict[str, Any]:
+        return {"per_s": round(n / self.seconds), "p50_ms": self.p50_ms, "p99_ms": self.p99_ms}
+
+
+async def autocannon(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """bench/load/press.mjs on ``spec`` (autocannon in a Node.js process): its JSON answer."""
+    if not (LOAD / "node_modules" / "autocannon").is_dir():
+        raise RuntimeError("autocannon is missing: run `make bench-tools` (npm ci in bench/load)")
+    path = folder / f"spec-{uuid.uuid4().hex}.json"
+    path.write_text(json.dumps(spec))
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(LOAD / "press.mjs"), str(path), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"press.mjs exited with {proc.returncode}")
+    answer: dict[str, Any] = json.loads(out)
+    if answer["errors"] or answer["timeouts"]:
+        raise RuntimeError(f"the load generator saw errors: {answer}")
+    return answer
+
+
+async def press_with_autocannon(
+    url: str, presses: list[tuple[bytes, dict[str, str]]], concurrency: int, folder: Path
+) -> Pressed:
+    lines = folder / f"presses-{uuid.uuid4().hex}.tsv"
+    lines.write_text(
+        "".join(f"{headers['Authorization']}\t{body.decode()}\n" for body, headers in presses)
+    )
+    answer = await autocannon(
+        {"url": url, "connections": concurrency, "presses": str(lines)}, folder
+    )
+    return Pressed(
+        seconds=answer["seconds"],
+        p50_ms=answer["p50_ms"],
+        p99_ms=answer["p99_ms"],
+        outcomes=Counter(answer["outcomes"]),
+        won={int(i): str(c) for i, c in answer["coupons"].items()},
+        last_201_s=answer["last_201_s"],
+        timeline=answer["timeline"],
+    )
+
+
+async def press_with_aiohttp(
+    session: aiohttp.ClientSession,
+    url: str,
+    presses: list[tuple[bytes, dict[str, str]]],
+    concurrency: int,
+) -> Pressed:
+    async def press(i: int) -> tuple[int, str]:
+        body, headers = presses[i]
+        async with session.post(url, data=body, headers=headers) as resp:
+            answer = await resp.json(content_type=None)
+            key = answer.get("coupon_id") if resp.status == 201 else answer.get("code")
+            return resp.status, str(key)
+
+    seconds, latencies, answers, finished = await pressing(len(presses), concurrency, press)
+    return Pressed(
+        seconds=seconds,
+        p50_ms=round(percentile(latencies, 50), 2),
+        p99_ms=round(percentile(latencies, 99), 2),
+        outcomes=Counter(
+            f"{status} {key}" if status != 201 else "201 claimed" for _, (status, key) in answers
+        ),
+        won={i: key for i, (status, key) in answers if status == 201},
+        last_201_s=max(
+            (t for (_, (status, _)), t in zip(answers, finished, strict=True) if status == 201),
+            default=None,
+        ),
+    )
 
 
 async def pressing(
@@ -178,7 +278,9 @@ async def proof(db_url: str, mall_id: str, stock_id: str) -> dict[str, int]:
     return {"issued": int(issued), "members_holding_two": int(twice)}
 
 
-async def baseline(session: aiohttp.ClientSession, n: int, concurrency: int) -> dict[str, float]:
+async def baseline(
+    session: aiohttp.ClientSession, n: int, concurrency: int, client: str, folder: Path
+) -> dict[str, float]:
     http_port, grpc_port = free_port(), free_port()
     empty = subprocess.Popen(  # noqa: ASYNC220 - started before anything is measured
         [sys.executable, str(ROOT / "bench" / "empty_servers.py"), str(http_port), str(grpc_port)],
@@ -191,6 +293,14 @@ async def baseline(session: aiohttp.ClientSession, n: int, concurrency: int) -> 
         # (the empty server answers GET with 405: enough to open the connections)
         await warm(session, url, concurrency)
         body = json.dumps({"stock_id": "x", "request_id": "y"}).encode()
+        if client == "autocannon":
+            spec = {"url": url, "connections": concurrency, "amount": n, "body": body.decode()}
+            answer = await autocannon(spec, folder)
+            return {
+                "per_s": round(n / answer["seconds"]),
+                "p50_ms": answer["p50_ms"],
+                "p99_ms": answer["p99_ms"],
+            }
 
         async def one(_: int) -> int:
             async with session.post(url, data=body) as resp:
@@ -205,7 +315,7 @@ async def baseline(session: aiohttp.ClientSession, n: int, concurrency: int) -> 
 
 
 async def main(
-    shoppers: int, coupons: int, concurrency: int, again: bool, gateways: int
+    shoppers: int, coupons: int, concurrency: int, again: bool, gateways: int, client: str
 ) -> dict[str, Any]:
     procs: list[Replica] = []
     result: dict[str, Any] = {
@@ -215,6 +325,7 @@ async def main(
         "shoppers": shoppers,
         "coupons": coupons,
         "gateways": gateways,
+        "client": client,
     }
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with (
@@ -294,7 +405,9 @@ async def main(
             ]
             random.shuffle(people)
 
-            result["baseline_empty_aiohttp"] = await baseline(session, shoppers, concurrency)
+            result["baseline_empty_aiohttp"] = await baseline(
+                session, shoppers, concurrency, client, folder
+            )
 
             await warm(session, f"http://127.0.0.1:{gateway_port}/healthz", concurrency)
             url = f"http://127.0.0.1:{gateway_port}/v1/me/coupons/claims"
@@ -309,30 +422,19 @@ async def main(
                 for _, token, request_id in people
             ]
 
-            async def press(i: int) -> tuple[int, str]:
-                body, headers = presses[i]
-                async with session.post(url, data=body, headers=headers) as resp:
-                    answer = await resp.json(content_type=None)
-                    key = answer.get("coupon_id") if resp.status == 201 else answer.get("code")
-                    return resp.status, str(key)
+            async def press_all() -> Pressed:
+                if client == "autocannon":
+                    return await press_with_autocannon(url, presses, concurrency, folder)
+                return await press_with_aiohttp(session, url, presses, concurrency)
 
-            seconds, latencies, answers, finished = await pressing(shoppers, concurrency, press)
-            grab = figures(shoppers, seconds, latencies)
-            grab["seconds"] = round(seconds, 2)
-            grab["last_coupon_at_s"] = round(
-                max(
-                    t
-                    for (_, (status, _)), t in zip(answers, finished, strict=True)
-                    if status == 201
-                ),
-                2,
-            )
-            outcomes = Counter(
-                f"{status} {key}" if status != 201 else "201 claimed"
-                for _, (status, key) in answers
-            )
-            won = {people[i][0]: key for i, (status, key) in answers if status == 201}
-            grab["answered"] = dict(outcomes)
+            pressed = await press_all()
+            grab = pressed.figures(shoppers)
+            grab["seconds"] = round(pressed.seconds, 2)
+            grab["last_coupon_at_s"] = round(pressed.last_201_s or 0.0, 2)
+            won = {people[i][0]: key for i, key in pressed.won.items()}
+            grab["answered"] = dict(pressed.outcomes)
+            if pressed.timeline is not None:
+                grab["answers_per_250ms"] = pressed.timeline
             grab["vs_empty"] = round(grab["per_s"] / result["baseline_empty_aiohttp"]["per_s"], 2)
             checked = await proof(dbs["coupons"], mall.mall_id, stock_id)
             grab.update(checked)
@@ -344,17 +446,12 @@ async def main(
             result["flash_grab"] = grab
 
             if again:  # every shopper retries with the same request_id
-                seconds, latencies, answers, _ = await pressing(shoppers, concurrency, press)
-                retry = figures(shoppers, seconds, latencies)
-                same = sum(
-                    1
-                    for i, (status, key) in answers
-                    if status == 201 and won.get(people[i][0]) == key
+                pressed = await press_all()
+                retry = pressed.figures(shoppers)
+                retry["winners_same_coupon"] = sum(
+                    1 for i, key in pressed.won.items() if won.get(people[i][0]) == key
                 )
-                retry["winners_same_coupon"] = same
-                retry["answered"] = dict(
-                    Counter(f"{s} {k}" if s != 201 else "201 claimed" for _, (s, k) in answers)
-                )
+                retry["answered"] = dict(pressed.outcomes)
                 result["retry"] = retry
         finally:
             for p in procs:
@@ -370,7 +467,8 @@ def report(r: dict[str, Any]) -> str:
     base, grab = r["baseline_empty_aiohttp"], r["flash_grab"]
     lines = [
         f"{r['cores']} cores, {r['concurrency']} in flight, {r['shoppers']:,} shoppers for "
-        f"{r['coupons']:,} coupons, {r.get('gateways', 1)} gateway process(es)",
+        f"{r['coupons']:,} coupons, {r.get('gateways', 1)} gateway process(es), "
+        f"client {r.get('client', 'aiohttp')}",
         "",
         "| measure | per s | vs empty | p50 / p99 ms |",
         "|---|---|---|---|",
@@ -409,8 +507,16 @@ def cli() -> None:
     parser.add_argument(
         "--gateways", type=int, default=1, help="gateway processes sharing the port"
     )
+    parser.add_argument(
+        "--client",
+        choices=["autocannon", "aiohttp"],
+        default="autocannon",
+        help="the load generator: autocannon (Node.js, bench/load) or this process's aiohttp",
+    )
     args = parser.parse_args()
-    result = uvloop.run(main(args.shoppers, args.coupons, args.c, args.again, args.gateways))
+    result = uvloop.run(
+        main(args.shoppers, args.coupons, args.c, args.again, args.gateways, args.client)
+    )
     print(report(result))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

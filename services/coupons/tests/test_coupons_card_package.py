@@ -31,10 +31,12 @@ from coupons.domain.card_package import (
     Wanted,
     coupon_code,
     next_action,
+    settle,
     stock_request,
 )
-from coupons.entrypoints.card_package import card_package_commands
+from coupons.entrypoints.card_package import card_package_commands, on_coupon_events
 from coupons.service_layer.card_package import CardPackageWorker, MirrorPolicy
+from eventbus.consumer import Delivery
 from kit.cli import serving
 from kit.credentials import hash_secret
 from kit.errors import InvalidInput
@@ -73,6 +75,15 @@ def test_each_step_moves_the_platform_one_call_closer() -> None:
     assert next_action("deactivated", "used") is None  # used is used
     assert next_action("sent", "used") is Action.RETURN  # its order refunded: usable again
     assert next_action("sent", "deactivated") is None  # final at the platform
+
+
+def test_the_first_final_wish_wins_and_sent_never_overrides_one() -> None:
+    assert settle(None, Wanted.SENT) is Wanted.SENT
+    assert settle(Wanted.SENT, Wanted.USED) is Wanted.USED
+    assert settle(Wanted.SENT, Wanted.DEACTIVATED) is Wanted.DEACTIVATED
+    assert settle(Wanted.USED, Wanted.SENT) is Wanted.USED
+    assert settle(Wanted.USED, Wanted.DEACTIVATED) is Wanted.USED
+    assert settle(Wanted.DEACTIVATED, Wanted.USED) is Wanted.DEACTIVATED
 
 
 def test_stock_requests_follow_the_platforms_kinds() -> None:
@@ -484,3 +495,62 @@ async def test_coupons_of_unflagged_stocks_are_not_mirrored_and_wait_for_the_pay
     await wechat_payer(world, mall_id, member, f"o-{member[:8]}")
     await synced(world, mall_id, flagged_coupon, Wanted.SENT)
     assert len(await platform_coupons(world, f"o-{member[:8]}")) == 1
+
+
+def delivery(subject: str, message: Any) -> Delivery:
+    message.event_id = str(uuid.uuid4())
+    message.occurred_at.FromDatetime(datetime.now(UTC))
+    return Delivery(message.event_id, subject, message.SerializeToString())
+
+
+async def test_a_batch_of_coupon_events_lands_as_the_events_one_by_one_would(
+    world: World, unique_id: str
+) -> None:
+    """One batch, two statements: what each coupon of a mirrored stock should be, folded in
+    stream order; coupons of other stocks ignored; a return applied between its neighbours."""
+    mall_id = f"mall-{unique_id}"
+    plain = await create_stock(world, mall_id)
+    flagged = await create_stock(world, mall_id)
+    await enable(world, mall_id, flagged)
+    member = str(uuid.uuid4())
+
+    def ev(kind: str, coupon_id: str, stock_id: str) -> Delivery:
+        fields = {"mall_id": mall_id, "coupon_id": coupon_id, "stock_id": stock_id}
+        message: Any = {
+            "claimed": events_pb2.CouponClaimed,
+            "redeemed": events_pb2.CouponRedeemed,
+            "revoked": events_pb2.CouponRevoked,
+            "returned": events_pb2.CouponReturned,
+        }[kind]
+        if kind != "returned":
+            fields["member_id"] = member
+        return delivery(f"coupons.coupon.{kind}", message(**fields))
+
+    batch = [
+        ev("claimed", "c-used", flagged),
+        ev("claimed", "c-plain", plain),
+        ev("claimed", "c-cycle", flagged),
+        ev("redeemed", "c-used", flagged),
+        ev("revoked", "c-used", flagged),  # used is final: stays used
+        ev("claimed", "c-sent", flagged),
+        ev("redeemed", "c-cycle", flagged),
+        ev("returned", "c-cycle", flagged),  # usable again: a new cycle
+        ev("revoked", "c-cycle", flagged),  # then revoked in it
+        ev("redeemed", "c-plain", plain),
+    ]
+    async with world.pool.acquire() as conn, conn.transaction():
+        await on_coupon_events(conn, batch)
+
+    rows = {
+        c: await mirror_row(world, mall_id, c) for c in ("c-used", "c-plain", "c-cycle", "c-sent")
+    }
+    assert rows["c-plain"] is None
+    used, cycle, sent = rows["c-used"], rows["c-cycle"], rows["c-sent"]
+    assert used is not None
+    assert cycle is not None
+    assert sent is not None
+    assert (used["wanted"], used["cycle"]) == ("used", 0)
+    assert used["use_time"] is not None
+    assert used["coupon_code"] == coupon_code(mall_id, "c-used")
+    assert (cycle["wanted"], cycle["cycle"], cycle["use_time"]) == ("deactivated", 1, None)
+    assert (sent["wanted"], sent["member_id"]) == ("sent", member)

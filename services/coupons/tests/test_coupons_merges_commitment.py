@@ -600,13 +600,17 @@ async def want(
     async with pool.acquire() as conn:
         await mirror.want(
             conn,
-            mall_id,
-            coupon_id,
-            stock_id,
-            member_id,
-            f"code-{coupon_id}",
-            wanted,
-            T0 if wanted == "used" else None,
+            [
+                mirror.Wish(
+                    mall_id,
+                    coupon_id,
+                    stock_id,
+                    member_id,
+                    f"code-{coupon_id}",
+                    wanted,
+                    T0 if wanted == "used" else None,
+                )
+            ],
         )
 
 

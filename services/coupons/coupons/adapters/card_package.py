@@ -9,6 +9,7 @@ The worker's queries span malls, like the outbox relay's; the rest is by mall.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,39 +36,61 @@ class CouponClaim:
 # -- coupons --------------------------------------------------------------------------------
 
 
-async def want(
-    conn: Connection,
-    mall_id: str,
-    coupon_id: str,
-    stock_id: str,
-    member_id: str,
-    code: str,
-    wanted: str,
-    use_time: datetime | None = None,
-) -> bool:
-    """Record what the platform should show for a coupon of a flagged stock (a coupon of
-    another stock is ignored: False). ``sent`` never overrides a later wish; ``used`` and
-    ``deactivated`` are final, the first one recorded wins."""
-    done = await conn.fetchval(
+@dataclass(frozen=True)
+class Wish:
+    """What the platform should show for one coupon (``domain.card_package.settle``)."""
+
+    mall_id: str
+    coupon_id: str
+    stock_id: str
+    member_id: str
+    code: str
+    wanted: str
+    use_time: datetime | None = None
+
+
+async def flagged_stocks(conn: Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (mall, stock) are mirrored to the card package (not refused)."""
+    rows = await conn.fetch(
+        """SELECT mall_id, stock_id FROM card_package_stocks
+            WHERE (mall_id, stock_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+              AND state <> 'refused'""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {(r["mall_id"], r["stock_id"]) for r in rows}
+
+
+async def want(conn: Connection, wishes: Sequence[Wish]) -> int:
+    """Record what the platform should show for coupons of flagged stocks, in one statement
+    (a coupon of another stock is ignored), at most one wish per coupon: the rows stored
+    follow ``settle`` — ``sent`` never overrides a later wish; ``used`` and ``deactivated`` are
+    final, the first one recorded wins. How many rows changed."""
+    if not wishes:
+        return 0
+    rows = await conn.fetch(
         """INSERT INTO card_package_coupons
                (mall_id, coupon_id, stock_id, member_id, coupon_code, wanted, use_time)
-           SELECT $1, $2, $3, $4, $5, $6, $7
-            WHERE EXISTS (SELECT 1 FROM card_package_stocks
-                           WHERE mall_id = $1 AND stock_id = $3 AND state <> 'refused')
+           SELECT w.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::timestamptz[])
+                       AS w(mall_id, coupon_id, stock_id, member_id, code, wanted, use_time)
+            WHERE EXISTS (SELECT 1 FROM card_package_stocks s
+                           WHERE s.mall_id = w.mall_id AND s.stock_id = w.stock_id
+                             AND s.state <> 'refused')
            ON CONFLICT (mall_id, coupon_id) DO UPDATE
               SET wanted = EXCLUDED.wanted, use_time = EXCLUDED.use_time, status = 'pending',
                   failures = 0, next_attempt_at = now(), updated_at = now()
             WHERE card_package_coupons.wanted = 'sent' AND EXCLUDED.wanted <> 'sent'
            RETURNING true""",
-        mall_id,
-        coupon_id,
-        stock_id,
-        member_id,
-        code,
-        wanted,
-        use_time,
+        [w.mall_id for w in wishes],
+        [w.coupon_id for w in wishes],
+        [w.stock_id for w in wishes],
+        [w.member_id for w in wishes],
+        [w.code for w in wishes],
+        [w.wanted for w in wishes],
+        [w.use_time for w in wishes],
     )
-    return bool(done)
+    return len(rows)
 
 
 async def want_returned(conn: Connection, mall_id: str, coupon_id: str) -> bool:

@@ -26,6 +26,14 @@ class Wanted(enum.StrEnum):
     DEACTIVATED = "deactivated"
 
 
+def settle(current: Wanted | None, new: Wanted) -> Wanted:
+    """What a coupon should be at the platform after ``new``: ``sent`` never overrides a later
+    wish; ``used`` and ``deactivated`` are final, the first one wins."""
+    if current is None or (current is Wanted.SENT and new is not Wanted.SENT):
+        return new
+    return current
+
+
 class Action(enum.StrEnum):
     SEND = "send"
     USE = "use"

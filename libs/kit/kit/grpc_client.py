@@ -10,6 +10,15 @@ each and take turns, skipping the ones not connected. A replica added later is f
 the name is resolved again: when a connection closes, which the servers make happen every
 ``GRPC_MAX_CONNECTION_AGE_S`` (kit.grpc_server). A target with one address behaves as before.
 
+Each connection also watches its server's health (gRPC client-side health checking, the
+server's overall ``grpc.health.v1`` status, which kit.grpc_server keeps following its
+PostgreSQL and NATS and turns NOT_SERVING first when it stops): round_robin leaves a replica
+out while it says NOT_SERVING and takes it back when it serves again. Kubernetes readiness
+drops an unready pod from the headless Service's addresses, but a client resolves again only
+when a connection closes (up to ``GRPC_MAX_CONNECTION_AGE_S``); this takes effect at once.
+If every replica says NOT_SERVING, calls fail UNAVAILABLE at once (or wait, with
+``wait_for_ready``).
+
 Keepalive pings every 30 s (answer within 10 s) find a connection to a pod that vanished
 without closing it (node lost): round_robin then stops choosing it instead of letting calls
 wait out their deadline there. kit.grpc_server accepts pings that often, even with no call
@@ -26,9 +35,11 @@ import grpc
 
 from kit import context
 
-#: The load-balancing policy for every channel. Resolution-supplied configs are ignored (DNS
-#: TXT records are not looked up by default anyway), so this one always applies.
-SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+#: The load-balancing policy and health checking for every channel. Resolution-supplied configs
+#: are ignored (DNS TXT records are not looked up by default anyway), so this one always applies.
+SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
 KEEPALIVE_TIME_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 

@@ -101,3 +101,68 @@ async def test_without_a_maximum_age_the_connection_stays() -> None:
 
     assert len(replica.peers) == 10
     assert len(set(replica.peers)) == 1
+
+
+async def test_a_replica_that_says_not_serving_is_left_out_until_it_serves_again() -> None:
+    healthy = {0: True, 1: True}
+    stop = asyncio.Event()
+    replicas: list[_Replica] = []
+    servers: list[GrpcServer] = []
+    running: list[asyncio.Task[None]] = []
+
+    def check(n: int) -> Any:
+        async def ok() -> bool:
+            return healthy[n]
+
+        return ok
+
+    try:
+        for n in range(2):
+            replica = _Replica()
+            server = GrpcServer(
+                service="points",
+                registrations=[
+                    (points_service_pb2_grpc.add_PointsServiceServicer_to_server, replica)
+                ],
+                service_names=["mall.points.v1.PointsService"],
+                health_checks=[check(n)],
+                health_interval_s=0.05,
+            )
+            running.append(asyncio.create_task(server.run(stop)))  # health follows the check
+            replicas.append(replica)
+            servers.append(server)
+        for _ in range(200):
+            if all(s.port for s in servers):
+                break
+            await asyncio.sleep(0.01)
+        first, second = replicas
+        target = f"ipv4:127.0.0.1:{servers[0].port},127.0.0.1:{servers[1].port}"
+        async with grpc_client.insecure_channel(target) as channel:
+            stub = points_service_pb2_grpc.PointsServiceStub(channel)
+
+            async def calls(n: int) -> tuple[int, int]:
+                before = len(first.peers), len(second.peers)
+                for _ in range(n):
+                    await stub.GetAccount(Request(mall_id="m"), timeout=5, wait_for_ready=True)
+                return len(first.peers) - before[0], len(second.peers) - before[1]
+
+            for _ in range(200):  # both connected and watched
+                if all(await calls(2)):
+                    break
+
+            healthy[1] = False  # e.g. its PostgreSQL went away: readiness fails too
+            for _ in range(200):
+                if (await calls(10))[1] == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert await calls(20) == (20, 0)
+
+            healthy[1] = True
+            for _ in range(200):
+                if (await calls(10))[1] > 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert await calls(20) == (10, 10)
+    finally:
+        stop.set()
+        await asyncio.gather(*running)

@@ -69,6 +69,14 @@ def tenant_caller() -> Caller:
     return caller
 
 
+def still_valid(directory: Directory, caller: Caller) -> None:
+    """A caller checked when its stream opened is still who it was: its credential has not
+    been revoked since (read from the directory copy at once, not through the cache)."""
+    entry = directory.credential(caller.credential_id)
+    if entry is None or entry.revoked:
+        raise Unauthenticated("invalid_credential", "the credential was revoked")
+
+
 class CredentialAuthenticator:
     """``authenticate(method, metadata)`` for the gRPC server; returns log-context fields."""
 

@@ -10,7 +10,6 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
 
 import asyncpg
 import structlog
@@ -28,8 +27,14 @@ from coupons.adapters import card_package as sql
 from coupons.adapters import card_package_stocks as stocks_sql
 from coupons.adapters.card_package_platform import WeChatMerchantCoupons
 from coupons.commitment_settings import CommitmentSettings
-from coupons.domain.card_package import Wanted, coupon_code, settle
-from coupons.service_layer.card_package import CardPackageWorker, MirrorPolicy, flag_stock
+from coupons.domain.card_package import Wanted
+from coupons.service_layer.card_package import (
+    CardPackageWorker,
+    CouponWish,
+    MirrorPolicy,
+    flag_stock,
+    record_wishes,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -41,53 +46,32 @@ Connect = Callable[[], AbstractAsyncContextManager[Connection]]
 
 async def on_coupon_events(conn: Connection, deliveries: Sequence[Delivery]) -> None:
     """``coupons-card-package``: in stream order, what each coupon should be at the platform
-    (claimed: sent; redeemed: used; revoked: deactivated; returned: available again).
-
-    A batch costs two statements, not one per event (a flash grab publishes thousands of
-    claims, nearly all of stocks that are not mirrored): which of its stocks are mirrored,
-    then each of their coupons' wishes folded (``settle``) and written at once. A ``returned``
-    applies after what came before it and before what follows."""
-    wishes: list[tuple[tuple[str, str, str, str], Wanted, datetime | None]] = []
+    (claimed: sent; redeemed: used; revoked: deactivated; returned: available again), a batch
+    at a time (``record_wishes``); a ``returned`` applies between what came before and after."""
+    wishes: list[CouponWish] = []
     for d in deliveries:
         kind = d.subject.rsplit(".", 1)[-1]
         if kind == "claimed":
             c = d.decode(events_pb2.CouponClaimed)
-            wishes.append(((c.mall_id, c.coupon_id, c.stock_id, c.member_id), Wanted.SENT, None))
+            wishes.append(CouponWish(c.mall_id, c.coupon_id, c.stock_id, c.member_id, Wanted.SENT))
         elif kind == "redeemed":
             r = d.decode(events_pb2.CouponRedeemed)
-            key = (r.mall_id, r.coupon_id, r.stock_id, r.member_id)
-            wishes.append((key, Wanted.USED, to_datetime(r.occurred_at)))
+            used_at = to_datetime(r.occurred_at)
+            wishes.append(
+                CouponWish(r.mall_id, r.coupon_id, r.stock_id, r.member_id, Wanted.USED, used_at)
+            )
         elif kind == "revoked":
             v = d.decode(events_pb2.CouponRevoked)
-            key = (v.mall_id, v.coupon_id, v.stock_id, v.member_id)
-            wishes.append((key, Wanted.DEACTIVATED, None))
+            wishes.append(
+                CouponWish(v.mall_id, v.coupon_id, v.stock_id, v.member_id, Wanted.DEACTIVATED)
+            )
         elif kind == "returned":
             back = d.decode(events_pb2.CouponReturned)
-            await _want(conn, wishes)
+            await record_wishes(conn, wishes)
             wishes = []
             await sql.want_returned(conn, back.mall_id, back.coupon_id)
         # expiring, expired: the platform expires its coupons itself
-    await _want(conn, wishes)
-
-
-async def _want(
-    conn: Connection, wishes: Sequence[tuple[tuple[str, str, str, str], Wanted, datetime | None]]
-) -> None:
-    if not wishes:
-        return
-    flagged = await sql.flagged_stocks(conn, sorted({(k[0], k[2]) for k, _, _ in wishes}))
-    settled: dict[tuple[str, str], sql.Wish] = {}
-    for (mall_id, coupon_id, stock_id, member_id), wanted, use_time in wishes:
-        if (mall_id, stock_id) not in flagged:
-            continue
-        before = settled.get((mall_id, coupon_id))
-        if before is not None and settle(Wanted(before.wanted), wanted) is not wanted:
-            continue
-        code = coupon_code(mall_id, coupon_id)
-        settled[(mall_id, coupon_id)] = sql.Wish(
-            mall_id, coupon_id, stock_id, member_id, code, wanted, use_time
-        )
-    await sql.want(conn, list(settled.values()))
+    await record_wishes(conn, wishes)
 
 
 async def on_payment_attributed(conn: Connection, deliveries: Sequence[Delivery]) -> None:

@@ -14,7 +14,7 @@ import asyncpg
 from kit.batching import Batcher
 from kit.db import Connection
 from kit.directory import Directory
-from kit.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
+from kit.errors import AppError, Conflict, Forbidden, InvalidInput, NotFound
 from kit.grpc_errors import rpc_code
 from kit.metrics import GRPC_STREAM_MESSAGES
 from kit.proto import timestamp
@@ -30,7 +30,7 @@ from coupons.domain.claims import MAX_BATCH, Channel, Claim, Outcome
 from coupons.domain.coupons import Coupon
 from coupons.domain.redemption import Use
 from coupons.entrypoints import translate
-from coupons.entrypoints.auth import Caller, current_caller, tenant_caller
+from coupons.entrypoints.auth import Caller, current_caller, still_valid, tenant_caller
 from coupons.service_layer import offers, redemptions
 from coupons.service_layer.claims import Result, claim_batch
 from coupons.service_layer.sold_out import SoldOutMemory
@@ -286,7 +286,7 @@ class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
         async def read() -> None:
             async for request in requests:
                 await slots.acquire()
-                self._still_valid(caller)
+                still_valid(self._directory, caller)
                 outcome: Pending
                 try:
                     outcome = self._redeemer.enqueue(self._use(caller, request))
@@ -325,11 +325,6 @@ class CouponsServicer(coupons_service_pb2_grpc.CouponsServiceServicer):
                 left = pending.get_nowait()
                 if left is not None and isinstance(left[1], asyncio.Future):
                     left[1].cancel()
-
-    def _still_valid(self, caller: Caller) -> None:
-        entry = self._directory.credential(caller.credential_id)
-        if entry is None or entry.revoked:
-            raise Unauthenticated("invalid_credential", "the credential was revoked")
 
     def _use(self, caller: Caller, request: pb.RedeemCouponRequest) -> Use:
         if request.mall_id != caller.mall_id:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 import structlog
@@ -25,10 +27,61 @@ from coupons.adapters import card_package_stocks as stocks_sql
 from coupons.adapters.card_package import CouponClaim
 from coupons.adapters.card_package_platform import MerchantCoupons
 from coupons.adapters.card_package_stocks import StockClaim
-from coupons.domain.card_package import Action, after, next_action, request_no, stock_request
+from coupons.domain.card_package import (
+    Action,
+    Wanted,
+    after,
+    coupon_code,
+    next_action,
+    request_no,
+    settle,
+    stock_request,
+)
 from coupons.service_layer.commitment_clawbacks import retry_delay
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class CouponWish:
+    """What one coupon event says the platform should show for its coupon."""
+
+    mall_id: str
+    coupon_id: str
+    stock_id: str
+    member_id: str
+    wanted: Wanted
+    use_time: datetime | None = None
+
+
+async def record_wishes(conn: Connection, wishes: Sequence[CouponWish]) -> None:
+    """Record, in stream order, what each coupon of a mirrored stock should be at the platform:
+    two statements however many events (a flash grab publishes thousands of claims, nearly all
+    of stocks that are not mirrored) — which stocks are mirrored, then each coupon's wishes
+    folded by ``settle`` and written at once (the table keeps the same rule across batches)."""
+    if not wishes:
+        return
+    flagged = await sql.flagged_stocks(conn, sorted({(w.mall_id, w.stock_id) for w in wishes}))
+    settled: dict[tuple[str, str], CouponWish] = {}
+    for w in wishes:
+        if (w.mall_id, w.stock_id) not in flagged:
+            continue
+        before = settled.get((w.mall_id, w.coupon_id))
+        if before is None or settle(before.wanted, w.wanted) is w.wanted:
+            settled[(w.mall_id, w.coupon_id)] = w
+    rows = [
+        sql.Wish(
+            w.mall_id,
+            w.coupon_id,
+            w.stock_id,
+            w.member_id,
+            coupon_code(w.mall_id, w.coupon_id),
+            w.wanted,
+            w.use_time,
+        )
+        for w in settled.values()
+    ]
+    await sql.want(conn, rows)
 
 
 async def flag_stock(conn: Connection, mall_id: str, stock_id: str, mchid: str) -> bool:
